@@ -1,0 +1,1 @@
+"""mailbot's database migrations (Alembic); shipped in the package as ``mailbot.migrations``."""

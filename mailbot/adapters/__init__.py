@@ -1,0 +1,1 @@
+"""Protocol adapters: they translate SMTP, IMAP, HTTP and Maildir to calls into the service."""

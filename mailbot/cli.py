@@ -1,0 +1,299 @@
+"""The ``mailbot`` command: each subcommand parses its arguments and calls the service.
+
+User errors end in one line on stderr and a non-zero exit status, never a
+traceback: 1 when the thing asked for does not exist or failed, 2 for bad
+usage or configuration, 75 (EX_TEMPFAIL) when ``process`` should be retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy.exc
+
+from mailbot import db, store
+from mailbot.adapters.maildir_out import MaildirTransport
+from mailbot.config import Settings, load_settings
+from mailbot.errors import ConfigError, ImportFileError
+from mailbot.importer import apply_import, read_import_file
+from mailbot.outbox import Transport
+from mailbot.service import Mailbot
+from mailbot.views import request_json, service_json
+
+EX_OK, EX_FAILED, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
+
+
+class CommandFailed(Exception):
+    """A one-line explanation for the user, and the exit status to end with."""
+
+    def __init__(self, message: str, status: int = EX_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(args.config)
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except ConfigError as exc:
+        return _fail(str(exc), EX_USAGE)
+    except CommandFailed as exc:
+        return _fail(str(exc), exc.status)
+    except db.SchemaOutOfDate as exc:
+        return _fail(str(exc), EX_FAILED)
+    except sqlalchemy.exc.OperationalError as exc:
+        return _fail(f"database unavailable: {exc.orig}", EX_TEMPFAIL)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"mailbot: error: {message}", file=sys.stderr)
+    return status
+
+
+def _bot(settings: Settings) -> Mailbot:
+    bot = Mailbot.from_settings(settings)
+    db.check_schema(bot.engine)
+    return bot
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    engine = db.make_engine(settings.database)
+    revision = db.upgrade(engine)
+    print(f"database ready at schema revision {revision}")
+    return EX_OK
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    bot = _bot(settings)
+    try:
+        report = apply_import(bot.engine, read_import_file(Path(args.file)), bot.clock.now())
+    except ImportFileError as exc:
+        raise CommandFailed(str(exc)) from None
+    print(
+        f"contacts: {report.contacts_created} created, {report.contacts_updated} updated; "
+        f"services: {report.services_created} created, {report.services_updated} updated"
+    )
+    return EX_OK
+
+
+def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+    raw = _read_message(args.file)
+    try:
+        bot = _bot(settings)
+        outcome = bot.receive(
+            raw, source="cli", recipients=tuple(args.recipient), envelope_from=args.sender
+        )
+    except (sqlalchemy.exc.OperationalError, db.SchemaOutOfDate) as exc:
+        raise CommandFailed(f"message not handled, try again later: {exc}", EX_TEMPFAIL) from None
+    print(outcome)
+    return EX_OK
+
+
+def _read_message(name: str) -> bytes:
+    try:
+        return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as exc:
+        raise CommandFailed(f"cannot read {name}: {exc.strerror}", EX_USAGE) from None
+
+
+def cmd_requests_list(args: argparse.Namespace, settings: Settings) -> int:
+    bot = _bot(settings)
+    with db.transaction(bot.engine) as session:
+        rows = store.requests(session, status=args.status)
+        items = [request_json(session, row, events=False) for row in rows]
+    if args.json:
+        _print_json(items)
+        return EX_OK
+    for item in items:
+        changes = ", ".join(f"{c['role']}: {c['from']} -> {c['to']}" for c in item["changes"])
+        print(f"{item['id']}  {item['status']:<9}  {item['service']}  {changes}")
+    if not items:
+        print("no requests")
+    return EX_OK
+
+
+def cmd_requests_show(args: argparse.Namespace, settings: Settings) -> int:
+    bot = _bot(settings)
+    with db.transaction(bot.engine) as session:
+        row = store.request_row(session, args.id)
+        if row is None:
+            raise CommandFailed(f"no request {args.id}")
+        item = request_json(session, row)
+    if args.json:
+        _print_json(item)
+        return EX_OK
+    print(f"{item['id']}  {item['service']}  {item['status']}  (requested by {item['requester']})")
+    print(
+        f"  created {item['created_at']}, expires {item['expires_at']}, closed {item['closed_at']}"
+    )
+    for change in item["changes"]:
+        print(f"  {change['role']}: {change['from']} -> {change['to']}")
+    for v in item["validations"]:
+        print(
+            f"  validation {v['side']:<7} {v['email']}: {v['status']}"
+            f" ({v['channel'] or '-'}, {v['decided_at'] or '-'}, delivery {v['delivery']})"
+        )
+    for event in item["events"]:
+        print(f"  {event['at']}  {event['kind']}  {event['actor'] or ''}")
+    return EX_OK
+
+
+def cmd_services_show(args: argparse.Namespace, settings: Settings) -> int:
+    bot = _bot(settings)
+    with db.transaction(bot.engine) as session:
+        row = store.service_row(session, args.name)
+        if row is None:
+            raise CommandFailed(f"no service {args.name}")
+        item = service_json(session, row)
+    if args.json:
+        _print_json(item)
+        return EX_OK
+    print(
+        f"{item['name']} ({item['kind']}, {'in' if item['in_good_standing'] else 'NOT in'}"
+        " good standing)"
+    )
+    for role in ("admin", "tech", "billing"):
+        contact = item["contacts"][role]
+        print(f"  {role:<8} {contact['email']}  {contact['handle'] or ''}  {contact['name']}")
+    return EX_OK
+
+
+def cmd_outbox_flush(args: argparse.Namespace, settings: Settings) -> int:
+    bot = _bot(settings)
+    report = bot.flush_outbox(make_transport(settings))
+    print(f"sent {report.sent}, to retry {report.retried}, dead {report.dead}")
+    return EX_OK
+
+
+def make_transport(settings: Settings) -> Transport:
+    if settings.outgoing.transport == "maildir":
+        return MaildirTransport(settings.outgoing.maildir)
+    raise CommandFailed("the smtp transport is not available in this version", EX_USAGE)
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    print("mailbot demo: not yet available; `mailbot --help` lists what is.")
+    return EX_OK
+
+
+# -- parser -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailbot",
+        description="Email-driven approval of contact changes on domain names and services.",
+        epilog="Configuration: --config, else $MAILBOT_CONFIG, else ./mailbot.toml, else "
+        "built-in defaults; MAILBOT_<SECTION>__<KEY> overrides any key.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str, example: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(
+            name, help=help_text, description=help_text, epilog=f"example: {example}"
+        )
+        command.set_defaults(handler=handler)
+        return command
+
+    add("init", cmd_init, "create or upgrade the database schema", "mailbot init")
+    command = add(
+        "import",
+        cmd_import,
+        "upsert contacts and services from a JSON file",
+        "mailbot import customers.json",
+    )
+    command.add_argument("file", metavar="FILE")
+    command = add(
+        "process",
+        cmd_process,
+        "handle one raw RFC 5322 message as if received by SMTP",
+        "mailbot process --recipient changes@example.net < message.eml",
+    )
+    command.add_argument(
+        "file",
+        metavar="FILE",
+        nargs="?",
+        default="-",
+        help="the message file, or - for standard input (default)",
+    )
+    command.add_argument(
+        "--recipient",
+        metavar="ADDR",
+        action="append",
+        default=[],
+        help="envelope recipient (repeatable)",
+    )
+    command.add_argument("--sender", metavar="ADDR", help="envelope sender (empty for bounces)")
+    _add_requests(sub, add)
+    _add_services(sub)
+    _add_outbox(sub)
+    add("demo", cmd_demo, "play a whole scenario end to end", "mailbot demo")
+    return parser
+
+
+def _add_requests(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    group = sub.add_parser("requests", help="list and show change requests")
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list",
+        help="list requests, newest first",
+        epilog="example: mailbot requests list --status pending",
+    )
+    listing.add_argument("--status", choices=["pending", "done", "refused", "expired", "cancelled"])
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(handler=cmd_requests_list)
+    show = actions.add_parser(
+        "show",
+        help="one request with its validations and events",
+        epilog="example: mailbot requests show CR-7K2QX9MD --json",
+    )
+    show.add_argument("id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
+    show.set_defaults(handler=cmd_requests_show)
+
+
+def _add_services(sub: Any) -> None:
+    group = sub.add_parser("services", help="show services")
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser(
+        "show",
+        help="a service and its current role holders",
+        epilog="example: mailbot services show example.com --json",
+    )
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
+    show.set_defaults(handler=cmd_services_show)
+
+
+def _add_outbox(sub: Any) -> None:
+    group = sub.add_parser("outbox", help="the queue of outgoing mail")
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    flush = actions.add_parser(
+        "flush", help="send what is queued now", epilog="example: mailbot outbox flush"
+    )
+    flush.set_defaults(handler=cmd_outbox_flush)

@@ -1,0 +1,79 @@
+"""Build the RFC 5322 bytes of an outgoing mail, immune to header injection.
+
+Every value that may come from a person (names, subjects, service names) is
+folded to one line before it reaches a header, and addresses go through
+``email.headerregistry.Address``, which refuses anything that is not one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime as rfc5322_date
+
+from mailbot.render import RenderedMail
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Everything about a mail but its rendered content."""
+
+    sender_name: str
+    sender: str
+    to_name: str
+    to: str
+    event: str
+    language: str
+    date: datetime
+    message_id: str
+    request_id: str | None = None
+    error_code: str | None = None
+    reply_to: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def new_message_id(domain: str) -> str:
+    return f"{uuid.uuid4().hex}@{domain}"
+
+
+def one_line(value: str, limit: int = 200) -> str:
+    """Whitespace (CR and LF included) collapsed to single spaces, bounded."""
+    return " ".join(value.split())[:limit]
+
+
+def address(name: str, email: str) -> Address:
+    local, _, domain = email.partition("@")
+    return Address(display_name=one_line(name, 100), username=local, domain=domain)
+
+
+def compose(envelope: Envelope, mail: RenderedMail) -> bytes:
+    message = EmailMessage(policy=SMTP)
+    message["From"] = address(envelope.sender_name, envelope.sender)
+    message["To"] = address(envelope.to_name, envelope.to)
+    message["Subject"] = one_line(mail.subject, 250)
+    message["Date"] = rfc5322_date(envelope.date)
+    message["Message-ID"] = f"<{envelope.message_id}>"
+    message["Auto-Submitted"] = "auto-replied" if envelope.in_reply_to else "auto-generated"
+    message["X-Auto-Response-Suppress"] = "All"
+    message["X-Loop"] = envelope.sender
+    message["X-Mailbot-Event"] = envelope.event
+    if envelope.request_id:
+        message["X-Mailbot-Request"] = one_line(envelope.request_id, 32)
+    if envelope.error_code:
+        message["X-Mailbot-Error"] = envelope.error_code
+    if envelope.reply_to:
+        message["Reply-To"] = address(envelope.sender_name, envelope.reply_to)
+    if envelope.in_reply_to:
+        message["In-Reply-To"] = f"<{one_line(envelope.in_reply_to, 900)}>"
+        chain = [*envelope.references, envelope.in_reply_to][-10:]
+        message["References"] = " ".join(f"<{one_line(ref, 900)}>" for ref in chain)
+    message["Content-Language"] = envelope.language
+    message.set_content(mail.text)
+    message.add_alternative(mail.html, subtype="html")
+    return message.as_bytes()

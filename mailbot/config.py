@@ -1,0 +1,209 @@
+"""Settings: read once at start-up, validated, then passed explicitly.
+
+Sources, strongest first: ``MAILBOT_<SECTION>__<KEY>`` environment variables,
+then one TOML file (``--config``, else ``$MAILBOT_CONFIG``, else
+``./mailbot.toml`` if present), then the defaults written next to each key
+below, which run on one machine with nothing else installed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mailbot.errors import ConfigError
+
+Language = Literal["en", "fr"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BotSettings(Section):
+    address: str = "changes@mailbot.localhost"
+    """Requests go to this address and every mail is sent from it."""
+    name: str = "mailbot"
+    """Display name on outgoing mail."""
+    base_url: str = "http://127.0.0.1:8080"
+    """Prefix of the links in emails."""
+    language: Language = "en"
+    """Language for people mailbot does not know yet."""
+    templates_dir: Path | None = None
+    """An operator's directory whose templates override the shipped ones."""
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        local, _, domain = value.partition("@")
+        if not local or not domain or any(ch.isspace() for ch in value) or "+" in local:
+            raise ValueError("must be a plain address like changes@example.com")
+        return value.lower()
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def domain(self) -> str:
+        return self.address.partition("@")[2]
+
+    @property
+    def local_part(self) -> str:
+        return self.address.partition("@")[0]
+
+
+class DatabaseSettings(Section):
+    url: str = "sqlite:///var/mailbot.db"
+    """SQLAlchemy URL: ``sqlite:///PATH`` or ``postgresql+psycopg://...``."""
+    busy_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long a writer waits for a locked SQLite database before giving up."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("only sqlite:/// and postgresql+psycopg:// URLs are supported")
+        return value
+
+
+class SmtpSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=0, le=65535)
+    max_message_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+
+
+class WebSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class OutgoingSettings(Section):
+    transport: Literal["maildir", "smtp"] = "maildir"
+    maildir: Path = Path("var/sent")
+    """Standard Maildir that receives outgoing mail when transport = "maildir"."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=0, le=65535)
+    starttls: bool = False
+    ssl: bool = False
+    username: str | None = None
+    password: str | None = None
+    max_attempts: int = Field(default=8, ge=1)
+    """A mail that failed this many times is marked dead."""
+
+
+class ImapSettings(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=993, ge=0, le=65535)
+    ssl: bool = True
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    folder: str = "INBOX"
+    done_folder: str = "mailbot/done"
+    failed_folder: str = "mailbot/failed"
+    idle: bool = True
+    poll_seconds: int = Field(default=60, gt=0)
+
+
+class PolicySettings(Section):
+    request_ttl_days: int = Field(default=14, gt=0)
+    reminder_days: list[int] = Field(default_factory=lambda: [3, 7, 12])
+    operators: list[str] = Field(default_factory=list)
+    """Addresses allowed to open requests for any service."""
+    trusted_forwarders: list[str] = Field(default_factory=list)
+    """Agency mailboxes whose forwarded mail speaks for the original sender."""
+    max_bad_tokens_per_hour: int = Field(default=5, gt=0)
+    """Wrong tokens tolerated from one address in an hour before it is throttled."""
+
+    @field_validator("operators", "trusted_forwarders")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [address.strip().lower() for address in value]
+
+    @field_validator("reminder_days")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(day <= 0 for day in value):
+            raise ValueError("reminder days must be positive")
+        return sorted(set(value))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MAILBOT_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    bot: BotSettings = BotSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    web: WebSettings = WebSettings()
+    outgoing: OutgoingSettings = OutgoingSettings()
+    imap: ImapSettings = ImapSettings()
+    policy: PolicySettings = PolicySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file, which arrives as init values.
+        return (env_settings, init_settings)
+
+    def is_operator(self, address: str) -> bool:
+        return address.lower() in self.policy.operators
+
+
+def config_path(explicit: str | None) -> Path | None:
+    """The file to read: --config, else $MAILBOT_CONFIG, else ./mailbot.toml."""
+    if explicit:
+        return Path(explicit)
+    if from_env := os.environ.get("MAILBOT_CONFIG"):
+        return Path(from_env)
+    local = Path("mailbot.toml")
+    return local if local.is_file() else None
+
+
+def load_settings(explicit: str | None = None) -> Settings:
+    """Read and validate the configuration, or raise ConfigError naming the key."""
+    path = config_path(explicit)
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _read_toml(path)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(f"{key}: {message}")
+    return f"invalid configuration{where}: " + "; ".join(problems)

@@ -1,0 +1,105 @@
+"""Engines, transactions and schema upgrades, built from settings (never at import)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import as_file, files
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlmodel import Session
+
+from mailbot.config import DatabaseSettings
+
+
+class SchemaOutOfDate(Exception):
+    """The database has not been created or upgraded by ``mailbot init``."""
+
+
+def make_engine(settings: DatabaseSettings) -> Engine:
+    url = sa.make_url(settings.url)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, settings.busy_timeout_seconds)
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _sqlite_engine(url: sa.URL, busy_timeout: float) -> Engine:
+    """SQLite tuned for a mail server: durable commits and one writer at a time.
+
+    WAL lets readers run beside the writer; ``synchronous=FULL`` makes a commit
+    a promise (the SMTP 250 depends on it); ``BEGIN IMMEDIATE`` takes the write
+    lock up front so two writers queue on the busy timeout instead of failing
+    on a lock upgrade; ``secure_delete`` overwrites dropped token mails.
+    """
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": busy_timeout})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=FULL",
+            "foreign_keys=ON",
+            "secure_delete=ON",
+            f"busy_timeout={int(busy_timeout * 1000)}",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One unit of work: committed if the block ends normally, rolled back otherwise."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def _alembic_config(engine: Engine) -> Iterator[Config]:
+    with as_file(files("mailbot.migrations")) as script_location:
+        config = Config()
+        config.set_main_option("script_location", str(script_location))
+        config.attributes["engine"] = engine
+        yield config
+
+
+def upgrade(engine: Engine) -> str:
+    """Bring the schema to the newest migration; returns its revision."""
+    with _alembic_config(engine) as config:
+        command.upgrade(config, "head")
+        return str(ScriptDirectory.from_config(config).get_current_head())
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise SchemaOutOfDate unless the database is at the newest migration."""
+    with _alembic_config(engine) as config:
+        head = ScriptDirectory.from_config(config).get_current_head()
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except sa.exc.OperationalError as exc:
+        raise SchemaOutOfDate(f"cannot open the database: {exc.orig}") from None
+    if current != head:
+        state = "has no schema" if current is None else f"is at {current}, not {head}"
+        raise SchemaOutOfDate(f"the database {state}: run `mailbot init`")

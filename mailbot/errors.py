@@ -1,0 +1,82 @@
+"""The errors the core raises, each carrying the code that DESIGN.md pins.
+
+The core raises meaning; adapters map it to an error mail, an HTTP status or
+a CLI message. ``detail`` is shown to the person who caused the error, so it
+never holds secrets.
+"""
+
+from __future__ import annotations
+
+
+class MailbotError(Exception):
+    """Base of every error mailbot reports to a person."""
+
+    code = "internal"
+
+    def __init__(self, detail: str = "", **context: str) -> None:
+        super().__init__(detail or self.code)
+        self.detail = detail
+        self.context = context
+
+
+class UnknownCommand(MailbotError):
+    code = "unknown-command"
+
+
+class MalformedRequest(MailbotError):
+    code = "malformed-request"
+
+
+class UnknownService(MailbotError):
+    code = "unknown-service"
+
+
+class UnknownContact(MailbotError):
+    code = "unknown-contact"
+
+
+class NotAuthorized(MailbotError):
+    code = "not-authorized"
+
+
+class NotInGoodStanding(MailbotError):
+    code = "not-in-good-standing"
+
+
+class NoChange(MailbotError):
+    code = "no-change"
+
+
+class DuplicateRequest(MailbotError):
+    code = "duplicate-request"
+
+
+class BadToken(MailbotError):
+    code = "bad-token"
+
+
+class TokenUsed(MailbotError):
+    code = "token-used"
+
+
+class RequestClosed(MailbotError):
+    code = "request-closed"
+
+
+class AmbiguousDecision(MailbotError):
+    code = "ambiguous-decision"
+
+
+class TooManyAttempts(MailbotError):
+    code = "too-many-attempts"
+
+
+ERROR_CODES: tuple[str, ...] = tuple(cls.code for cls in MailbotError.__subclasses__())
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+class ImportFileError(Exception):
+    """An import file cannot be applied; the message says where and why."""

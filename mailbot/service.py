@@ -1,0 +1,647 @@
+"""The use cases. Each public method owns its transaction: it loads state, calls the
+workflow, saves the new state and queues the resulting mails in one commit.
+
+Every adapter (CLI, SMTP, IMAP, web, scheduler) calls these and nothing deeper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from mailbot import commands, mailparse, store, tokens, workflow
+from mailbot.addresses import normalise_email
+from mailbot.clock import Clock, SystemClock
+from mailbot.compose import Envelope, compose, new_message_id
+from mailbot.config import Settings
+from mailbot.db import make_engine, transaction
+from mailbot.domain import Channel, Decision, Party, Request, Role
+from mailbot.errors import (
+    BadToken,
+    MailbotError,
+    NotAuthorized,
+    TooManyAttempts,
+    UnknownCommand,
+    UnknownContact,
+    UnknownService,
+)
+from mailbot.models import (
+    ChangeRequest,
+    Contact,
+    EventRow,
+    InboundMessage,
+    OutboxRow,
+    RoleChangeRow,
+    ValidationRow,
+    ValidationToken,
+)
+from mailbot.outbox import FlushReport, Transport, flush
+from mailbot.render import Renderer, make_environment
+from mailbot.views import RequestView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    duplicate: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A received message being processed, as the handlers need it."""
+
+    id: int
+    parsed: mailparse.ParsedMessage
+    sender: str
+    recipients: tuple[str, ...]
+
+    @property
+    def message_id(self) -> str | None:
+        return self.parsed.message_id
+
+
+@dataclass
+class Outgoing:
+    """One mail to queue: who, what, and how it threads."""
+
+    event: str
+    to: Party
+    request: Request | None = None
+    context: dict[str, Any] | None = None
+    validation_id: int | None = None
+    reply_to: str | None = None
+    error_code: str | None = None
+    carries_secret: bool = False
+
+
+class Mailbot:
+    def __init__(self, settings: Settings, engine: Engine, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock or SystemClock()
+        self.renderer = Renderer(make_environment(settings.bot.templates_dir))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Mailbot:
+        return cls(settings, make_engine(settings.database), clock)
+
+    # -- inbound mail -------------------------------------------------------------
+
+    def receive(
+        self,
+        raw: bytes,
+        *,
+        source: str = "cli",
+        recipients: tuple[str, ...] = (),
+        envelope_from: str | None = None,
+    ) -> str:
+        """Store a raw message durably, then act on it once; returns what happened."""
+        stored = self.store_inbound(
+            raw, source=source, recipients=recipients, envelope_from=envelope_from
+        )
+        if stored.duplicate and stored.status != "received":
+            return f"duplicate of message {stored.id}: nothing to do"
+        return self.process_inbound(stored.id)
+
+    def store_inbound(
+        self,
+        raw: bytes,
+        *,
+        source: str,
+        recipients: tuple[str, ...] = (),
+        envelope_from: str | None = None,
+    ) -> Stored:
+        """Commit the raw bytes, keyed so that the same message twice is stored once."""
+        message_id = mailparse.message_id_of(raw)
+        key = f"mid:{message_id}" if message_id else f"sha256:{hashlib.sha256(raw).hexdigest()}"
+        try:
+            with transaction(self.engine) as session:
+                existing = store.inbound_by_key(session, key)
+                if existing is not None:
+                    assert existing.id is not None
+                    return Stored(existing.id, True, existing.status)
+                row = InboundMessage(
+                    dedup_key=key,
+                    message_id=message_id,
+                    source=source,
+                    envelope_from=envelope_from,
+                    recipients=",".join(r.lower() for r in recipients),
+                    raw=raw,
+                    received_at=self.clock.now(),
+                )
+                session.add(row)
+                session.flush()
+                assert row.id is not None
+                return Stored(row.id, False, row.status)
+        except IntegrityError:  # the same message stored at the same instant elsewhere
+            with transaction(self.engine) as session:
+                existing = store.inbound_by_key(session, key)
+                assert existing is not None
+                assert existing.id is not None
+                return Stored(existing.id, True, existing.status)
+
+    def process_pending(self) -> int:
+        """Process messages stored but never processed (e.g. after a crash)."""
+        with transaction(self.engine) as session:
+            ids = store.unprocessed_inbound(session)
+        for inbound_id in ids:
+            self.process_inbound(inbound_id)
+        return len(ids)
+
+    def process_inbound(self, inbound_id: int) -> str:
+        with transaction(self.engine) as session:
+            row = store.claim_inbound(session, inbound_id)
+            if row is None:
+                return "already processed"
+            status, outcome = self._handle(session, row)
+            row.status = status
+            row.outcome = outcome
+            row.processed_at = self.clock.now()
+        log.info("message %d (%s): %s", inbound_id, row.message_id or "no Message-ID", outcome)
+        return outcome
+
+    def _handle(self, session: Session, row: InboundMessage) -> tuple[str, str]:
+        assert row.id is not None
+        parsed = mailparse.parse(row.raw)
+        if reason := self._ignore_reason(parsed, row):
+            return "ignored", f"ignored: {reason}"
+        assert parsed.sender is not None
+        recipients = tuple(filter(None, row.recipients.split(","))) + parsed.recipients
+        message = Inbound(row.id, parsed, parsed.sender, recipients)
+        command: commands.Command | None = None
+        try:
+            with session.begin_nested():
+                command = commands.find_command(parsed.subject, parsed.new_text)
+                return "processed", self._dispatch(session, message, command)
+        except MailbotError as error:
+            self._reject(session, message, error, command)
+            return "processed", f"error {error.code} sent to {message.sender}"
+
+    def _ignore_reason(self, parsed: mailparse.ParsedMessage, row: InboundMessage) -> str | None:
+        if row.envelope_from is not None and row.envelope_from.strip("<> ") == "":
+            return "null envelope sender (a bounce)"
+        if parsed.sender is None:
+            return "no usable sender"
+        if parsed.automatic:
+            return "automatic message"
+        local, _, domain = parsed.sender.partition("@")
+        bot = self.settings.bot
+        if domain == bot.domain and local.split("+")[0] == bot.local_part:
+            return "sent by mailbot itself"
+        return None
+
+    def _dispatch(self, session: Session, message: Inbound, command: commands.Command) -> str:
+        if command.verb == "CHANGE":
+            return self._open_by_mail(session, message, command)
+        if command.verb in ("ACCEPT", "REFUSE"):
+            return self._decide_by_mail(session, message, command)
+        raise UnknownCommand("not available yet", line=command.line)
+
+    # -- opening a request --------------------------------------------------------
+
+    def _open_by_mail(self, session: Session, message: Inbound, command: commands.Command) -> str:
+        change = commands.parse_change(command, message.parsed.new_text)
+        service_row = store.service_row(session, change.service, for_update=True)
+        if service_row is None:
+            raise UnknownService("", service=change.service)
+        assert service_row.id is not None
+        service = store.service(session, service_row)
+        requester_contact = store.contact_by_email(session, message.sender)
+        is_operator = self.settings.is_operator(message.sender)
+        if requester_contact is None and not is_operator:
+            raise NotAuthorized("", service=service.name)
+        requester = (
+            store.party(requester_contact)
+            if requester_contact is not None
+            else Party(
+                email=message.sender,
+                name=message.parsed.sender_name,
+                language=self.settings.bot.language,
+            )
+        )
+        wanted = {
+            role: self._contact_for(session, target, role) for role, target in change.wanted.items()
+        }
+        now = self.clock.now()
+        transition = workflow.open_request(
+            request_id=self._new_request_id(session),
+            service=service,
+            requester=requester,
+            requester_is_operator=is_operator,
+            wanted=wanted,
+            pending_roles=store.pending_roles(session, service_row.id),
+            now=now,
+            ttl=timedelta(days=self.settings.policy.request_ttl_days),
+        )
+        request = transition.request
+        self._save_new_request(session, request, service_row.id)
+        self._log(
+            session,
+            request.id,
+            "request-opened",
+            actor=message.sender,
+            inbound_id=message.id,
+            detail=_changes_detail(request),
+        )
+        self._carry_out(session, request, transition.effects, message)
+        return f"request {request.id} opened for {service.name}"
+
+    def _contact_for(self, session: Session, target: str, role: Role) -> Party:
+        """The contact a role line names: a known handle or address, or a new address."""
+        if "@" in target:
+            email = normalise_email(target)
+            if email is None:
+                raise UnknownContact("", contact=target[:100], role=role.value)
+            contact = store.contact_by_email(session, email)
+            if contact is None:
+                now = self.clock.now()
+                contact = Contact(
+                    email=email, language=self.settings.bot.language, created_at=now, updated_at=now
+                )
+                session.add(contact)
+                session.flush()
+            return store.party(contact)
+        contact = store.contact_by_handle(session, target)
+        if contact is None:
+            raise UnknownContact("", contact=target[:100], role=role.value)
+        return store.party(contact)
+
+    def _new_request_id(self, session: Session) -> str:
+        while True:
+            candidate = f"CR-{tokens.new_key(8)}"
+            if store.request_row(session, candidate) is None:
+                return candidate
+
+    def _save_new_request(self, session: Session, request: Request, service_id: int) -> None:
+        session.add(
+            ChangeRequest(
+                id=request.id,
+                service_id=service_id,
+                requester_email=request.requester.email,
+                requester_id=request.requester.id,
+                created_at=request.created_at,
+                expires_at=request.expires_at,
+            )
+        )
+        session.flush()
+        for change in request.changes:
+            assert change.outgoing.id is not None
+            assert change.incoming.id is not None
+            session.add(
+                RoleChangeRow(
+                    request_id=request.id,
+                    role=change.role.value,
+                    from_contact_id=change.outgoing.id,
+                    to_contact_id=change.incoming.id,
+                )
+            )
+        for validation in request.validations:
+            assert validation.contact.id is not None
+            session.add(
+                ValidationRow(
+                    request_id=request.id,
+                    contact_id=validation.contact.id,
+                    side=validation.side.value,
+                    created_at=request.created_at,
+                )
+            )
+        session.flush()
+
+    # -- decisions ----------------------------------------------------------------
+
+    def _decide_by_mail(self, session: Session, message: Inbound, command: commands.Command) -> str:
+        decision = commands.decision_of(command)
+        validation = self._validation_for(session, message, command.argument)
+        request = self._decide(
+            session, validation, decision, Channel.EMAIL, actor=message.sender, message=message
+        )
+        return f"{decision.value} recorded on {request.id}; request is {request.status.value}"
+
+    def _validation_for(self, session: Session, message: Inbound, argument: str) -> ValidationRow:
+        """The validation a mail speaks for: by typed token, reply address or thread.
+
+        A typed token is a credential on its own. A reply without one is matched
+        by the address or thread of our mail, and must come from the contact.
+        """
+        if tokens.looks_like_token_attempt(argument):
+            return self._validation_by_token(session, argument, message.sender)
+        row = self._validation_by_reply(session, message)
+        if row is None:
+            raise BadToken("no token and not a reply to a validation email")
+        contact = session.get(Contact, row.contact_id)
+        assert contact is not None
+        if contact.email != message.sender:
+            raise NotAuthorized(
+                "reply from the address the validation email was sent to, or include the token",
+                request=row.request_id,
+            )
+        return row
+
+    def _validation_by_token(self, session: Session, typed: str, actor: str) -> ValidationRow:
+        since = self.clock.now() - timedelta(hours=1)
+        if store.recent_events(session, "error:bad-token", actor, since) >= (
+            self.settings.policy.max_bad_tokens_per_hour
+        ):
+            raise TooManyAttempts("")
+        token = tokens.normalise(typed)
+        found = store.token_by_digest(session, tokens.digest(token)) if token else None
+        if found is None:
+            raise BadToken("")
+        row = session.get(ValidationRow, found.validation_id)
+        assert row is not None
+        return row
+
+    def _validation_by_reply(self, session: Session, message: Inbound) -> ValidationRow | None:
+        for recipient in message.recipients:
+            key = mailparse.plus_key(recipient, self.settings.bot.local_part)
+            normalised = tokens.normalise_key(key) if key else None
+            if normalised and (
+                found := store.token_by_reply_key(session, tokens.digest(normalised))
+            ):
+                return session.get(ValidationRow, found.validation_id)
+        sent = store.sent_mail(session, message.parsed.references)
+        if sent is None:
+            return None
+        if sent.validation_id is not None:
+            return session.get(ValidationRow, sent.validation_id)
+        contact = store.contact_by_email(session, message.sender)
+        if sent.request_id is None or contact is None:
+            return None
+        rows = store.validation_rows(session, sent.request_id)
+        return next((v for v in rows if v.contact_id == contact.id), None)
+
+    def _decide(
+        self,
+        session: Session,
+        validation: ValidationRow,
+        decision: Decision,
+        channel: Channel,
+        *,
+        actor: str,
+        message: Inbound | None = None,
+    ) -> Request:
+        request_row = store.request_row(session, validation.request_id, for_update=True)
+        assert request_row is not None
+        session.refresh(validation)
+        contact = session.get(Contact, validation.contact_id)
+        assert contact is not None
+        now = self.clock.now()
+        transition = workflow.decide(
+            store.request(session, request_row),
+            contact=store.party(contact),
+            decision=decision,
+            channel=channel,
+            now=now,
+            actor=actor,
+        )
+        request = transition.request
+        decided = request.validation_of(store.party(contact))
+        assert decided is not None
+        validation.status = decided.status.value
+        validation.channel = channel.value
+        validation.decided_at = now
+        validation.actor_email = decided.actor
+        request_row.status = request.status.value
+        request_row.closed_at = request.closed_at
+        self._log(
+            session,
+            request.id,
+            f"validation-{decided.status.value}",
+            actor=actor,
+            contact_id=contact.id,
+            channel=channel.value,
+            inbound_id=message.id if message else None,
+        )
+        if not request.pending:
+            self._log(
+                session,
+                request.id,
+                f"request-{request.status.value}",
+                actor=actor,
+                inbound_id=message.id if message else None,
+            )
+        self._carry_out(session, request, transition.effects, message)
+        return request
+
+    def decide_with_token(
+        self, typed: str, decision: Decision, channel: Channel, *, actor: str | None = None
+    ) -> Request:
+        """A decision carried by a token alone (the link page)."""
+        with transaction(self.engine) as session:
+            token = tokens.normalise(typed)
+            found = store.token_by_digest(session, tokens.digest(token)) if token else None
+            if found is None:
+                raise BadToken("")
+            validation = session.get(ValidationRow, found.validation_id)
+            assert validation is not None
+            contact = session.get(Contact, validation.contact_id)
+            assert contact is not None
+            return self._decide(
+                session, validation, decision, channel, actor=actor or contact.email
+            )
+
+    # -- effects ------------------------------------------------------------------
+
+    def _carry_out(
+        self,
+        session: Session,
+        request: Request,
+        effects: tuple[workflow.Effect, ...],
+        message: Inbound | None,
+    ) -> None:
+        for effect in effects:
+            if isinstance(effect, workflow.ApplyHolders):
+                self._apply_holders(session, effect)
+            elif isinstance(effect, workflow.AskToValidate):
+                self._ask_to_validate(session, request, effect.contact, message)
+            else:
+                for party in effect.recipients:
+                    self._queue(session, Outgoing(effect.event, party, request), message)
+
+    def _apply_holders(self, session: Session, effect: workflow.ApplyHolders) -> None:
+        row = store.service_row(session, effect.service, for_update=True)
+        assert row is not None
+        for role, holder in effect.holders.items():
+            assert holder.id is not None
+            setattr(row, f"{role.value}_id", holder.id)
+        row.updated_at = self.clock.now()
+
+    def _ask_to_validate(
+        self, session: Session, request: Request, contact: Party, message: Inbound | None
+    ) -> None:
+        validation = next(
+            v for v in store.validation_rows(session, request.id) if v.contact_id == contact.id
+        )
+        assert validation.id is not None
+        token, reply_key = tokens.new_token(), tokens.new_key()
+        session.add(
+            ValidationToken(
+                validation_id=validation.id,
+                digest=tokens.digest(token),
+                reply_key_digest=tokens.digest(reply_key),
+                issued_at=self.clock.now(),
+            )
+        )
+        bot = self.settings.bot
+        reply_address = f"{bot.local_part}+{reply_key.lower()}@{bot.domain}"
+        side = request.validation_of(contact)
+        self._queue(
+            session,
+            Outgoing(
+                "validation-requested",
+                contact,
+                request,
+                context={
+                    "token": tokens.group(token),
+                    "link": f"{bot.base_url}/v/{token}",
+                    "reply_address": reply_address,
+                    "side": side.side.value if side else "new",
+                },
+                validation_id=validation.id,
+                reply_to=reply_address,
+                carries_secret=True,
+            ),
+            message,
+        )
+
+    def _queue(self, session: Session, mail: Outgoing, message: Inbound | None) -> None:
+        bot = self.settings.bot
+        context: dict[str, Any] = {
+            "bot": bot,
+            "to": mail.to,
+            "event": mail.event,
+            "request": RequestView.of(mail.request) if mail.request else None,
+            "token": None,
+            "link": None,
+            "reply_address": None,
+            "side": None,
+            "error": None,
+            "command": "",
+            "original_subject": "",
+            "decision": None,
+        }
+        context.update(mail.context or {})
+        rendered = self.renderer.mail(mail.event, mail.to.language, context)
+        answering = message is not None and message.sender == mail.to.email
+        envelope = Envelope(
+            sender_name=bot.name,
+            sender=bot.address,
+            to_name=mail.to.name,
+            to=mail.to.email,
+            event=mail.event,
+            language=mail.to.language,
+            date=self.clock.now(),
+            message_id=new_message_id(bot.domain),
+            request_id=mail.request.id if mail.request else None,
+            error_code=mail.error_code,
+            reply_to=mail.reply_to,
+            in_reply_to=message.message_id if answering and message else None,
+            references=message.parsed.references if answering and message else (),
+        )
+        session.add(
+            OutboxRow(
+                message_id=envelope.message_id,
+                event=mail.event,
+                request_id=envelope.request_id,
+                validation_id=mail.validation_id,
+                to_email=mail.to.email,
+                envelope_from=bot.address,
+                subject=rendered.subject,
+                payload=compose(envelope, rendered),
+                carries_secret=mail.carries_secret,
+                next_attempt_at=envelope.date,
+                created_at=envelope.date,
+            )
+        )
+
+    def _reject(
+        self,
+        session: Session,
+        message: Inbound,
+        error: MailbotError,
+        command: commands.Command | None,
+    ) -> None:
+        """Answer a command that failed with an error mail, and log it."""
+        contact = store.contact_by_email(session, message.sender)
+        language = (
+            contact.language
+            if contact is not None
+            else "fr"
+            if command is not None and command.french
+            else self.settings.bot.language
+        )
+        to = Party(email=message.sender, name=contact.name if contact else "", language=language)
+        self._log(
+            session,
+            error.context.get("request"),
+            f"error:{error.code}",
+            actor=message.sender,
+            inbound_id=message.id,
+            detail=error.detail,
+        )
+        self._queue(
+            session,
+            Outgoing(
+                "error",
+                to,
+                context={
+                    "error": error,
+                    "command": command.line if command else "",
+                    "original_subject": message.parsed.subject[:200],
+                },
+                error_code=error.code,
+            ),
+            message,
+        )
+
+    def _log(
+        self,
+        session: Session,
+        request_id: str | None,
+        kind: str,
+        *,
+        actor: str | None = None,
+        contact_id: int | None = None,
+        channel: str | None = None,
+        inbound_id: int | None = None,
+        detail: str = "",
+    ) -> None:
+        if request_id is not None and store.request_row(session, request_id) is None:
+            request_id = None
+        session.add(
+            EventRow(
+                at=self.clock.now(),
+                request_id=request_id,
+                kind=kind,
+                actor_email=actor,
+                contact_id=contact_id,
+                channel=channel,
+                inbound_id=inbound_id,
+                detail=detail,
+            )
+        )
+
+    # -- outbox -------------------------------------------------------------------
+
+    def flush_outbox(self, transport: Transport) -> FlushReport:
+        return flush(self.engine, transport, self.clock.now(), self.settings.outgoing.max_attempts)
+
+
+def _changes_detail(request: Request) -> str:
+    return json.dumps(
+        [
+            {"role": c.role.value, "from": c.outgoing.email, "to": c.incoming.email}
+            for c in request.changes
+        ]
+    )

@@ -1,0 +1,200 @@
+"""The contact-change state machine, as pure functions.
+
+Each transition takes the current state, the event and ``now`` and returns
+the new state plus the effects the service layer must carry out in the same
+transaction (mails to queue, role holders to apply). Nothing here touches a
+database, a network, a template or the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from mailbot.domain import (
+    Channel,
+    Decision,
+    Party,
+    Request,
+    RequestStatus,
+    Role,
+    RoleChange,
+    Service,
+    Side,
+    Validation,
+    ValidationStatus,
+    unique_parties,
+)
+from mailbot.errors import (
+    DuplicateRequest,
+    NoChange,
+    NotAuthorized,
+    NotInGoodStanding,
+    RequestClosed,
+    TokenUsed,
+)
+
+
+@dataclass(frozen=True)
+class AskToValidate:
+    """Send this contact a personal token mail for the request."""
+
+    contact: Party
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Send ``event`` mail about the request to each recipient."""
+
+    event: str
+    recipients: tuple[Party, ...]
+
+
+@dataclass(frozen=True)
+class ApplyHolders:
+    """Make these contacts the service's role holders."""
+
+    service: str
+    holders: Mapping[Role, Party]
+
+
+Effect = AskToValidate | Notify | ApplyHolders
+
+
+@dataclass(frozen=True)
+class Transition:
+    request: Request
+    effects: tuple[Effect, ...]
+
+
+def open_request(
+    *,
+    request_id: str,
+    service: Service,
+    requester: Party,
+    requester_is_operator: bool,
+    wanted: Mapping[Role, Party],
+    pending_roles: frozenset[Role],
+    now: datetime,
+    ttl: timedelta,
+) -> Transition:
+    """Open a change request, or raise the error that explains why not."""
+    authority = _authority(service, requester, requester_is_operator, wanted)
+    changes = _changes(service, wanted)
+    validations = _validations(authority, changes)
+    _check_standing(service, validations, changes)
+    if busy := sorted(set(wanted) & pending_roles):
+        raise DuplicateRequest(
+            "", service=service.name, roles=", ".join(role.value for role in busy)
+        )
+    request = Request(
+        id=request_id,
+        service=service,
+        requester=requester,
+        changes=changes,
+        validations=validations,
+        created_at=now,
+        expires_at=now + ttl,
+    )
+    effects: list[Effect] = [Notify("request-opened", (requester,))]
+    effects += [AskToValidate(v.contact) for v in validations]
+    return Transition(request, tuple(effects))
+
+
+def decide(
+    request: Request,
+    *,
+    contact: Party,
+    decision: Decision,
+    channel: Channel,
+    now: datetime,
+    actor: str | None = None,
+) -> Transition:
+    """Record one contact's acceptance or refusal, closing the request if it settles it."""
+    validation = request.validation_of(contact)
+    if validation is None:
+        raise NotAuthorized("", request=request.id)
+    if not validation.pending:
+        raise TokenUsed("", request=request.id)
+    if not request.pending:
+        raise RequestClosed("", request=request.id, status=request.status.value)
+    decided = replace(
+        validation,
+        status=ValidationStatus.ACCEPTED
+        if decision is Decision.ACCEPT
+        else ValidationStatus.REFUSED,
+        channel=channel,
+        decided_at=now,
+        actor=actor if actor and actor.lower() != contact.email.lower() else None,
+    )
+    request = replace(
+        request, validations=tuple(decided if v is validation else v for v in request.validations)
+    )
+    if decision is Decision.REFUSE:
+        return _close(request, RequestStatus.REFUSED, now)
+    if not request.awaited:
+        return _close(request, RequestStatus.DONE, now)
+    return Transition(request, (Notify("validation-recorded", (contact,)),))
+
+
+def _close(request: Request, status: RequestStatus, now: datetime) -> Transition:
+    closed = replace(request, status=status, closed_at=now)
+    if status is RequestStatus.DONE:
+        holders = dict(request.service.holders)
+        holders.update({change.role: change.incoming for change in request.changes})
+        recipients = unique_parties([*request.parties, *request.informed])
+        return Transition(
+            closed,
+            (
+                ApplyHolders(request.service.name, holders),
+                Notify("request-done", recipients),
+            ),
+        )
+    return Transition(closed, (Notify(f"request-{status.value}", request.parties),))
+
+
+def _authority(
+    service: Service, requester: Party, is_operator: bool, wanted: Mapping[Role, Party]
+) -> Party:
+    """The contact whose authority the change rests on (DESIGN.md §1).
+
+    The admin (for their own request or an operator's) may change any role;
+    a tech or billing holder may only hand over the role they hold.
+    """
+    if is_operator or requester.same_as(service.admin):
+        return service.admin
+    held = {role for role, holder in service.holders.items() if holder.same_as(requester)}
+    if wanted and Role.ADMIN not in wanted and set(wanted) <= held:
+        return service.holders[next(iter(wanted))]
+    raise NotAuthorized("", service=service.name)
+
+
+def _changes(service: Service, wanted: Mapping[Role, Party]) -> tuple[RoleChange, ...]:
+    for role, incoming in wanted.items():
+        if service.holders[role].same_as(incoming):
+            raise NoChange("", service=service.name, role=role.value, contact=incoming.email)
+    return tuple(
+        RoleChange(role, service.holders[role], incoming)
+        for role, incoming in sorted(wanted.items(), key=lambda item: list(Role).index(item[0]))
+    )
+
+
+def _validations(authority: Party, changes: tuple[RoleChange, ...]) -> tuple[Validation, ...]:
+    """The current side first, then each new holder once."""
+    newcomers = unique_parties(c.incoming for c in changes if not c.incoming.same_as(authority))
+    return (
+        Validation(authority, Side.CURRENT),
+        *(Validation(party, Side.NEW) for party in newcomers),
+    )
+
+
+def _check_standing(
+    service: Service, validations: tuple[Validation, ...], changes: tuple[RoleChange, ...]
+) -> None:
+    if not service.in_good_standing:
+        raise NotInGoodStanding("", service=service.name, subject=service.name)
+    involved = unique_parties([*(v.contact for v in validations), *(c.incoming for c in changes)])
+    for party in involved:
+        if not party.in_good_standing:
+            raise NotInGoodStanding("", service=service.name, subject=party.email)

@@ -1,0 +1,1 @@
+"""Templates shipped with mailbot (mail and web); an operator directory may override them."""

@@ -1,0 +1,152 @@
+"""Test data: the standard world of contacts and services, raw mails, and readers
+for what mailbot queued or sent."""
+
+from __future__ import annotations
+
+import email
+import itertools
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.utils import format_datetime
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import col, select
+
+from mailbot.db import transaction
+from mailbot.importer import ImportFile, apply_import
+from mailbot.models import OutboxRow
+from mailbot.service import Mailbot
+
+ALICE = "alice@example.com"  # admin of example.com, French speaker
+BOB = "bob@example.com"  # tech contact of example.com
+BILL = "bill@example.com"  # billing contact of example.com
+CAROL = "carol@agency.test"  # an agency contact, known
+DAVE = "dave@example.org"  # a contact not in good standing
+STRANGER = "mallory@evil.test"
+
+WORLD: dict[str, Any] = {
+    "contacts": [
+        {"handle": "AM1234-MB", "email": ALICE, "name": "Alice Martin", "language": "fr"},
+        {"handle": "BB200-MB", "email": BOB, "name": "Bob Brown", "language": "en"},
+        {"handle": "BI300-MB", "email": BILL, "name": "Bill Ing", "language": "en"},
+        {"handle": "CA400-MB", "email": CAROL, "name": "Carol Agency", "language": "en"},
+        {"handle": "DU500-MB", "email": DAVE, "name": "Dave Unpaid", "language": "en",
+         "in_good_standing": False},
+    ],
+    "services": [
+        {"name": "example.com", "kind": "domain", "admin": "AM1234-MB", "tech": "BB200-MB",
+         "billing": "BI300-MB"},
+        {"name": "unpaid.example", "kind": "domain", "admin": "AM1234-MB", "tech": "BB200-MB",
+         "billing": "BI300-MB", "in_good_standing": False},
+    ],
+}
+
+
+def seed_world(bot: Mailbot) -> dict[str, Any]:
+    apply_import(bot.engine, ImportFile.model_validate(WORLD), bot.clock.now())
+    return WORLD
+
+
+@dataclass
+class MailFactory:
+    """Builds raw RFC 5322 messages the way mail clients send them."""
+
+    counter: itertools.count[int] = itertools.count(1)  # noqa: RUF009 (shared on purpose: ids stay unique)
+
+    def __call__(
+        self,
+        sender: str,
+        subject: str,
+        body: str = "",
+        *,
+        to: str = "changes@bot.test",
+        in_reply_to: str | None = None,
+        headers: dict[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> bytes:
+        message = EmailMessage(policy=policy.SMTP)
+        message["From"] = sender
+        message["To"] = to
+        message["Subject"] = subject
+        message["Date"] = format_datetime(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+        message["Message-ID"] = message_id or f"<m{next(self.counter)}.{id(self)}@client.test>"
+        if in_reply_to:
+            message["In-Reply-To"] = in_reply_to
+            message["References"] = in_reply_to
+        for name, value in (headers or {}).items():
+            message[name] = value
+        message.set_content(body)
+        return message.as_bytes()
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One queued or sent mail, parsed, with the outbox row it came from."""
+
+    row: OutboxRow
+    message: email.message.EmailMessage | None
+
+    @property
+    def event(self) -> str:
+        return self.row.event
+
+    @property
+    def to(self) -> str:
+        return self.row.to_email
+
+    @property
+    def text(self) -> str:
+        assert self.message is not None
+        part = self.message.get_body(("plain",))
+        assert part is not None
+        return str(part.get_content())
+
+    @property
+    def html(self) -> str:
+        assert self.message is not None
+        part = self.message.get_body(("html",))
+        assert part is not None
+        return str(part.get_content())
+
+    def header(self, name: str) -> str | None:
+        assert self.message is not None
+        value = self.message[name]
+        return None if value is None else str(value)
+
+
+def outbox(bot: Mailbot, *, after: int = 0) -> list[Sent]:
+    """Every mail queued (sent or not) with an outbox id above ``after``."""
+    with transaction(bot.engine) as session:
+        rows = session.exec(
+            select(OutboxRow).where(col(OutboxRow.id) > after).order_by(col(OutboxRow.id))
+        ).all()
+    return [
+        Sent(row, email.message_from_bytes(row.payload, policy=policy.default)  # type: ignore[arg-type]
+             if row.payload else None)
+        for row in rows
+    ]
+
+
+def last_outbox_id(bot: Mailbot) -> int:
+    with transaction(bot.engine) as session:
+        row = session.exec(select(OutboxRow).order_by(col(OutboxRow.id).desc())).first()
+    return row.id if row and row.id else 0
+
+
+def token_in(sent: Sent) -> str:
+    """The grouped token printed in a validation mail."""
+    import re
+
+    found = re.search(r"\b([0-9A-Z]{4}(?:-[0-9A-Z]{4}){4})\b", sent.text)
+    assert found, sent.text
+    return found.group(1)
+
+
+def maildir_messages(root: Path) -> list[email.message.EmailMessage]:
+    return [
+        email.message_from_bytes(path.read_bytes(), policy=policy.default)  # type: ignore[misc]
+        for path in sorted((root / "new").iterdir())
+    ]
