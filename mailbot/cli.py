@@ -11,7 +11,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,15 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
-def _bot(settings: Settings) -> Mailbot:
+@contextmanager
+def _bot(settings: Settings) -> Iterator[Mailbot]:
+    """The service on a database at the current schema, closed when the command ends."""
     bot = Mailbot.from_settings(settings)
-    db.check_schema(bot.engine)
-    return bot
+    try:
+        db.check_schema(bot.engine)
+        yield bot
+    finally:
+        bot.engine.dispose()
 
 
 def _print_json(data: Any) -> None:
@@ -81,15 +87,19 @@ def _print_json(data: Any) -> None:
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     engine = db.make_engine(settings.database)
-    revision = db.upgrade(engine)
+    try:
+        revision = db.upgrade(engine)
+    finally:
+        engine.dispose()
     print(f"database ready at schema revision {revision}")
     return EX_OK
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    bot = _bot(settings)
     try:
-        report = apply_import(bot.engine, read_import_file(Path(args.file)), bot.clock.now())
+        data = read_import_file(Path(args.file))
+        with _bot(settings) as bot:
+            report = apply_import(bot.engine, data, bot.clock.now())
     except ImportFileError as exc:
         raise CommandFailed(str(exc)) from None
     print(
@@ -102,10 +112,10 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
     raw = _read_message(args.file)
     try:
-        bot = _bot(settings)
-        outcome = bot.receive(
-            raw, source="cli", recipients=tuple(args.recipient), envelope_from=args.sender
-        )
+        with _bot(settings) as bot:
+            outcome = bot.receive(
+                raw, source="cli", recipients=tuple(args.recipient), envelope_from=args.sender
+            )
     except (sqlalchemy.exc.OperationalError, db.SchemaOutOfDate) as exc:
         raise CommandFailed(f"message not handled, try again later: {exc}", EX_TEMPFAIL) from None
     print(outcome)
@@ -120,8 +130,7 @@ def _read_message(name: str) -> bytes:
 
 
 def cmd_requests_list(args: argparse.Namespace, settings: Settings) -> int:
-    bot = _bot(settings)
-    with db.transaction(bot.engine) as session:
+    with _bot(settings) as bot, db.transaction(bot.engine) as session:
         rows = store.requests(session, status=args.status)
         items = [request_json(session, row, events=False) for row in rows]
     if args.json:
@@ -136,8 +145,7 @@ def cmd_requests_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_requests_show(args: argparse.Namespace, settings: Settings) -> int:
-    bot = _bot(settings)
-    with db.transaction(bot.engine) as session:
+    with _bot(settings) as bot, db.transaction(bot.engine) as session:
         row = store.request_row(session, args.id)
         if row is None:
             raise CommandFailed(f"no request {args.id}")
@@ -162,8 +170,7 @@ def cmd_requests_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_services_show(args: argparse.Namespace, settings: Settings) -> int:
-    bot = _bot(settings)
-    with db.transaction(bot.engine) as session:
+    with _bot(settings) as bot, db.transaction(bot.engine) as session:
         row = store.service_row(session, args.name)
         if row is None:
             raise CommandFailed(f"no service {args.name}")
@@ -182,8 +189,9 @@ def cmd_services_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_outbox_flush(args: argparse.Namespace, settings: Settings) -> int:
-    bot = _bot(settings)
-    report = bot.flush_outbox(make_transport(settings))
+    transport = make_transport(settings)
+    with _bot(settings) as bot:
+        report = bot.flush_outbox(transport)
     print(f"sent {report.sent}, to retry {report.retried}, dead {report.dead}")
     return EX_OK
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -43,8 +44,27 @@ def new_message_id(domain: str) -> str:
 
 
 def one_line(value: str, limit: int = 200) -> str:
-    """Whitespace (CR and LF included) collapsed to single spaces, bounded."""
-    return " ".join(value.split())[:limit]
+    """Whitespace (CR and LF included) collapsed to single spaces, bounded.
+
+    RFC 2047 encoded words are decoded first, until nothing changes: the email
+    package decodes them when a header is set, so ``=?utf-8?q?=0D=0A...?=``
+    would otherwise smuggle a line break past a plain whitespace fold.
+    """
+    for _ in range(5):
+        decoded = " ".join(_decode_words(value).split())
+        if decoded == value:
+            break
+        value = decoded
+    return value[:limit]
+
+
+def _decode_words(value: str) -> str:
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError):
+        return value.replace("=?", "= ?")
 
 
 def address(name: str, email: str) -> Address:
@@ -73,7 +93,7 @@ def compose(envelope: Envelope, mail: RenderedMail) -> bytes:
         message["In-Reply-To"] = f"<{one_line(envelope.in_reply_to, 900)}>"
         chain = [*envelope.references, envelope.in_reply_to][-10:]
         message["References"] = " ".join(f"<{one_line(ref, 900)}>" for ref in chain)
-    message["Content-Language"] = envelope.language
     message.set_content(mail.text)
     message.add_alternative(mail.html, subtype="html")
+    message["Content-Language"] = envelope.language  # after: set_content clears Content-*
     return message.as_bytes()

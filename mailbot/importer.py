@@ -123,15 +123,7 @@ def _check_unique(data: ImportFile) -> None:
 def _upsert_contacts(session: Session, contacts: list[ContactIn], now: datetime) -> tuple[int, int]:
     created = updated = 0
     for item in contacts:
-        row = store.contact_by_handle(session, item.handle) or store.contact_by_email(
-            session, item.email
-        )
-        owner = store.contact_by_email(session, item.email)
-        if owner is not None and row is not None and owner.id != row.id:
-            raise ImportFileError(
-                f"contact {item.handle}: {item.email} already belongs to contact "
-                f"{owner.handle or owner.email}"
-            )
+        row = _contact_for(session, item)
         if row is None:
             row = Contact(created_at=now, updated_at=now, **item.model_dump())
             session.add(row)
@@ -141,6 +133,25 @@ def _upsert_contacts(session: Session, contacts: list[ContactIn], now: datetime)
             updated += 1
         session.flush()
     return created, updated
+
+
+def _contact_for(session: Session, item: ContactIn) -> Contact | None:
+    """The stored contact this entry updates, if any.
+
+    A contact first met by email (named as a new holder) has no handle yet and
+    is adopted by the entry with its address; an address that belongs to
+    another handle is a conflict, never silently moved.
+    """
+    by_handle = store.contact_by_handle(session, item.handle)
+    by_email = store.contact_by_email(session, item.email)
+    if by_email is None or (by_handle is not None and by_email.id == by_handle.id):
+        return by_handle
+    if by_handle is None and by_email.handle is None:
+        return by_email
+    raise ImportFileError(
+        f"contact {item.handle}: {item.email} already belongs to contact "
+        f"{by_email.handle or by_email.email}"
+    )
 
 
 def _upsert_services(session: Session, services: list[ServiceIn], now: datetime) -> tuple[int, int]:

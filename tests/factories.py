@@ -6,10 +6,10 @@ from __future__ import annotations
 import email
 import itertools
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,30 @@ WORLD: dict[str, Any] = {
         {"handle": "BB200-MB", "email": BOB, "name": "Bob Brown", "language": "en"},
         {"handle": "BI300-MB", "email": BILL, "name": "Bill Ing", "language": "en"},
         {"handle": "CA400-MB", "email": CAROL, "name": "Carol Agency", "language": "en"},
-        {"handle": "DU500-MB", "email": DAVE, "name": "Dave Unpaid", "language": "en",
-         "in_good_standing": False},
+        {
+            "handle": "DU500-MB",
+            "email": DAVE,
+            "name": "Dave Unpaid",
+            "language": "en",
+            "in_good_standing": False,
+        },
     ],
     "services": [
-        {"name": "example.com", "kind": "domain", "admin": "AM1234-MB", "tech": "BB200-MB",
-         "billing": "BI300-MB"},
-        {"name": "unpaid.example", "kind": "domain", "admin": "AM1234-MB", "tech": "BB200-MB",
-         "billing": "BI300-MB", "in_good_standing": False},
+        {
+            "name": "example.com",
+            "kind": "domain",
+            "admin": "AM1234-MB",
+            "tech": "BB200-MB",
+            "billing": "BI300-MB",
+        },
+        {
+            "name": "unpaid.example",
+            "kind": "domain",
+            "admin": "AM1234-MB",
+            "tech": "BB200-MB",
+            "billing": "BI300-MB",
+            "in_good_standing": False,
+        },
     ],
 }
 
@@ -124,8 +140,12 @@ def outbox(bot: Mailbot, *, after: int = 0) -> list[Sent]:
             select(OutboxRow).where(col(OutboxRow.id) > after).order_by(col(OutboxRow.id))
         ).all()
     return [
-        Sent(row, email.message_from_bytes(row.payload, policy=policy.default)  # type: ignore[arg-type]
-             if row.payload else None)
+        Sent(
+            row,
+            email.message_from_bytes(row.payload, policy=policy.default)  # type: ignore[arg-type]
+            if row.payload
+            else None,
+        )
         for row in rows
     ]
 

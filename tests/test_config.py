@@ -26,16 +26,18 @@ def test_defaults_run_on_one_machine() -> None:
     assert settings.imap.enabled is False
 
 
-def test_file_from_option_then_env_then_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_from_option_then_env_then_local(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "mailbot.toml").write_text('[bot]\nlanguage = "fr"\n')
     assert load_settings().bot.language == "fr"
     other = tmp_path / "other.toml"
-    other.write_text('[web]\nport = 9000\n')
+    other.write_text("[web]\nport = 9000\n")
     monkeypatch.setenv("MAILBOT_CONFIG", str(other))
     assert load_settings().web.port == 9000
     assert load_settings().bot.language == "en"
     explicit = tmp_path / "explicit.toml"
-    explicit.write_text('[smtp]\nport = 2600\n')
+    explicit.write_text("[smtp]\nport = 2600\n")
     assert load_settings(str(explicit)).smtp.port == 2600
 
 
@@ -55,7 +57,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ('[smtp]\nport = "many"\n', "smtp.port"),
         ('[bot]\nadress = "x@y.test"\n', "bot.adress"),
         ('[outgoing]\ntransport = "pigeon"\n', "outgoing.transport"),
-        ('[botz]\n', "botz"),
+        ("[botz]\n", "botz"),
         ('[bot]\nbase_url = "ftp://x"\n', "bot.base_url"),
     ],
 )

@@ -38,7 +38,9 @@ def test_crockford_lookalikes_are_read_as_digits() -> None:
     assert tokens.normalise("O0IL-1111-1111-1111-1111") == "00111111111111111111"
 
 
-@pytest.mark.parametrize("typed", ["", "7KQ2", "7KQ2-X9JM-4TRD-8WPA-3HNBX", "7KQ2-X9JM-4TRD-8WPA-3HNU", "é" * 20])
+@pytest.mark.parametrize(
+    "typed", ["", "7KQ2", "7KQ2-X9JM-4TRD-8WPA-3HNBX", "7KQ2-X9JM-4TRD-8WPA-3HNU", "é" * 20]
+)
 def test_what_cannot_be_a_token_is_refused(typed: str) -> None:
     assert tokens.normalise(typed) is None
 
@@ -53,8 +55,14 @@ def test_digest_is_stable_and_does_not_contain_the_token() -> None:
 
 @pytest.mark.parametrize(
     ("text", "attempt"),
-    [("", False), ("thanks", False), ("please!", False), ("7KQ2 X9JM", True),
-     ("7kq2x9jm4trd8wpa3hnb", True), ("ABCDEFGHJKMNPQ", True)],
+    [
+        ("", False),
+        ("thanks", False),
+        ("please!", False),
+        ("7KQ2 X9JM", True),
+        ("7kq2x9jm4trd8wpa3hnb", True),
+        ("ABCDEFGHJKMNPQ", True),
+    ],
 )
 def test_words_after_a_decision_are_a_token_attempt_only_when_they_look_like_one(
     text: str, attempt: bool

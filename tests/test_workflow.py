@@ -66,35 +66,78 @@ def validators(request: Request) -> list[tuple[str, Side]]:
 @pytest.mark.parametrize(
     ("requester", "wanted", "operator", "expected_validators", "expected_informed"),
     [
-        pytest.param(ADMIN, {Role.TECH: NEW}, False,
-                     [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW)], [TECH.email],
-                     id="admin names a new tech contact"),
-        pytest.param(ADMIN, {Role.BILLING: NEW}, False,
-                     [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW)], [BILLING.email],
-                     id="admin names a new billing contact"),
-        pytest.param(ADMIN, {Role.TECH: ADMIN}, False,
-                     [(ADMIN.email, Side.CURRENT)], [TECH.email],
-                     id="admin takes the tech role back"),
-        pytest.param(ADMIN, {Role.ADMIN: NEW}, False,
-                     [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW)], [],
-                     id="admin role moves"),
-        pytest.param(TECH, {Role.TECH: NEW}, False,
-                     [(TECH.email, Side.CURRENT), (NEW.email, Side.NEW)], [ADMIN.email],
-                     id="tech holder hands over"),
-        pytest.param(BILLING, {Role.BILLING: NEW}, False,
-                     [(BILLING.email, Side.CURRENT), (NEW.email, Side.NEW)], [ADMIN.email],
-                     id="billing holder hands over"),
-        pytest.param(OPERATOR, {Role.TECH: NEW}, True,
-                     [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW)], [TECH.email],
-                     id="operator opens, admin validates on the current side"),
-        pytest.param(ADMIN, {Role.TECH: NEW, Role.BILLING: NEW}, False,
-                     [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW)],
-                     [TECH.email, BILLING.email],
-                     id="one contact validates once for several roles"),
-        pytest.param(ADMIN, {Role.TECH: NEW, Role.BILLING: OTHER}, False,
-                     [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW), (OTHER.email, Side.NEW)],
-                     [TECH.email, BILLING.email],
-                     id="two new contacts"),
+        pytest.param(
+            ADMIN,
+            {Role.TECH: NEW},
+            False,
+            [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW)],
+            [TECH.email],
+            id="admin names a new tech contact",
+        ),
+        pytest.param(
+            ADMIN,
+            {Role.BILLING: NEW},
+            False,
+            [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW)],
+            [BILLING.email],
+            id="admin names a new billing contact",
+        ),
+        pytest.param(
+            ADMIN,
+            {Role.TECH: ADMIN},
+            False,
+            [(ADMIN.email, Side.CURRENT)],
+            [TECH.email],
+            id="admin takes the tech role back",
+        ),
+        pytest.param(
+            ADMIN,
+            {Role.ADMIN: NEW},
+            False,
+            [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW)],
+            [],
+            id="admin role moves",
+        ),
+        pytest.param(
+            TECH,
+            {Role.TECH: NEW},
+            False,
+            [(TECH.email, Side.CURRENT), (NEW.email, Side.NEW)],
+            [ADMIN.email],
+            id="tech holder hands over",
+        ),
+        pytest.param(
+            BILLING,
+            {Role.BILLING: NEW},
+            False,
+            [(BILLING.email, Side.CURRENT), (NEW.email, Side.NEW)],
+            [ADMIN.email],
+            id="billing holder hands over",
+        ),
+        pytest.param(
+            OPERATOR,
+            {Role.TECH: NEW},
+            True,
+            [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW)],
+            [TECH.email],
+            id="operator opens, admin validates on the current side",
+        ),
+        pytest.param(
+            ADMIN,
+            {Role.TECH: NEW, Role.BILLING: NEW},
+            False,
+            [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW)],
+            [TECH.email, BILLING.email],
+            id="one contact validates once for several roles",
+        ),
+        pytest.param(
+            ADMIN,
+            {Role.TECH: NEW, Role.BILLING: OTHER},
+            False,
+            [(ADMIN.email, Side.CURRENT), (NEW.email, Side.NEW), (OTHER.email, Side.NEW)],
+            [TECH.email, BILLING.email],
+            id="two new contacts",
+        ),
     ],
 )
 def test_who_validates_and_who_is_informed(
@@ -152,8 +195,12 @@ def test_a_pending_request_on_the_same_role_is_a_duplicate() -> None:
     [
         (replace(SERVICE, in_good_standing=False), {Role.TECH: NEW}),
         (SERVICE, {Role.TECH: replace(NEW, in_good_standing=False)}),
-        (Service("x.test", {**SERVICE.holders, Role.ADMIN: replace(ADMIN, in_good_standing=False)}),
-         {Role.TECH: NEW}),
+        (
+            Service(
+                "x.test", {**SERVICE.holders, Role.ADMIN: replace(ADMIN, in_good_standing=False)}
+            ),
+            {Role.TECH: NEW},
+        ),
     ],
 )
 def test_good_standing_is_required(service: Service, wanted: dict[Role, Party]) -> None:
@@ -161,10 +208,17 @@ def test_good_standing_is_required(service: Service, wanted: dict[Role, Party]) 
         open_(ADMIN if service.admin.in_good_standing else service.admin, wanted, service=service)
 
 
-def decide(request: Request, who: Party, decision: Decision = Decision.ACCEPT,
-           actor: str | None = None) -> workflow.Transition:
-    return workflow.decide(request, contact=who, decision=decision, channel=Channel.EMAIL,
-                           now=NOW + timedelta(hours=1), actor=actor)
+def decide(
+    request: Request, who: Party, decision: Decision = Decision.ACCEPT, actor: str | None = None
+) -> workflow.Transition:
+    return workflow.decide(
+        request,
+        contact=who,
+        decision=decision,
+        channel=Channel.EMAIL,
+        now=NOW + timedelta(hours=1),
+        actor=actor,
+    )
 
 
 def test_first_acceptance_is_recorded_and_the_other_is_awaited() -> None:

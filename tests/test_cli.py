@@ -1,0 +1,240 @@
+"""The CLI as operators and MTAs use it: exit codes, one-line errors, pinned JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from factories import ALICE, BOB, CAROL, WORLD, MailFactory
+
+from mailbot.cli import build_parser, main
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, database_url: str) -> Path:
+    path = tmp_path / "mailbot.toml"
+    path.write_text(
+        f'[bot]\naddress = "changes@bot.test"\nbase_url = "https://bot.test"\n'
+        f'[database]\nurl = "{database_url}"\n'
+        f'[outgoing]\nmaildir = "{tmp_path / "sent"}"\n'
+    )
+    return path
+
+
+@pytest.fixture
+def run(config_file: Path, capsys: pytest.CaptureFixture[str]) -> Run:
+    def invoke(*args: str) -> Result:
+        code = main(["--config", str(config_file), *args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+@pytest.fixture
+def ready(run: Run, tmp_path: Path) -> Run:
+    """A database initialised and loaded with the standard world."""
+    assert run("init").code == 0
+    data = tmp_path / "world.json"
+    data.write_text(json.dumps(WORLD))
+    assert run("import", str(data)).code == 0
+    return run
+
+
+def test_init_is_repeatable(run: Run) -> None:
+    assert run("init").code == 0
+    assert run("init").code == 0
+
+
+def test_commands_refuse_a_database_without_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "fresh.toml"
+    path.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/fresh.db"\n')
+    assert main(["--config", str(path), "requests", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "mailbot init" in err
+    assert "Traceback" not in err
+    assert main(["--config", str(path), "init"]) == 0
+    assert main(["--config", str(path), "requests", "list"]) == 0
+
+
+def test_import_reports_and_is_idempotent(ready: Run, tmp_path: Path) -> None:
+    result = ready("import", str(tmp_path / "world.json"))
+    assert result.out.strip() == "contacts: 0 created, 0 updated; services: 0 created, 0 updated"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("import", "/nonexistent.json"), 1, "cannot read"),
+        (("requests", "show", "CR-NOPE0000"), 1, "no request CR-NOPE0000"),
+        (("services", "show", "nosuch.example"), 1, "no service nosuch.example"),
+        (("process", "/nonexistent.eml"), 2, "cannot read"),
+    ],
+)
+def test_user_errors_are_one_line_and_non_zero(
+    ready: Run, args: tuple[str, ...], code: int, message: str
+) -> None:
+    result = ready(*args)
+    assert result.code == code
+    assert result.err.startswith("mailbot: error: ")
+    assert message in result.err
+    assert result.err.count("\n") == 1
+
+
+def test_a_bad_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[bot]\nlanguage = "de"\n')
+    assert main(["--config", str(path), "init"]) == 2
+    assert "bot.language" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["requests", "frobnicate"])
+    assert exit_info.value.code == 2
+
+
+def test_process_says_tempfail_when_the_database_is_unusable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "db").mkdir()
+    path = tmp_path / "c.toml"
+    path.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/db"\n')  # a directory, not a file
+    message = tmp_path / "m.eml"
+    message.write_bytes(MailFactory()(ALICE, "HELP"))
+    assert main(["--config", str(path), "process", str(message)]) == 75
+
+
+def test_every_command_is_documented_with_an_example() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():  # type: ignore[union-attr]
+        nested = [a for a in command._actions if a.dest == "action"]
+        leaves = nested[0].choices.values() if nested else [command]  # type: ignore[union-attr]
+        for leaf in leaves:
+            assert leaf.format_help(), name
+            assert "example: mailbot" in (leaf.epilog or ""), f"{name} has no example"
+
+
+def process(run: Run, tmp_path: Path, raw: bytes) -> Result:
+    path = tmp_path / "in.eml"
+    path.write_bytes(raw)
+    result = run("process", str(path))
+    assert result.code == 0, result.err
+    return result
+
+
+def sent_mails(tmp_path: Path) -> list[Any]:
+    import email
+    from email import policy
+
+    new = tmp_path / "sent" / "new"
+    return (
+        [
+            email.message_from_bytes(p.read_bytes(), policy=policy.default)
+            for p in sorted(new.iterdir(), key=lambda p: p.name)
+        ]
+        if new.exists()
+        else []
+    )
+
+
+def flush(run: Run, tmp_path: Path, seen: int) -> list[Any]:
+    assert run("outbox", "flush").code == 0
+    return sent_mails(tmp_path)[seen:]
+
+
+def test_the_reviewers_scenario(ready: Run, tmp_path: Path) -> None:
+    mail = MailFactory()
+    process(ready, tmp_path, mail(ALICE, "CHANGE example.com", f"tech: {CAROL}\n"))
+    mails = flush(ready, tmp_path, 0)
+    assert sorted((m["X-Mailbot-Event"], m["To"].addresses[0].addr_spec) for m in mails) == [
+        ("request-opened", ALICE),
+        ("validation-requested", ALICE),
+        ("validation-requested", CAROL),
+    ]
+    request_id = mails[0]["X-Mailbot-Request"]
+    listed = ready("requests", "list", "--json").json()
+    assert [r["id"] for r in listed] == [request_id]
+    shown = ready("requests", "show", request_id, "--json").json()
+    assert {k: shown[k] for k in ("id", "service", "status")} == {
+        "id": request_id,
+        "service": "example.com",
+        "status": "pending",
+    }
+    assert shown["changes"] == [{"role": "tech", "from": BOB, "to": CAROL}]
+    assert [(v["email"], v["side"], v["status"], v["delivery"]) for v in shown["validations"]] == [
+        (ALICE, "current", "pending", "sent"),
+        (CAROL, "new", "pending", "sent"),
+    ]
+    assert shown["created_at"] and shown["expires_at"] and shown["closed_at"] is None
+
+    import re
+
+    tokens = {
+        m["To"].addresses[0].addr_spec: re.search(
+            r"[0-9A-Z]{4}(-[0-9A-Z]{4}){4}", m.get_body(("plain",)).get_content()
+        ).group(0)
+        for m in mails
+        if m["X-Mailbot-Event"] == "validation-requested"
+    }
+    assert tokens[ALICE] != tokens[CAROL]
+    accept = mail(ALICE, "ok", "ACCEPT " + tokens[ALICE].lower().replace("-", " "))
+    process(ready, tmp_path, accept)
+    mails = flush(ready, tmp_path, 3)
+    assert [(m["X-Mailbot-Event"], m["To"].addresses[0].addr_spec) for m in mails] == [
+        ("validation-recorded", ALICE)
+    ]
+    assert process(ready, tmp_path, accept).out.startswith("duplicate")
+    assert flush(ready, tmp_path, 4) == []
+
+    process(ready, tmp_path, mail(CAROL, "Re: validation", f"ACCEPTER {tokens[CAROL]}"))
+    mails = flush(ready, tmp_path, 4)
+    assert sorted((m["X-Mailbot-Event"], m["To"].addresses[0].addr_spec) for m in mails) == [
+        ("request-done", ALICE),
+        ("request-done", BOB),
+        ("request-done", CAROL),
+    ]
+    shown = ready("requests", "show", request_id, "--json").json()
+    assert shown["status"] == "done"
+    assert shown["closed_at"]
+    assert [v["channel"] for v in shown["validations"]] == ["email", "email"]
+    service = ready("services", "show", "example.com", "--json").json()
+    assert (service["name"], service["admin"], service["tech"], service["billing"]) == (
+        "example.com",
+        ALICE,
+        CAROL,
+        "bill@example.com",
+    )
+
+    process(ready, tmp_path, mail(CAROL, "again", f"ACCEPT {tokens[CAROL]}"))
+    (error,) = flush(ready, tmp_path, 7)
+    assert error["X-Mailbot-Error"] == "token-used"
+
+
+def test_list_filters_by_status_and_shows_text(ready: Run, tmp_path: Path) -> None:
+    process(ready, tmp_path, MailFactory()(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    assert len(ready("requests", "list", "--status", "pending", "--json").json()) == 1
+    assert ready("requests", "list", "--status", "done", "--json").json() == []
+    text = ready("requests", "list").out
+    assert "pending" in text and "example.com" in text
+    assert "example.com" in ready("services", "show", "example.com").out

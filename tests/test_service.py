@@ -1,0 +1,348 @@
+"""The use cases on a real database (SQLite and PostgreSQL), asserting on the mails queued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from factories import (
+    ALICE,
+    BILL,
+    BOB,
+    CAROL,
+    DAVE,
+    STRANGER,
+    MailFactory,
+    Sent,
+    last_outbox_id,
+    outbox,
+    token_in,
+)
+from sqlmodel import select
+
+from mailbot import store
+from mailbot.db import transaction
+from mailbot.domain import Channel, Decision
+from mailbot.errors import BadToken, TokenUsed
+from mailbot.models import InboundMessage
+from mailbot.service import Mailbot
+
+pytestmark = pytest.mark.usefixtures("world")
+
+
+def send(bot: Mailbot, raw: bytes, **kwargs: Any) -> list[Sent]:
+    """Deliver one message; return the mails it caused."""
+    before = last_outbox_id(bot)
+    bot.receive(raw, **kwargs)
+    return outbox(bot, after=before)
+
+
+def by_event(mails: list[Sent]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for mail in mails:
+        found.setdefault(mail.event, []).append(mail.to)
+    return found
+
+
+def open_tech_change(
+    bot: Mailbot, mail: MailFactory, to: str = CAROL
+) -> tuple[str, dict[str, str]]:
+    """Alice (admin) asks to make ``to`` the tech contact; returns request id and tokens."""
+    mails = send(bot, mail(ALICE, "CHANGE example.com", f"tech: {to}\n"))
+    request_id = mails[0].row.request_id
+    assert request_id
+    tokens = {m.to: token_in(m) for m in mails if m.event == "validation-requested"}
+    return request_id, tokens
+
+
+def error_code(mails: list[Sent]) -> str | None:
+    assert len(mails) == 1, [m.event for m in mails]
+    assert mails[0].event == "error"
+    return mails[0].header("X-Mailbot-Error")
+
+
+def status_of(bot: Mailbot, request_id: str) -> str:
+    with transaction(bot.engine) as session:
+        row = store.request_row(session, request_id)
+        assert row is not None
+        return row.status
+
+
+def tech_of(bot: Mailbot, service: str = "example.com") -> str:
+    with transaction(bot.engine) as session:
+        row = store.service_row(session, service)
+        assert row is not None
+        return store.service(session, row).holders[store.Role.TECH].email
+
+
+def test_the_whole_story(bot: Mailbot, mail: MailFactory) -> None:
+    mails = send(bot, mail(ALICE, "CHANGE example.com", "tech: carol@agency.test\n"))
+    assert by_event(mails) == {
+        "request-opened": [ALICE],
+        "validation-requested": [ALICE, CAROL],
+    }
+    asks = [m for m in mails if m.event == "validation-requested"]
+    assert len({token_in(m) for m in asks}) == 2
+    request_id = mails[0].row.request_id
+    assert request_id and request_id.startswith("CR-")
+    for m in mails:
+        assert m.header("X-Mailbot-Request") == request_id
+        assert m.header("Auto-Submitted") in ("auto-replied", "auto-generated")
+        assert m.header("Message-ID")
+    # Alice writes French (her contact language) and sees her own token.
+    alice_ask = next(m for m in asks if m.to == ALICE)
+    assert alice_ask.header("Content-Language") == "fr"
+    assert f"https://bot.test/v/{token_in(alice_ask).replace('-', '')}" in alice_ask.text
+
+    typed = token_in(alice_ask).lower().replace("-", " ")
+    accept = mail(ALICE, "ok", f"ACCEPT {typed}\n")
+    mails = send(bot, accept)
+    assert by_event(mails) == {"validation-recorded": [ALICE]}
+    assert "carol@agency.test" in mails[0].text
+    assert send(bot, accept) == []  # the same message again: no effect
+
+    carol_token = token_in(next(m for m in asks if m.to == CAROL))
+    mails = send(bot, mail(CAROL, "Re: validation", f"ACCEPTER {carol_token}\n"))
+    assert by_event(mails) == {"request-done": [ALICE, CAROL, BOB]}
+    assert status_of(bot, request_id) == "done"
+    assert tech_of(bot) == CAROL
+
+
+def test_a_reused_token_is_refused(bot: Mailbot, mail: MailFactory) -> None:
+    request_id, tokens = open_tech_change(bot, mail)
+    send(bot, mail(ALICE, "x", f"ACCEPT {tokens[ALICE]}"))
+    assert error_code(send(bot, mail(ALICE, "x", f"ACCEPT {tokens[ALICE]}"))) == "token-used"
+    assert error_code(send(bot, mail(ALICE, "x", f"REFUSE {tokens[ALICE]}"))) == "token-used"
+    assert status_of(bot, request_id) == "pending"
+
+
+@pytest.mark.parametrize(
+    ("sender", "subject", "body", "code"),
+    [
+        (STRANGER, "CHANGE example.com", "tech: carol@agency.test", "not-authorized"),
+        (BOB, "CHANGE example.com", "billing: carol@agency.test", "not-authorized"),
+        (ALICE, "CHANGE nosuch.example", "tech: carol@agency.test", "unknown-service"),
+        (ALICE, "CHANGE unpaid.example", "tech: carol@agency.test", "not-in-good-standing"),
+        (ALICE, "CHANGE example.com", "tech: dave@example.org", "not-in-good-standing"),
+        (ALICE, "CHANGE example.com", "tech: bob@example.com", "no-change"),
+        (ALICE, "CHANGE example.com", "tech: BB200-MB", "no-change"),
+        (ALICE, "CHANGE example.com", "owner: carol@agency.test", "malformed-request"),
+        (ALICE, "CHANGE example.com", "Please do it", "malformed-request"),
+        (ALICE, "CHANGE example.com", "tech: XX999-MB", "unknown-contact"),
+        (ALICE, "CHANGE example.com", "tech: not an address@", "malformed-request"),
+        (ALICE, "Hello", "Can we talk about the invoice?", "unknown-command"),
+        (ALICE, "x", "ACCEPT 7KQ2-X9JM-4TRD-8WPA-3HNB", "bad-token"),
+        (ALICE, "x", "ACCEPT 7KQ2-X9JM", "bad-token"),
+        (ALICE, "x", "ACCEPT", "bad-token"),
+        (ALICE, "ACCEPT", "REFUSE", "ambiguous-decision"),
+    ],
+)
+def test_each_bad_mail_gets_one_error_with_its_code(
+    bot: Mailbot, mail: MailFactory, sender: str, subject: str, body: str, code: str
+) -> None:
+    mails = send(bot, mail(sender, subject, body))
+    assert error_code(mails) == code
+    assert mails[0].to == sender
+    assert code in mails[0].text
+    with transaction(bot.engine) as session:
+        assert store.requests(session) == []
+
+
+def test_error_mails_answer_in_the_senders_language(bot: Mailbot, mail: MailFactory) -> None:
+    french = send(bot, mail(STRANGER, "CHANGER example.com", "technique: carol@agency.test"))
+    assert french[0].header("Content-Language") == "fr"
+    english = send(bot, mail(STRANGER, "CHANGE example.com", "tech: carol@agency.test"))
+    assert english[0].header("Content-Language") == "en"
+
+
+def test_a_second_request_for_a_pending_role_is_a_duplicate(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    open_tech_change(bot, mail)
+    mails = send(bot, mail(ALICE, "CHANGE example.com", f"tech: {BILL}"))
+    assert error_code(mails) == "duplicate-request"
+    # Another role of the same service is free.
+    mails = send(bot, mail(ALICE, "CHANGE example.com", f"billing: {CAROL}"))
+    assert "request-opened" in by_event(mails)
+
+
+def test_a_refusal_closes_the_request_and_kills_the_other_token(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    mails = send(bot, mail(ALICE, "CHANGER example.com", "facturation: carol@agency.test"))
+    request_id = mails[0].row.request_id
+    assert request_id
+    tokens = {m.to: token_in(m) for m in mails if m.event == "validation-requested"}
+    mails = send(bot, mail(CAROL, "non", f"REFUSER {tokens[CAROL]}"))
+    assert by_event(mails) == {"request-refused": [ALICE, CAROL]}
+    assert status_of(bot, request_id) == "refused"
+    with transaction(bot.engine) as session:
+        row = store.service_row(session, "example.com")
+        assert row is not None
+        assert store.service(session, row).holders[store.Role.BILLING].email == BILL
+    assert error_code(send(bot, mail(ALICE, "x", f"ACCEPT {tokens[ALICE]}"))) == "request-closed"
+
+
+def test_a_holder_hands_over_their_own_role(bot: Mailbot, mail: MailFactory) -> None:
+    mails = send(bot, mail(BOB, "CHANGE example.com", f"tech: {CAROL}"))
+    assert by_event(mails) == {
+        "request-opened": [BOB],
+        "validation-requested": [BOB, CAROL],
+    }
+    tokens = {m.to: token_in(m) for m in mails if m.event == "validation-requested"}
+    send(bot, mail(BOB, "x", f"ACCEPT {tokens[BOB]}"))
+    mails = send(bot, mail(CAROL, "x", f"ACCEPT {tokens[CAROL]}"))
+    assert by_event(mails) == {"request-done": [BOB, CAROL, ALICE]}
+    assert tech_of(bot) == CAROL
+
+
+def test_the_admin_takes_the_tech_role_back_alone(bot: Mailbot, mail: MailFactory) -> None:
+    mails = send(bot, mail(ALICE, "CHANGE example.com", "tech: AM1234-MB"))
+    assert by_event(mails) == {"request-opened": [ALICE], "validation-requested": [ALICE]}
+    mails = send(bot, mail(ALICE, "x", f"ACCEPT {token_in(mails[1])}"))
+    assert by_event(mails) == {"request-done": [ALICE, BOB]}
+    assert tech_of(bot) == ALICE
+
+
+def test_an_operator_opens_for_the_admin(bot: Mailbot, mail: MailFactory) -> None:
+    mails = send(bot, mail("Ops Desk <ops@agency.test>", "CHANGE example.com", f"tech: {CAROL}"))
+    assert by_event(mails) == {
+        "request-opened": ["ops@agency.test"],
+        "validation-requested": [ALICE, CAROL],
+    }
+
+
+def test_an_unknown_new_contact_named_by_email_is_created(bot: Mailbot, mail: MailFactory) -> None:
+    _, tokens = open_tech_change(bot, mail, to="Newbie@Fresh.TEST")
+    assert set(tokens) == {ALICE, "newbie@fresh.test"}
+    with transaction(bot.engine) as session:
+        assert store.contact_by_email(session, "newbie@fresh.test") is not None
+
+
+def test_a_failed_request_creates_no_contact(bot: Mailbot, mail: MailFactory) -> None:
+    send(bot, mail(ALICE, "CHANGE unpaid.example", "tech: fresh@new.test"))
+    with transaction(bot.engine) as session:
+        assert store.contact_by_email(session, "fresh@new.test") is None
+
+
+def reply_to_ask(
+    mail: MailFactory, ask: Sent, sender: str, body: str, *, to: str | None = None
+) -> bytes:
+    return mail(
+        sender,
+        "Re: " + (ask.header("Subject") or ""),
+        body,
+        to=to or "changes@bot.test",
+        in_reply_to=ask.header("Message-ID"),
+    )
+
+
+def test_a_bare_reply_is_matched_by_its_thread(bot: Mailbot, mail: MailFactory) -> None:
+    mails = send(bot, mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    ask = next(m for m in mails if m.event == "validation-requested" and m.to == CAROL)
+    quoted = "\n".join("> " + line for line in ask.text.splitlines())
+    mails = send(
+        bot, reply_to_ask(mail, ask, CAROL, f"Accept\n\nOn Monday mailbot wrote:\n{quoted}")
+    )
+    assert by_event(mails) == {"validation-recorded": [CAROL]}
+
+
+def test_a_bare_reply_is_matched_by_its_plus_address(bot: Mailbot, mail: MailFactory) -> None:
+    mails = send(bot, mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    ask = next(m for m in mails if m.event == "validation-requested" and m.to == CAROL)
+    reply_to = ask.header("Reply-To") or ""
+    assert reply_to.startswith("mailbot <changes+") or "changes+" in reply_to
+    address = reply_to[reply_to.index("<") + 1 : reply_to.index(">")]
+    mails = send(bot, mail(CAROL, "no thread here", "REFUSE", to=address))
+    assert by_event(mails) == {"request-refused": [ALICE, CAROL]}
+
+
+def test_a_bare_reply_from_someone_else_is_refused(bot: Mailbot, mail: MailFactory) -> None:
+    mails = send(bot, mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    ask = next(m for m in mails if m.event == "validation-requested" and m.to == CAROL)
+    assert error_code(send(bot, reply_to_ask(mail, ask, STRANGER, "ACCEPT"))) == "not-authorized"
+
+
+def test_a_token_speaks_for_its_contact_whoever_carries_it(bot: Mailbot, mail: MailFactory) -> None:
+    request_id, tokens = open_tech_change(bot, mail)
+    mails = send(bot, mail("desk@agency.test", "fwd", f"ACCEPT {tokens[CAROL]}"))
+    assert by_event(mails) == {"validation-recorded": [CAROL]}
+    with transaction(bot.engine) as session:
+        row = store.request_row(session, request_id)
+        assert row is not None
+        validation = store.request(session, row).validations[1]
+    assert validation.actor == "desk@agency.test"
+
+
+def test_guessing_tokens_is_throttled(bot: Mailbot, mail: MailFactory) -> None:
+    _, tokens = open_tech_change(bot, mail)
+    for _ in range(bot.settings.policy.max_bad_tokens_per_hour):
+        assert (
+            error_code(send(bot, mail(STRANGER, "x", "ACCEPT 7KQ2-X9JM-4TRD-8WPA-3HNB")))
+            == "bad-token"
+        )
+    # Even the right token is not looked at any more this hour.
+    assert (
+        error_code(send(bot, mail(STRANGER, "x", f"ACCEPT {tokens[CAROL]}"))) == "too-many-attempts"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sender", "headers", "envelope_from"),
+    [
+        (CAROL, {"Auto-Submitted": "auto-replied"}, None),
+        (CAROL, {"Precedence": "bulk"}, None),
+        (CAROL, {"List-Id": "<x.lists.test>"}, None),
+        ("MAILER-DAEMON@mx.test", {}, ""),
+        ("changes@bot.test", {}, None),
+        ("", {}, None),
+    ],
+)
+def test_never_answers_robots_bounces_or_itself(
+    bot: Mailbot, mail: MailFactory, sender: str, headers: dict[str, str], envelope_from: str | None
+) -> None:
+    _, tokens = open_tech_change(bot, mail)
+    raw = mail(sender, "Out of office", f"ACCEPT {tokens[CAROL]}", headers=headers)
+    assert send(bot, raw, envelope_from=envelope_from) == []
+    with transaction(bot.engine) as session:
+        inbound = session.exec(select(InboundMessage).order_by(InboundMessage.id.desc())).first()  # type: ignore[union-attr]
+        assert inbound is not None
+        assert inbound.status == "ignored"
+
+
+def test_a_message_without_message_id_is_deduplicated_by_content(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    raw = mail(ALICE, "Hello", "nothing").replace(b"Message-ID:", b"X-Old-Id:")
+    assert len(send(bot, raw)) == 1
+    assert send(bot, raw) == []
+
+
+def test_the_link_page_decision_goes_through_the_same_service(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    request_id, tokens = open_tech_change(bot, mail)
+    bot.decide_with_token(tokens[ALICE], Decision.ACCEPT, Channel.WEB)
+    request = bot.decide_with_token(tokens[CAROL].lower(), Decision.ACCEPT, Channel.WEB)
+    assert request.status.value == "done"
+    assert {v.channel for v in request.validations} == {Channel.WEB}
+    with pytest.raises(TokenUsed):
+        bot.decide_with_token(tokens[CAROL], Decision.ACCEPT, Channel.WEB)
+    with pytest.raises(BadToken):
+        bot.decide_with_token("0000-0000-0000-0000-0000", Decision.ACCEPT, Channel.WEB)
+
+
+def test_every_transition_is_in_the_event_log(bot: Mailbot, mail: MailFactory) -> None:
+    request_id, tokens = open_tech_change(bot, mail)
+    send(bot, mail(ALICE, "x", f"ACCEPT {tokens[ALICE]}"))
+    send(bot, mail(CAROL, "x", f"ACCEPT {tokens[CAROL]}"))
+    with transaction(bot.engine) as session:
+        kinds = [e.kind for e in store.events(session, request_id)]
+    assert kinds == ["request-opened", "validation-accepted", "validation-accepted", "request-done"]
+
+
+def test_a_new_admin_not_in_good_standing_is_refused(bot: Mailbot, mail: MailFactory) -> None:
+    # A contact not in good standing may not even be the requester's new admin.
+    assert error_code(send(bot, mail(ALICE, "CHANGE example.com", f"admin: {DAVE}"))) == (
+        "not-in-good-standing"
+    )
