@@ -186,7 +186,9 @@ def test_the_reviewers_scenario(ready: Run, tmp_path: Path) -> None:
         (ALICE, "current", "pending", "sent"),
         (CAROL, "new", "pending", "sent"),
     ]
-    assert shown["created_at"] and shown["expires_at"] and shown["closed_at"] is None
+    assert shown["created_at"]
+    assert shown["expires_at"]
+    assert shown["closed_at"] is None
 
     import re
 
@@ -236,5 +238,6 @@ def test_list_filters_by_status_and_shows_text(ready: Run, tmp_path: Path) -> No
     assert len(ready("requests", "list", "--status", "pending", "--json").json()) == 1
     assert ready("requests", "list", "--status", "done", "--json").json() == []
     text = ready("requests", "list").out
-    assert "pending" in text and "example.com" in text
+    assert "pending" in text
+    assert "example.com" in text
     assert "example.com" in ready("services", "show", "example.com").out

@@ -84,7 +84,8 @@ def test_the_whole_story(bot: Mailbot, mail: MailFactory) -> None:
     asks = [m for m in mails if m.event == "validation-requested"]
     assert len({token_in(m) for m in asks}) == 2
     request_id = mails[0].row.request_id
-    assert request_id and request_id.startswith("CR-")
+    assert request_id
+    assert request_id.startswith("CR-")
     for m in mails:
         assert m.header("X-Mailbot-Request") == request_id
         assert m.header("Auto-Submitted") in ("auto-replied", "auto-generated")
@@ -321,7 +322,7 @@ def test_a_message_without_message_id_is_deduplicated_by_content(
 def test_the_link_page_decision_goes_through_the_same_service(
     bot: Mailbot, mail: MailFactory
 ) -> None:
-    request_id, tokens = open_tech_change(bot, mail)
+    _request_id, tokens = open_tech_change(bot, mail)
     bot.decide_with_token(tokens[ALICE], Decision.ACCEPT, Channel.WEB)
     request = bot.decide_with_token(tokens[CAROL].lower(), Decision.ACCEPT, Channel.WEB)
     assert request.status.value == "done"
