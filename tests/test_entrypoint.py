@@ -1,0 +1,74 @@
+"""The installed ``mailbot`` command, run as a separate process as an MTA would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from factories import ALICE, CAROL, WORLD, MailFactory
+
+MAILBOT = Path(sys.executable).parent / "mailbot"
+
+
+def mailbot(cwd: Path, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[bytes]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")}
+    environment.update(env or {})
+    return subprocess.run([str(MAILBOT), *args], cwd=cwd, input=stdin, capture_output=True,
+                          env=environment, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with no config: mailbot runs on its built-in defaults there."""
+    return tmp_path_factory.mktemp("defaults")
+
+
+def test_the_command_is_installed_and_documented(workdir: Path) -> None:
+    result = mailbot(workdir, "--help")
+    assert result.returncode == 0
+    for command in ("init", "import", "process", "requests", "services", "outbox", "demo"):
+        assert command.encode() in result.stdout
+
+
+def test_a_request_through_the_installed_command_on_defaults(workdir: Path) -> None:
+    assert mailbot(workdir, "init").returncode == 0
+    assert (workdir / "var" / "mailbot.db").is_file()
+    (workdir / "world.json").write_text(json.dumps(WORLD))
+    assert mailbot(workdir, "import", "world.json").returncode == 0
+    raw = MailFactory()(ALICE, "CHANGE example.com", f"tech: {CAROL}",
+                        to="changes@mailbot.localhost")
+    result = mailbot(workdir, "process", "--recipient", "changes@mailbot.localhost", stdin=raw)
+    assert result.returncode == 0, result.stderr
+    assert b"opened" in result.stdout
+    assert mailbot(workdir, "outbox", "flush").returncode == 0
+    assert len(list((workdir / "var" / "sent" / "new").iterdir())) == 3
+    listed = json.loads(mailbot(workdir, "requests", "list", "--json").stdout)
+    assert [r["status"] for r in listed] == ["pending"]
+
+
+def test_environment_overrides_reach_the_command(workdir: Path, tmp_path: Path) -> None:
+    result = mailbot(workdir, "init", env={"MAILBOT_DATABASE__URL": f"sqlite:///{tmp_path}/o.db"})
+    assert result.returncode == 0
+    assert (tmp_path / "o.db").is_file()
+    bad = mailbot(workdir, "init", env={"MAILBOT_BOT__LANGUAGE": "klingon"})
+    assert bad.returncode == 2
+    assert b"bot.language" in bad.stderr
+    assert b"Traceback" not in bad.stderr
+
+
+def test_process_without_a_database_asks_the_mta_to_retry(tmp_path: Path) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "mailbot.db").mkdir()  # unusable: a directory
+    result = mailbot(tmp_path, "process", stdin=MailFactory()(ALICE, "HELP"))
+    assert result.returncode == 75
+    assert b"Traceback" not in result.stderr
+
+
+def test_demo_runs(workdir: Path) -> None:
+    assert mailbot(workdir, "demo").returncode == 0

@@ -1,0 +1,122 @@
+"""Every mail template renders in every language, subjects are one line, HTML is escaped."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from mailbot.config import BotSettings
+from mailbot.domain import (
+    Channel,
+    Party,
+    Request,
+    Role,
+    RoleChange,
+    Service,
+    Side,
+    Validation,
+    ValidationStatus,
+)
+from mailbot.errors import ERROR_CODES, MailbotError
+from mailbot.render import Renderer, TemplateError, make_environment
+from mailbot.views import RequestView
+
+WHEN = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+EVIL = Party("eve@x.test", '<script>alert("x")</script>', id=9)
+ADMIN = Party("admin@x.test", "Admin", id=1)
+TECH = Party("tech@x.test", "Tech", id=2)
+NEW = Party("new@y.test", '<script>alert("new")</script>', id=3)
+SERVICE = Service("x.test", {Role.ADMIN: ADMIN, Role.TECH: TECH, Role.BILLING: ADMIN})
+REQUEST = Request(
+    id="CR-7K2QX9MD",
+    service=SERVICE,
+    requester=EVIL,
+    changes=(RoleChange(Role.TECH, TECH, NEW),),
+    validations=(
+        Validation(ADMIN, Side.CURRENT, ValidationStatus.ACCEPTED, Channel.WEB, WHEN),
+        Validation(NEW, Side.NEW),
+    ),
+    created_at=WHEN,
+    expires_at=WHEN + timedelta(days=14),
+)
+REQUEST_EVENTS = [
+    "request-opened", "validation-requested", "validation-recorded", "request-done",
+    "request-refused",
+]
+
+
+def context(event: str, **extra: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "bot": BotSettings(), "to": ADMIN, "event": event, "request": RequestView.of(REQUEST),
+        "token": None, "link": None, "reply_address": None, "side": None, "error": None,
+        "command": "", "original_subject": "", "decision": None,
+    }
+    if event == "validation-requested":
+        values.update(token="7KQ2-X9JM-4TRD-8WPA-3HNB", link="https://bot.test/v/7KQ2X9JM4TRD8WPA3HNB",
+                      reply_address="changes+abc@bot.test", side="new")
+    values.update(extra)
+    return values
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Renderer:
+    return Renderer(make_environment())
+
+
+@pytest.mark.parametrize("language", ["en", "fr"])
+@pytest.mark.parametrize("event", REQUEST_EVENTS)
+def test_request_mails_render(renderer: Renderer, event: str, language: str) -> None:
+    mail = renderer.mail(event, language, context(event))
+    assert mail.subject.startswith("[CR-7K2QX9MD]")
+    assert "\n" not in mail.subject
+    assert "x.test" in mail.text
+    assert "<script>" not in mail.html
+    assert "&lt;script&gt;" in mail.html  # the new contact's name, escaped
+
+
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_the_token_mail_says_how_to_answer(renderer: Renderer, language: str) -> None:
+    mail = renderer.mail("validation-requested", language, context("validation-requested"))
+    for text in (mail.text, mail.html):
+        assert "7KQ2-X9JM-4TRD-8WPA-3HNB" in text
+        assert "https://bot.test/v/7KQ2X9JM4TRD8WPA3HNB" in text
+        assert "ACCEPT" in text and "REFUSE" in text
+
+
+@pytest.mark.parametrize("language", ["en", "fr"])
+@pytest.mark.parametrize("code", ERROR_CODES)
+def test_every_error_code_is_explained(renderer: Renderer, code: str, language: str) -> None:
+    error = next(cls for cls in MailbotError.__subclasses__() if cls.code == code)(
+        "", service="x.test", line="owner: x"
+    )
+    mail = renderer.mail("error", language, context("error", request=None, error=error))
+    assert code in mail.text
+    assert code in mail.subject
+    assert len(mail.text.split()) > 15, "an explanation, not just a code"
+
+
+def test_french_mails_are_in_french(renderer: Renderer) -> None:
+    mail = renderer.mail("request-done", "fr", context("request-done"))
+    assert "contact technique" in mail.text
+
+
+def test_an_unknown_language_falls_back_to_english(renderer: Renderer) -> None:
+    mail = renderer.mail("request-done", "de", context("request-done"))
+    assert "technical contact" in mail.text
+
+
+def test_a_missing_template_is_a_clear_error(renderer: Renderer) -> None:
+    with pytest.raises(TemplateError, match="template not found"):
+        renderer.mail("no-such-event", "en", context("x"))
+
+
+def test_an_operator_directory_overrides_shipped_templates(tmp_path: Any) -> None:
+    folder = tmp_path / "mail" / "en"
+    folder.mkdir(parents=True)
+    (folder / "request-done.txt.j2").write_text("Subject: Done {{ request.id }}\n\nCustom.\n")
+    mail = Renderer(make_environment(tmp_path)).mail("request-done", "en", context("request-done"))
+    assert mail.subject == "Done CR-7K2QX9MD"
+    assert mail.text == "Custom.\n"
+    assert "CR-7K2QX9MD" in mail.html  # the shipped HTML part is still used
