@@ -84,6 +84,10 @@ class SmtpSettings(Section):
 class WebSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    secret_key: str | None = Field(default=None, min_length=16, repr=False)
+    """Signs the nonce in the link page's forms. Unset: a random key per process,
+    so a page loaded before a restart must be reloaded. Set the same value on
+    every instance that serves the same database."""
 
 
 class OutgoingSettings(Section):

@@ -23,7 +23,7 @@ from mailbot.clock import Clock, SystemClock
 from mailbot.compose import Envelope, compose, new_message_id
 from mailbot.config import Settings
 from mailbot.db import make_engine, transaction
-from mailbot.domain import Channel, Decision, Party, Request, Role
+from mailbot.domain import Channel, Decision, Party, Request, Role, Validation
 from mailbot.errors import (
     BadToken,
     MailbotError,
@@ -69,6 +69,18 @@ class Inbound:
     @property
     def message_id(self) -> str | None:
         return self.parsed.message_id
+
+
+@dataclass(frozen=True)
+class TokenPage:
+    """A token's request and the validation it stands for."""
+
+    request: Request
+    validation: Validation
+
+    @property
+    def usable(self) -> bool:
+        return self.request.pending and self.validation.pending
 
 
 @dataclass
@@ -354,13 +366,7 @@ class Mailbot:
             self.settings.policy.max_bad_tokens_per_hour
         ):
             raise TooManyAttempts("")
-        token = tokens.normalise(typed)
-        found = store.token_by_digest(session, tokens.digest(token)) if token else None
-        if found is None:
-            raise BadToken("")
-        row = session.get(ValidationRow, found.validation_id)
-        assert row is not None
-        return row
+        return self._validation_by_token_only(session, typed)
 
     def _validation_by_reply(self, session: Session, message: Inbound) -> ValidationRow | None:
         for recipient in message.recipients:
@@ -434,17 +440,34 @@ class Mailbot:
         self._carry_out(session, request, transition.effects, message)
         return request
 
+    def token_page(self, typed: str) -> TokenPage:
+        """What a token's link shows; reads only (mail scanners open every link)."""
+        with transaction(self.engine) as session:
+            validation = self._validation_by_token_only(session, typed)
+            contact = session.get(Contact, validation.contact_id)
+            request_row = store.request_row(session, validation.request_id)
+            assert contact is not None
+            assert request_row is not None
+            request = store.request(session, request_row)
+        own = request.validation_of(store.party(contact))
+        assert own is not None
+        return TokenPage(request, own)
+
+    def _validation_by_token_only(self, session: Session, typed: str) -> ValidationRow:
+        token = tokens.normalise(typed)
+        found = store.token_by_digest(session, tokens.digest(token)) if token else None
+        if found is None:
+            raise BadToken("")
+        validation = session.get(ValidationRow, found.validation_id)
+        assert validation is not None
+        return validation
+
     def decide_with_token(
         self, typed: str, decision: Decision, channel: Channel, *, actor: str | None = None
     ) -> Request:
         """A decision carried by a token alone (the link page)."""
         with transaction(self.engine) as session:
-            token = tokens.normalise(typed)
-            found = store.token_by_digest(session, tokens.digest(token)) if token else None
-            if found is None:
-                raise BadToken("")
-            validation = session.get(ValidationRow, found.validation_id)
-            assert validation is not None
+            validation = self._validation_by_token_only(session, typed)
             contact = session.get(Contact, validation.contact_id)
             assert contact is not None
             return self._decide(

@@ -12,9 +12,25 @@ import mailbot
 
 PURE = ["workflow", "domain", "mailparse", "commands", "tokens", "errors", "render", "compose"]
 IO_LIBRARIES = {
-    "sqlalchemy", "sqlmodel", "alembic", "aiosmtpd", "smtplib", "imaplib", "imapclient",
-    "starlette", "uvicorn", "socket", "apscheduler", "psycopg", "sqlite3", "asyncio",
-    "subprocess", "mailbot.db", "mailbot.store", "mailbot.service", "mailbot.models",
+    "sqlalchemy",
+    "sqlmodel",
+    "alembic",
+    "aiosmtpd",
+    "smtplib",
+    "imaplib",
+    "imapclient",
+    "starlette",
+    "uvicorn",
+    "socket",
+    "apscheduler",
+    "psycopg",
+    "sqlite3",
+    "asyncio",
+    "subprocess",
+    "mailbot.db",
+    "mailbot.store",
+    "mailbot.service",
+    "mailbot.models",
 }
 
 
@@ -34,7 +50,8 @@ def imports_of(path: Path) -> set[str]:
 def test_the_core_does_no_io(module: str) -> None:
     path = Path(mailbot.__file__).parent / f"{module}.py"
     forbidden = {
-        name for name in imports_of(path)
+        name
+        for name in imports_of(path)
         if any(name == lib or name.startswith(lib + ".") for lib in IO_LIBRARIES)
     }
     assert not forbidden, f"{module} imports {forbidden}"

@@ -9,18 +9,28 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from factories import ALICE, CAROL, WORLD, MailFactory
 
 MAILBOT = Path(sys.executable).parent / "mailbot"
 
 
-def mailbot(cwd: Path, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[bytes]:
+def mailbot(
+    cwd: Path,
+    *args: str,
+    stdin: bytes = b"",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")}
     environment.update(env or {})
-    return subprocess.run([str(MAILBOT), *args], cwd=cwd, input=stdin, capture_output=True,
-                          env=environment, timeout=60, check=False)
+    return subprocess.run(
+        [str(MAILBOT), *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +51,9 @@ def test_a_request_through_the_installed_command_on_defaults(workdir: Path) -> N
     assert (workdir / "var" / "mailbot.db").is_file()
     (workdir / "world.json").write_text(json.dumps(WORLD))
     assert mailbot(workdir, "import", "world.json").returncode == 0
-    raw = MailFactory()(ALICE, "CHANGE example.com", f"tech: {CAROL}",
-                        to="changes@mailbot.localhost")
+    raw = MailFactory()(
+        ALICE, "CHANGE example.com", f"tech: {CAROL}", to="changes@mailbot.localhost"
+    )
     result = mailbot(workdir, "process", "--recipient", "changes@mailbot.localhost", stdin=raw)
     assert result.returncode == 0, result.stderr
     assert b"opened" in result.stdout

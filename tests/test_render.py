@@ -42,20 +42,36 @@ REQUEST = Request(
     expires_at=WHEN + timedelta(days=14),
 )
 REQUEST_EVENTS = [
-    "request-opened", "validation-requested", "validation-recorded", "request-done",
+    "request-opened",
+    "validation-requested",
+    "validation-recorded",
+    "request-done",
     "request-refused",
 ]
 
 
 def context(event: str, **extra: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "bot": BotSettings(), "to": ADMIN, "event": event, "request": RequestView.of(REQUEST),
-        "token": None, "link": None, "reply_address": None, "side": None, "error": None,
-        "command": "", "original_subject": "", "decision": None,
+        "bot": BotSettings(),
+        "to": ADMIN,
+        "event": event,
+        "request": RequestView.of(REQUEST),
+        "token": None,
+        "link": None,
+        "reply_address": None,
+        "side": None,
+        "error": None,
+        "command": "",
+        "original_subject": "",
+        "decision": None,
     }
     if event == "validation-requested":
-        values.update(token="7KQ2-X9JM-4TRD-8WPA-3HNB", link="https://bot.test/v/7KQ2X9JM4TRD8WPA3HNB",
-                      reply_address="changes+abc@bot.test", side="new")
+        values.update(
+            token="7KQ2-X9JM-4TRD-8WPA-3HNB",
+            link="https://bot.test/v/7KQ2X9JM4TRD8WPA3HNB",
+            reply_address="changes+abc@bot.test",
+            side="new",
+        )
     values.update(extra)
     return values
 
@@ -82,7 +98,8 @@ def test_the_token_mail_says_how_to_answer(renderer: Renderer, language: str) ->
     for text in (mail.text, mail.html):
         assert "7KQ2-X9JM-4TRD-8WPA-3HNB" in text
         assert "https://bot.test/v/7KQ2X9JM4TRD8WPA3HNB" in text
-        assert "ACCEPT" in text and "REFUSE" in text
+        assert "ACCEPT" in text
+        assert "REFUSE" in text
 
 
 @pytest.mark.parametrize("language", ["en", "fr"])

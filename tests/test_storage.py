@@ -11,14 +11,13 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlmodel import SQLModel
-
 from factories import ALICE, CAROL, MailFactory, outbox, token_in
+from sqlmodel import SQLModel
+from test_outbox import FlakyTransport
+
 from mailbot import store, tokens
 from mailbot.db import transaction
 from mailbot.service import Mailbot
-
-from test_outbox import FlakyTransport
 
 
 def test_migrations_build_exactly_the_models(bot: Mailbot) -> None:
@@ -94,10 +93,15 @@ def test_no_live_token_rests_in_the_database_once_sent(bot: Mailbot, mail: MailF
 
 
 @pytest.mark.usefixtures("world")
-def test_simultaneous_last_decisions_close_the_request_once(bot: Mailbot, mail: MailFactory) -> None:
+def test_simultaneous_last_decisions_close_the_request_once(
+    bot: Mailbot, mail: MailFactory
+) -> None:
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
     asks = {m.to: token_in(m) for m in outbox(bot) if m.event == "validation-requested"}
-    messages = [mail(ALICE, "x", f"ACCEPT {asks[ALICE]}"), mail(CAROL, "x", f"ACCEPT {asks[CAROL]}")]
+    messages = [
+        mail(ALICE, "x", f"ACCEPT {asks[ALICE]}"),
+        mail(CAROL, "x", f"ACCEPT {asks[CAROL]}"),
+    ]
     barrier = threading.Barrier(len(messages))
     errors: list[BaseException] = []
 
@@ -105,7 +109,7 @@ def test_simultaneous_last_decisions_close_the_request_once(bot: Mailbot, mail: 
         barrier.wait()
         try:
             bot.receive(raw)
-        except BaseException as exc:  # noqa: BLE001 (reported to the main thread below)
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=deliver, args=(raw,)) for raw in messages]
