@@ -19,11 +19,10 @@ from typing import Any
 import sqlalchemy.exc
 
 from mailbot import db, store
-from mailbot.adapters.maildir_out import MaildirTransport
+from mailbot.adapters import outgoing_transport
 from mailbot.config import Settings, load_settings
 from mailbot.errors import ConfigError, ImportFileError
 from mailbot.importer import apply_import, read_import_file
-from mailbot.outbox import Transport
 from mailbot.service import Mailbot
 from mailbot.views import request_json, service_json
 
@@ -189,22 +188,27 @@ def cmd_services_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_outbox_flush(args: argparse.Namespace, settings: Settings) -> int:
-    transport = make_transport(settings)
+    transport = outgoing_transport(settings)
     with _bot(settings) as bot:
         report = bot.flush_outbox(transport)
     print(f"sent {report.sent}, to retry {report.retried}, dead {report.dead}")
     return EX_OK
 
 
-def make_transport(settings: Settings) -> Transport:
-    if settings.outgoing.transport == "maildir":
-        return MaildirTransport(settings.outgoing.maildir)
-    raise CommandFailed("the smtp transport is not available in this version", EX_USAGE)
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from mailbot.runtime import serve  # the servers' imports are only paid for here
+
+    try:
+        serve(settings)
+    except OSError as exc:
+        raise CommandFailed(f"cannot listen: {exc.strerror or exc}") from None
+    return EX_OK
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    print("mailbot demo: not yet available; `mailbot --help` lists what is.")
-    return EX_OK
+    from mailbot.demo import run_demo
+
+    return run_demo(keep=args.keep)
 
 
 # -- parser -----------------------------------------------------------------------
@@ -260,7 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_requests(sub, add)
     _add_services(sub)
     _add_outbox(sub)
-    add("demo", cmd_demo, "play a whole scenario end to end", "mailbot demo")
+    add(
+        "serve",
+        cmd_serve,
+        "run the SMTP listener, link pages, scheduler and outbox sender",
+        "mailbot --config /etc/mailbot/mailbot.toml serve",
+    )
+    command = add(
+        "demo",
+        cmd_demo,
+        "play a whole scenario end to end on a throwaway directory",
+        "mailbot demo",
+    )
+    command.add_argument("--keep", action="store_true", help="keep the demo directory")
     return parser
 
 

@@ -43,6 +43,18 @@ def new_message_id(domain: str) -> str:
     return f"{uuid.uuid4().hex}@{domain}"
 
 
+BOUNCE_PREFIX = "bounce-"
+
+
+def bounce_address(local_part: str, domain: str, message_id: str) -> str:
+    """The envelope sender of a mail: a VERP address that names the mail it came with.
+
+    A bounce is sent to it, so the key after ``+`` leads back to the outbox row
+    (and so to the validation) without trusting anything inside the bounce.
+    """
+    return f"{local_part}+{BOUNCE_PREFIX}{message_id.partition('@')[0]}@{domain}"
+
+
 def one_line(value: str, limit: int = 200) -> str:
     """Whitespace (CR and LF included) collapsed to single spaces, bounded.
 

@@ -79,6 +79,9 @@ class SmtpSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=2525, ge=0, le=65535)
     max_message_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    """Larger messages are refused with 552."""
+    domains: list[str] = Field(default_factory=list)
+    """Domains accepted at RCPT besides the bot address's own."""
 
 
 class WebSettings(Section):

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -20,7 +20,7 @@ from sqlmodel import Session
 from mailbot import commands, mailparse, store, tokens, workflow
 from mailbot.addresses import normalise_email
 from mailbot.clock import Clock, SystemClock
-from mailbot.compose import Envelope, compose, new_message_id
+from mailbot.compose import Envelope, bounce_address, compose, new_message_id
 from mailbot.config import Settings
 from mailbot.db import make_engine, transaction
 from mailbot.domain import Channel, Decision, Party, Request, Role, Validation
@@ -55,6 +55,35 @@ class Stored:
     id: int
     duplicate: bool
     status: str
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A message as received, before anything is read from it but its Message-ID."""
+
+    raw: bytes
+    source: str = "cli"
+    recipients: tuple[str, ...] = ()
+    envelope_from: str | None = None
+
+    @property
+    def dedup_key(self) -> str:
+        """The Message-ID, or a digest of the bytes for the rare message without one."""
+        message_id = mailparse.message_id_of(self.raw)
+        if message_id:
+            return f"mid:{message_id}"
+        return f"sha256:{hashlib.sha256(self.raw).hexdigest()}"
+
+    def row(self, now: datetime) -> InboundMessage:
+        return InboundMessage(
+            dedup_key=self.dedup_key,
+            message_id=mailparse.message_id_of(self.raw),
+            source=self.source,
+            envelope_from=self.envelope_from,
+            recipients=",".join(r.lower() for r in self.recipients),
+            raw=self.raw,
+            received_at=now,
+        )
 
 
 @dataclass(frozen=True)
@@ -135,33 +164,38 @@ class Mailbot:
         envelope_from: str | None = None,
     ) -> Stored:
         """Commit the raw bytes, keyed so that the same message twice is stored once."""
-        message_id = mailparse.message_id_of(raw)
-        key = f"mid:{message_id}" if message_id else f"sha256:{hashlib.sha256(raw).hexdigest()}"
+        return self.store_inbound_many([RawMessage(raw, source, recipients, envelope_from)])[0]
+
+    def store_inbound_many(self, messages: list[RawMessage]) -> list[Stored]:
+        """Commit several raw messages at once: one durable commit for a whole batch."""
         try:
             with transaction(self.engine) as session:
-                existing = store.inbound_by_key(session, key)
-                if existing is not None:
-                    assert existing.id is not None
-                    return Stored(existing.id, True, existing.status)
-                row = InboundMessage(
-                    dedup_key=key,
-                    message_id=message_id,
-                    source=source,
-                    envelope_from=envelope_from,
-                    recipients=",".join(r.lower() for r in recipients),
-                    raw=raw,
-                    received_at=self.clock.now(),
-                )
-                session.add(row)
-                session.flush()
-                assert row.id is not None
-                return Stored(row.id, False, row.status)
-        except IntegrityError:  # the same message stored at the same instant elsewhere
-            with transaction(self.engine) as session:
-                existing = store.inbound_by_key(session, key)
-                assert existing is not None
-                assert existing.id is not None
-                return Stored(existing.id, True, existing.status)
+                return self._store_batch(session, messages)
+        except IntegrityError:  # stored at the same instant by another instance
+            if len(messages) == 1:
+                with transaction(self.engine) as session:
+                    return self._store_batch(session, messages)
+            return [self.store_inbound_many([m])[0] for m in messages]
+
+    def _store_batch(self, session: Session, messages: list[RawMessage]) -> list[Stored]:
+        results: list[Stored] = []
+        fresh: dict[str, InboundMessage] = {}
+        now = self.clock.now()
+        for message in messages:
+            key = message.dedup_key
+            existing = fresh.get(key) or store.inbound_by_key(session, key)
+            if existing is not None:
+                results.append(Stored(existing.id or 0, True, existing.status))
+                continue
+            row = message.row(now)
+            session.add(row)
+            fresh[key] = row
+            results.append(Stored(0, False, row.status))
+        session.flush()
+        return [
+            Stored(fresh[m.dedup_key].id or 0, r.duplicate, r.status) if not r.id else r
+            for m, r in zip(messages, results, strict=True)
+        ]
 
     def process_pending(self) -> int:
         """Process messages stored but never processed (e.g. after a crash)."""
@@ -579,7 +613,7 @@ class Mailbot:
                 request_id=envelope.request_id,
                 validation_id=mail.validation_id,
                 to_email=mail.to.email,
-                envelope_from=bot.address,
+                envelope_from=bounce_address(bot.local_part, bot.domain, envelope.message_id),
                 subject=rendered.subject,
                 payload=compose(envelope, rendered),
                 carries_secret=mail.carries_secret,
@@ -656,6 +690,13 @@ class Mailbot:
         )
 
     # -- outbox -------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """The scheduler's periodic hook for reminders and expiry (the request lifecycle).
+
+        Requests do not time out yet; returns how many requests it changed.
+        """
+        return 0
 
     def flush_outbox(self, transport: Transport) -> FlushReport:
         return flush(self.engine, transport, self.clock.now(), self.settings.outgoing.max_attempts)

@@ -1,0 +1,60 @@
+"""Outgoing mail through a smarthost over SMTP (plain, STARTTLS or implicit TLS).
+
+SMTP reply classes map onto the outbox's two failure kinds: 4xx and network
+trouble may go through later; 5xx will not.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+
+from mailbot.config import OutgoingSettings
+from mailbot.outbox import PermanentFailure, TemporaryFailure
+
+TIMEOUT_SECONDS = 30.0
+
+
+class SmtpTransport:
+    def __init__(self, settings: OutgoingSettings) -> None:
+        self.settings = settings
+
+    def send(self, envelope_from: str, recipient: str, payload: bytes) -> None:
+        try:
+            with self._connect() as client:
+                client.sendmail(envelope_from, [recipient], payload)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, message = next(iter(exc.recipients.values()))
+            raise _failure(code, message) from None
+        except smtplib.SMTPResponseException as exc:
+            raise _failure(exc.smtp_code, exc.smtp_error) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from None
+
+    def _connect(self) -> smtplib.SMTP:
+        settings = self.settings
+        context = ssl.create_default_context()
+        client: smtplib.SMTP
+        if settings.ssl:
+            client = smtplib.SMTP_SSL(
+                settings.host, settings.port, timeout=TIMEOUT_SECONDS, context=context
+            )
+        else:
+            client = smtplib.SMTP(settings.host, settings.port, timeout=TIMEOUT_SECONDS)
+        try:
+            client.ehlo_or_helo_if_needed()
+            if settings.starttls and not settings.ssl:
+                client.starttls(context=context)
+                client.ehlo()
+            if settings.username:
+                client.login(settings.username, settings.password or "")
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+
+def _failure(code: int, message: bytes | str) -> TemporaryFailure | PermanentFailure:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    detail = f"{code} {text}"
+    return PermanentFailure(detail) if 500 <= code < 600 else TemporaryFailure(detail)

@@ -1,0 +1,214 @@
+"""``mailbot serve``: the SMTP listener, the link pages, the scheduler and the outbox
+sender in one process and one asyncio loop.
+
+Blocking database and SMTP work runs in worker threads, so the loop only
+moves bytes. SIGTERM or SIGINT stops the listeners first, lets what is in
+flight finish, sends what it queued, and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from mailbot import db
+from mailbot.adapters import outgoing_transport
+from mailbot.adapters.smtp_in import GroupCommitWriter, InboundHandler, smtp_factory
+from mailbot.adapters.web import create_app
+from mailbot.config import Settings
+from mailbot.service import Mailbot
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FLUSH_SECONDS = 5
+RESCUE_SECONDS = 60
+SWEEP_SECONDS = 60
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve`` owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Runtime:
+    def __init__(self, settings: Settings, bot: Mailbot | None = None) -> None:
+        self.settings = settings
+        self.bot = bot or Mailbot.from_settings(settings)
+        self.transport = outgoing_transport(settings)
+        self.store_thread = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self.work_thread = ThreadPoolExecutor(1, thread_name_prefix="process")
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.processing: set[asyncio.Future[Any]] = set()
+
+    async def _blocking(
+        self, pool: ThreadPoolExecutor, function: Callable[..., T], *args: Any
+    ) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, partial(function, *args))
+
+    async def run(self) -> None:
+        await self._blocking(self.work_thread, db.check_schema, self.bot.engine)
+        writer = GroupCommitWriter(self.bot, partial(self._blocking, self.store_thread))
+        writer.start()
+        smtp = await self._start_smtp(writer)
+        web = _QuietServer(
+            uvicorn.Config(
+                create_app(self.bot),
+                host=self.settings.web.host,
+                port=self.settings.web.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        web_task = asyncio.create_task(web.serve(), name="web")
+        self._schedule()
+        self._on_signals()
+        self.kick_processing()
+        while not web.started and not web_task.done():
+            await asyncio.sleep(0.01)
+        if web_task.done():  # uvicorn could not start (port taken...)
+            await self._stop(smtp, writer, web, web_task)
+            raise OSError(f"the web server could not listen on port {self.settings.web.port}")
+        self.ready.set()
+        log.info(
+            "mailbot serving: smtp %s:%d, web %s:%d",
+            self.settings.smtp.host,
+            self.settings.smtp.port,
+            self.settings.web.host,
+            self.settings.web.port,
+        )
+        await self.stopping.wait()
+        await self._stop(smtp, writer, web, web_task)
+
+    async def _start_smtp(self, writer: GroupCommitWriter) -> asyncio.Server:
+        bot = self.settings.bot
+        handler = InboundHandler(writer, [bot.domain, *self.settings.smtp.domains], self.on_stored)
+        factory = smtp_factory(handler, bot.domain, self.settings.smtp.max_message_bytes)
+        return await asyncio.get_running_loop().create_server(
+            factory, self.settings.smtp.host, self.settings.smtp.port
+        )
+
+    def _schedule(self) -> None:
+        self.scheduler.add_job(
+            self.flush,
+            "interval",
+            seconds=FLUSH_SECONDS,
+            id="flush",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self.kick_processing,
+            "interval",
+            seconds=RESCUE_SECONDS,
+            id="rescue",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self.sweep,
+            "interval",
+            seconds=SWEEP_SECONDS,
+            id="sweep",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.start()
+
+    def _on_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded (tests): whoever started us sets ``stopping``
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+
+    def on_stored(self, inbound_id: int) -> None:
+        """Process a message right after its 250; a crash here is caught up by ``rescue``."""
+        future = asyncio.ensure_future(self._process(inbound_id))
+        self.processing.add(future)
+        future.add_done_callback(self.processing.discard)
+
+    async def _process(self, inbound_id: int) -> None:
+        try:
+            await self._blocking(self.work_thread, self.bot.process_inbound, inbound_id)
+        except Exception:
+            log.exception("message %d could not be processed; it stays stored", inbound_id)
+        self.kick_flush()
+
+    def kick_processing(self) -> None:
+        """Pick up messages stored but never processed (after a crash or an error)."""
+        future = asyncio.ensure_future(self._rescue())
+        self.processing.add(future)
+        future.add_done_callback(self.processing.discard)
+
+    async def _rescue(self) -> None:
+        try:
+            if await self._blocking(self.work_thread, self.bot.process_pending):
+                self.kick_flush()
+        except Exception:
+            log.exception("catching up stored messages failed; will try again")
+
+    def kick_flush(self) -> None:
+        job = self.scheduler.get_job("flush")
+        if job is not None and not self.stopping.is_set():
+            job.modify(next_run_time=datetime.now(UTC))
+
+    def flush(self) -> None:
+        try:
+            report = self.bot.flush_outbox(self.transport)
+        except Exception:
+            log.exception("outbox flush failed; will try again")
+            return
+        if report.sent or report.retried or report.dead:
+            log.debug("outbox: %s", report)
+
+    def sweep(self) -> None:
+        try:
+            self.bot.sweep()
+        except Exception:
+            log.exception("sweep failed; will try again")
+
+    async def _stop(
+        self,
+        smtp: asyncio.Server,
+        writer: GroupCommitWriter,
+        web: uvicorn.Server,
+        web_task: asyncio.Task[None],
+    ) -> None:
+        log.info("stopping: no new connections; finishing what is in flight")
+        smtp.close()
+        web.should_exit = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(smtp.wait_closed(), STOP_TIMEOUT_SECONDS / 2)
+        await writer.stop()
+        if self.processing:
+            await asyncio.wait(set(self.processing), timeout=STOP_TIMEOUT_SECONDS)
+        await asyncio.wait({web_task}, timeout=STOP_TIMEOUT_SECONDS)
+        self.scheduler.shutdown(wait=True)
+        await self._blocking(self.work_thread, self.flush)
+        self.store_thread.shutdown()
+        self.work_thread.shutdown()
+        self.bot.engine.dispose()
+        log.info("stopped")
+
+
+def serve(settings: Settings) -> None:
+    asyncio.run(Runtime(settings).run())

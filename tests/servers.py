@@ -1,0 +1,108 @@
+"""Real servers for tests: mailbot's own runtime in a background thread, and an
+aiosmtpd smarthost that records (or refuses) what it is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailbot.runtime import Runtime
+from mailbot.service import Mailbot
+
+
+@contextmanager
+def running(bot: Mailbot) -> Iterator[Runtime]:
+    """``mailbot serve`` for ``bot``, in a thread with its own loop; stopped on exit."""
+    loop = asyncio.new_event_loop()
+    runtime_box: list[Runtime] = []
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def go() -> None:
+            runtime = Runtime(bot.settings, bot)
+            runtime_box.append(runtime)
+            task = asyncio.create_task(runtime.run())
+            while not runtime.ready.is_set() and not task.done():
+                await asyncio.sleep(0.01)
+            started.set()
+            await task
+
+        try:
+            loop.run_until_complete(go())
+        except BaseException as exc:  # reported to the test thread
+            failure.append(exc)
+            started.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, name="mailbot-serve", daemon=True)
+    thread.start()
+    started.wait(15)
+    if failure:
+        raise failure[0]
+    try:
+        yield runtime_box[0]
+    finally:
+        loop.call_soon_threadsafe(runtime_box[0].stopping.set)
+        thread.join(20)
+        assert not thread.is_alive(), "serve did not stop"
+        if failure:
+            raise failure[0]
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def maildir_count(root: Path) -> int:
+    new = root / "new"
+    return len(list(new.iterdir())) if new.is_dir() else 0
+
+
+@dataclass
+class Smarthost:
+    """An aiosmtpd server standing in for the relay: refuses the first ``refusals``
+    messages with ``refusal``, then accepts and keeps them."""
+
+    refusals: int = 0
+    refusal: str = "451 4.3.0 Try again later"
+    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+
+    async def handle_DATA(  # aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        if self.refusals > 0:
+            self.refusals -= 1
+            return self.refusal
+        self.received.append(
+            (envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content or b"")
+        )
+        return "250 2.0.0 OK"
+
+
+@contextmanager
+def smarthost(port: int, **kwargs: Any) -> Iterator[Smarthost]:
+    handler = Smarthost(**kwargs)
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler
+    finally:
+        controller.stop()

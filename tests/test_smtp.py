@@ -1,0 +1,164 @@
+"""Mail in over real SMTP into ``mailbot serve``'s listener, and mail out through a
+real SMTP smarthost."""
+
+from __future__ import annotations
+
+import smtplib
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, make_settings
+from factories import ALICE, CAROL, MailFactory, outbox, seed_world
+from mailbot.adapters.smtp_in import TRY_LATER
+from mailbot.adapters.smtp_out import SmtpTransport
+from mailbot.clock import FixedClock
+from mailbot.config import Settings
+from mailbot.db import transaction
+from mailbot.models import InboundMessage
+from mailbot.service import Mailbot
+from servers import maildir_count, running, smarthost, wait_for
+
+
+@pytest.fixture
+def served(tmp_path: Path, database_url: str) -> Mailbot:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        smtp={"port": free_port(), "max_message_bytes": 64 * 1024},
+        web={"port": free_port()},
+    )
+    bot = Mailbot.from_settings(settings)
+    seed_world(bot)
+    return bot
+
+
+def smtp_send(
+    settings: Settings, raw: bytes, sender: str = ALICE, to: str = "changes@bot.test"
+) -> None:
+    with smtplib.SMTP(settings.smtp.host, settings.smtp.port, timeout=10) as client:
+        client.sendmail(sender, [to], raw)
+
+
+def test_a_request_by_smtp_sends_its_mails_within_seconds(
+    served: Mailbot, mail: MailFactory
+) -> None:
+    with running(served):
+        smtp_send(served.settings, mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+        wait_for(lambda: maildir_count(served.settings.outgoing.maildir) == 3)
+    assert sorted(m.event for m in outbox(served)) == [
+        "request-opened",
+        "validation-requested",
+        "validation-requested",
+    ]
+
+
+def test_recipients_outside_our_domains_are_refused_at_rcpt(
+    served: Mailbot, mail: MailFactory
+) -> None:
+    with running(served), pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        smtp_send(served.settings, mail(ALICE, "HELP"), to="someone@elsewhere.test")
+    code, _ = refused.value.recipients["someone@elsewhere.test"]
+    assert code == 550
+
+
+def test_a_message_over_the_size_limit_is_refused_with_552(
+    served: Mailbot, mail: MailFactory
+) -> None:
+    big = mail(ALICE, "HELP", "x" * 100 * 1024)
+    with running(served), pytest.raises(smtplib.SMTPException) as refused:
+        smtp_send(served.settings, big)
+    assert "552" in str(refused.value)
+
+
+def test_the_same_message_twice_acts_once(served: Mailbot, mail: MailFactory) -> None:
+    raw = mail(ALICE, "CHANGE example.com", f"tech: {CAROL}")
+    with running(served):
+        smtp_send(served.settings, raw)
+        smtp_send(served.settings, raw)
+        wait_for(lambda: maildir_count(served.settings.outgoing.maildir) == 3)
+    assert len(outbox(served)) == 3
+
+
+def test_a_stored_but_unprocessed_message_is_processed_after_a_restart(
+    served: Mailbot, mail: MailFactory
+) -> None:
+    # As if the process died right after its 250: the message is stored, not processed.
+    served.store_inbound(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"), source="smtp")
+    with running(served):
+        wait_for(lambda: maildir_count(served.settings.outgoing.maildir) == 3)
+    with transaction(served.engine) as session:
+        assert session.get(InboundMessage, 1).status == "processed"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_message_that_cannot_be_stored_gets_451_and_nothing_internal(
+    tmp_path: Path, database_url: str, mail: MailFactory
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        smtp={"port": free_port()},
+        web={"port": free_port()},
+        database={"busy_timeout_seconds": 0.2},
+    )
+    bot = Mailbot.from_settings(settings)
+    with running(bot):
+        locker = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                smtp_send(settings, mail(ALICE, "HELP"))
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert refused.value.smtp_code == 451
+        assert refused.value.smtp_error.decode() == TRY_LATER.removeprefix("451 ")
+        smtp_send(settings, mail(ALICE, "HELP"))  # once the database is back, it is accepted
+
+
+def test_outgoing_smtp_retries_a_refusing_smarthost_and_loses_nothing(
+    bot: Mailbot, world: object, mail: MailFactory, clock: FixedClock
+) -> None:
+    port = free_port()
+    settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": port})
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    with smarthost(port, refusals=4) as relay:
+        transport = SmtpTransport(settings)
+        for _ in range(6):
+            bot.flush_outbox(transport)
+            clock.at += timedelta(hours=3)
+    assert len(relay.received) == 3
+    assert len({payload for _, _, payload in relay.received}) == 3
+    assert sorted(rcpts[0] for _, rcpts, _ in relay.received) == [ALICE, ALICE, CAROL]
+    # Every mail goes with a VERP bounce address naming its Message-ID.
+    for sender, _, payload in relay.received:
+        local = sender.partition("@")[0]
+        assert local.startswith("changes+bounce-")
+        assert local.removeprefix("changes+bounce-").encode() in payload
+
+
+def test_a_permanent_refusal_marks_the_mail_dead(
+    bot: Mailbot, world: object, mail: MailFactory
+) -> None:
+    port = free_port()
+    settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": port})
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    with smarthost(port, refusals=100, refusal="550 5.1.1 No such user") as relay:
+        report = bot.flush_outbox(SmtpTransport(settings))
+    assert report.dead == 3
+    assert relay.received == []
+    assert {m.row.status for m in outbox(bot)} == {"dead"}
+    assert all("550" in (m.row.last_error or "") for m in outbox(bot))
+
+
+def test_an_unreachable_smarthost_is_a_temporary_failure(
+    bot: Mailbot, world: object, mail: MailFactory
+) -> None:
+    settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": free_port()})
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    report = bot.flush_outbox(SmtpTransport(settings))
+    assert report.retried == 3
+    assert {m.row.status for m in outbox(bot)} == {"queued"}
