@@ -23,8 +23,8 @@ from mailbot.adapters import outgoing_transport
 from mailbot.config import Settings, load_settings
 from mailbot.errors import ConfigError, ImportFileError
 from mailbot.importer import apply_import, read_import_file
-from mailbot.service import Mailbot
-from mailbot.views import request_json, service_json
+from mailbot.service import Mailbot, ProcessingFailed
+from mailbot.views import outbox_json, request_json, service_json
 
 EX_OK, EX_FAILED, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
 
@@ -43,10 +43,7 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args)
     try:
         settings = load_settings(args.config)
         handler: Handler = args.handler
@@ -59,6 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EX_FAILED)
     except sqlalchemy.exc.OperationalError as exc:
         return _fail(f"database unavailable: {exc.orig}", EX_TEMPFAIL)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Warnings for one-shot commands; one line per message and per mail for ``serve``."""
+    quiet = logging.INFO if args.command == "serve" else logging.WARNING
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else quiet,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Libraries that log every connection or job run at INFO.
+    for noisy in ("apscheduler", "mail.log", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _fail(message: str, status: int) -> int:
@@ -117,6 +126,10 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
             )
     except (sqlalchemy.exc.OperationalError, db.SchemaOutOfDate) as exc:
         raise CommandFailed(f"message not handled, try again later: {exc}", EX_TEMPFAIL) from None
+    except ProcessingFailed as exc:
+        # Stored and marked failed for an operator to look at; retrying would not help.
+        print(f"mailbot: stored, but processing failed ({exc}); see the log", file=sys.stderr)
+        return EX_OK
     print(outcome)
     return EX_OK
 
@@ -192,6 +205,25 @@ def cmd_outbox_flush(args: argparse.Namespace, settings: Settings) -> int:
     with _bot(settings) as bot:
         report = bot.flush_outbox(transport)
     print(f"sent {report.sent}, to retry {report.retried}, dead {report.dead}")
+    return EX_OK
+
+
+def cmd_outbox_list(args: argparse.Namespace, settings: Settings) -> int:
+    with _bot(settings) as bot, db.transaction(bot.engine) as session:
+        rows = store.outbox_overview(session, sent_limit=args.sent)
+        items = [outbox_json(row) for row in rows]
+    if args.json:
+        _print_json(items)
+        return EX_OK
+    for item in items:
+        when = item["sent_at"] or item["next_attempt_at"]
+        error = f"  last error: {item['last_error']}" if item["last_error"] else ""
+        print(
+            f"{item['status']:<7} {when}  {item['event']:<20} {item['to']}"
+            f"  (request {item['request'] or '-'}, {item['attempts']} attempts){error}"
+        )
+    if not items:
+        print("the outbox is empty")
     return EX_OK
 
 
@@ -321,3 +353,17 @@ def _add_outbox(sub: Any) -> None:
         "flush", help="send what is queued now", epilog="example: mailbot outbox flush"
     )
     flush.set_defaults(handler=cmd_outbox_flush)
+    listing = actions.add_parser(
+        "list",
+        help="queued and dead mail, and the most recent sent, with the last error",
+        epilog="example: mailbot outbox list --sent 50",
+    )
+    listing.add_argument(
+        "--sent",
+        type=int,
+        default=20,
+        metavar="N",
+        help="how many recently sent mails to show (default 20)",
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(handler=cmd_outbox_list)

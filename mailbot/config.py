@@ -116,8 +116,8 @@ class ImapSettings(Section):
     username: str | None = None
     password: str | None = None
     folder: str = "INBOX"
-    done_folder: str = "mailbot/done"
-    failed_folder: str = "mailbot/failed"
+    done_folder: str = "mailbot-done"
+    failed_folder: str = "mailbot-failed"
     idle: bool = True
     poll_seconds: int = Field(default=60, gt=0)
 

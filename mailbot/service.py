@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from mailbot import commands, mailparse, store, tokens, workflow
@@ -48,6 +48,10 @@ from mailbot.render import Renderer, make_environment
 from mailbot.views import RequestView
 
 log = logging.getLogger(__name__)
+
+
+class ProcessingFailed(Exception):
+    """A stored message whose processing failed; it is kept, marked ``failed``."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,24 @@ class Mailbot:
         return len(ids)
 
     def process_inbound(self, inbound_id: int) -> str:
+        """Act on a stored message once. A database outage propagates (retry later);
+        any other failure marks the message ``failed``, keeps it, and raises
+        ProcessingFailed so that the adapter can say so."""
+        try:
+            return self._process_inbound(inbound_id)
+        except OperationalError:
+            raise
+        except Exception as exc:
+            log.exception("message %d could not be processed", inbound_id)
+            with transaction(self.engine) as session:
+                row = session.get(InboundMessage, inbound_id)
+                if row is not None and row.status == "received":
+                    row.status = "failed"
+                    row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
+                    row.processed_at = self.clock.now()
+            raise ProcessingFailed(f"message {inbound_id}: {type(exc).__name__}") from exc
+
+    def _process_inbound(self, inbound_id: int) -> str:
         with transaction(self.engine) as session:
             row = store.claim_inbound(session, inbound_id)
             if row is None:

@@ -220,6 +220,18 @@ def unprocessed_inbound(session: Session, limit: int = 100) -> list[int]:
     return [i for i in session.exec(query).all() if i is not None]
 
 
+def outbox_overview(session: Session, sent_limit: int) -> list[OutboxRow]:
+    """Everything not yet sent (queued, being sent, dead), then the latest sent."""
+    unsent = select(OutboxRow).where(OutboxRow.status != "sent").order_by(col(OutboxRow.id))
+    sent = (
+        select(OutboxRow)
+        .where(OutboxRow.status == "sent")
+        .order_by(col(OutboxRow.id).desc())
+        .limit(max(sent_limit, 0))
+    )
+    return [*session.exec(unsent).all(), *session.exec(sent).all()]
+
+
 def due_outbox(session: Session, now: datetime, limit: int) -> list[OutboxRow]:
     query = (
         select(OutboxRow)

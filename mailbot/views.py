@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from mailbot import store
 from mailbot.domain import Party, Request, RoleChange, Validation
-from mailbot.models import ChangeRequest, ServiceRow
+from mailbot.models import ChangeRequest, OutboxRow, ServiceRow
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,21 @@ def request_json(session: Session, row: ChangeRequest, *, events: bool = True) -
             for e in store.events(session, row.id)
         ]
     return data
+
+
+def outbox_json(row: OutboxRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "status": row.status,
+        "event": row.event,
+        "to": row.to_email,
+        "request": row.request_id,
+        "message_id": row.message_id,
+        "attempts": row.attempts,
+        "next_attempt_at": _iso(row.next_attempt_at),
+        "sent_at": _iso(row.sent_at),
+        "last_error": row.last_error,
+    }
 
 
 def service_json(session: Session, row: ServiceRow) -> dict[str, Any]:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from factories import ALICE, CAROL, WORLD, MailFactory
+from servers import wait_for
 
 MAILBOT = Path(sys.executable).parent / "mailbot"
 
@@ -81,5 +88,44 @@ def test_process_without_a_database_asks_the_mta_to_retry(tmp_path: Path) -> Non
     assert b"Traceback" not in result.stderr
 
 
-def test_demo_runs(workdir: Path) -> None:
-    assert mailbot(workdir, "demo").returncode == 0
+def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    smtp_port, web_port = free_port(), free_port()
+    (tmp_path / "mailbot.toml").write_text(
+        f"[smtp]\nport = {smtp_port}\n[web]\nport = {web_port}\n"
+    )
+    assert mailbot(tmp_path, "init").returncode == 0
+    server = subprocess.Popen(
+        [str(MAILBOT), "serve"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for(lambda: listening(smtp_port) and listening(web_port), timeout=20)
+        health = urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=5)
+        assert health.status == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        output = server.communicate()[0]
+    assert b"Traceback" not in output
+    assert not listening(smtp_port)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_demo_tells_the_whole_story_and_leaves_nothing_running() -> None:
+    before = set(Path(tempfile.gettempdir()).glob("mailbot-demo-*"))
+    started = time.monotonic()
+    result = subprocess.run([str(MAILBOT), "demo"], capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert time.monotonic() - started < 60
+    out = result.stdout.decode()
+    assert out.count("[validation-requested]") == 2
+    assert "[request-done]" in out
+    assert "tech support@websenso.example" in out
+    assert out.rstrip().endswith("the request is done.")
+    assert "done" in out
+    assert set(Path(tempfile.gettempdir()).glob("mailbot-demo-*")) == before

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import smtplib
 import sqlite3
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port, make_settings
 from factories import ALICE, CAROL, MailFactory, outbox, seed_world
+from servers import maildir_count, running, smarthost, wait_for
+
 from mailbot.adapters.smtp_in import TRY_LATER
 from mailbot.adapters.smtp_out import SmtpTransport
 from mailbot.clock import FixedClock
@@ -19,11 +21,11 @@ from mailbot.config import Settings
 from mailbot.db import transaction
 from mailbot.models import InboundMessage
 from mailbot.service import Mailbot
-from servers import maildir_count, running, smarthost, wait_for
 
 
 @pytest.fixture
-def served(tmp_path: Path, database_url: str) -> Mailbot:
+def served(tmp_path: Path, database_url: str) -> Iterator[Mailbot]:
+    """A bot with the standard world, on free ports, ready to be ``running``."""
     settings = make_settings(
         tmp_path,
         database_url,
@@ -32,7 +34,8 @@ def served(tmp_path: Path, database_url: str) -> Mailbot:
     )
     bot = Mailbot.from_settings(settings)
     seed_world(bot)
-    return bot
+    yield bot
+    bot.engine.dispose()
 
 
 def smtp_send(
