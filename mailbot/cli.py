@@ -227,6 +227,27 @@ def cmd_outbox_list(args: argparse.Namespace, settings: Settings) -> int:
     return EX_OK
 
 
+def cmd_imap_check(args: argparse.Namespace, settings: Settings) -> int:
+    import threading
+
+    from imapclient.exceptions import IMAPClientError
+
+    from mailbot.adapters.imap_in import ImapReader
+
+    if not settings.imap.host or not settings.imap.username:
+        raise CommandFailed("set [imap] host and username first", EX_USAGE)
+    with _bot(settings) as bot:
+        reader = ImapReader(settings.imap, bot, threading.Event())
+        try:
+            lines = reader.check()
+        except (IMAPClientError, OSError) as exc:
+            raise CommandFailed(f"IMAP check failed: {exc}") from None
+    print("\n".join(lines))
+    if not settings.imap.enabled:
+        print("note: [imap] enabled = false, so `mailbot serve` will not read this mailbox")
+    return EX_OK
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from mailbot.runtime import serve  # the servers' imports are only paid for here
 
@@ -296,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_requests(sub, add)
     _add_services(sub)
     _add_outbox(sub)
+    _add_imap(sub)
     add(
         "serve",
         cmd_serve,
@@ -367,3 +389,14 @@ def _add_outbox(sub: Any) -> None:
     )
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     listing.set_defaults(handler=cmd_outbox_list)
+
+
+def _add_imap(sub: Any) -> None:
+    group = sub.add_parser("imap", help="the agency mailbox")
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="connect with the [imap] settings and verify the folders",
+        epilog="example: mailbot imap check",
+    )
+    check.set_defaults(handler=cmd_imap_check)

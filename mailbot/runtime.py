@@ -24,6 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailbot import db
 from mailbot.adapters import outgoing_transport
+from mailbot.adapters.imap_in import ImapReader
 from mailbot.adapters.smtp_in import GroupCommitWriter, InboundHandler, smtp_factory
 from mailbot.adapters.web import create_app
 from mailbot.config import Settings
@@ -56,6 +57,8 @@ class Runtime:
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        self.imap_stop = threading.Event()
+        self.imap_thread: threading.Thread | None = None
         self.processing: set[asyncio.Future[Any]] = set()
 
     async def _blocking(
@@ -80,6 +83,7 @@ class Runtime:
         )
         web_task = asyncio.create_task(web.serve(), name="web")
         self._schedule()
+        self._start_imap()
         self._on_signals()
         self.kick_processing()
         while not web.started and not web_task.done():
@@ -132,6 +136,16 @@ class Runtime:
             coalesce=True,
         )
         self.scheduler.start()
+
+    def _start_imap(self) -> None:
+        """The agency mailbox reader: imapclient blocks, so it gets a thread of its own."""
+        if not self.settings.imap.enabled:
+            return
+        loop = asyncio.get_running_loop()
+        reader = ImapReader(self.settings.imap, self.bot, self.imap_stop)
+        reader.on_handled.append(lambda: loop.call_soon_threadsafe(self.kick_flush))
+        self.imap_thread = threading.Thread(target=reader.run, name="imap", daemon=True)
+        self.imap_thread.start()
 
     def _on_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -196,12 +210,17 @@ class Runtime:
         log.info("stopping: no new connections; finishing what is in flight")
         smtp.close()
         web.should_exit = True
+        self.imap_stop.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(smtp.wait_closed(), STOP_TIMEOUT_SECONDS / 2)
         await writer.stop()
         if self.processing:
             await asyncio.wait(set(self.processing), timeout=STOP_TIMEOUT_SECONDS)
         await asyncio.wait({web_task}, timeout=STOP_TIMEOUT_SECONDS)
+        if self.imap_thread is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.imap_thread.join, STOP_TIMEOUT_SECONDS
+            )
         self.scheduler.shutdown(wait=True)
         await self._blocking(self.work_thread, self.flush)
         self.store_thread.shutdown()

@@ -1,0 +1,204 @@
+"""The agency mailbox, read over IMAP (imapclient): fetch, hand to the service, then move.
+
+A message leaves the folder only after its effects are committed: to the done
+folder once handled, to the failed folder when it cannot be. If mailbot dies
+between the commit and the move, the message is fetched again and recognised
+as a duplicate by its Message-ID, so it never acts twice. The reader IDLEs
+when the server can (re-issued before servers drop idle clients), polls
+otherwise, and reconnects with backoff, catching up on what arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+from imapclient.imapclient import SocketTimeout
+from sqlalchemy.exc import OperationalError
+
+from mailbot.config import ImapSettings
+from mailbot.service import Mailbot, ProcessingFailed
+
+log = logging.getLogger(__name__)
+
+IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop a client idle for 30 minutes
+IDLE_SLICE_SECONDS = 1.0  # how often an IDLE wait looks at the stop flag
+MAX_BACKOFF_SECONDS = 60.0
+FETCH_BATCH = 20
+CONNECTION_ERRORS = (IMAPClientError, OSError, socket.timeout, ssl.SSLError)
+
+
+@dataclass
+class Mailbox:
+    """What the reader knows of the folder it reads, to notice a UIDVALIDITY change."""
+
+    uidvalidity: int | None = None
+    failed_uids: frozenset[int] = frozenset()
+
+
+class ImapReader:
+    def __init__(self, settings: ImapSettings, bot: Mailbot, stop: threading.Event) -> None:
+        self.settings = settings
+        self.bot = bot
+        self.stop = stop
+        self.mailbox = Mailbox()
+        self.on_handled: list[Any] = []
+
+    # -- connection ---------------------------------------------------------------
+
+    def connect(self) -> IMAPClient:
+        settings = self.settings
+        client = IMAPClient(
+            settings.host,
+            port=settings.port,
+            ssl=settings.ssl,
+            ssl_context=ssl.create_default_context(),
+            timeout=SocketTimeout(connect=15, read=60),
+        )
+        try:
+            if settings.starttls and not settings.ssl:
+                client.starttls(ssl.create_default_context())
+            client.login(settings.username or "", settings.password or "")
+            for folder in (settings.done_folder, settings.failed_folder):
+                if not client.folder_exists(folder):
+                    client.create_folder(folder)
+        except BaseException:
+            _close(client)
+            raise
+        return client
+
+    def check(self) -> list[str]:
+        """What ``mailbot imap check`` reports: connection, capabilities, folders."""
+        client = self.connect()
+        try:
+            selected = client.select_folder(self.settings.folder, readonly=True)
+            capabilities = {c.decode() for c in client.capabilities()}
+            settings = self.settings
+            return [
+                f"connected to {settings.host}:{settings.port} as {settings.username}",
+                f"{self.settings.folder}: {selected[b'EXISTS']} message(s)",
+                f"done folder {self.settings.done_folder} and failed folder "
+                f"{self.settings.failed_folder} exist",
+                "IDLE: "
+                + ("yes" if "IDLE" in capabilities else "no, polling")
+                + "; MOVE: "
+                + ("yes" if "MOVE" in capabilities else "no, copy and expunge"),
+            ]
+        finally:
+            _close(client)
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Read until ``stop`` is set; every failure leads to a reconnect, never an exit."""
+        backoff = 1.0
+        while not self.stop.is_set():
+            try:
+                client = self.connect()
+            except CONNECTION_ERRORS as exc:
+                log.warning("IMAP connection failed (%s); retrying in %.0fs", exc, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            backoff = 1.0
+            try:
+                self._session(client)
+            except CONNECTION_ERRORS as exc:
+                log.warning("IMAP connection lost (%s); reconnecting", exc)
+            finally:
+                _close(client)
+
+    def _session(self, client: IMAPClient) -> None:
+        self._select(client)
+        use_idle = self.settings.idle and client.has_capability("IDLE")
+        while not self.stop.is_set():
+            self.catch_up(client)
+            if use_idle:
+                self._idle(client)
+            else:
+                self.stop.wait(self.settings.poll_seconds)
+                client.noop()
+
+    def _select(self, client: IMAPClient) -> None:
+        selected = client.select_folder(self.settings.folder)
+        uidvalidity = int(selected[b"UIDVALIDITY"])
+        if uidvalidity != self.mailbox.uidvalidity:
+            if self.mailbox.uidvalidity is not None:
+                log.warning("UIDVALIDITY of %s changed: reading it all again", self.settings.folder)
+            self.mailbox = Mailbox(uidvalidity=uidvalidity)
+
+    def _idle(self, client: IMAPClient) -> None:
+        """Wait for news, in slices so that a stop request is seen within a second."""
+        client.idle()
+        try:
+            waited = 0.0
+            while not self.stop.is_set() and waited < IDLE_RENEW_SECONDS:
+                if client.idle_check(timeout=IDLE_SLICE_SECONDS):
+                    break
+                waited += IDLE_SLICE_SECONDS
+        finally:
+            client.idle_done()
+
+    # -- messages -----------------------------------------------------------------
+
+    def catch_up(self, client: IMAPClient) -> int:
+        """Handle every message in the folder; returns how many left it."""
+        uids = [u for u in client.search(["NOT", "DELETED"]) if u not in self.mailbox.failed_uids]
+        handled = 0
+        for start in range(0, len(uids), FETCH_BATCH):
+            if self.stop.is_set():
+                break
+            batch = uids[start : start + FETCH_BATCH]
+            fetched = client.fetch(batch, ["BODY.PEEK[]"])
+            for uid in batch:
+                raw = fetched.get(uid, {}).get(b"BODY[]")
+                if isinstance(raw, bytes):
+                    handled += self._handle(client, uid, raw)
+        return handled
+
+    def _handle(self, client: IMAPClient, uid: int, raw: bytes) -> int:
+        try:
+            outcome = self.bot.receive(raw, source="imap")
+        except OperationalError as exc:
+            log.warning("IMAP message %d left in place, database unavailable: %s", uid, exc.orig)
+            return 0
+        except ProcessingFailed as exc:
+            log.error("IMAP message %d could not be processed: %s", uid, exc)
+            return self._move(client, uid, self.settings.failed_folder)
+        log.info("IMAP message %d: %s", uid, outcome)
+        for callback in self.on_handled:
+            callback()
+        return self._move(client, uid, self.settings.done_folder)
+
+    def _move(self, client: IMAPClient, uid: int, folder: str) -> int:
+        try:
+            if client.has_capability("MOVE"):
+                client.move([uid], folder)
+            else:
+                client.copy([uid], folder)
+                client.add_flags([uid], [b"\\Deleted"], silent=True)
+                if client.has_capability("UIDPLUS"):
+                    client.uid_expunge([uid])
+                else:
+                    client.expunge()
+        except IMAPClientError as exc:
+            log.error("IMAP message %d could not be moved to %s: %s", uid, folder, exc)
+            self.mailbox.failed_uids |= {uid}
+            return 0
+        return 1
+
+
+def _close(client: IMAPClient) -> None:
+    try:
+        client.logout()
+    except (*CONNECTION_ERRORS, AttributeError):
+        try:
+            client.shutdown()
+        except (*CONNECTION_ERRORS, AttributeError):
+            log.debug("IMAP socket already closed")

@@ -1,0 +1,137 @@
+"""A real Dovecot IMAP server for tests: own config in a temp dir, a passwd-file user,
+a Maildir, a free loopback port. Started and stopped by the test fixtures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import free_port
+
+USER = "agency@bot.test"
+PASSWORD = "secret-agency-password"
+
+
+@dataclass
+class Dovecot:
+    root: Path
+    port: int
+
+    @property
+    def config(self) -> Path:
+        return self.root / "dovecot.conf"
+
+    def start(self) -> None:
+        # The daemon keeps whatever it inherits open: give it no pipe to hold.
+        subprocess.run(
+            ["dovecot", "-c", str(self.config)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if _listening(self.port) and (self.root / "run" / "master.pid").exists():
+                return
+            time.sleep(0.05)
+        raise RuntimeError((self.root / "dovecot.log").read_text())
+
+    def stop(self) -> None:
+        pid_file = self.root / "run" / "master.pid"
+        if not pid_file.exists():
+            return
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while _listening(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid_file.unlink(missing_ok=True)
+
+    def deliver(self, raw: bytes, folder: str = "INBOX") -> None:
+        """Put a message in the mailbox without IMAP, as the MTA would."""
+        subprocess.run(
+            ["doveadm", "-c", str(self.config), "save", "-u", USER, "-m", folder],
+            input=raw,
+            check=True,
+            capture_output=True,
+        )
+
+    def deliver_to_maildir(self, raw: bytes) -> None:
+        """Drop a message straight into the Maildir, as a local MDA does even while
+        the IMAP server is down."""
+        local, _, domain = USER.partition("@")
+        maildir = self.root / "mail" / domain / local / "Maildir"
+        for sub in ("tmp", "new", "cur"):
+            (maildir / sub).mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns()}.mailbot-test.localhost"
+        (maildir / "tmp" / name).write_bytes(raw)
+        (maildir / "tmp" / name).rename(maildir / "new" / name)
+        if os.geteuid() == 0:  # dovecot reads mail as the unprivileged user only
+            for path in (self.root / "mail").rglob("*"):
+                os.chown(path, 65534, 65534)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs; a zombie (nobody reaps daemons in a container) does not."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def make_dovecot() -> Dovecot:
+    root = Path(tempfile.mkdtemp(prefix="mailbot-dovecot-"))
+    root.chmod(0o755)  # dovecot's auth process (user dovecot) reads the passwd-file
+    port = free_port()
+    for sub in ("run", "state", "mail"):
+        (root / sub).mkdir()
+    shutil.chown(root / "mail", 65534, 65534) if os.geteuid() == 0 else None
+    (root / "users").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
+    (root / "dovecot.conf").write_text(f"""
+instance_name = mailbot-test-{port}
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_internal_user = dovecot
+default_login_user = dovenull
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/users
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={root}/mail/%d/%n
+}}
+mail_location = maildir:~/Maildir
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+""")
+    return Dovecot(root, port)

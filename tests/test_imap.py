@@ -1,0 +1,167 @@
+"""The agency mailbox against a real Dovecot: applied then moved, failures set aside,
+nothing lost across a server restart, nothing done twice after a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+
+import pytest
+from dovecot import PASSWORD, USER, Dovecot, make_dovecot
+from factories import ALICE, CAROL, MailFactory, outbox, token_in
+from imapclient import IMAPClient
+from servers import wait_for
+
+from mailbot import store
+from mailbot.adapters.imap_in import ImapReader
+from mailbot.config import ImapSettings
+from mailbot.db import transaction
+from mailbot.service import Mailbot
+
+pytestmark = pytest.mark.usefixtures("world")
+
+
+@pytest.fixture(scope="session")
+def dovecot_server() -> Iterator[Dovecot]:
+    if shutil.which("dovecot") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("dovecot not found, and CI=true requires it")
+        pytest.skip("dovecot not found")
+    server = make_dovecot()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.root, ignore_errors=True)
+
+
+def imap_settings(server: Dovecot) -> ImapSettings:
+    return ImapSettings(
+        enabled=True,
+        host="127.0.0.1",
+        port=server.port,
+        ssl=False,
+        username=USER,
+        password=PASSWORD,
+        poll_seconds=1,
+    )
+
+
+@pytest.fixture
+def client(dovecot_server: Dovecot) -> Iterator[IMAPClient]:
+    """A client on an emptied mailbox (the server is shared by the whole session)."""
+    imap = IMAPClient("127.0.0.1", port=dovecot_server.port, ssl=False)
+    imap.login(USER, PASSWORD)
+    for folder in ("INBOX", "mailbot-done", "mailbot-failed"):
+        if imap.folder_exists(folder):
+            imap.select_folder(folder)
+            if uids := imap.search("ALL"):
+                imap.delete_messages(uids)
+                imap.expunge()
+    imap.select_folder("INBOX")
+    yield imap
+    with contextlib.suppress(Exception):  # a test may have logged out or restarted the server
+        imap.logout()
+
+
+def count(imap: IMAPClient, folder: str) -> int:
+    return int(imap.folder_status(folder, ["MESSAGES"])[b"MESSAGES"])
+
+
+def open_request(bot: Mailbot, mail: MailFactory) -> dict[str, str]:
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    return {m.to: token_in(m) for m in outbox(bot) if m.event == "validation-requested"}
+
+
+def test_a_validation_in_the_mailbox_is_applied_then_moved(
+    bot: Mailbot, mail: MailFactory, client: IMAPClient, dovecot_server: Dovecot
+) -> None:
+    tokens = open_request(bot, mail)
+    dovecot_server.deliver(mail(CAROL, "Re: validation", f"ACCEPT {tokens[CAROL]}"))
+    reader = ImapReader(imap_settings(dovecot_server), bot, threading.Event())
+    imap = reader.connect()
+    try:
+        reader._select(imap)
+        assert reader.catch_up(imap) == 1
+    finally:
+        imap.logout()
+    assert (count(client, "INBOX"), count(client, "mailbot-done")) == (0, 1)
+    assert [m.event for m in outbox(bot)][-1] == "validation-recorded"
+
+
+def test_a_message_that_cannot_be_processed_goes_to_the_failed_folder(
+    bot: Mailbot,
+    mail: MailFactory,
+    client: IMAPClient,
+    dovecot_server: Dovecot,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(bot, "_dispatch", broken)
+    dovecot_server.deliver(mail(ALICE, "HELP"))
+    reader = ImapReader(imap_settings(dovecot_server), bot, threading.Event())
+    imap = reader.connect()
+    try:
+        reader._select(imap)
+        reader.catch_up(imap)
+    finally:
+        imap.logout()
+    assert (count(client, "INBOX"), count(client, "mailbot-failed")) == (0, 1)
+
+
+def test_a_crash_between_commit_and_move_does_not_act_twice(
+    bot: Mailbot, mail: MailFactory, client: IMAPClient, dovecot_server: Dovecot
+) -> None:
+    tokens = open_request(bot, mail)
+    raw = mail(CAROL, "Re: validation", f"ACCEPT {tokens[CAROL]}")
+    bot.receive(raw, source="imap")  # committed, then the process died before the move
+    before = len(outbox(bot))
+    dovecot_server.deliver(raw)
+    reader = ImapReader(imap_settings(dovecot_server), bot, threading.Event())
+    imap = reader.connect()
+    try:
+        reader._select(imap)
+        assert reader.catch_up(imap) == 1
+    finally:
+        imap.logout()
+    assert len(outbox(bot)) == before
+    assert count(client, "mailbot-done") == 1
+
+
+def test_mail_arriving_while_the_server_is_down_is_read_after_it_returns(
+    bot: Mailbot, mail: MailFactory, client: IMAPClient, dovecot_server: Dovecot
+) -> None:
+    tokens = open_request(bot, mail)
+    stop = threading.Event()
+    reader = ImapReader(imap_settings(dovecot_server), bot, stop)
+    thread = threading.Thread(target=reader.run, daemon=True)
+    thread.start()
+    try:
+        dovecot_server.deliver(mail(ALICE, "x", f"ACCEPT {tokens[ALICE]}"))
+        wait_for(lambda: count(client, "mailbot-done") == 1)  # seen while IDLE
+        client.logout()
+        dovecot_server.stop()  # mid-IDLE
+        dovecot_server.deliver_to_maildir(mail(CAROL, "x", f"ACCEPT {tokens[CAROL]}"))
+        dovecot_server.start()
+        fresh = IMAPClient("127.0.0.1", port=dovecot_server.port, ssl=False)
+        fresh.login(USER, PASSWORD)
+        wait_for(lambda: count(fresh, "mailbot-done") == 2, timeout=20)
+        fresh.logout()
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    with transaction(bot.engine) as session:
+        assert [r.status for r in store.requests(session)] == ["done"]
+
+
+def test_imap_check_reports_the_mailbox(
+    bot: Mailbot, client: IMAPClient, dovecot_server: Dovecot
+) -> None:
+    lines = ImapReader(imap_settings(dovecot_server), bot, threading.Event()).check()
+    assert any("IDLE: yes" in line for line in lines)
+    assert client.folder_exists("mailbot-done")
