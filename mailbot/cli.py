@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ import sqlalchemy.exc
 from mailbot import db, store
 from mailbot.adapters import outgoing_transport
 from mailbot.config import Settings, load_settings
-from mailbot.errors import ConfigError, ImportFileError
+from mailbot.errors import ConfigError, ImportFileError, MailbotError
 from mailbot.importer import apply_import, read_import_file
-from mailbot.service import Mailbot, ProcessingFailed
+from mailbot.service import Mailbot, ProcessingFailed, UnknownRequest
 from mailbot.views import outbox_json, request_json, service_json
 
 EX_OK, EX_FAILED, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
@@ -143,7 +144,9 @@ def _read_message(name: str) -> bytes:
 
 def cmd_requests_list(args: argparse.Namespace, settings: Settings) -> int:
     with _bot(settings) as bot, db.transaction(bot.engine) as session:
-        rows = store.requests(session, status=args.status)
+        rows = store.requests(
+            session, status=args.status, service=args.service, contact=args.contact
+        )
         items = [request_json(session, row, events=False) for row in rows]
     if args.json:
         _print_json(items)
@@ -179,6 +182,45 @@ def cmd_requests_show(args: argparse.Namespace, settings: Settings) -> int:
     for event in item["events"]:
         print(f"  {event['at']}  {event['kind']}  {event['actor'] or ''}")
     return EX_OK
+
+
+def cmd_requests_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    return _steer(settings, args.id, "cancel")
+
+
+def cmd_requests_resend(args: argparse.Namespace, settings: Settings) -> int:
+    return _steer(settings, args.id, "resend")
+
+
+def _steer(settings: Settings, request_id: str, action: str) -> int:
+    with _bot(settings) as bot:
+        act = bot.cancel_request if action == "cancel" else bot.resend_request
+        try:
+            request = act(request_id)
+        except UnknownRequest as exc:
+            raise CommandFailed(str(exc)) from None
+        except MailbotError as exc:
+            raise CommandFailed(
+                f"cannot {action} {request_id}: {exc.code}{': ' + exc.detail if exc.detail else ''}"
+            ) from None
+    print(f"{request.id}: {action} done; the request is {request.status.value}")
+    return EX_OK
+
+
+def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    now = _parse_now(args.now) if args.now else None
+    with _bot(settings) as bot:
+        report = bot.sweep(now)
+    print(f"expired {report.expired}, reminded {report.reminded}")
+    return EX_OK
+
+
+def _parse_now(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandFailed(f"--now: not an ISO 8601 date and time: {text!r}", EX_USAGE) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def cmd_services_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -318,6 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_services(sub)
     _add_outbox(sub)
     _add_imap(sub)
+    command = add(
+        "sweep",
+        cmd_sweep,
+        "send due reminders and expire stale requests, once",
+        "mailbot sweep --now 2026-03-05T09:00:00Z",
+    )
+    command.add_argument(
+        "--now",
+        metavar="ISO8601",
+        help="act as if the clock read this (default: now; UTC if no zone)",
+    )
     add(
         "serve",
         cmd_serve,
@@ -343,8 +396,21 @@ def _add_requests(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None
         epilog="example: mailbot requests list --status pending",
     )
     listing.add_argument("--status", choices=["pending", "done", "refused", "expired", "cancelled"])
+    listing.add_argument("--service", metavar="NAME", help="only this service's requests")
+    listing.add_argument(
+        "--contact", metavar="EMAIL", help="only requests this address opened or must validate"
+    )
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     listing.set_defaults(handler=cmd_requests_list)
+    for name, handler, text in (
+        ("cancel", cmd_requests_cancel, "withdraw a pending request; every party is told"),
+        ("resend", cmd_requests_resend, "send fresh tokens to the contacts still awaited"),
+    ):
+        action = actions.add_parser(
+            name, help=text, epilog=f"example: mailbot requests {name} CR-7K2QX9MD"
+        )
+        action.add_argument("id", metavar="ID")
+        action.set_defaults(handler=handler)
     show = actions.add_parser(
         "show",
         help="one request with its validations and events",

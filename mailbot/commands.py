@@ -84,6 +84,12 @@ def find_command(subject: str, new_text: str) -> Command:
     return command
 
 
+def has_command(text: str) -> bool:
+    """Whether the first line of ``text`` is a command (a forwarder's own note, say)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return bool(lines) and _command_in(lines[0]) is not None
+
+
 def _command_in(line: str) -> Command | None:
     folded = _fold(line)
     for word in _WORDS:

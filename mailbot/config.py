@@ -125,12 +125,18 @@ class ImapSettings(Section):
 class PolicySettings(Section):
     request_ttl_days: int = Field(default=14, gt=0)
     reminder_days: list[int] = Field(default_factory=lambda: [3, 7, 12])
+    """Days after opening when the contacts still awaited are reminded."""
+    sweep_seconds: int = Field(default=60, gt=0)
+    """How often ``serve`` runs the sweep (reminders and expiry)."""
     operators: list[str] = Field(default_factory=list)
     """Addresses allowed to open requests for any service."""
     trusted_forwarders: list[str] = Field(default_factory=list)
     """Agency mailboxes whose forwarded mail speaks for the original sender."""
     max_bad_tokens_per_hour: int = Field(default=5, gt=0)
     """Wrong tokens tolerated from one address in an hour before it is throttled."""
+    max_answers_per_hour: int = Field(default=10, gt=0)
+    """Error and help mails sent to one address in an hour; beyond, mailbot stays
+    silent (it still records what it received). Workflow mails are never limited."""
 
     @field_validator("operators", "trusted_forwarders")
     @classmethod

@@ -108,6 +108,7 @@ class Validation:
     decided_at: datetime | None = None
     actor: str | None = None
     """The address that carried the decision, when it is not the contact's own."""
+    reminders_sent: int = 0
 
     @property
     def pending(self) -> bool:

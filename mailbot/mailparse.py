@@ -1,46 +1,74 @@
 """Raw bytes in, a normalised message out. Pure: no database, no network.
 
-Real mail is hostile and broken in every way a parser can imagine, so every
-header read here is defensive: a header that cannot be decoded reads as
-absent or as text with replacement characters, never as an exception.
+Real mail is hostile and broken in every way a parser can imagine, so nothing
+here raises: headers that cannot be decoded read as absent or with
+replacement characters, and the work done on one message is bounded (see the
+limits in ``mailparse_mime``). The pieces:
+
+- ``mailparse_mime``: bounded MIME walking, charsets, RFC 2047 headers;
+- ``mailparse_html``: HTML bodies to text, quotes and signatures marked;
+- ``mailparse_quotes``: the new text of a reply (quotes, attributions, header
+  blocks, signatures removed);
+- ``mailparse_forward``: inline forwards and who wrote the forwarded message;
+- ``mailparse_auto``: out-of-office replies, lists, challenge/response robots;
+- ``mailparse_bounce``: DSNs and free-text bounces, failed recipients;
+- ``mailparse_tokens``: validation tokens however they were typed.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from email import policy
 from email.message import Message
 from email.parser import BytesParser
+from email.policy import compat32
 from email.utils import getaddresses, parseaddr
-from html.parser import HTMLParser
+
+from mailbot import mailparse_auto as auto
+from mailbot import mailparse_bounce as bounces
+from mailbot import mailparse_forward as forwards
+from mailbot import mailparse_mime as mime
+from mailbot import mailparse_quotes as quotes
+from mailbot.mailparse_bounce import Bounce
+from mailbot.mailparse_html import html_to_text
+from mailbot.mailparse_tokens import find_tokens
+
+__all__ = [
+    "Bounce",
+    "Forwarded",
+    "ParsedMessage",
+    "find_tokens",
+    "html_to_text",
+    "message_id_of",
+    "new_text",
+    "parse",
+    "plus_key",
+]
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
-_AUTOMATIC_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
+_ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To")
+MAX_SUBJECT_CHARS = 1_000
 
-# Lines where quoted or forwarded matter begins; nothing from there on is new text.
-_QUOTE_STARTS = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        r"^>",
-        r"^\s*On .{0,200}wrote:?\s*$",
-        r"^\s*Le .{0,200}a [ée]crit\s*:?\s*$",
-        r"^\s*-{2,}\s*(Original Message|Message d'origine|Forwarded message)",
-        r"^\s*-{2,}\s*Message transf[ée]r[ée]",
-        r"^\s*_{8,}\s*$",
-        r"^\s*(From|De|Von)\s*:\s.*",
-        r"^\s*Begin forwarded message:",
-        r"^\s*D[ée]but du message r[ée]exp[ée]di[ée]",
-    )
-]
-_SIGNATURE_STARTS = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        r"^-- ?$",
-        r"^(Sent from|Envoy[ée] de(puis)?) (my|mon) ",
-        r"^Get Outlook for ",
-    )
-]
+
+@dataclass(frozen=True)
+class Forwarded:
+    """The message inside a forward: inline below a header block, or attached."""
+
+    sender: str | None
+    """The original sender's address, lower-cased (None when the forward hides it)."""
+    sender_name: str
+    subject: str
+    date: str
+    """As written in the forward (free text: every client and locale has its own)."""
+    text: str
+    """The forwarded message's whole text."""
+    new_text: str
+    """The forwarded message's own new text (its quotes and signature removed)."""
+    tokens_in_new_text: tuple[str, ...] = ()
+    attached: bool = False
+    """Forwarded as a ``message/rfc822`` attachment rather than inline."""
+    message_id: str | None = None
+    """Message-ID of an attached message (inline forwards do not show it)."""
 
 
 @dataclass(frozen=True)
@@ -51,62 +79,169 @@ class ParsedMessage:
     sender_name: str
     subject: str
     text: str
-    """The whole text body, decoded."""
+    """The whole text body, decoded (HTML-only mail as text, quotes prefixed ``> ``)."""
     new_text: str
-    """The sender's own words: quotes, attributions and signatures removed."""
+    """The sender's own words: quotes, attributions, forwards and signatures removed."""
     references: tuple[str, ...] = ()
     """In-Reply-To then References, without angle brackets."""
     recipients: tuple[str, ...] = ()
     """Addresses from To and Cc, lower-cased."""
     automatic: bool = False
-    """An auto-reply, list or bulk mail: never answer it, never act on it."""
+    """Never to be answered nor acted on: auto-reply, list, bounce, report, no sender."""
     headers: dict[str, str] = field(default_factory=dict)
+    """First value of each header (names lower-cased), decoded."""
+    quoted_text: str = ""
+    """Everything removed from ``text`` to get ``new_text``."""
+    tokens_in_new_text: tuple[str, ...] = ()
+    """Canonical tokens written in the new text (candidates, to check against digests)."""
+    tokens_in_quote: tuple[str, ...] = ()
+    """Canonical tokens in the quoted part, e.g. mailbot's own token mail quoted back."""
+    forwarded: Forwarded | None = None
+    forwarder_note: str = ""
+    """The forwarder's own words above a forward ("" when there is no forward)."""
+    autoreply: bool = False
+    """An out-of-office, autoresponder, list or challenge/response robot (never a bounce)."""
+    bounce: Bounce | None = None
+    mailing_list: bool = False
+    envelope_recipients: tuple[str, ...] = ()
+    """Delivered-To / X-Original-To / Envelope-To addresses (where a VERP key may be)."""
+    date: str = ""
+    from_html: bool = False
+    """The text was taken from an HTML part (there was no usable text/plain part)."""
+    parse_error: str = ""
+    """Non-empty only if parsing failed unexpectedly and this is a degraded reading."""
 
 
 def parse(raw: bytes) -> ParsedMessage:
-    message = BytesParser(policy=policy.default).parsebytes(raw)
-    sender_name, sender = _address(_header(message, "From"))
-    text = _body_text(message)
+    """Read a raw RFC 5322 message; never raises, whatever the bytes."""
+    try:
+        return _parse(mime.load(raw), raw)
+    except Exception as error:  # the promise is "never raises": degrade, and say so
+        return _degraded(raw, f"{type(error).__name__}: {error}"[:300])
+
+
+def _parse(message: Message, raw: bytes) -> ParsedMessage:
+    sender_name, sender = _address(mime.header(message, "From"))
+    subject = _one_line(mime.header(message, "Subject"))[:MAX_SUBJECT_CHARS]
+    text, from_html = body_text(message)
+    split = quotes.split_reply(text)
+    bounce = bounces.detect(message, sender, subject, sender_name)
+    forwarded = _forwarded(message, split, subject) if bounce is None else None
+    mailing_list = auto.is_list(message)
+    autoreply = bounce is None and auto.is_autoreply(message, subject, split.new)
+    report = mime.content_type(message) == "multipart/report"
     return ParsedMessage(
         message_id=message_id_of(raw, message),
         sender=sender,
         sender_name=sender_name,
-        subject=_one_line(_header(message, "Subject")),
+        subject=subject,
         text=text,
-        new_text=new_text(text),
+        new_text=split.new,
         references=_references(message),
-        recipients=_recipients(message),
-        automatic=_is_automatic(message, sender),
+        recipients=_addresses(message, ("To", "Cc")),
+        automatic=autoreply or mailing_list or report or bounce is not None or sender is None,
+        headers=mime.all_headers(message),
+        quoted_text=split.quoted,
+        tokens_in_new_text=find_tokens(split.new),
+        tokens_in_quote=find_tokens(split.quoted),
+        forwarded=forwarded,
+        forwarder_note=_note(split) if forwarded is not None else "",
+        autoreply=autoreply,
+        bounce=bounce,
+        mailing_list=mailing_list,
+        envelope_recipients=_addresses(message, _ENVELOPE_HEADERS),
+        date=_one_line(mime.header(message, "Date"))[:200],
+        from_html=from_html,
+    )
+
+
+def _note(split: quotes.Split) -> str:
+    """The forwarder's words are those above the forward, never text found below it."""
+    return "" if split.bottom_posted else split.new
+
+
+def _degraded(raw: bytes, error: str) -> ParsedMessage:
+    """What can still be said of a message the parser choked on: treat it as automatic."""
+    return ParsedMessage(
+        message_id=message_id_of(raw),
+        sender=None,
+        sender_name="",
+        subject="",
+        text="",
+        new_text="",
+        automatic=True,
+        parse_error=error,
     )
 
 
 def message_id_of(raw: bytes, message: Message | None = None) -> str | None:
     """The Message-ID without brackets; cheap enough to run before full parsing."""
     if message is None:
-        message = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
-    found = _MSGID.search(_header(message, "Message-ID"))
+        try:
+            message = BytesParser(policy=compat32).parsebytes(mime.trim(raw), headersonly=True)
+        except Exception:  # any bytes: no id rather than a crash
+            return None
+    found = _MSGID.search(mime.raw_header(message, "Message-ID"))
     return found.group(1)[:900] if found else None
 
 
 def new_text(text: str) -> str:
-    """The lines before the first quote, attribution or signature."""
-    kept: list[str] = []
-    for line in text.splitlines():
-        if any(p.match(line) for p in _QUOTE_STARTS + _SIGNATURE_STARTS):
-            break
-        kept.append(line.rstrip())
-    return "\n".join(kept).strip()
+    """The sender's own words in a text: quotes, attributions and signatures removed."""
+    return quotes.new_text(text)
 
 
-def _header(message: Message, name: str) -> str:
-    try:
-        value = message.get(name)
-    except (ValueError, TypeError, IndexError, AttributeError):
-        return ""
-    try:
-        return "" if value is None else str(value)
-    except (ValueError, TypeError, LookupError):
-        return ""
+def body_text(message: Message) -> tuple[str, bool]:
+    """The text/plain body, else the text of the HTML body; and whether HTML was used."""
+    plain, html = mime.body_parts(message)
+    if plain is not None and plain.strip():
+        return plain, False
+    if html is not None and html.strip():
+        return html_to_text(html), True
+    return plain or "", False
+
+
+def _forwarded(message: Message, split: quotes.Split, subject: str) -> Forwarded | None:
+    """An attached ``message/rfc822`` wins over an inline forward (its headers are real).
+
+    Only called for messages that are not bounces: a bounce's attached message
+    is the returned original, not a forward.
+    """
+    for part, depth in mime.walk(message):
+        if depth == 0 or mime.content_type(part) != "message/rfc822":
+            continue
+        inner = mime.attached_message(part)
+        if inner is not None:
+            return _attached(inner)
+    inline = forwards.find(split, subject)
+    if inline is None:
+        return None
+    own = quotes.split_reply(inline.body).new
+    return Forwarded(
+        sender=inline.sender,
+        sender_name=inline.sender_name,
+        subject=inline.subject,
+        date=inline.date,
+        text=inline.body,
+        new_text=own,
+        tokens_in_new_text=find_tokens(own),
+    )
+
+
+def _attached(inner: Message) -> Forwarded:
+    name, address = _address(mime.header(inner, "From"))
+    text, _ = body_text(inner)
+    own = quotes.split_reply(text).new
+    return Forwarded(
+        sender=address,
+        sender_name=name,
+        subject=_one_line(mime.header(inner, "Subject"))[:MAX_SUBJECT_CHARS],
+        date=_one_line(mime.header(inner, "Date"))[:200],
+        text=text,
+        new_text=own,
+        tokens_in_new_text=find_tokens(own),
+        attached=True,
+        message_id=message_id_of(b"", inner),
+    )
 
 
 def _one_line(value: str) -> str:
@@ -117,102 +252,20 @@ def _address(value: str) -> tuple[str, str | None]:
     name, address = parseaddr(value)
     address = address.strip().lower()
     if "@" not in address or any(ch.isspace() for ch in address):
-        return name, None
+        return _one_line(name), None
     return _one_line(name), address
 
 
-def _recipients(message: Message) -> tuple[str, ...]:
-    values = [_header(message, "To"), _header(message, "Cc")]
-    return tuple(a.lower() for _, a in getaddresses(values) if "@" in a)
+def _addresses(message: Message, names: tuple[str, ...]) -> tuple[str, ...]:
+    values = [mime.raw_header(message, name) for name in names]
+    found = (a.strip().lower() for _, a in getaddresses(values) if "@" in a)
+    return tuple(dict.fromkeys(found))
 
 
 def _references(message: Message) -> tuple[str, ...]:
-    ids = _MSGID.findall(_header(message, "In-Reply-To"))
-    ids += _MSGID.findall(_header(message, "References"))[::-1]
-    return tuple(dict.fromkeys(ids))
-
-
-def _is_automatic(message: Message, sender: str | None) -> bool:
-    if sender is None:
-        return True
-    auto = _header(message, "Auto-Submitted").strip().lower()
-    if auto and not auto.startswith("no"):
-        return True
-    if _header(message, "Precedence").strip().lower() in _AUTOMATIC_PRECEDENCE:
-        return True
-    return any(_header(message, h) for h in ("List-Id", "X-Autoreply", "X-Autorespond"))
-
-
-def _body_text(message: Message) -> str:
-    """The text/plain part, else the text of the HTML part, decoded with replacement."""
-    plain = html = None
-    for part in message.walk() if message.is_multipart() else [message]:
-        if part.is_multipart() or part.get_content_disposition() == "attachment":
-            continue
-        content_type = part.get_content_type()
-        if content_type == "text/plain" and plain is None:
-            plain = _decode(part)
-        elif content_type == "text/html" and html is None:
-            html = _decode(part)
-    if plain is not None:
-        return plain
-    return html_to_text(html) if html is not None else ""
-
-
-def _decode(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset, errors="replace")
-    except LookupError:
-        return payload.decode("utf-8", errors="replace")
-
-
-class _TextExtractor(HTMLParser):
-    _BLOCKS = frozenset({"p", "div", "br", "tr", "li", "h1", "h2", "h3", "blockquote", "table"})
-    _SKIP = frozenset({"script", "style", "head", "title"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.skipping = 0
-        self.quote_depth = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._SKIP:
-            self.skipping += 1
-        if tag == "blockquote":
-            self.quote_depth += 1
-        if tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP and self.skipping:
-            self.skipping -= 1
-        if tag == "blockquote" and self.quote_depth:
-            self.quote_depth -= 1
-        if tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self.skipping:
-            return
-        if self.quote_depth:
-            data = "\n".join("> " + line for line in data.splitlines())
-        self.parts.append(data)
-
-
-def html_to_text(html: str) -> str:
-    extractor = _TextExtractor()
-    try:
-        extractor.feed(html)
-        extractor.close()
-    except (AssertionError, ValueError):
-        pass
-    lines = (" ".join(line.split()) for line in "".join(extractor.parts).splitlines())
-    return "\n".join(lines).strip()
+    ids = _MSGID.findall(mime.raw_header(message, "In-Reply-To"))
+    ids += _MSGID.findall(mime.raw_header(message, "References"))[::-1]
+    return tuple(dict.fromkeys(i[:900] for i in ids))[:50]
 
 
 def plus_key(address: str, bot_local_part: str) -> str | None:

@@ -104,6 +104,8 @@ class ValidationRow(SQLModel, table=True):
     actor_email: str | None = Field(default=None, max_length=320)
     delivery: str = Field(default="queued", max_length=8)
     reminders_sent: int = 0
+    next_reminder_at: datetime | None = _when(nullable=True, index=True)
+    """When this contact's next reminder falls due; None when none is (the sweep's index)."""
     created_at: datetime = _when()
 
 
@@ -119,6 +121,7 @@ class ValidationToken(SQLModel, table=True):
     """Digest of the key in the plus-address this token's mail asks replies to."""
     issued_at: datetime = _when()
     used_at: datetime | None = _when(nullable=True)
+    """When the token stopped working before its validation was decided (a resend)."""
 
 
 class EventRow(SQLModel, table=True):
@@ -162,7 +165,10 @@ class OutboxRow(SQLModel, table=True):
     """One email to send; the payload of a mail carrying a token is dropped once sent."""
 
     __tablename__ = "outbox"
-    __table_args__ = (sa.Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),)
+    __table_args__ = (
+        sa.Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        sa.Index("ix_outbox_to_email_created_at", "to_email", "created_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(max_length=998, unique=True)

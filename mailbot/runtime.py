@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FLUSH_SECONDS = 5
 RESCUE_SECONDS = 60
-SWEEP_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 10.0
 
 
@@ -130,7 +129,7 @@ class Runtime:
         self.scheduler.add_job(
             self.sweep,
             "interval",
-            seconds=SWEEP_SECONDS,
+            seconds=self.settings.policy.sweep_seconds,
             id="sweep",
             max_instances=1,
             coalesce=True,

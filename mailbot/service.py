@@ -20,16 +20,17 @@ from sqlmodel import Session
 from mailbot import commands, mailparse, store, tokens, workflow
 from mailbot.addresses import normalise_email
 from mailbot.clock import Clock, SystemClock
-from mailbot.compose import Envelope, bounce_address, compose, new_message_id
+from mailbot.compose import BOUNCE_PREFIX, Envelope, bounce_address, compose, new_message_id
 from mailbot.config import Settings
 from mailbot.db import make_engine, transaction
 from mailbot.domain import Channel, Decision, Party, Request, Role, Validation
 from mailbot.errors import (
+    AmbiguousDecision,
     BadToken,
     MailbotError,
+    MalformedRequest,
     NotAuthorized,
     TooManyAttempts,
-    UnknownCommand,
     UnknownContact,
     UnknownService,
 )
@@ -48,6 +49,32 @@ from mailbot.render import Renderer, make_environment
 from mailbot.views import RequestView
 
 log = logging.getLogger(__name__)
+
+ANSWER_EVENTS = ("error", "help", "status", "list")
+"""Mails that answer a person's mistake or question: rate-limited per address."""
+LIST_LIMIT = 50
+RESEND_INTERVAL = timedelta(hours=1)
+OPERATOR_ACTOR = "operator@cli"
+"""How the event log names an operator acting through the CLI."""
+
+
+class UnknownRequest(LookupError):
+    """An operator named a request that does not exist."""
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    expired: int = 0
+    reminded: int = 0
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One line of a LIST answer."""
+
+    request: RequestView
+    awaits_you: bool
+    you_requested: bool
 
 
 class ProcessingFailed(Exception):
@@ -92,12 +119,25 @@ class RawMessage:
 
 @dataclass(frozen=True)
 class Inbound:
-    """A received message being processed, as the handlers need it."""
+    """A received message being processed: who speaks in it, and what they say.
+
+    Usually the sender speaks. In mail from the agency mailbox or a trusted
+    forwarder whose own note holds no command, the forwarded message speaks:
+    its sender is the actor and its new text the command, and ``via`` keeps
+    the forwarder's address for the event log.
+    """
 
     id: int
     parsed: mailparse.ParsedMessage
     sender: str
+    sender_name: str
+    subject: str
+    new_text: str
+    tokens: tuple[str, ...]
+    quoted_tokens: tuple[str, ...]
+    references: tuple[str, ...]
     recipients: tuple[str, ...]
+    via: str | None = None
 
     @property
     def message_id(self) -> str | None:
@@ -242,27 +282,145 @@ class Mailbot:
     def _handle(self, session: Session, row: InboundMessage) -> tuple[str, str]:
         assert row.id is not None
         parsed = mailparse.parse(row.raw)
+        if parsed.bounce is not None:
+            return "processed", self._record_bounce(session, row, parsed, parsed.bounce)
         if reason := self._ignore_reason(parsed, row):
             return "ignored", f"ignored: {reason}"
-        assert parsed.sender is not None
-        recipients = tuple(filter(None, row.recipients.split(","))) + parsed.recipients
-        message = Inbound(row.id, parsed, parsed.sender, recipients)
+        message = self._speaker(row, parsed)
         command: commands.Command | None = None
         try:
             with session.begin_nested():
-                command = commands.find_command(parsed.subject, parsed.new_text)
+                command = commands.find_command(message.subject, message.new_text)
                 return "processed", self._dispatch(session, message, command)
         except MailbotError as error:
-            self._reject(session, message, error, command)
-            return "processed", f"error {error.code} sent to {message.sender}"
+            if self._reject(session, message, error, command):
+                return "processed", f"error {error.code} sent to {message.sender}"
+            return "processed", f"error {error.code}, not answered: rate limit"
+
+    def _record_bounce(
+        self,
+        session: Session,
+        row: InboundMessage,
+        parsed: mailparse.ParsedMessage,
+        bounce: mailparse.Bounce,
+    ) -> str:
+        """A permanent failure of a token mail marks its validation's delivery failed
+        and tells the requester; a bounce is never answered."""
+        if not bounce.permanent:
+            return "bounce ignored: delivery delayed, not failed"
+        sent = self._bounced_mail(session, row, parsed, bounce)
+        if sent is None:
+            return "bounce ignored: not for a mail of ours"
+        validation = session.get(ValidationRow, sent.validation_id) if sent.validation_id else None
+        if validation is None or validation.delivery == "failed":
+            return f"bounce of {sent.event} to {sent.to_email} noted"
+        validation.delivery = "failed"
+        request_row = store.request_row(session, validation.request_id)
+        contact = session.get(Contact, validation.contact_id)
+        assert request_row is not None
+        assert contact is not None
+        request = store.request(session, request_row)
+        self._log(
+            session,
+            request.id,
+            "delivery-failed",
+            actor=sent.to_email,
+            contact_id=contact.id,
+            inbound_id=row.id,
+            detail=bounce.diagnostic[:500],
+        )
+        if request.pending:
+            self._queue(
+                session,
+                Outgoing(
+                    "delivery-failed",
+                    request.requester,
+                    request,
+                    context={
+                        "failed_contact": store.party(contact),
+                        "diagnostic": " ".join(bounce.diagnostic.split())[:300],
+                    },
+                ),
+                None,
+            )
+        return f"bounce: the validation mail to {sent.to_email} failed ({request.id})"
+
+    def _bounced_mail(
+        self,
+        session: Session,
+        row: InboundMessage,
+        parsed: mailparse.ParsedMessage,
+        bounce: mailparse.Bounce,
+    ) -> OutboxRow | None:
+        """Our mail that bounced: named by the VERP address it was sent with, or
+        failing that by the Message-ID the bounce quotes."""
+        bot = self.settings.bot
+        addresses = (
+            *filter(None, row.recipients.split(",")),
+            *parsed.recipients,
+            *parsed.envelope_recipients,
+        )
+        for address in addresses:
+            key = mailparse.plus_key(address, bot.local_part) or ""
+            if key.startswith(BOUNCE_PREFIX) and address.lower().endswith("@" + bot.domain):
+                mid = f"{key.removeprefix(BOUNCE_PREFIX).lower()}@{bot.domain}"
+                if found := store.sent_mail(session, (mid,)):
+                    return found
+        if bounce.original_message_id:
+            return store.sent_mail(session, (bounce.original_message_id,))
+        return None
+
+    def _speaker(self, row: InboundMessage, parsed: mailparse.ParsedMessage) -> Inbound:
+        assert row.id is not None
+        assert parsed.sender is not None
+        recipients = (
+            tuple(filter(None, row.recipients.split(",")))
+            + parsed.recipients
+            + parsed.envelope_recipients
+        )
+        own = Inbound(
+            row.id,
+            parsed,
+            parsed.sender,
+            parsed.sender_name,
+            parsed.subject,
+            parsed.new_text,
+            parsed.tokens_in_new_text,
+            parsed.tokens_in_quote,
+            parsed.references,
+            recipients,
+        )
+        forwarded = parsed.forwarded
+        trusted = row.source == "imap" or parsed.sender in self.settings.policy.trusted_forwarders
+        if not trusted or forwarded is None or forwarded.sender is None:
+            return own
+        if commands.has_command(parsed.forwarder_note):  # the forwarder speaks for itself
+            return own
+        return Inbound(
+            row.id,
+            parsed,
+            forwarded.sender,
+            forwarded.sender_name,
+            forwarded.subject,
+            forwarded.new_text,
+            forwarded.tokens_in_new_text,
+            (),
+            (),
+            recipients,
+            via=parsed.sender,
+        )
 
     def _ignore_reason(self, parsed: mailparse.ParsedMessage, row: InboundMessage) -> str | None:
         if row.envelope_from is not None and row.envelope_from.strip("<> ") == "":
             return "null envelope sender (a bounce)"
         if parsed.sender is None:
             return "no usable sender"
+        if self.settings.bot.address in _header(parsed, "X-Loop").lower():
+            return "our own mail come back (X-Loop)"
+        if parsed.autoreply:
+            return "auto-reply"
         if parsed.automatic:
-            return "automatic message"
+            return "automatic message (list, bulk or report)"
         local, _, domain = parsed.sender.partition("@")
         bot = self.settings.bot
         if domain == bot.domain and local.split("+")[0] == bot.local_part:
@@ -274,12 +432,207 @@ class Mailbot:
             return self._open_by_mail(session, message, command)
         if command.verb in ("ACCEPT", "REFUSE"):
             return self._decide_by_mail(session, message, command)
-        raise UnknownCommand("not available yet", line=command.line)
+        if command.verb == "HELP":
+            return self._answer(session, message, "help", {"commands": commands.VERBS})
+        if command.verb == "LIST":
+            return self._list_by_mail(session, message)
+        row = self._party_request(session, message, command)
+        if command.verb == "STATUS":
+            return self._answer(session, message, "status", {}, store.request(session, row))
+        if command.verb == "CANCEL":
+            return self._cancel(session, row, self._actor(session, message), message)
+        return self._resend(session, row, self._actor(session, message), message)
+
+    # -- following and steering requests ------------------------------------------
+
+    def _actor(self, session: Session, message: Inbound) -> tuple[Party, bool]:
+        """The sender as a party, and whether they are an operator."""
+        contact = store.contact_by_email(session, message.sender)
+        party = store.party(contact) if contact else Party(email=message.sender)
+        return party, self.settings.is_operator(message.sender)
+
+    def _party_request(
+        self, session: Session, message: Inbound, command: commands.Command
+    ) -> ChangeRequest:
+        """The request a command names, if the sender may see it.
+
+        Anyone else gets the same answer as for an id that does not exist, so
+        that request ids cannot be probed.
+        """
+        if not commands.is_request_id(command.argument):
+            raise MalformedRequest("a request id looks like CR-7K2QX9MD", line=command.line)
+        row = store.request_row(session, command.argument.strip(), for_update=True)
+        if row is None:
+            raise NotAuthorized("no such request among yours", line=command.line)
+        request = store.request(session, row)
+        party, operator = self._actor(session, message)
+        if not (
+            operator or any(p.same_as(party) for p in (*request.parties, request.service.admin))
+        ):
+            raise NotAuthorized("no such request among yours", line=command.line)
+        return row
+
+    def _answer(
+        self,
+        session: Session,
+        message: Inbound,
+        event: str,
+        context: dict[str, Any],
+        request: Request | None = None,
+    ) -> str:
+        """Answer a question (help, status, list) by mail, within the answer rate limit."""
+        if self._answers_exhausted(session, message.sender):
+            return f"{event} not sent: rate limit"
+        party, _ = self._actor(session, message)
+        self._queue(session, Outgoing(event, party, request, context=context), message)
+        return f"{event} sent to {message.sender}"
+
+    def _list_by_mail(self, session: Session, message: Inbound) -> str:
+        party, _ = self._actor(session, message)
+        rows = store.requests_of(session, party.email, party.id, LIST_LIMIT + 1)
+        entries = []
+        for row in rows[:LIST_LIMIT]:
+            request = store.request(session, row)
+            own = request.validation_of(party)
+            entries.append(
+                ListEntry(
+                    RequestView.of(request),
+                    awaits_you=bool(own and own.pending and request.pending),
+                    you_requested=request.requester.same_as(party),
+                )
+            )
+        context = {"entries": entries, "truncated": len(rows) > LIST_LIMIT, "limit": LIST_LIMIT}
+        return self._answer(session, message, "list", context)
+
+    def _cancel(
+        self,
+        session: Session,
+        row: ChangeRequest,
+        actor: tuple[Party, bool],
+        message: Inbound | None,
+    ) -> str:
+        by, operator = actor
+        transition = workflow.cancel(
+            store.request(session, row), by=by, by_operator=operator, now=self.clock.now()
+        )
+        self._save_state(session, row, transition.request)
+        self._log(
+            session,
+            row.id,
+            "request-cancelled",
+            actor=by.email,
+            inbound_id=message.id if message else None,
+        )
+        self._carry_out(session, transition.request, transition.effects, message)
+        return f"request {row.id} cancelled by {by.email}"
+
+    def _resend(
+        self,
+        session: Session,
+        row: ChangeRequest,
+        actor: tuple[Party, bool],
+        message: Inbound | None,
+    ) -> str:
+        by, operator = actor
+        since = self.clock.now() - RESEND_INTERVAL
+        if store.recent_request_events(session, row.id, "tokens-resent", since):
+            raise TooManyAttempts("tokens were resent less than an hour ago", request=row.id)
+        request = store.request(session, row)
+        transition = workflow.resend(request, by=by, by_operator=operator)
+        self._log(
+            session,
+            row.id,
+            "tokens-resent",
+            actor=by.email,
+            inbound_id=message.id if message else None,
+            detail=", ".join(
+                e.contact.email for e in transition.effects if isinstance(e, workflow.AskToValidate)
+            ),
+        )
+        self._carry_out(session, request, transition.effects, message)
+        return f"fresh tokens sent for {row.id}"
+
+    def cancel_request(self, request_id: str) -> Request:
+        """An operator withdraws a request (``mailbot requests cancel``)."""
+        with transaction(self.engine) as session:
+            row = self._request_for_operator(session, request_id)
+            self._cancel(session, row, (Party(email=OPERATOR_ACTOR), True), None)
+            return store.request(session, row)
+
+    def resend_request(self, request_id: str) -> Request:
+        """An operator re-issues tokens (``mailbot requests resend``)."""
+        with transaction(self.engine) as session:
+            row = self._request_for_operator(session, request_id)
+            self._resend(session, row, (Party(email=OPERATOR_ACTOR), True), None)
+            return store.request(session, row)
+
+    def _request_for_operator(self, session: Session, request_id: str) -> ChangeRequest:
+        row = store.request_row(session, request_id, for_update=True)
+        if row is None:
+            raise UnknownRequest(f"no request {request_id}")
+        return row
+
+    # -- the sweep ----------------------------------------------------------------
+
+    def sweep(self, now: datetime | None = None) -> SweepReport:
+        """Expire what is stale, then remind the silent: the scheduler's periodic job.
+
+        It reads only due rows, through indexes on their due times, and is safe
+        beside another sweep: each request is handled under its row lock, and
+        one whose lock is taken is left to the sweep that holds it.
+        """
+        now = now or self.clock.now()
+        expired = sum(
+            self._expire(request_id, now) for request_id in self._due(store.due_expiries, now)
+        )
+        reminded = sum(
+            self._remind(request_id, now) for request_id in self._due(store.due_reminders, now)
+        )
+        return SweepReport(expired=expired, reminded=reminded)
+
+    def _due(self, query: Any, now: datetime) -> list[str]:
+        with transaction(self.engine) as session:
+            return list(query(session, now))
+
+    def _expire(self, request_id: str, now: datetime) -> int:
+        with transaction(self.engine) as session:
+            row = store.request_row(session, request_id, for_update=True, skip_locked=True)
+            if row is None:
+                return 0
+            transition = workflow.expire(store.request(session, row), now)
+            if not transition.effects:
+                return 0
+            self._save_state(session, row, transition.request)
+            self._log(session, row.id, "request-expired", actor=None)
+            self._carry_out(session, transition.request, transition.effects, None)
+            return 1
+
+    def _remind(self, request_id: str, now: datetime) -> int:
+        with transaction(self.engine) as session:
+            row = store.request_row(session, request_id, for_update=True, skip_locked=True)
+            if row is None:
+                return 0
+            transition = workflow.remind(
+                store.request(session, row), now, self.settings.policy.reminder_days
+            )
+            self._save_state(session, row, transition.request)
+            for effect in transition.effects:
+                assert isinstance(effect, workflow.Remind)
+                self._log(
+                    session,
+                    row.id,
+                    "reminder-sent",
+                    actor=None,
+                    contact_id=effect.contact.id,
+                    detail=f"reminder {effect.number}",
+                )
+            self._carry_out(session, transition.request, transition.effects, None)
+            return len(transition.effects)
 
     # -- opening a request --------------------------------------------------------
 
     def _open_by_mail(self, session: Session, message: Inbound, command: commands.Command) -> str:
-        change = commands.parse_change(command, message.parsed.new_text)
+        change = commands.parse_change(command, message.new_text)
         service_row = store.service_row(session, change.service, for_update=True)
         if service_row is None:
             raise UnknownService("", service=change.service)
@@ -294,7 +647,7 @@ class Mailbot:
             if requester_contact is not None
             else Party(
                 email=message.sender,
-                name=message.parsed.sender_name,
+                name=message.sender_name,
                 language=self.settings.bot.language,
             )
         )
@@ -374,6 +727,9 @@ class Mailbot:
                     to_contact_id=change.incoming.id,
                 )
             )
+        first_reminder = workflow.next_reminder_at(
+            request.created_at, 0, self.settings.policy.reminder_days
+        )
         for validation in request.validations:
             assert validation.contact.id is not None
             session.add(
@@ -382,6 +738,7 @@ class Mailbot:
                     contact_id=validation.contact.id,
                     side=validation.side.value,
                     created_at=request.created_at,
+                    next_reminder_at=first_reminder,
                 )
             )
         session.flush()
@@ -397,14 +754,19 @@ class Mailbot:
         return f"{decision.value} recorded on {request.id}; request is {request.status.value}"
 
     def _validation_for(self, session: Session, message: Inbound, argument: str) -> ValidationRow:
-        """The validation a mail speaks for: by typed token, reply address or thread.
+        """The validation a mail speaks for: by typed token, reply address, thread,
+        or, failing those, the token of our own mail quoted below the answer.
 
-        A typed token is a credential on its own. A reply without one is matched
-        by the address or thread of our mail, and must come from the contact.
+        A token is a credential on its own, typed or quoted. A reply without one
+        is matched by the address or thread of our mail, and must come from the
+        contact. Tokens of two different validations in one mail are ambiguous.
         """
-        if tokens.looks_like_token_attempt(argument):
-            return self._validation_by_token(session, argument, message.sender)
+        typed = [argument] if tokens.looks_like_token_attempt(argument) else []
+        if typed or message.tokens:
+            return self._validation_by_tokens(session, [*typed, *message.tokens], message.sender)
         row = self._validation_by_reply(session, message)
+        if row is None and message.quoted_tokens:
+            return self._validation_by_tokens(session, list(message.quoted_tokens), message.sender)
         if row is None:
             raise BadToken("no token and not a reply to a validation email")
         contact = session.get(Contact, row.contact_id)
@@ -416,23 +778,30 @@ class Mailbot:
             )
         return row
 
-    def _validation_by_token(self, session: Session, typed: str, actor: str) -> ValidationRow:
+    def _validation_by_tokens(
+        self, session: Session, typed: list[str], actor: str
+    ) -> ValidationRow:
         since = self.clock.now() - timedelta(hours=1)
         if store.recent_events(session, "error:bad-token", actor, since) >= (
             self.settings.policy.max_bad_tokens_per_hour
         ):
             raise TooManyAttempts("")
-        return self._validation_by_token_only(session, typed)
+        found = {row.id: row for row in (self._validation_by_token_only(session, t) for t in typed)}
+        if len(found) > 1:
+            raise AmbiguousDecision("tokens of several validations in one mail")
+        return next(iter(found.values()))
 
     def _validation_by_reply(self, session: Session, message: Inbound) -> ValidationRow | None:
         for recipient in message.recipients:
             key = mailparse.plus_key(recipient, self.settings.bot.local_part)
             normalised = tokens.normalise_key(key) if key else None
-            if normalised and (
-                found := store.token_by_reply_key(session, tokens.digest(normalised))
+            if (
+                normalised
+                and (found := store.token_by_reply_key(session, tokens.digest(normalised)))
+                and found.used_at is None
             ):
                 return session.get(ValidationRow, found.validation_id)
-        sent = store.sent_mail(session, message.parsed.references)
+        sent = store.sent_mail(session, message.references)
         if sent is None:
             return None
         if sent.validation_id is not None:
@@ -470,16 +839,12 @@ class Mailbot:
         request = transition.request
         decided = request.validation_of(store.party(contact))
         assert decided is not None
-        validation.status = decided.status.value
-        validation.channel = channel.value
-        validation.decided_at = now
-        validation.actor_email = decided.actor
-        request_row.status = request.status.value
-        request_row.closed_at = request.closed_at
+        self._save_state(session, request_row, request)
         self._log(
             session,
             request.id,
             f"validation-{decided.status.value}",
+            detail=f"forwarded by {message.via}" if message and message.via else "",
             actor=actor,
             contact_id=contact.id,
             channel=channel.value,
@@ -495,6 +860,25 @@ class Mailbot:
             )
         self._carry_out(session, request, transition.effects, message)
         return request
+
+    def _save_state(self, session: Session, row: ChangeRequest, request: Request) -> None:
+        """Write a transition's new state back: request status and each validation."""
+        row.status = request.status.value
+        row.closed_at = request.closed_at
+        contacts = {v.contact.id: v for v in request.validations}
+        days = self.settings.policy.reminder_days
+        for stored in store.validation_rows(session, row.id):
+            state = contacts[stored.contact_id]
+            stored.status = state.status.value
+            stored.channel = state.channel.value if state.channel else None
+            stored.decided_at = state.decided_at
+            stored.actor_email = state.actor
+            stored.reminders_sent = state.reminders_sent
+            stored.next_reminder_at = (
+                workflow.next_reminder_at(request.created_at, state.reminders_sent, days)
+                if request.pending and state.pending
+                else None
+            )
 
     def token_page(self, typed: str) -> TokenPage:
         """What a token's link shows; reads only (mail scanners open every link)."""
@@ -516,6 +900,8 @@ class Mailbot:
             raise BadToken("")
         validation = session.get(ValidationRow, found.validation_id)
         assert validation is not None
+        if found.used_at is not None and validation.status == "pending":
+            raise BadToken("this token was replaced by a newer one: use the latest email")
         return validation
 
     def decide_with_token(
@@ -543,10 +929,15 @@ class Mailbot:
             if isinstance(effect, workflow.ApplyHolders):
                 self._apply_holders(session, effect)
             elif isinstance(effect, workflow.AskToValidate):
-                self._ask_to_validate(session, request, effect.contact, message)
+                if effect.replace:
+                    self._revoke_tokens(session, request, effect.contact)
+                self._send_token(session, request, effect.contact, message)
+            elif isinstance(effect, workflow.Remind):
+                self._send_token(session, request, effect.contact, message, effect.number)
             else:
                 for party in effect.recipients:
-                    self._queue(session, Outgoing(effect.event, party, request), message)
+                    mail = Outgoing(effect.event, party, request, context=dict(effect.about))
+                    self._queue(session, mail, message)
 
     def _apply_holders(self, session: Session, effect: workflow.ApplyHolders) -> None:
         row = store.service_row(session, effect.service, for_update=True)
@@ -556,12 +947,27 @@ class Mailbot:
             setattr(row, f"{role.value}_id", holder.id)
         row.updated_at = self.clock.now()
 
-    def _ask_to_validate(
-        self, session: Session, request: Request, contact: Party, message: Inbound | None
-    ) -> None:
-        validation = next(
+    def _validation_row(self, session: Session, request: Request, contact: Party) -> ValidationRow:
+        return next(
             v for v in store.validation_rows(session, request.id) if v.contact_id == contact.id
         )
+
+    def _revoke_tokens(self, session: Session, request: Request, contact: Party) -> None:
+        validation = self._validation_row(session, request, contact)
+        assert validation.id is not None
+        for token in store.live_tokens(session, validation.id):
+            token.used_at = self.clock.now()
+
+    def _send_token(
+        self,
+        session: Session,
+        request: Request,
+        contact: Party,
+        message: Inbound | None,
+        reminder: int | None = None,
+    ) -> None:
+        """A fresh token for the contact, in a validation mail or a reminder."""
+        validation = self._validation_row(session, request, contact)
         assert validation.id is not None
         token, reply_key = tokens.new_token(), tokens.new_key()
         session.add(
@@ -578,7 +984,7 @@ class Mailbot:
         self._queue(
             session,
             Outgoing(
-                "validation-requested",
+                "validation-requested" if reminder is None else "reminder",
                 contact,
                 request,
                 context={
@@ -586,6 +992,7 @@ class Mailbot:
                     "link": f"{bot.base_url}/v/{token}",
                     "reply_address": reply_address,
                     "side": side.side.value if side else "new",
+                    "reminder_number": reminder,
                 },
                 validation_id=validation.id,
                 reply_to=reply_address,
@@ -609,6 +1016,14 @@ class Mailbot:
             "command": "",
             "original_subject": "",
             "decision": None,
+            "failed_contact": None,
+            "diagnostic": "",
+            "reminder_number": None,
+            "cancelled_by": None,
+            "entries": None,
+            "truncated": False,
+            "limit": None,
+            "commands": None,
         }
         context.update(mail.context or {})
         rendered = self.renderer.mail(mail.event, mail.to.language, context)
@@ -650,8 +1065,12 @@ class Mailbot:
         message: Inbound,
         error: MailbotError,
         command: commands.Command | None,
-    ) -> None:
-        """Answer a command that failed with an error mail, and log it."""
+    ) -> bool:
+        """Answer a command that failed with an error mail, and log it.
+
+        Returns False when the address had its share of answers this hour: the
+        error is recorded, and nothing is sent (a loop or a flood ends here).
+        """
         contact = store.contact_by_email(session, message.sender)
         language = (
             contact.language
@@ -669,6 +1088,8 @@ class Mailbot:
             inbound_id=message.id,
             detail=error.detail,
         )
+        if self._answers_exhausted(session, message.sender):
+            return False
         self._queue(
             session,
             Outgoing(
@@ -677,12 +1098,18 @@ class Mailbot:
                 context={
                     "error": error,
                     "command": command.line if command else "",
-                    "original_subject": message.parsed.subject[:200],
+                    "original_subject": message.subject[:200],
                 },
                 error_code=error.code,
             ),
             message,
         )
+        return True
+
+    def _answers_exhausted(self, session: Session, address: str) -> bool:
+        since = self.clock.now() - timedelta(hours=1)
+        sent = store.recent_answers(session, address, ANSWER_EVENTS, since)
+        return sent >= self.settings.policy.max_answers_per_hour
 
     def _log(
         self,
@@ -713,13 +1140,6 @@ class Mailbot:
 
     # -- outbox -------------------------------------------------------------------
 
-    def sweep(self) -> int:
-        """The scheduler's periodic hook for reminders and expiry (the request lifecycle).
-
-        Requests do not time out yet; returns how many requests it changed.
-        """
-        return 0
-
     def flush_outbox(self, transport: Transport) -> FlushReport:
         return flush(self.engine, transport, self.clock.now(), self.settings.outgoing.max_attempts)
 
@@ -731,3 +1151,8 @@ def _changes_detail(request: Request) -> str:
             for c in request.changes
         ]
     )
+
+
+def _header(parsed: mailparse.ParsedMessage, name: str) -> str:
+    wanted = name.lower()
+    return next((v for k, v in parsed.headers.items() if k.lower() == wanted), "")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from mailbot.domain import (
@@ -33,6 +33,9 @@ from mailbot.models import (
     ValidationRow,
     ValidationToken,
 )
+
+SWEEP_BATCH = 500
+"""At most this many due requests per sweep pass; the next pass takes the rest."""
 
 
 def party(contact: Contact) -> Party:
@@ -86,11 +89,11 @@ def pending_roles(session: Session, service_id: int) -> frozenset[Role]:
 
 
 def request_row(
-    session: Session, request_id: str, *, for_update: bool = False
+    session: Session, request_id: str, *, for_update: bool = False, skip_locked: bool = False
 ) -> ChangeRequest | None:
     query = select(ChangeRequest).where(ChangeRequest.id == request_id.upper())
     if for_update:
-        query = query.with_for_update()
+        query = query.with_for_update(skip_locked=skip_locked)
     return session.exec(query).first()
 
 
@@ -140,6 +143,7 @@ def _validation(row: ValidationRow, contact: Contact) -> Validation:
         channel=Channel(row.channel) if row.channel else None,
         decided_at=row.decided_at,
         actor=row.actor_email,
+        reminders_sent=row.reminders_sent,
     )
 
 
@@ -161,6 +165,13 @@ def token_by_reply_key(session: Session, key_digest: str) -> ValidationToken | N
     return session.exec(query).first()
 
 
+def live_tokens(session: Session, validation_id: int) -> list[ValidationToken]:
+    query = select(ValidationToken).where(
+        ValidationToken.validation_id == validation_id, col(ValidationToken.used_at).is_(None)
+    )
+    return list(session.exec(query).all())
+
+
 def sent_mail(session: Session, message_ids: tuple[str, ...]) -> OutboxRow | None:
     """The newest of our own mails among the ids a reply refers to."""
     if not message_ids:
@@ -173,18 +184,88 @@ def sent_mail(session: Session, message_ids: tuple[str, ...]) -> OutboxRow | Non
     return session.exec(query).first()
 
 
-def requests(session: Session, status: str | None = None, limit: int = 500) -> list[ChangeRequest]:
+def requests(
+    session: Session,
+    status: str | None = None,
+    service: str | None = None,
+    contact: str | None = None,
+    limit: int = 500,
+) -> list[ChangeRequest]:
+    """Requests newest first, filtered by status, service name and party's address."""
     query = select(ChangeRequest).order_by(
         col(ChangeRequest.created_at).desc(), col(ChangeRequest.id)
     )
     if status:
         query = query.where(ChangeRequest.status == status)
+    if service:
+        row = service_row(session, service)
+        query = query.where(ChangeRequest.service_id == (row.id if row else -1))
+    if contact:
+        found = contact_by_email(session, contact)
+        asked = select(ValidationRow.request_id).where(
+            ValidationRow.contact_id == (found.id if found else -1)
+        )
+        query = query.where(
+            or_(
+                col(ChangeRequest.requester_email) == contact.lower(),
+                col(ChangeRequest.id).in_(asked),
+            )
+        )
     return list(session.exec(query.limit(limit)).all())
 
 
 def events(session: Session, request_id: str) -> list[EventRow]:
     query = select(EventRow).where(EventRow.request_id == request_id).order_by(col(EventRow.id))
     return list(session.exec(query).all())
+
+
+def due_expiries(session: Session, now: datetime) -> list[str]:
+    """Pending requests past their expiry (index: status, expires_at)."""
+    query = (
+        select(ChangeRequest.id)
+        .where(ChangeRequest.status == "pending", col(ChangeRequest.expires_at) <= now)
+        .order_by(col(ChangeRequest.expires_at))
+        .limit(SWEEP_BATCH)
+    )
+    return list(session.exec(query).all())
+
+
+def due_reminders(session: Session, now: datetime) -> list[str]:
+    """Requests with an awaited contact whose reminder is due (index: next_reminder_at)."""
+    query = (
+        select(ValidationRow.request_id)
+        .where(col(ValidationRow.next_reminder_at) <= now)
+        .distinct()
+        .limit(SWEEP_BATCH)
+    )
+    return list(session.exec(query).all())
+
+
+def requests_of(
+    session: Session, email: str, contact_id: int | None, limit: int
+) -> list[ChangeRequest]:
+    """The requests someone opened or must validate: pending first, newest first."""
+    asked = select(ValidationRow.request_id).where(ValidationRow.contact_id == contact_id)
+    query = (
+        select(ChangeRequest)
+        .where(or_(col(ChangeRequest.requester_email) == email, col(ChangeRequest.id).in_(asked)))
+        .order_by(
+            col(ChangeRequest.status) != "pending",
+            col(ChangeRequest.created_at).desc(),
+            col(ChangeRequest.id),
+        )
+        .limit(limit)
+    )
+    return list(session.exec(query).all())
+
+
+def recent_request_events(session: Session, request_id: str, kind: str, since: datetime) -> int:
+    query = (
+        select(func.count())
+        .select_from(EventRow)
+        .where(EventRow.request_id == request_id, EventRow.kind == kind, col(EventRow.at) >= since)
+    )
+    return int(session.exec(query).one())
 
 
 def recent_events(session: Session, kind: str, actor: str, since: datetime) -> int:
@@ -230,6 +311,19 @@ def outbox_overview(session: Session, sent_limit: int) -> list[OutboxRow]:
         .limit(max(sent_limit, 0))
     )
     return [*session.exec(unsent).all(), *session.exec(sent).all()]
+
+
+def recent_answers(session: Session, to: str, events: tuple[str, ...], since: datetime) -> int:
+    query = (
+        select(func.count())
+        .select_from(OutboxRow)
+        .where(
+            OutboxRow.to_email == to,
+            col(OutboxRow.created_at) >= since,
+            col(OutboxRow.event).in_(events),
+        )
+    )
+    return int(session.exec(query).one())
 
 
 def due_outbox(session: Session, now: datetime, limit: int) -> list[OutboxRow]:

@@ -9,7 +9,7 @@ database, a network, a template or the clock.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from mailbot.domain import (
@@ -38,9 +38,22 @@ from mailbot.errors import (
 
 @dataclass(frozen=True)
 class AskToValidate:
-    """Send this contact a personal token mail for the request."""
+    """Send this contact a personal token mail for the request.
+
+    ``replace`` kills the contact's earlier tokens first (a resend); otherwise
+    the new token works beside them.
+    """
 
     contact: Party
+    replace: bool = False
+
+
+@dataclass(frozen=True)
+class Remind:
+    """Send this awaited contact their ``number``-th reminder, with a fresh token."""
+
+    contact: Party
+    number: int
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,8 @@ class Notify:
 
     event: str
     recipients: tuple[Party, ...]
+    about: Mapping[str, Party] = field(default_factory=dict)
+    """People the mail speaks of besides the request's, e.g. who cancelled it."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,7 @@ class ApplyHolders:
     holders: Mapping[Role, Party]
 
 
-Effect = AskToValidate | Notify | ApplyHolders
+Effect = AskToValidate | Remind | Notify | ApplyHolders
 
 
 @dataclass(frozen=True)
@@ -198,3 +213,74 @@ def _check_standing(
     for party in involved:
         if not party.in_good_standing:
             raise NotInGoodStanding("", service=service.name, subject=party.email)
+
+
+def cancel(request: Request, *, by: Party, by_operator: bool, now: datetime) -> Transition:
+    """The requester, the service's admin or an operator withdraws a pending request."""
+    if not (by_operator or by.same_as(request.requester) or by.same_as(request.service.admin)):
+        raise NotAuthorized("", request=request.id)
+    if not request.pending:
+        raise RequestClosed("", request=request.id, status=request.status.value)
+    closed = replace(request, status=RequestStatus.CANCELLED, closed_at=now)
+    notice = Notify("request-cancelled", _everyone(request), {"cancelled_by": by})
+    return Transition(closed, (notice,))
+
+
+def expire(request: Request, now: datetime) -> Transition:
+    """A request still pending at its expiry date dies; nothing changes on the service."""
+    if not request.pending or now < request.expires_at:
+        return Transition(request, ())
+    closed = replace(request, status=RequestStatus.EXPIRED, closed_at=now)
+    return Transition(closed, (Notify("request-expired", _everyone(request)),))
+
+
+def resend(request: Request, *, by: Party, by_operator: bool) -> Transition:
+    """Fresh tokens for the contacts still awaited; their earlier tokens die.
+
+    The requester, the admin and operators may resend to everyone awaited; an
+    awaited contact may ask again for themselves (their mail may have been lost).
+    """
+    if not request.pending:
+        raise RequestClosed("", request=request.id, status=request.status.value)
+    steering = by_operator or by.same_as(request.requester) or by.same_as(request.service.admin)
+    targets = [v.contact for v in request.awaited if steering or v.contact.same_as(by)]
+    if not targets:
+        raise NotAuthorized("", request=request.id)
+    return Transition(request, tuple(AskToValidate(c, replace=True) for c in targets))
+
+
+def remind(request: Request, now: datetime, reminder_days: list[int]) -> Transition:
+    """One reminder to each awaited contact for whom a new reminder offset has passed.
+
+    However late the sweep runs, a contact gets one reminder for all the
+    offsets that passed since the last one, so a missed day never becomes a burst.
+    """
+    if not request.pending:
+        return Transition(request, ())
+    due = reminders_due(request.created_at, now, reminder_days)
+    updated = tuple(
+        replace(v, reminders_sent=due) if v.pending and due > v.reminders_sent else v
+        for v in request.validations
+    )
+    effects = tuple(
+        Remind(new.contact, due)
+        for old, new in zip(request.validations, updated, strict=True)
+        if new is not old
+    )
+    return Transition(replace(request, validations=updated), effects)
+
+
+def reminders_due(opened: datetime, now: datetime, reminder_days: list[int]) -> int:
+    """How many reminder offsets have passed since the request was opened."""
+    return sum(1 for day in reminder_days if now >= opened + timedelta(days=day))
+
+
+def next_reminder_at(opened: datetime, sent: int, reminder_days: list[int]) -> datetime | None:
+    """When the next reminder falls due, after ``sent`` of them; None after the last."""
+    later = sorted(reminder_days)[sent:]
+    return opened + timedelta(days=later[0]) if later else None
+
+
+def _everyone(request: Request) -> tuple[Party, ...]:
+    """Requester and every validating contact, whether or not they answered."""
+    return request.parties

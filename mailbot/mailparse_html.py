@@ -1,0 +1,181 @@
+"""HTML mail to plain text that keeps what the reply parser needs to see.
+
+Mail clients mark quoted and signature regions in HTML rather than with ``>``:
+Gmail's ``blockquote.gmail_quote``, Thunderbird's ``blockquote type=cite``,
+Yahoo's ``div.yahoo_quoted``, Outlook's ``div#divRplyFwdMsg`` and
+``div#appendonsend`` (after which everything is the quoted original), Apple's
+``div#AppleMailSignature``. Quoted regions come out prefixed with ``> ``,
+signatures after a ``-- `` line and Outlook's quote start after a line of
+underscores, so that the plain-text rules in ``mailparse_quotes`` apply
+unchanged to HTML-only mail.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import suppress
+from html.parser import HTMLParser
+
+MAX_HTML_CHARS = 2_000_000
+MAX_STACK = 400
+OUTLOOK_SEPARATOR = "_" * 32
+
+_BLOCKS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "br", "center", "dd", "div", "dl", "dt",
+        "fieldset", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
+        "hr", "li", "main", "nav", "ol", "p", "pre", "section", "table", "tbody", "td", "tfoot",
+        "th", "thead", "tr", "ul",
+    }
+)  # fmt: skip
+_SKIP = frozenset({"script", "style", "head", "title", "template", "noscript", "object"})
+_VOID = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+     "source", "track", "wbr"}
+)  # fmt: skip
+_QUOTE_CLASSES = ("yahoo_quoted", "gmail_quote_container")
+_SIGNATURE_IDS = ("applemailsignature", "signature", "ms-outlook-mobile-signature")
+_SIGNATURE_CLASSES = ("gmail_signature", "moz-signature", "signature")
+_QUOTE_START_IDS = ("divrplyfwdmsg", "appendonsend", "stopspelling", "olk_src_body_section")
+_HIDDEN = re.compile(r"display\s*:\s*none", re.IGNORECASE)
+_SPACES = re.compile(r"[ \t\r\n\f\v\u00a0]+")
+
+
+class _Element:
+    __slots__ = ("quote", "skip", "tag")
+
+    def __init__(self, tag: str, *, quote: bool, skip: bool) -> None:
+        self.tag = tag
+        self.quote = quote
+        self.skip = skip
+
+
+class _TextExtractor(HTMLParser):
+    """Collects lines of text, each with the blockquote depth it was written at."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.lines: list[tuple[int, str]] = []
+        self.current: list[str] = []
+        self.current_depth = 0
+        self.stack: list[_Element] = []
+        self.pre = 0
+        self.depth = 0
+        self.hidden = 0
+
+    @property
+    def skipping(self) -> bool:
+        return self.hidden > 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _BLOCKS:
+            self.newline()
+        marker = _marker(tag, dict(attrs))
+        if marker == "quote-start":
+            self.emit_line(OUTLOOK_SEPARATOR)
+        elif marker == "signature" and not self.skipping:
+            self.emit_line("-- ")
+        if tag == "pre":
+            self.pre += 1
+        if tag in _VOID or len(self.stack) >= MAX_STACK:
+            return
+        hidden = tag in _SKIP or _HIDDEN.search(dict(attrs).get("style") or "") is not None
+        element = _Element(tag, quote=marker == "quote", skip=hidden)
+        self.stack.append(element)
+        self.depth += element.quote
+        self.hidden += element.skip
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _BLOCKS:
+            self.newline()
+        if _marker(tag, dict(attrs)) == "quote-start":
+            self.emit_line(OUTLOOK_SEPARATOR)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "pre" and self.pre:
+            self.pre -= 1
+        for index in range(len(self.stack) - 1, max(-1, len(self.stack) - 40), -1):
+            if self.stack[index].tag == tag:
+                for element in self.stack[index:]:
+                    self.depth -= element.quote
+                    self.hidden -= element.skip
+                del self.stack[index:]
+                break
+        if tag in _BLOCKS:
+            self.newline()
+
+    def handle_data(self, data: str) -> None:
+        if self.skipping:
+            return
+        if self.pre:
+            pieces = data.split("\n")
+            for piece in pieces[:-1]:
+                self.write(piece)
+                self.newline(force=True)
+            self.write(pieces[-1])
+            return
+        self.write(_SPACES.sub(" ", data))
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        if not self.current:
+            self.current_depth = self.depth
+            text = text.lstrip(" ") if not self.pre else text
+            if not text:
+                return
+        self.current.append(text)
+
+    def newline(self, *, force: bool = False) -> None:
+        if self.current or force:
+            self.lines.append((self.current_depth, "".join(self.current).rstrip()))
+            self.current = []
+        elif self.lines and self.lines[-1][1] != "":
+            self.lines.append((self.depth, ""))
+
+    def emit_line(self, text: str) -> None:
+        self.newline()
+        recent = [line for _, line in self.lines[-3:] if line]
+        if not recent or recent[-1] != text:
+            self.lines.append((self.depth, text))
+
+
+def _marker(tag: str, attrs: dict[str, str | None]) -> str | None:
+    """What a tag means for reply parsing: quote, quote-start, signature, or nothing."""
+    ident = (attrs.get("id") or "").lower()
+    classes = (attrs.get("class") or "").lower().split()
+    if tag == "blockquote":
+        return "quote"
+    if any(ident.startswith(prefix) for prefix in _QUOTE_START_IDS):
+        return "quote-start"
+    if tag == "hr" and "tabindex" in attrs:
+        return "quote-start"
+    if any(name in classes for name in _QUOTE_CLASSES) or ident.startswith("yahoo_quoted"):
+        return "quote"
+    if ident in _SIGNATURE_IDS or any(name in classes for name in _SIGNATURE_CLASSES):
+        return "signature"
+    if (attrs.get("data-smartmail") or "") == "gmail_signature":
+        return "signature"
+    return None
+
+
+def html_to_text(html: str) -> str:
+    """Readable text of an HTML body, quotes marked with ``> `` (never raises)."""
+    extractor = _TextExtractor()
+    with suppress(Exception):  # a parser bug on hostile markup: keep what was read so far
+        extractor.feed(html[:MAX_HTML_CHARS])
+        extractor.close()
+    extractor.newline()
+    out: list[str] = []
+    blank = 0
+    for depth, text in extractor.lines:
+        line = ("> " * depth + text) if depth else text
+        if not line.strip():
+            blank += 1
+            if blank > 1:
+                continue
+            line = ">" if depth else ""
+        else:
+            blank = 0
+        out.append(line.rstrip())
+    return "\n".join(out).strip("\n")
