@@ -255,15 +255,19 @@ class _Forms(HTMLParser):
 
 
 def _click_accept(link: str) -> str:
+    """GET the page (which changes nothing), then submit its Accept form."""
     with urllib.request.urlopen(link, timeout=10) as response:  # noqa: S310 (loopback http)
         forms = _Forms()
         forms.feed(response.read().decode())
+        shown = response.status
     forms.fields["decision"] = "accept"
     data = urllib.parse.urlencode(forms.fields).encode()
     with urllib.request.urlopen(link, data=data, timeout=10) as response:  # noqa: S310
         page = response.read().decode()
-    text = " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"(?s)<(style|head).*?</\1>", "", page)).split())
-    return f"page says: {text[:160]}"
+        answered = response.status
+    heading = re.search(r"<h1[^>]*>(.*?)</h1>", page, re.S)
+    title = " ".join(re.sub(r"<[^>]+>", " ", heading.group(1)).split()) if heading else "?"
+    return f"GET {shown} (the page with the buttons), POST {answered}: \u201c{title}\u201d"
 
 
 def _stop_server(server: subprocess.Popen[bytes]) -> int:

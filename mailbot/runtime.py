@@ -82,6 +82,12 @@ class Runtime:
         )
         web_task = asyncio.create_task(web.serve(), name="web")
         self._schedule()
+        loop = asyncio.get_running_loop()
+
+        def mail_queued() -> None:  # called from worker threads, after their commit
+            loop.call_soon_threadsafe(self.kick_flush)
+
+        self.bot.on_mail_queued.append(mail_queued)
         self._start_imap()
         self._on_signals()
         self.kick_processing()
@@ -140,9 +146,7 @@ class Runtime:
         """The agency mailbox reader: imapclient blocks, so it gets a thread of its own."""
         if not self.settings.imap.enabled:
             return
-        loop = asyncio.get_running_loop()
         reader = ImapReader(self.settings.imap, self.bot, self.imap_stop)
-        reader.on_handled.append(lambda: loop.call_soon_threadsafe(self.kick_flush))
         self.imap_thread = threading.Thread(target=reader.run, name="imap", daemon=True)
         self.imap_thread.start()
 
@@ -164,7 +168,6 @@ class Runtime:
             await self._blocking(self.work_thread, self.bot.process_inbound, inbound_id)
         except Exception:
             log.exception("message %d could not be processed; it stays stored", inbound_id)
-        self.kick_flush()
 
     def kick_processing(self) -> None:
         """Pick up messages stored but never processed (after a crash or an error)."""
@@ -174,8 +177,7 @@ class Runtime:
 
     async def _rescue(self) -> None:
         try:
-            if await self._blocking(self.work_thread, self.bot.process_pending):
-                self.kick_flush()
+            await self._blocking(self.work_thread, self.bot.process_pending)
         except Exception:
             log.exception("catching up stored messages failed; will try again")
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
@@ -176,6 +178,8 @@ class Mailbot:
         self.engine = engine
         self.clock = clock or SystemClock()
         self.renderer = Renderer(make_environment(settings.bot.templates_dir))
+        self.on_mail_queued: list[Callable[[], None]] = []
+        """Called after a commit that queued mail (``serve`` flushes the outbox then)."""
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Mailbot:
@@ -1002,6 +1006,8 @@ class Mailbot:
         )
 
     def _queue(self, session: Session, mail: Outgoing, message: Inbound | None) -> None:
+        if self.on_mail_queued and not sa.event.contains(session, "after_commit", self._queued):
+            sa.event.listen(session, "after_commit", self._queued, once=True)
         bot = self.settings.bot
         context: dict[str, Any] = {
             "bot": bot,
@@ -1058,6 +1064,10 @@ class Mailbot:
                 created_at=envelope.date,
             )
         )
+
+    def _queued(self, session: Session) -> None:
+        for listener in self.on_mail_queued:
+            listener()
 
     def _reject(
         self,

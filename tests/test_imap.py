@@ -8,12 +8,14 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from conftest import free_port, make_settings
 from dovecot import PASSWORD, USER, Dovecot, make_dovecot
-from factories import ALICE, CAROL, MailFactory, outbox, token_in
+from factories import ALICE, CAROL, MailFactory, outbox, seed_world, token_in
 from imapclient import IMAPClient
-from servers import wait_for
+from servers import maildir_count, running, wait_for
 
 from mailbot import store
 from mailbot.adapters.imap_in import ImapReader
@@ -165,3 +167,34 @@ def test_imap_check_reports_the_mailbox(
     lines = ImapReader(imap_settings(dovecot_server), bot, threading.Event()).check()
     assert any("IDLE: yes" in line for line in lines)
     assert client.folder_exists("mailbot-done")
+
+
+def test_serve_reads_the_agency_mailbox(
+    tmp_path: Path,
+    database_url: str,
+    mail: MailFactory,
+    client: IMAPClient,
+    dovecot_server: Dovecot,
+) -> None:
+    """A customer's acceptance, forwarded by the agency into its mailbox, takes effect."""
+    imap = imap_settings(dovecot_server).model_dump()
+    settings = make_settings(
+        tmp_path, database_url, smtp={"port": free_port()}, web={"port": free_port()}, imap=imap
+    )
+    served = Mailbot.from_settings(settings)
+    try:
+        seed_world(served)
+        tokens = open_request(served, mail)
+        forward = (
+            f"Hello, see below.\n\n---------- Forwarded message ---------\n"
+            f"From: Carol Agency <{CAROL}>\nDate: Mon, 2 Mar 2026 at 09:00\n"
+            f"Subject: Re: validation\nTo: <desk@agency.test>\n\n"
+            f"ACCEPT {tokens[CAROL]}\n"
+        )
+        dovecot_server.deliver(mail("desk@agency.test", "Fwd: Re: validation", forward))
+        with running(served):
+            wait_for(lambda: count(client, "mailbot-done") == 1)
+            wait_for(lambda: maildir_count(settings.outgoing.maildir) == 4)
+        assert [m.event for m in outbox(served)][-1] == "validation-recorded"
+    finally:
+        served.engine.dispose()

@@ -15,7 +15,6 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -48,7 +47,6 @@ class ImapReader:
         self.bot = bot
         self.stop = stop
         self.mailbox = Mailbox()
-        self.on_handled: list[Any] = []
 
     # -- connection ---------------------------------------------------------------
 
@@ -172,8 +170,6 @@ class ImapReader:
             log.error("IMAP message %d could not be processed: %s", uid, exc)
             return self._move(client, uid, self.settings.failed_folder)
         log.info("IMAP message %d: %s", uid, outcome)
-        for callback in self.on_handled:
-            callback()
         return self._move(client, uid, self.settings.done_folder)
 
     def _move(self, client: IMAPClient, uid: int, folder: str) -> int:
