@@ -17,6 +17,28 @@ import jinja2
 
 LANGUAGES = ("en", "fr")
 
+MAIL_CONTEXT: dict[str, Any] = {
+    "request": None,
+    "token": None,
+    "link": None,
+    "reply_address": None,
+    "side": None,
+    "error": None,
+    "command": "",
+    "original_subject": "",
+    "decision": None,
+    "failed_contact": None,
+    "diagnostic": "",
+    "reminder_number": None,
+    "cancelled_by": None,
+    "entries": None,
+    "truncated": False,
+    "limit": None,
+    "commands": None,
+}
+"""Every key a mail template may read, with its value when a mail has none:
+templates run with StrictUndefined, so a key missing here is a bug caught at once."""
+
 
 @dataclass(frozen=True)
 class RenderedMail:

@@ -47,7 +47,7 @@ from mailbot.models import (
     ValidationToken,
 )
 from mailbot.outbox import FlushReport, Transport, flush
-from mailbot.render import Renderer, make_environment
+from mailbot.render import MAIL_CONTEXT, Renderer, make_environment
 from mailbot.views import RequestView
 
 log = logging.getLogger(__name__)
@@ -1010,28 +1010,13 @@ class Mailbot:
             sa.event.listen(session, "after_commit", self._queued, once=True)
         bot = self.settings.bot
         context: dict[str, Any] = {
+            **MAIL_CONTEXT,
             "bot": bot,
             "to": mail.to,
             "event": mail.event,
             "request": RequestView.of(mail.request) if mail.request else None,
-            "token": None,
-            "link": None,
-            "reply_address": None,
-            "side": None,
-            "error": None,
-            "command": "",
-            "original_subject": "",
-            "decision": None,
-            "failed_contact": None,
-            "diagnostic": "",
-            "reminder_number": None,
-            "cancelled_by": None,
-            "entries": None,
-            "truncated": False,
-            "limit": None,
-            "commands": None,
+            **(mail.context or {}),
         }
-        context.update(mail.context or {})
         rendered = self.renderer.mail(mail.event, mail.to.language, context)
         answering = message is not None and message.sender == mail.to.email
         envelope = Envelope(

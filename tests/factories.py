@@ -150,6 +150,13 @@ def outbox(bot: Mailbot, *, after: int = 0) -> list[Sent]:
     ]
 
 
+def send(bot: Mailbot, raw: bytes, **kwargs: Any) -> list[Sent]:
+    """Deliver one message as ``process`` would; return the mails it caused."""
+    before = last_outbox_id(bot)
+    bot.receive(raw, **kwargs)
+    return outbox(bot, after=before)
+
+
 def last_outbox_id(bot: Mailbot) -> int:
     with transaction(bot.engine) as session:
         row = session.exec(select(OutboxRow).order_by(col(OutboxRow.id).desc())).first()

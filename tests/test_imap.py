@@ -72,6 +72,17 @@ def count(imap: IMAPClient, folder: str) -> int:
     return int(imap.folder_status(folder, ["MESSAGES"])[b"MESSAGES"])
 
 
+def read_once(bot: Mailbot, server: Dovecot) -> int:
+    """One pass of the reader over the mailbox, as after each IDLE wake-up."""
+    reader = ImapReader(imap_settings(server), bot, threading.Event())
+    imap = reader.connect()
+    try:
+        reader._select(imap)
+        return reader.catch_up(imap)
+    finally:
+        imap.logout()
+
+
 def open_request(bot: Mailbot, mail: MailFactory) -> dict[str, str]:
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
     return {m.to: token_in(m) for m in outbox(bot) if m.event == "validation-requested"}
@@ -82,13 +93,7 @@ def test_a_validation_in_the_mailbox_is_applied_then_moved(
 ) -> None:
     tokens = open_request(bot, mail)
     dovecot_server.deliver(mail(CAROL, "Re: validation", f"ACCEPT {tokens[CAROL]}"))
-    reader = ImapReader(imap_settings(dovecot_server), bot, threading.Event())
-    imap = reader.connect()
-    try:
-        reader._select(imap)
-        assert reader.catch_up(imap) == 1
-    finally:
-        imap.logout()
+    assert read_once(bot, dovecot_server) == 1
     assert (count(client, "INBOX"), count(client, "mailbot-done")) == (0, 1)
     assert [m.event for m in outbox(bot)][-1] == "validation-recorded"
 
@@ -105,13 +110,7 @@ def test_a_message_that_cannot_be_processed_goes_to_the_failed_folder(
 
     monkeypatch.setattr(bot, "_dispatch", broken)
     dovecot_server.deliver(mail(ALICE, "HELP"))
-    reader = ImapReader(imap_settings(dovecot_server), bot, threading.Event())
-    imap = reader.connect()
-    try:
-        reader._select(imap)
-        reader.catch_up(imap)
-    finally:
-        imap.logout()
+    read_once(bot, dovecot_server)
     assert (count(client, "INBOX"), count(client, "mailbot-failed")) == (0, 1)
 
 
@@ -123,13 +122,7 @@ def test_a_crash_between_commit_and_move_does_not_act_twice(
     bot.receive(raw, source="imap")  # committed, then the process died before the move
     before = len(outbox(bot))
     dovecot_server.deliver(raw)
-    reader = ImapReader(imap_settings(dovecot_server), bot, threading.Event())
-    imap = reader.connect()
-    try:
-        reader._select(imap)
-        assert reader.catch_up(imap) == 1
-    finally:
-        imap.logout()
+    assert read_once(bot, dovecot_server) == 1
     assert len(outbox(bot)) == before
     assert count(client, "mailbot-done") == 1
 

@@ -14,8 +14,7 @@ from factories import (
     STRANGER,
     MailFactory,
     Sent,
-    last_outbox_id,
-    outbox,
+    send,
     token_in,
 )
 
@@ -32,12 +31,6 @@ AGENCY_BOX = "desk@agency.test"
 @pytest.fixture
 def settings(tmp_path: Any, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url, policy={"trusted_forwarders": [AGENCY_BOX]})
-
-
-def send(bot: Mailbot, raw: bytes, **kwargs: Any) -> list[Sent]:
-    before = last_outbox_id(bot)
-    bot.receive(raw, **kwargs)
-    return outbox(bot, after=before)
 
 
 def opened(bot: Mailbot, mail: MailFactory) -> tuple[str, dict[str, Sent]]:

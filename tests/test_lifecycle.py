@@ -19,6 +19,7 @@ from factories import (
     Sent,
     last_outbox_id,
     outbox,
+    send,
     token_in,
 )
 
@@ -30,12 +31,6 @@ from mailbot.service import Mailbot
 
 pytestmark = pytest.mark.usefixtures("world")
 DAY = timedelta(days=1)
-
-
-def send(bot: Mailbot, raw: bytes) -> list[Sent]:
-    before = last_outbox_id(bot)
-    bot.receive(raw)
-    return outbox(bot, after=before)
 
 
 def sweep(bot: Mailbot, at: timedelta) -> list[Sent]:

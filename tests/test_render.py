@@ -20,7 +20,7 @@ from mailbot.domain import (
     ValidationStatus,
 )
 from mailbot.errors import ERROR_CODES, MailbotError
-from mailbot.render import Renderer, TemplateError, make_environment
+from mailbot.render import MAIL_CONTEXT, Renderer, TemplateError, make_environment
 from mailbot.views import RequestView
 
 WHEN = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -52,18 +52,11 @@ REQUEST_EVENTS = [
 
 def context(event: str, **extra: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
+        **MAIL_CONTEXT,
         "bot": BotSettings(),
         "to": ADMIN,
         "event": event,
         "request": RequestView.of(REQUEST),
-        "token": None,
-        "link": None,
-        "reply_address": None,
-        "side": None,
-        "error": None,
-        "command": "",
-        "original_subject": "",
-        "decision": None,
     }
     if event == "validation-requested":
         values.update(

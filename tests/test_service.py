@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from factories import (
     ALICE,
@@ -14,8 +12,7 @@ from factories import (
     STRANGER,
     MailFactory,
     Sent,
-    last_outbox_id,
-    outbox,
+    send,
     token_in,
 )
 from sqlmodel import select
@@ -28,13 +25,6 @@ from mailbot.models import InboundMessage
 from mailbot.service import Mailbot
 
 pytestmark = pytest.mark.usefixtures("world")
-
-
-def send(bot: Mailbot, raw: bytes, **kwargs: Any) -> list[Sent]:
-    """Deliver one message; return the mails it caused."""
-    before = last_outbox_id(bot)
-    bot.receive(raw, **kwargs)
-    return outbox(bot, after=before)
 
 
 def by_event(mails: list[Sent]) -> dict[str, list[str]]:
