@@ -35,6 +35,7 @@ What is measured:
 from __future__ import annotations
 
 import json
+import random
 import re
 import statistics
 import sys
@@ -130,6 +131,23 @@ class TokenMail:
     html: str
     token: str
 
+    def with_token(self, token: str) -> TokenMail:
+        """The same mail for another contact's token (tokens of every shape get tried)."""
+
+        def swap(text: str) -> str:
+            return text.replace(tokens.group(self.token), tokens.group(token)).replace(
+                self.token, token
+            )
+
+        return TokenMail(self.language, self.subject, swap(self.text), swap(self.html), token)
+
+
+RANDOM = random.Random(20260302)  # noqa: S311 - reproducible test data, not secrets
+
+
+def some_token() -> str:
+    return tokens.encode(RANDOM.getrandbits(tokens.TOKEN_BITS), tokens.TOKEN_LENGTH)
+
 
 def token_mail(language: str) -> TokenMail:
     """The validation mail as mailbot renders it (built-in copy if rendering fails)."""
@@ -216,9 +234,20 @@ class Tally:
         self.reasons[outcome] += 1
         self.failures.append(f"{outcome}: {label}")
 
+    def errors(self) -> str:
+        reasons = f" {dict(self.reasons)}" if self.reasons else ""
+        return (
+            f"wrong-opposite {self.wrong_opposite}, wrong token {self.wrong_token}, "
+            f"not understood {self.not_understood}{reasons}"
+        )
+
 
 COMMANDS = {
-    "en": [("ACCEPT {token}", "ACCEPT", True), ("REFUSE", "REFUSE", False), ("ACCEPT", "ACCEPT", False)],
+    "en": [
+        ("ACCEPT {token}", "ACCEPT", True),
+        ("REFUSE", "REFUSE", False),
+        ("ACCEPT", "ACCEPT", False),
+    ],
     "fr": [
         ("ACCEPTER {token}", "ACCEPT", True),
         ("REFUSER", "REFUSE", False),
@@ -309,16 +338,26 @@ def _back_over_header(lines: list[str], index: int, floor: int) -> int:
     return index
 
 
-def decision_variants(entries: list[Entry], mails: dict[str, TokenMail]) -> Iterator[tuple[str, bytes, str, str | None]]:
+def decision_variants(
+    entries: list[Entry], mails: dict[str, TokenMail]
+) -> Iterator[tuple[str, bytes, str, str | None]]:
     """(label, raw, expected verb, expected token) for every corpus reply format."""
-    default = ([], ["On Mon, Mar 2, 2026 at 10:00 AM mailbot <changes@mailbot.example> wrote:"], "> ")
+    default = (
+        [],
+        ["On Mon, Mar 2, 2026 at 10:00 AM mailbot <changes@mailbot.example> wrote:"],
+        "> ",
+    )
     for entry in entries:
         if entry.category != "reply" or entry.body is None or entry.path.endswith(".html"):
             continue
         found = quote_format(entry)
         own, header, prefix = found if found is not None else default
-        for language, mail in mails.items():
-            quoted = [(prefix + line).rstrip() if line.strip() else prefix.rstrip() for line in mail.text.splitlines()]
+        for language, shared in mails.items():
+            mail = shared.with_token(some_token())
+            quoted = [
+                (prefix + line).rstrip() if line.strip() else prefix.rstrip()
+                for line in mail.text.splitlines()
+            ]
             for template, verb, with_token in COMMANDS[language]:
                 command = template.format(token=tokens.group(mail.token))
                 for number, (extra, gap) in enumerate(SHAPES):
@@ -339,7 +378,8 @@ SHAPES = [("alone", [""]), ("+own text", [""]), ("alone", []), ("+own text", [])
 
 def html_variants(mails: dict[str, TokenMail]) -> Iterator[tuple[str, bytes, str, str | None]]:
     """HTML-only replies as Gmail, Outlook, Apple Mail and Thunderbird write them."""
-    for language, mail in mails.items():
+    for language, shared in mails.items():
+        mail = shared.with_token(some_token())
         original = mail.html.split("<body", 1)[-1].split(">", 1)[-1].rsplit("</body>", 1)[0]
         for name, build in HTML_CLIENTS.items():
             for template, verb, with_token in COMMANDS[language]:
@@ -428,21 +468,36 @@ def corpus_forwards(entries: list[Entry]) -> tuple[int, int, int, list[str]]:
     return total, recognised, attributed, failures
 
 
-def agency_variants(entries: list[Entry], mail: TokenMail) -> Iterator[tuple[str, bytes, str, str | None]]:
+def agency_variants(
+    entries: list[Entry], mail: TokenMail
+) -> Iterator[tuple[str, bytes, str, str | None]]:
     """A customer's ``ACCEPT <token>`` forwarded by an agency, in every corpus format."""
     command = f"ACCEPT {tokens.group(mail.token)}"
     for entry in entries:
-        if not entry.expected.get("is_forwarded") or entry.body is None or FORWARD_LINE not in entry.body:
+        if (
+            not entry.expected.get("is_forwarded")
+            or entry.body is None
+            or FORWARD_LINE not in entry.body
+        ):
             continue
         body = entry.body.replace(FORWARD_LINE, command, 1)
         subject = entry.expected.get("input_subject", "Fwd: Integer consequat non purus")
-        yield f"inline:{entry.path}", wrap(body, subject, sender="agency@agency.example"), "ACCEPT", mail.token
+        yield (
+            f"inline:{entry.path}",
+            wrap(body, subject, sender="agency@agency.example"),
+            "ACCEPT",
+            mail.token,
+        )
     reply = EmailMessage()
     reply["From"] = CONTACT
     reply["To"] = BOT
     reply["Subject"] = "Re: " + mail.subject
     quoted = "\n".join("> " + line for line in mail.text.splitlines())
     reply.set_content(f"{command}\n\nOn Mon, Mar 2, 2026, mailbot <{BOT}> wrote:\n{quoted}\n")
+    for name, template in HTML_FORWARDS.items():
+        html = template.replace("{command}", command)
+        raw = wrap(html, "Fwd: Validation", html=True, sender="agency@agency.example")
+        yield f"html:{name}", raw, "ACCEPT", mail.token
     for note in ("", "Hello, please find our customer's answer attached.\n"):
         outer = EmailMessage()
         outer["From"] = "Agency <agency@agency.example>"
@@ -453,21 +508,63 @@ def agency_variants(entries: list[Entry], mail: TokenMail) -> Iterator[tuple[str
         yield f"attached:{'with note' if note else 'bare'}", outer.as_bytes(), "ACCEPT", mail.token
 
 
+HTML_FORWARDS = {
+    "gmail": '<div dir="ltr">Pour info<br><br><div class="gmail_quote"><div dir="ltr" '
+    'class="gmail_attr">---------- Forwarded message ---------<br>From: <strong '
+    'class="gmail_sendername" dir="auto">Bob Client</strong> <span dir="auto">&lt;'
+    "bob@client.example&gt;</span><br>Date: Mon, Mar 2, 2026 at 11:00 AM<br>Subject: Validation"
+    '<br>To: &lt;changes@mailbot.example&gt;<br></div><br><br><div dir="ltr">{command}</div>'
+    "</div></div>",
+    "outlook": '<html><body><div>Pour info</div><div id="appendonsend"></div><hr tabindex="-1">'
+    '<div id="divRplyFwdMsg" dir="ltr"><font><b>De :</b> Bob Client &lt;bob@client.example&gt;'
+    "<br><b>Envoyé :</b> lundi 2 mars 2026 11:00<br><b>À :</b> changes@mailbot.example<br>"
+    "<b>Objet :</b> Validation</font><div>&nbsp;</div></div><div>{command}</div></body></html>",
+    "apple-mail": '<html><body dir="auto"><div>Pour info</div><div><br><blockquote type="cite">'
+    'Début du message réexpédié&nbsp;:<br><br></blockquote><blockquote type="cite"><div><b>De:'
+    "</b> Bob Client &lt;bob@client.example&gt;<br><b>Date:</b> 2 mars 2026 à 11:00:00 UTC+1"
+    "<br><b>À:</b> changes@mailbot.example<br><b>Objet:</b> <b>Validation</b><br></div>"
+    '</blockquote><blockquote type="cite"><div dir="ltr">{command}</div></blockquote></div>'
+    "</body></html>",
+    "thunderbird": '<html><body><p>Pour info</p><div class="moz-forward-container"><br><br>'
+    '-------- Message transféré --------<table class="moz-email-headers-table"><tbody><tr><th>'
+    "Sujet&nbsp;:</th><td>Validation</td></tr><tr><th>Date&nbsp;:</th><td>Mon, 2 Mar 2026 "
+    "11:00:00 +0100</td></tr><tr><th>De&nbsp;:</th><td>Bob Client &lt;bob@client.example&gt;"
+    "</td></tr></tbody></table><br>{command}</div></body></html>",
+}
+"""Agencies' HTML-only forwards, as the main clients write them."""
+
+
 # -- robots ---------------------------------------------------------------------------
 
 
 def synthetic_autoreplies() -> Iterator[tuple[str, bytes]]:
     """French and English out-of-office replies as Exchange, Gmail and others send them."""
     cases = [
-        ("Réponse automatique : " + SUBJECT_FR[4:], {"Auto-Submitted": "auto-replied"}, "Je suis absente jusqu'au 10 mars."),
-        ("Réponse automatique : " + SUBJECT_FR[4:], {"X-Auto-Response-Suppress": "All"}, "Je suis absent du bureau."),
+        (
+            "Réponse automatique : " + SUBJECT_FR[4:],
+            {"Auto-Submitted": "auto-replied"},
+            "Je suis absente jusqu'au 10 mars.",
+        ),
+        (
+            "Réponse automatique : " + SUBJECT_FR[4:],
+            {"X-Auto-Response-Suppress": "All"},
+            "Je suis absent du bureau.",
+        ),
         ("Absence du bureau", {}, "Bonjour, je suis en congés jusqu'au 15 mars."),
         ("Absent : " + SUBJECT_FR[4:], {}, "Je suis absent, je reviens lundi."),
-        ("Automatic reply: " + SUBJECT_EN[4:], {"X-Auto-Response-Suppress": "All"}, "I am out of the office."),
+        (
+            "Automatic reply: " + SUBJECT_EN[4:],
+            {"X-Auto-Response-Suppress": "All"},
+            "I am out of the office.",
+        ),
         ("Out of Office: " + SUBJECT_EN[4:], {}, "I am away until Monday."),
         ("Auto: " + SUBJECT_EN[4:], {}, "I am on vacation."),
         ("Vacances", {"X-Autoreply": "yes", "Precedence": "bulk"}, "Je suis en vacances."),
-        ("Re: " + SUBJECT_EN[4:], {"Auto-Submitted": "auto-replied"}, "Thanks, we received your message."),
+        (
+            "Re: " + SUBJECT_EN[4:],
+            {"Auto-Submitted": "auto-replied"},
+            "Thanks, we received your message.",
+        ),
     ]
     for subject, headers, body in cases:
         message = EmailMessage()
@@ -524,10 +621,19 @@ def run(root: Path) -> int:
     entries = load_corpus(root)
     mails = {language: token_mail(language) for language in ("en", "fr")}
     print(f"corpus: {root} ({len(entries)} messages)")
-
-    replies = Tally()
-    html = Tally()
     generated: list[bytes] = []
+    wrong = decisions_report(entries, mails, generated)
+    wrong += forwards_report(entries, mails["en"], generated)
+    robots_report(entries)
+    false_bounces = bounces_report(entries, generated)
+    speed_report([e.raw for e in entries] + generated)
+    return 1 if wrong or false_bounces else 0
+
+
+def decisions_report(
+    entries: list[Entry], mails: dict[str, TokenMail], generated: list[bytes]
+) -> int:
+    replies, html = Tally(), Tally()
     for label, raw, verb, token in decision_variants(entries, mails):
         replies.add(judge(raw, verb, token), label)
         generated.append(raw)
@@ -536,57 +642,71 @@ def run(root: Path) -> int:
         generated.append(raw)
     print("\nDecisions (reply above a quote of mailbot's token mail)")
     for name, tally in (("corpus reply formats", replies), ("HTML-only replies", html)):
-        print(
-            f"  {name}: correct {percent(tally.correct, tally.total)}, wrong-opposite "
-            f"{tally.wrong_opposite}, wrong token {tally.wrong_token}, not understood "
-            f"{tally.not_understood} {dict(tally.reasons) or ''}"
-        )
+        print(f"  {name}: correct {percent(tally.correct, tally.total)}, {tally.errors()}")
         show_failures(tally.failures)
     both = replies.correct + html.correct
-    print(f"  all: correct {percent(both, replies.total + html.total)}, wrong-opposite {replies.wrong_opposite + html.wrong_opposite}")
+    wrong = replies.wrong_opposite + html.wrong_opposite
+    print(f"  all: correct {percent(both, replies.total + html.total)}, wrong-opposite {wrong}")
+    return wrong
 
+
+def forwards_report(entries: list[Entry], mail: TokenMail, generated: list[bytes]) -> int:
     total, recognised, attributed, failures = corpus_forwards(entries)
     print("\nForwards")
-    print(f"  corpus forwards recognised: {percent(recognised, total)}; right original sender: {percent(attributed, total)}")
+    print(f"  corpus forwards recognised: {percent(recognised, total)}")
+    print(f"  attributed to the right original sender: {percent(attributed, total)}")
     show_failures(failures)
     agency = Tally()
-    for label, raw, verb, token in agency_variants(entries, mails["en"]):
+    for label, raw, verb, token in agency_variants(entries, mail):
         agency.add(judge(raw, verb, token, forwarded=True), label)
         generated.append(raw)
-    print(f"  agency forwards, decision and token found in the forwarded message: {percent(agency.correct, agency.total)}, wrong-opposite {agency.wrong_opposite}")
+    print("  agency forwards of ACCEPT <token>, decision and token found in the forwarded")
+    print(f"  message: correct {percent(agency.correct, agency.total)}, {agency.errors()}")
     show_failures(agency.failures)
+    return agency.wrong_opposite
 
+
+def robots_report(entries: list[Entry]) -> None:
     robots = [(e.path, e.raw) for e in entries if e.expected.get("is_autoreply")]
     robots += list(synthetic_autoreplies())
-    ignored = [label for label, raw in robots if mailparse.parse(raw).automatic]
-    as_bounce = [label for label, raw in robots if mailparse.parse(raw).bounce is not None]
-    print("\nAuto-replies")
-    print(f"  ignored (automatic): {percent(len(ignored), len(robots))}; taken for bounces: {len(as_bounce)}")
+    parsed = [(label, mailparse.parse(raw)) for label, raw in robots]
+    ignored = [label for label, p in parsed if p.automatic]
+    as_bounce = [label for label, p in parsed if p.bounce is not None]
+    print("\nAuto-replies (corpus and synthetic French/English out-of-office)")
+    print(f"  ignored (automatic): {percent(len(ignored), len(robots))}")
+    print(f"  taken for bounces: {len(as_bounce)}")
     show_failures([label for label, _ in robots if label not in ignored])
 
+
+def bounces_report(entries: list[Entry], generated: list[bytes]) -> int:
     print("\nBounces")
     for library in (False, True):
         total, recognised, right, failures = bounce_recipients(entries, library=library)
         name = "with flufl.bounce" if library else "hand-written only"
-        print(f"  {name}: recognised {percent(recognised, total)}; failed recipients right: {percent(right, total)}")
+        print(f"  {name}: recognised {percent(recognised, total)}", end="")
+        print(f"; failed recipients right: {percent(right, total)}")
         show_failures(failures, 4)
     others = [(e.path, e.raw) for e in entries if e.expected.get("is_bounce") is not True]
     others += [(f"generated #{i}", raw) for i, raw in enumerate(generated)]
     false = [label for label, raw in others if mailparse.parse(raw).bounce is not None]
     print(f"  non-bounces taken for bounces: {len(false)} of {len(others)}")
     show_failures(false)
+    return len(false)
 
+
+def speed_report(messages: list[bytes]) -> None:
     times: list[float] = []
-    for raw in [e.raw for e in entries] + generated:
+    for raw in messages:
         started = time.perf_counter()
         mailparse.parse(raw)
         times.append(time.perf_counter() - started)
     times.sort()
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-    print("\nSpeed")
-    print(f"  parse time over {len(times)} messages: median {statistics.median(times) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms, max {times[-1] * 1000:.2f} ms")
-    wrong = replies.wrong_opposite + html.wrong_opposite + agency.wrong_opposite
-    return 1 if wrong or false else 0
+    median = statistics.median(times)
+    print(f"\nSpeed (parse time over {len(times)} messages)")
+    print(
+        f"  median {median * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms, max {times[-1] * 1000:.2f} ms"
+    )
 
 
 def main(argv: list[str]) -> int:

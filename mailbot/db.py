@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import as_file, files
@@ -61,13 +63,38 @@ def _sqlite_engine(url: sa.URL, busy_timeout: float) -> Engine:
     def _on_begin(connection: sa.Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
+    _writers[engine] = (threading.Lock(), busy_timeout)
     return engine
+
+
+# SQLite has one writer at a time. Threads of one process queue on a lock, woken
+# the moment it is free, rather than in SQLite's busy handler, which polls with
+# sleeps of up to 100 ms; the busy timeout still covers other processes (such as
+# `mailbot process` beside `mailbot serve`).
+_writers: weakref.WeakKeyDictionary[Engine, tuple[threading.Lock, float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextmanager
+def _writer_turn(engine: Engine) -> Iterator[None]:
+    found = _writers.get(engine)
+    if found is None:
+        yield
+        return
+    lock, timeout = found
+    if not lock.acquire(timeout=timeout):
+        raise sa.exc.OperationalError("BEGIN IMMEDIATE", {}, TimeoutError("database busy"))
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """One unit of work: committed if the block ends normally, rolled back otherwise."""
-    with Session(engine, expire_on_commit=False) as session, session.begin():
+    with _writer_turn(engine), Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
 
 

@@ -125,7 +125,7 @@ def _parse(message: Message, raw: bytes) -> ParsedMessage:
     subject = _one_line(mime.header(message, "Subject"))[:MAX_SUBJECT_CHARS]
     text, from_html = body_text(message)
     split = quotes.split_reply(text)
-    bounce = bounces.detect(message, sender, subject, sender_name)
+    bounce = bounces.detect(message, sender, subject, sender_name, _library_view(raw, message))
     forwarded = _forwarded(message, split, subject) if bounce is None else None
     mailing_list = auto.is_list(message)
     autoreply = bounce is None and auto.is_autoreply(message, subject, split.new)
@@ -153,6 +153,13 @@ def _parse(message: Message, raw: bytes) -> ParsedMessage:
         date=_one_line(mime.header(message, "Date"))[:200],
         from_html=from_html,
     )
+
+
+def _library_view(raw: bytes, message: Message) -> Message:
+    """The message for third-party bounce detectors: re-read from its start if big."""
+    if len(raw) <= bounces.LIBRARY_MAX_BYTES:
+        return message
+    return mime.load(raw[: bounces.LIBRARY_MAX_BYTES])
 
 
 def _note(split: quotes.Split) -> str:

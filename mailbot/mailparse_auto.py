@@ -34,15 +34,20 @@ _CHALLENGE_BODY = re.compile(
     re.IGNORECASE,
 )
 _OOO_SUBJECT = re.compile(
-    r"out of (?:the )?office|\bOOO\b|automatic reply|auto[- ]?reply|auto[- ]?response"
-    r"|automatic response|^\s*auto\s*:|\(auto(?:matic)?[ -]?(?:reply|response)\)|vacation"
-    r"|away from (?:the |my )?office|i am away|réponse automatique|reponse automatique"
-    r"|r[ée]ponse auto\b|message d'absence|^\s*(?:\[?\s*)?absent[e]?\b|^\s*absence\b"
-    r"|\babsence du bureau|en cong[ée]s?\b|abwesenheit|abwesend|automatische antwort"
-    r"|respuesta autom[áa]tica|fuera de la oficina|risposta automatica|fuori (?:sede|ufficio)"
-    r"|automatisch antwoord|afwezig|autosvar|automatisk svar|automaattinen vastaus"
-    r"|automatyczna odpowied|automātiskā atbilde|automatiska atbilde|автоответ"
-    r"|автоматический ответ|resposta autom[áa]tica|ausente",
+    r"out of (?:the )?office|automatic reply|auto[- ]?reply|auto[- ]?response|automatic response"
+    r"|\(auto(?:matic)?[ -]?(?:reply|response)\)|away from (?:the |my )?office"
+    r"|on (?:vacation|holiday|leave)|vacation (?:reply|response|notice|message)"
+    r"|r[ée]ponse automatique|r[ée]ponse auto\b|message d'absence|absence du bureau"
+    r"|absente? du bureau|abwesenheitsnotiz|automatische antwort|respuesta autom[áa]tica"
+    r"|fuera de la oficina|risposta automatica|fuori (?:sede|ufficio)|automatisch antwoord"
+    r"|autosvar|automatisk svar|automaattinen vastaus|automatyczna odpowied"
+    r"|automātiskā atbilde|automatiska atbilde|автоответ|автоматический ответ"
+    r"|resposta autom[áa]tica",
+    re.IGNORECASE,
+)
+_OOO_SUBJECT_START = re.compile(
+    r"^\s*\[?\s*(?:auto|absente?|absence|ausente|abwesend|afwezig|vacation|vacances|cong[ée]s?"
+    r"|ooo|away|out of office)\b\s*\]?\s*(?:[:：(\-–]|$)",
     re.IGNORECASE,
 )
 _OOO_BODY = re.compile(
@@ -95,5 +100,5 @@ def out_of_office_subject(subject: str) -> bool:
     Domain names and addresses are left out first: mailbot's own subjects name
     the service, and "vacation-rentals.example" must not read as a vacation.
     """
-    subject = _DOMAIN_LIKE.sub(" ", subject[:300])
-    return _OOO_SUBJECT.search(_SUBJECT_REPLY_PREFIX.sub("", subject)) is not None
+    subject = _SUBJECT_REPLY_PREFIX.sub("", _DOMAIN_LIKE.sub(" ", subject[:300]))
+    return bool(_OOO_SUBJECT.search(subject) or _OOO_SUBJECT_START.match(subject))

@@ -36,6 +36,7 @@ from mailbot.mailparse_html import html_to_text
 LIBRARY_DETECTORS = True
 """Ask ``flufl.bounce`` for recipients of non-standard bounces (switchable to measure it)."""
 MAX_DIAGNOSTIC_CHARS = 20_000
+LIBRARY_MAX_BYTES = 256 * 1024
 MAX_RECIPIENTS = 50
 
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -152,24 +153,38 @@ class _Report:
     per_message: dict[str, str]
 
 
-def detect(message: Message, sender: str | None, subject: str, sender_name: str) -> Bounce | None:
-    """The bounce this message is, or None (never for a person's own message)."""
+def detect(
+    message: Message,
+    sender: str | None,
+    subject: str,
+    sender_name: str,
+    library_view: Message | None = None,
+) -> Bounce | None:
+    """The bounce this message is, or None (never for a person's own message).
+
+    ``library_view`` is the message as the third-party detectors may read it:
+    a copy parsed from the first ``LIBRARY_MAX_BYTES`` when the message is big,
+    because they scan every line of every part.
+    """
     diagnostic = _diagnostic_text(message)
     if auto.is_challenge_response(message, diagnostic):
         return None
     original = _original(message)
-    report = _report(message)
+    report, successful = _report(message)
     if report is not None:
         return _from_report(report, original)
+    if successful:
+        return None
     if not _looks_like_bounce(message, sender, sender_name, subject, diagnostic, original):
         return None
-    return _from_text(message, sender, subject, diagnostic, original)
+    return _from_text(message, sender, subject, diagnostic, original, library_view or message)
 
 
 # -- RFC 3464 ------------------------------------------------------------------
 
 
-def _report(message: Message) -> _Report | None:
+def _report(message: Message) -> tuple[_Report | None, bool]:
+    """The failures a delivery-status part reports, and whether it only reports successes."""
     for part, _ in mime.walk(message):
         kind = mime.content_type(part)
         if kind in ("message/delivery-status", "message/global-delivery-status"):
@@ -178,10 +193,10 @@ def _report(message: Message) -> _Report | None:
                 continue
             report = _read_blocks(blocks)
             if report.failed or report.delayed:
-                return report
+                return report, False
             if _all_successful(blocks[1:]):
-                return None
-    return None
+                return None, True
+    return None, False
 
 
 def _status_blocks(part: Message) -> list[dict[str, str]]:
@@ -302,14 +317,19 @@ def _looks_like_bounce(
 
 
 def _from_text(
-    message: Message, sender: str | None, subject: str, diagnostic: str, original: Message | None
+    message: Message,
+    sender: str | None,
+    subject: str,
+    diagnostic: str,
+    original: Message | None,
+    library_view: Message,
 ) -> Bounce:
     failed_header = [
         a.lower()
         for _, a in getaddresses([mime.raw_header(message, "X-Failed-Recipients")])
         if "@" in a
     ]
-    temporary, permanent = _library_failures(message)
+    temporary, permanent = _library_failures(library_view)
     excluded = _not_recipients(message, sender, original)
     recipients = [a for a in dict.fromkeys(failed_header + permanent + temporary) if a]
     if not recipients:
@@ -331,7 +351,7 @@ def _from_text(
 
 def _library_failures(message: Message) -> tuple[list[str], list[str]]:
     """Temporary and permanent failures according to flufl.bounce (if enabled)."""
-    if not LIBRARY_DETECTORS:
+    if not LIBRARY_DETECTORS or mime.has_unsafe_charset(message):
         return [], []
     try:
         temporary, permanent = all_failures(message)

@@ -35,7 +35,7 @@ _SUBJECT_PREFIXES = re.compile(
     re.IGNORECASE,
 )
 _SUBJECT_KEYS = (
-    "subject", "objet", "betreff", "asunto", "assunto", "oggetto", "onderwerp", "emne",
+    "subject", "objet", "sujet", "betreff", "asunto", "assunto", "oggetto", "onderwerp", "emne",
     "ämne", "amne", "temat", "тема", "aihe", "tárgy", "targy", "konu", "主题", "件名",
 )  # fmt: skip
 _DATE_KEYS = (
@@ -116,6 +116,7 @@ def _from_header_block(
         return None
     fields: dict[str, str] = {}
     last: str | None = None
+    previous = ""
     count = 0
     while index < len(lines) and count < MAX_HEADER_LINES:
         line = _strip_depth(lines[index], depth)
@@ -128,11 +129,14 @@ def _from_header_block(
         if key is not None:
             last = _field(key)
             value = line.split(":", 1)[1] if ":" in line else line.split("：", 1)[-1]
-            fields.setdefault(last, value.strip(" *"))
-        elif last is not None:
+            fields.setdefault(last, value.strip(" *\t"))
+        elif last is not None and _continues(line, previous, last, fields):
             fields[last] = f"{fields[last]} {line.strip()}"
+        elif last is not None:
+            break
         else:
             return None
+        previous = line
         count += 1
         index += 1
     if "from" not in fields:
@@ -141,6 +145,19 @@ def _from_header_block(
     name, address = person(fields["from"])
     forwarded_subject = fields.get("subject") or strip_subject_prefixes(subject)
     return InlineForward(note, address, name, forwarded_subject, fields.get("date", ""), body)
+
+
+def _continues(line: str, previous: str, last: str, fields: dict[str, str]) -> bool:
+    """A wrapped header value: indented, an address on its own line, or after a long line.
+
+    Otherwise the line is the forwarded body itself, which some clients (Outlook's
+    HTML) start right below the headers without a blank line.
+    """
+    if line[:1] in (" ", "\t") or line.lstrip().startswith("<"):
+        return True
+    if last == "from" and "@" not in fields.get("from", ""):
+        return "@" in line
+    return len(previous) >= 60
 
 
 def _field(key: str) -> str:

@@ -16,18 +16,28 @@ import re
 from contextlib import suppress
 from html.parser import HTMLParser
 
-MAX_HTML_CHARS = 2_000_000
+MAX_HTML_CHARS = 500_000
+"""HTML read from one part; a reply's own words are at the top."""
 MAX_STACK = 400
+MAX_QUOTE_MARKS = 10
+"""Nested blockquotes deeper than this are marked as this deep (output stays linear)."""
+MAX_OUTPUT_CHARS = 1_000_000
 OUTLOOK_SEPARATOR = "_" * 32
 
-_BLOCKS = frozenset(
+_PARAGRAPHS = frozenset(
     {
-        "address", "article", "aside", "blockquote", "br", "center", "dd", "div", "dl", "dt",
-        "fieldset", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
-        "hr", "li", "main", "nav", "ol", "p", "pre", "section", "table", "tbody", "td", "tfoot",
-        "th", "thead", "tr", "ul",
+        "address", "blockquote", "center", "dl", "fieldset", "figure", "form", "h1", "h2",
+        "h3", "h4", "h5", "h6", "hr", "ol", "p", "pre", "table", "ul",
     }
 )  # fmt: skip
+"""Tags that separate paragraphs (a blank line)."""
+_LINES = frozenset(
+    {
+        "article", "aside", "dd", "div", "dt", "footer", "header", "li", "main", "nav",
+        "section", "tbody", "tfoot", "thead", "tr",
+    }
+)  # fmt: skip
+"""Tags that only start a new line (Gmail writes one ``div`` per line)."""
 _SKIP = frozenset({"script", "style", "head", "title", "template", "noscript", "object"})
 _VOID = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
@@ -38,6 +48,8 @@ _SIGNATURE_IDS = ("applemailsignature", "signature", "ms-outlook-mobile-signatur
 _SIGNATURE_CLASSES = ("gmail_signature", "moz-signature", "signature")
 _QUOTE_START_IDS = ("divrplyfwdmsg", "appendonsend", "stopspelling", "olk_src_body_section")
 _HIDDEN = re.compile(r"display\s*:\s*none", re.IGNORECASE)
+_STRAY_LT = re.compile(r"<(?![A-Za-z/!?])")
+_NOTABLE = frozenset({"id", "class", "style", "data-smartmail", "tabindex"})
 _SPACES = re.compile(r"[ \t\r\n\f\v\u00a0]+")
 
 
@@ -68,9 +80,11 @@ class _TextExtractor(HTMLParser):
         return self.hidden > 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _BLOCKS:
-            self.newline()
-        marker = _marker(tag, dict(attrs))
+        self.block(tag)
+        if tag in ("td", "th") and self.current:
+            self.write(" ")
+        notable = {name: value for name, value in attrs if name in _NOTABLE}
+        marker = _marker(tag, notable)
         if marker == "quote-start":
             self.emit_line(OUTLOOK_SEPARATOR)
         elif marker == "signature" and not self.skipping:
@@ -79,16 +93,18 @@ class _TextExtractor(HTMLParser):
             self.pre += 1
         if tag in _VOID or len(self.stack) >= MAX_STACK:
             return
-        hidden = tag in _SKIP or _HIDDEN.search(dict(attrs).get("style") or "") is not None
+        hidden = tag in _SKIP or _HIDDEN.search(notable.get("style") or "") is not None
         element = _Element(tag, quote=marker == "quote", skip=hidden)
         self.stack.append(element)
         self.depth += element.quote
         self.hidden += element.skip
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _BLOCKS:
-            self.newline()
-        if _marker(tag, dict(attrs)) == "quote-start":
+        self.block(tag)
+        if (
+            _marker(tag, {name: value for name, value in attrs if name in _NOTABLE})
+            == "quote-start"
+        ):
             self.emit_line(OUTLOOK_SEPARATOR)
 
     def handle_endtag(self, tag: str) -> None:
@@ -101,11 +117,14 @@ class _TextExtractor(HTMLParser):
                     self.hidden -= element.skip
                 del self.stack[index:]
                 break
-        if tag in _BLOCKS:
-            self.newline()
+        if tag != "br":
+            self.block(tag)
 
     def handle_data(self, data: str) -> None:
         if self.skipping:
+            return
+        if not self.current and "\u00a0" in data and not data.strip(" \t\r\n\u00a0"):
+            self.newline(force=True)  # Outlook's <div>&nbsp;</div>: a deliberate blank line
             return
         if self.pre:
             pieces = data.split("\n")
@@ -126,18 +145,51 @@ class _TextExtractor(HTMLParser):
                 return
         self.current.append(text)
 
+    def block(self, tag: str) -> None:
+        """Line and paragraph breaks around block elements; ``<br>`` always breaks."""
+        if tag == "br":
+            self.newline(force=True)
+        elif tag in _PARAGRAPHS:
+            self.newline()
+            if self.lines and self.lines[-1][1] != "":
+                self.lines.append((self.depth, ""))
+        elif tag in _LINES:
+            self.newline()
+
     def newline(self, *, force: bool = False) -> None:
         if self.current or force:
-            self.lines.append((self.current_depth, "".join(self.current).rstrip()))
+            depth = self.current_depth if self.current else self.depth
+            self.lines.append((depth, "".join(self.current).rstrip()))
             self.current = []
-        elif self.lines and self.lines[-1][1] != "":
-            self.lines.append((self.depth, ""))
 
     def emit_line(self, text: str) -> None:
         self.newline()
         recent = [line for _, line in self.lines[-3:] if line]
         if not recent or recent[-1] != text:
             self.lines.append((self.depth, text))
+
+
+def _defused(html: str) -> str:
+    """Markup the standard parser would rescan quadratically, made harmless in linear time.
+
+    Comments are removed (an unclosed one ends the document), a ``<`` that
+    cannot start a tag becomes text, and so does every ``<`` after the last ``>``.
+    """
+    pieces: list[str] = []
+    position = 0
+    while True:
+        start = html.find("<!--", position)
+        if start < 0:
+            pieces.append(html[position:])
+            break
+        pieces.append(html[position:start])
+        end = html.find("-->", start + 4)
+        if end < 0:
+            break
+        position = end + 3
+    text = _STRAY_LT.sub("&lt;", "".join(pieces))
+    last = text.rfind(">")
+    return text[: last + 1] + text[last + 1 :].replace("<", "&lt;")
 
 
 def _marker(tag: str, attrs: dict[str, str | None]) -> str | None:
@@ -163,13 +215,17 @@ def html_to_text(html: str) -> str:
     """Readable text of an HTML body, quotes marked with ``> `` (never raises)."""
     extractor = _TextExtractor()
     with suppress(Exception):  # a parser bug on hostile markup: keep what was read so far
-        extractor.feed(html[:MAX_HTML_CHARS])
+        extractor.feed(_defused(html[:MAX_HTML_CHARS]))
         extractor.close()
     extractor.newline()
     out: list[str] = []
     blank = 0
+    size = 0
     for depth, text in extractor.lines:
-        line = ("> " * depth + text) if depth else text
+        line = ("> " * min(depth, MAX_QUOTE_MARKS) + text) if depth else text
+        size += len(line) + 1
+        if size > MAX_OUTPUT_CHARS:
+            break
         if not line.strip():
             blank += 1
             if blank > 1:

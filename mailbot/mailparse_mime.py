@@ -19,6 +19,8 @@ from email.parser import BytesParser
 
 MAX_RAW_BYTES = 4 * 1024 * 1024
 """Bytes of a message that are parsed at all; the rest (big attachments) is cut."""
+MAX_HEADER_BYTES = 256 * 1024
+"""Bytes of header section parsed; real headers (long Received chains, DKIM) are far smaller."""
 MAX_BOUNDARY_LINES = 1000
 """Lines starting with ``--`` parsed: bounds how many MIME parts the parser builds."""
 MAX_PARTS = 200
@@ -32,6 +34,7 @@ MAX_HEADER_CHARS = 8_000
 
 _MBOX_FROM = re.compile(rb"\AFrom [^\r\n]*\r?\n")
 _LEADING_BLANK = re.compile(rb"\A(?:[ \t]*\r?\n)+")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 # Decoders that are slow (quadratic) or not about text: never trusted with a body.
 _UNSAFE_CODECS = frozenset({"punycode", "idna", "raw_unicode_escape", "unicode_escape", "mbcs"})
 _CHARSET_ALIASES = {
@@ -63,14 +66,24 @@ def load(raw: bytes) -> Message:
 
 
 def trim(raw: bytes) -> bytes:
+    """The bytes worth parsing: bounded in size, header section and MIME boundaries."""
     data = raw[:MAX_RAW_BYTES]
     data = _LEADING_BLANK.sub(b"", _MBOX_FROM.sub(b"", data, count=1), count=1)
+    data = _bounded_headers(data)
     position = -1
     for _ in range(MAX_BOUNDARY_LINES):
         position = data.find(b"\n--", position + 1)
         if position < 0:
             return data
     return data[:position]
+
+
+def _bounded_headers(data: bytes) -> bytes:
+    if len(data) <= MAX_HEADER_BYTES or _HEADER_END.search(data, 0, MAX_HEADER_BYTES + 4):
+        return data
+    body = _HEADER_END.search(data)
+    cut = data.rfind(b"\n", 0, MAX_HEADER_BYTES) + 1
+    return data[:cut] + b"\n" + (data[body.end() :] if body else b"")
 
 
 def _flat(data: bytes) -> Message:
@@ -183,6 +196,25 @@ def _codec(charset: str | None) -> str | None:
     if info.name in _UNSAFE_CODECS or not getattr(info, "_is_text_encoding", True):
         return None
     return "utf-8" if info.name == "utf-8" else info.name
+
+
+def has_unsafe_charset(message: Message) -> bool:
+    """Whether some part declares a codec that misbehaves on arbitrary bytes (punycode...).
+
+    The standard library decodes such parts for code that reads them without
+    going through ``decoded_text`` (third-party detectors), and may raise.
+    """
+    for part, _ in walk(message, into_messages=True):
+        charset = param(part, "charset").strip().strip("\"'").lower()
+        if not charset:
+            continue
+        try:
+            name = codecs.lookup(_CHARSET_ALIASES.get(charset, charset)).name
+        except (LookupError, ValueError, TypeError):
+            continue
+        if name in _UNSAFE_CODECS or name.startswith("utf-7"):
+            return True
+    return False
 
 
 def content_type(part: Message) -> str:

@@ -74,7 +74,7 @@ FROM_KEYS = (
     r"|发件人|寄件者|差出人|보낸 사람|de la"
 )
 OTHER_KEYS = (
-    r"sent|date|to|subject|cc|bcc|reply-to|sent at|envoy[ée]|envoy[ée] le|[àa]|objet|cci"
+    r"sent|date|to|subject|cc|bcc|reply-to|sent at|envoy[ée]|envoy[ée] le|[àa]|objet|sujet|pour|cci"
     r"|r[ée]pondre [àa]|gesendet|datum|an|betreff|kopie|antwort an|verzonden|aan|onderwerp"
     r"|inviato|oggetto|data|per|sendt|til|emne|kopi|dato|skickat|till|[äa]mne|kopia|wys[łl]ano"
     r"|do|temat|отправлено|кому|тема|дата|копия|enviado|enviada|enviado el|para|asunto"

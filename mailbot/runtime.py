@@ -36,6 +36,7 @@ T = TypeVar("T")
 FLUSH_SECONDS = 5
 RESCUE_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 10.0
+PROCESS_DEFER_SECONDS = 0.2
 
 
 class _QuietServer(uvicorn.Server):
@@ -69,6 +70,7 @@ class Runtime:
         await self._blocking(self.work_thread, db.check_schema, self.bot.engine)
         writer = GroupCommitWriter(self.bot, partial(self._blocking, self.store_thread))
         writer.start()
+        self.writer_idle = writer.idle
         smtp = await self._start_smtp(writer)
         web = _QuietServer(
             uvicorn.Config(
@@ -164,6 +166,10 @@ class Runtime:
         future.add_done_callback(self.processing.discard)
 
     async def _process(self, inbound_id: int) -> None:
+        # Acknowledging mail comes first: act on it in a pause between arrivals,
+        # or after a short while under sustained load, so that it still moves.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.writer_idle.wait(), PROCESS_DEFER_SECONDS)
         try:
             await self._blocking(self.work_thread, self.bot.process_inbound, inbound_id)
         except Exception:

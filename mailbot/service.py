@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
@@ -99,18 +100,21 @@ class RawMessage:
     recipients: tuple[str, ...] = ()
     envelope_from: str | None = None
 
-    @property
+    @cached_property
+    def message_id(self) -> str | None:
+        return mailparse.message_id_of(self.raw)
+
+    @cached_property
     def dedup_key(self) -> str:
         """The Message-ID, or a digest of the bytes for the rare message without one."""
-        message_id = mailparse.message_id_of(self.raw)
-        if message_id:
-            return f"mid:{message_id}"
+        if self.message_id:
+            return f"mid:{self.message_id}"
         return f"sha256:{hashlib.sha256(self.raw).hexdigest()}"
 
     def row(self, now: datetime) -> InboundMessage:
         return InboundMessage(
             dedup_key=self.dedup_key,
-            message_id=mailparse.message_id_of(self.raw),
+            message_id=self.message_id,
             source=self.source,
             envelope_from=self.envelope_from,
             recipients=",".join(r.lower() for r in self.recipients),
@@ -227,11 +231,12 @@ class Mailbot:
 
     def _store_batch(self, session: Session, messages: list[RawMessage]) -> list[Stored]:
         results: list[Stored] = []
+        known = store.inbound_by_keys(session, [m.dedup_key for m in messages])
         fresh: dict[str, InboundMessage] = {}
         now = self.clock.now()
         for message in messages:
             key = message.dedup_key
-            existing = fresh.get(key) or store.inbound_by_key(session, key)
+            existing = fresh.get(key) or known.get(key)
             if existing is not None:
                 results.append(Stored(existing.id or 0, True, existing.status))
                 continue

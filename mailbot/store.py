@@ -281,6 +281,11 @@ def inbound_by_key(session: Session, dedup_key: str) -> InboundMessage | None:
     return session.exec(select(InboundMessage).where(InboundMessage.dedup_key == dedup_key)).first()
 
 
+def inbound_by_keys(session: Session, keys: list[str]) -> dict[str, InboundMessage]:
+    query = select(InboundMessage).where(col(InboundMessage.dedup_key).in_(keys))
+    return {row.dedup_key: row for row in session.exec(query).all()}
+
+
 def claim_inbound(session: Session, inbound_id: int) -> InboundMessage | None:
     """Lock a received message for processing, unless another worker has it or had it."""
     query = (

@@ -43,6 +43,9 @@ class GroupCommitWriter:
         self.run_blocking = run_blocking
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.idle = asyncio.Event()
+        """Set while nothing waits to be stored: a good moment for slower work."""
+        self.idle.set()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run(), name="inbound-writer")
@@ -61,7 +64,10 @@ class GroupCommitWriter:
 
     async def _run(self) -> None:
         while True:
+            if self.queue.empty():
+                self.idle.set()
             batch = [await self.queue.get()]
+            self.idle.clear()
             while not self.queue.empty() and len(batch) < BATCH_LIMIT:
                 batch.append(self.queue.get_nowait())
             try:
