@@ -48,8 +48,8 @@ _LEADING_ADDRESS = re.compile(rf"^\s*<?{_WHOLE_ADDRESS}>?(?:\s|:|$)", re.IGNOREC
 _LISTED_ADDRESS = re.compile(rf"(?<!from )(?<!from <){_WHOLE_ADDRESS}", re.IGNORECASE)
 _PREFIXED = re.compile(r"^(?:smtp|rfc822|x400)[=:;]", re.IGNORECASE)
 _DAEMON_LOCAL = re.compile(
-    r"^(?:mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|mail[-_.]?delivery"
-    r"|mail[-_.]?administrator|bounces?|mailer|smtp[-_.]?gateway|mail[-_.]?system)$",
+    r"mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|mail[-_.]?delivery"
+    r"|mail[-_.]?service|mail[-_.]?administrator|smtp|mail[-_.]?system|^bounces?$|^mailer$",
     re.IGNORECASE,
 )
 _DAEMON_NAME = re.compile(
@@ -169,13 +169,13 @@ def detect(
     diagnostic = _diagnostic_text(message)
     if auto.is_challenge_response(message, diagnostic):
         return None
-    original = _original(message)
+    original, attached = _original(message)
     report, successful = _report(message)
     if report is not None:
         return _from_report(report, original)
     if successful:
         return None
-    if not _looks_like_bounce(message, sender, sender_name, subject, diagnostic, original):
+    if not _looks_like_bounce(message, sender, sender_name, subject, diagnostic, attached):
         return None
     return _from_text(message, sender, subject, diagnostic, original, library_view or message)
 
@@ -299,21 +299,26 @@ def _looks_like_bounce(
     sender_name: str,
     subject: str,
     diagnostic: str,
-    original: Message | None,
+    attached: bool,
 ) -> bool:
-    """Sent by a mail server about a failed delivery, not a person talking about one."""
+    """Sent by a mail server about a failed delivery, not a person talking about one.
+
+    ``attached``: the message carries a returned message as a MIME part (a
+    person's reply may quote an "Original Message" inline, never attach one).
+    """
     if _REPLY_OR_FORWARD.match(subject):
         return False
     if mime.raw_header(message, "X-Failed-Recipients").strip():
         return True
     local = (sender or "").partition("@")[0]
-    daemon = sender is None or bool(_DAEMON_LOCAL.match(local) or _DAEMON_NAME.search(sender_name))
+    daemon = sender is None or bool(_DAEMON_LOCAL.search(local) or _DAEMON_NAME.search(sender_name))
     null_path = mime.raw_header(message, "Return-Path").strip() == "<>"
     by_subject = _BOUNCE_SUBJECT.search(subject) is not None
     by_text = _FAILURE_TEXT.search(diagnostic[:5_000]) is not None
     if daemon:
-        return by_subject or by_text or original is not None
-    return by_subject and (by_text or original is not None or null_path)
+        return by_subject or by_text or attached
+    automated = bool(mime.raw_header(message, "Auto-Submitted").strip())
+    return by_subject and (attached or null_path or (by_text and automated))
 
 
 def _from_text(
@@ -400,7 +405,7 @@ def _addresses_near_failures(diagnostic: str, excluded: set[str]) -> list[str]:
         dict.fromkeys(
             address
             for address in cleaned
-            if address not in excluded and not _DAEMON_LOCAL.match(address.partition("@")[0])
+            if address not in excluded and not _DAEMON_LOCAL.search(address.partition("@")[0])
         )
     )
 
@@ -451,14 +456,14 @@ def _before_original(text: str) -> str:
     return text
 
 
-def _original(message: Message) -> Message | None:
-    """The returned message: an attached one, else the one pasted below a marker line."""
+def _original(message: Message) -> tuple[Message | None, bool]:
+    """The returned message: an attached one (True), else one pasted below a marker line."""
     for part, depth in mime.walk(message):
         if depth > 0:
             inner = mime.attached_message(part)
             if inner is not None:
-                return inner
-    return _inline_original(message)
+                return inner, True
+    return _inline_original(message), False
 
 
 def _inline_original(message: Message) -> Message | None:

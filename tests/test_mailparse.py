@@ -631,6 +631,12 @@ def test_exim_failed_recipients_header() -> None:
         ("Re: Undeliverable: Validation", "alice@customer.example", "Delivery has failed?"),
         (SUBJECT, "alice@customer.example", "ACCEPT\n\nMy old address is undeliverable now."),
         ("Delivery status of my domain", "alice@customer.example", "ACCEPT"),
+        (
+            "Delivery failure on my domain",
+            "alice@customer.example",
+            "ACCEPT\n\n-----Original Message-----\nFrom: x@y.example\nSubject: Undeliverable\n"
+            "Message-ID: <a@y.example>\n\nUser unknown: could not be delivered",
+        ),
     ],
 )
 def test_people_talking_about_bounces_are_not_bounces(subject: str, sender: str, body: str) -> None:
