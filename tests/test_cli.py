@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,37 @@ def test_list_filters_by_status_and_shows_text(ready: Run, tmp_path: Path) -> No
     assert "pending" in text
     assert "example.com" in text
     assert "example.com" in ready("services", "show", "example.com").out
+
+
+def test_the_lifecycle_through_the_cli(ready: Run, tmp_path: Path) -> None:
+    """Reminders and expiry with ``sweep --now``; cancel and resend by an operator."""
+    mail = MailFactory()
+    process(ready, tmp_path, mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    (request,) = ready("requests", "list", "--json").json()
+    opened = datetime.fromisoformat(request["created_at"])
+    assert ready("outbox", "flush").code == 0
+    seen = len(sent_mails(tmp_path))
+
+    def sweep_at(days: float) -> list[Any]:
+        result = ready("sweep", "--now", (opened + timedelta(days=days)).isoformat())
+        assert result.code == 0, result.err
+        return flush(ready, tmp_path, len(sent_mails(tmp_path)))
+
+    assert sweep_at(2) == []
+    assert sorted(m["To"].addresses[0].addr_spec for m in sweep_at(3)) == [ALICE, CAROL]
+    assert sweep_at(3.5) == []
+    assert ready("requests", "resend", request["id"]).code == 0
+    assert ready("requests", "resend", request["id"]).code == 1  # once an hour
+    expired = sweep_at(14)  # sends the resent token mails too, queued just before
+    assert sorted(m["X-Mailbot-Event"] for m in expired) == (
+        ["request-expired"] * 2 + ["validation-requested"] * 2
+    )
+    shown = ready("requests", "show", request["id"], "--json").json()
+    assert shown["status"] == "expired"
+    assert "reminder-sent" in [e["kind"] for e in shown["events"]]
+    assert len(sent_mails(tmp_path)) > seen
+    result = ready("requests", "cancel", request["id"])
+    assert result.code == 1
+    assert "request-closed" in result.err
+    assert ready("sweep", "--now", "yesterday").code == 2
+    assert ready("requests", "cancel", "CR-NOPE0000").code == 1
