@@ -67,7 +67,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Libraries that log every connection or job run at INFO.
-    for noisy in ("apscheduler", "mail.log", "uvicorn.error"):
+    for noisy in ("apscheduler", "mail.log", "uvicorn.error", "flufl.bounce"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 

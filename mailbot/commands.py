@@ -42,8 +42,16 @@ FRENCH_WORDS = frozenset(alias for verb in VERBS for alias in verb.aliases)
 _BY_WORD = {word: verb for verb in VERBS for word in (verb.name, *verb.aliases)}
 # Longest first, so that "MES DEMANDES" wins over a shorter word.
 _WORDS = sorted(_BY_WORD, key=len, reverse=True)
+# "Re:", "TR:", "AW:", "SV:"... in many languages, and tags like "[EXTERNAL]".
 _REPLY_PREFIX = re.compile(
-    r"^\s*((re|fw|fwd|tr|aw|wg|rép|rep|réf)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE
+    r"^\s*(((re|fw|fwd|tr|aw|wg|sv|vs|antw|rv|enc|odp|ynt|rép|rep|réf)\s*(\[\d+\])?\s*:"
+    r"|\[[^\]]{1,40}\])\s*)+",
+    re.IGNORECASE,
+)
+_GREETING = re.compile(
+    r"^(bonjour|bonsoir|salut|hello|hi|hey|dear|hallo|madame|monsieur|good (morning|afternoon"
+    r"|evening))\b[^.!?:]{0,40}[,!.]?$",
+    re.IGNORECASE,
 )
 _ROLE_LINE = re.compile(r"^\s*([^\W\d_][\w-]*)\s*:\s*(\S+)\s*$")
 _REQUEST_ID = re.compile(r"^CR-[0-9A-Z]{8}$")
@@ -75,6 +83,8 @@ def find_command(subject: str, new_text: str) -> Command:
     """
     in_subject = _command_in(_REPLY_PREFIX.sub("", subject))
     lines = [line.strip() for line in new_text.splitlines() if line.strip()]
+    if len(lines) > 1 and _GREETING.match(lines[0]) and _command_in(lines[0]) is None:
+        lines = lines[1:]  # "Bonjour," then the command
     in_body = _command_in(lines[0]) if lines else None
     command = in_subject or in_body
     if command is None:

@@ -6,16 +6,12 @@ Every adapter (CLI, SMTP, IMAP, web, scheduler) calls these and nothing deeper.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cached_property
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
@@ -23,7 +19,7 @@ from sqlmodel import Session
 from mailbot import commands, mailparse, store, tokens, workflow
 from mailbot.addresses import normalise_email
 from mailbot.clock import Clock, SystemClock
-from mailbot.compose import BOUNCE_PREFIX, Envelope, bounce_address, compose, new_message_id
+from mailbot.compose import BOUNCE_PREFIX
 from mailbot.config import Settings
 from mailbot.db import make_engine, transaction
 from mailbot.domain import Channel, Decision, Party, Request, Role, Validation
@@ -37,6 +33,8 @@ from mailbot.errors import (
     UnknownContact,
     UnknownService,
 )
+from mailbot.inbound import Inbound, RawMessage, Stored, ignore_reason, speaker
+from mailbot.mailer import Mailer, Outgoing
 from mailbot.models import (
     ChangeRequest,
     Contact,
@@ -48,7 +46,6 @@ from mailbot.models import (
     ValidationToken,
 )
 from mailbot.outbox import FlushReport, Transport, flush
-from mailbot.render import MAIL_CONTEXT, Renderer, make_environment
 from mailbot.views import RequestView
 
 log = logging.getLogger(__name__)
@@ -85,72 +82,6 @@ class ProcessingFailed(Exception):
 
 
 @dataclass(frozen=True)
-class Stored:
-    id: int
-    duplicate: bool
-    status: str
-
-
-@dataclass(frozen=True)
-class RawMessage:
-    """A message as received, before anything is read from it but its Message-ID."""
-
-    raw: bytes
-    source: str = "cli"
-    recipients: tuple[str, ...] = ()
-    envelope_from: str | None = None
-
-    @cached_property
-    def message_id(self) -> str | None:
-        return mailparse.message_id_of(self.raw)
-
-    @cached_property
-    def dedup_key(self) -> str:
-        """The Message-ID, or a digest of the bytes for the rare message without one."""
-        if self.message_id:
-            return f"mid:{self.message_id}"
-        return f"sha256:{hashlib.sha256(self.raw).hexdigest()}"
-
-    def row(self, now: datetime) -> InboundMessage:
-        return InboundMessage(
-            dedup_key=self.dedup_key,
-            message_id=self.message_id,
-            source=self.source,
-            envelope_from=self.envelope_from,
-            recipients=",".join(r.lower() for r in self.recipients),
-            raw=self.raw,
-            received_at=now,
-        )
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """A received message being processed: who speaks in it, and what they say.
-
-    Usually the sender speaks. In mail from the agency mailbox or a trusted
-    forwarder whose own note holds no command, the forwarded message speaks:
-    its sender is the actor and its new text the command, and ``via`` keeps
-    the forwarder's address for the event log.
-    """
-
-    id: int
-    parsed: mailparse.ParsedMessage
-    sender: str
-    sender_name: str
-    subject: str
-    new_text: str
-    tokens: tuple[str, ...]
-    quoted_tokens: tuple[str, ...]
-    references: tuple[str, ...]
-    recipients: tuple[str, ...]
-    via: str | None = None
-
-    @property
-    def message_id(self) -> str | None:
-        return self.parsed.message_id
-
-
-@dataclass(frozen=True)
 class TokenPage:
     """A token's request and the validation it stands for."""
 
@@ -162,27 +93,14 @@ class TokenPage:
         return self.request.pending and self.validation.pending
 
 
-@dataclass
-class Outgoing:
-    """One mail to queue: who, what, and how it threads."""
-
-    event: str
-    to: Party
-    request: Request | None = None
-    context: dict[str, Any] | None = None
-    validation_id: int | None = None
-    reply_to: str | None = None
-    error_code: str | None = None
-    carries_secret: bool = False
-
-
 class Mailbot:
     def __init__(self, settings: Settings, engine: Engine, clock: Clock | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.clock = clock or SystemClock()
-        self.renderer = Renderer(make_environment(settings.bot.templates_dir))
-        self.on_mail_queued: list[Callable[[], None]] = []
+        self.mailer = Mailer(settings, self.clock)
+        self.renderer = self.mailer.renderer
+        self.on_mail_queued = self.mailer.on_mail_queued
         """Called after a commit that queued mail (``serve`` flushes the outbox then)."""
 
     @classmethod
@@ -293,9 +211,9 @@ class Mailbot:
         parsed = mailparse.parse(row.raw)
         if parsed.bounce is not None:
             return "processed", self._record_bounce(session, row, parsed, parsed.bounce)
-        if reason := self._ignore_reason(parsed, row):
+        if reason := ignore_reason(parsed, row, self.settings):
             return "ignored", f"ignored: {reason}"
-        message = self._speaker(row, parsed)
+        message = speaker(row, parsed, self.settings)
         command: commands.Command | None = None
         try:
             with session.begin_nested():
@@ -339,7 +257,7 @@ class Mailbot:
             detail=bounce.diagnostic[:500],
         )
         if request.pending:
-            self._queue(
+            self.mailer.queue(
                 session,
                 Outgoing(
                     "delivery-failed",
@@ -368,72 +286,16 @@ class Mailbot:
             *filter(None, row.recipients.split(",")),
             *parsed.recipients,
             *parsed.envelope_recipients,
+            bounce.original_envelope_from or "",
         )
         for address in addresses:
             key = mailparse.plus_key(address, bot.local_part) or ""
-            if key.startswith(BOUNCE_PREFIX) and address.lower().endswith("@" + bot.domain):
+            if key.startswith(BOUNCE_PREFIX) and address.lower().endswith(f"@{bot.domain}"):
                 mid = f"{key.removeprefix(BOUNCE_PREFIX).lower()}@{bot.domain}"
                 if found := store.sent_mail(session, (mid,)):
                     return found
         if bounce.original_message_id:
             return store.sent_mail(session, (bounce.original_message_id,))
-        return None
-
-    def _speaker(self, row: InboundMessage, parsed: mailparse.ParsedMessage) -> Inbound:
-        assert row.id is not None
-        assert parsed.sender is not None
-        recipients = (
-            tuple(filter(None, row.recipients.split(",")))
-            + parsed.recipients
-            + parsed.envelope_recipients
-        )
-        own = Inbound(
-            row.id,
-            parsed,
-            parsed.sender,
-            parsed.sender_name,
-            parsed.subject,
-            parsed.new_text,
-            parsed.tokens_in_new_text,
-            parsed.tokens_in_quote,
-            parsed.references,
-            recipients,
-        )
-        forwarded = parsed.forwarded
-        trusted = row.source == "imap" or parsed.sender in self.settings.policy.trusted_forwarders
-        if not trusted or forwarded is None or forwarded.sender is None:
-            return own
-        if commands.has_command(parsed.forwarder_note):  # the forwarder speaks for itself
-            return own
-        return Inbound(
-            row.id,
-            parsed,
-            forwarded.sender,
-            forwarded.sender_name,
-            forwarded.subject,
-            forwarded.new_text,
-            forwarded.tokens_in_new_text,
-            (),
-            (),
-            recipients,
-            via=parsed.sender,
-        )
-
-    def _ignore_reason(self, parsed: mailparse.ParsedMessage, row: InboundMessage) -> str | None:
-        if row.envelope_from is not None and row.envelope_from.strip("<> ") == "":
-            return "null envelope sender (a bounce)"
-        if parsed.sender is None:
-            return "no usable sender"
-        if self.settings.bot.address in _header(parsed, "X-Loop").lower():
-            return "our own mail come back (X-Loop)"
-        if parsed.autoreply:
-            return "auto-reply"
-        if parsed.automatic:
-            return "automatic message (list, bulk or report)"
-        local, _, domain = parsed.sender.partition("@")
-        bot = self.settings.bot
-        if domain == bot.domain and local.split("+")[0] == bot.local_part:
-            return "sent by mailbot itself"
         return None
 
     def _dispatch(self, session: Session, message: Inbound, command: commands.Command) -> str:
@@ -490,10 +352,10 @@ class Mailbot:
         request: Request | None = None,
     ) -> str:
         """Answer a question (help, status, list) by mail, within the answer rate limit."""
-        if self._answers_exhausted(session, message.sender):
+        if self.mailer.answers_exhausted(session, message.sender):
             return f"{event} not sent: rate limit"
         party, _ = self._actor(session, message)
-        self._queue(session, Outgoing(event, party, request, context=context), message)
+        self.mailer.queue(session, Outgoing(event, party, request, context=context), message)
         return f"{event} sent to {message.sender}"
 
     def _list_by_mail(self, session: Session, message: Inbound) -> str:
@@ -795,7 +657,17 @@ class Mailbot:
             self.settings.policy.max_bad_tokens_per_hour
         ):
             raise TooManyAttempts("")
-        found = {row.id: row for row in (self._validation_by_token_only(session, t) for t in typed)}
+        found: dict[int | None, ValidationRow] = {}
+        last_error = BadToken("")
+        for candidate in typed:  # what looks like a token may be words that do not match
+            try:
+                row = self._validation_by_token_only(session, candidate)
+            except BadToken as error:
+                last_error = error
+                continue
+            found[row.id] = row
+        if not found:
+            raise last_error
         if len(found) > 1:
             raise AmbiguousDecision("tokens of several validations in one mail")
         return next(iter(found.values()))
@@ -946,7 +818,7 @@ class Mailbot:
             else:
                 for party in effect.recipients:
                     mail = Outgoing(effect.event, party, request, context=dict(effect.about))
-                    self._queue(session, mail, message)
+                    self.mailer.queue(session, mail, message)
 
     def _apply_holders(self, session: Session, effect: workflow.ApplyHolders) -> None:
         row = store.service_row(session, effect.service, for_update=True)
@@ -990,7 +862,7 @@ class Mailbot:
         bot = self.settings.bot
         reply_address = f"{bot.local_part}+{reply_key.lower()}@{bot.domain}"
         side = request.validation_of(contact)
-        self._queue(
+        self.mailer.queue(
             session,
             Outgoing(
                 "validation-requested" if reminder is None else "reminder",
@@ -1009,55 +881,6 @@ class Mailbot:
             ),
             message,
         )
-
-    def _queue(self, session: Session, mail: Outgoing, message: Inbound | None) -> None:
-        if self.on_mail_queued and not sa.event.contains(session, "after_commit", self._queued):
-            sa.event.listen(session, "after_commit", self._queued, once=True)
-        bot = self.settings.bot
-        context: dict[str, Any] = {
-            **MAIL_CONTEXT,
-            "bot": bot,
-            "to": mail.to,
-            "event": mail.event,
-            "request": RequestView.of(mail.request) if mail.request else None,
-            **(mail.context or {}),
-        }
-        rendered = self.renderer.mail(mail.event, mail.to.language, context)
-        answering = message is not None and message.sender == mail.to.email
-        envelope = Envelope(
-            sender_name=bot.name,
-            sender=bot.address,
-            to_name=mail.to.name,
-            to=mail.to.email,
-            event=mail.event,
-            language=mail.to.language,
-            date=self.clock.now(),
-            message_id=new_message_id(bot.domain),
-            request_id=mail.request.id if mail.request else None,
-            error_code=mail.error_code,
-            reply_to=mail.reply_to,
-            in_reply_to=message.message_id if answering and message else None,
-            references=message.parsed.references if answering and message else (),
-        )
-        session.add(
-            OutboxRow(
-                message_id=envelope.message_id,
-                event=mail.event,
-                request_id=envelope.request_id,
-                validation_id=mail.validation_id,
-                to_email=mail.to.email,
-                envelope_from=bounce_address(bot.local_part, bot.domain, envelope.message_id),
-                subject=rendered.subject,
-                payload=compose(envelope, rendered),
-                carries_secret=mail.carries_secret,
-                next_attempt_at=envelope.date,
-                created_at=envelope.date,
-            )
-        )
-
-    def _queued(self, session: Session) -> None:
-        for listener in self.on_mail_queued:
-            listener()
 
     def _reject(
         self,
@@ -1088,9 +911,9 @@ class Mailbot:
             inbound_id=message.id,
             detail=error.detail,
         )
-        if self._answers_exhausted(session, message.sender):
+        if self.mailer.answers_exhausted(session, message.sender):
             return False
-        self._queue(
+        self.mailer.queue(
             session,
             Outgoing(
                 "error",
@@ -1105,11 +928,6 @@ class Mailbot:
             message,
         )
         return True
-
-    def _answers_exhausted(self, session: Session, address: str) -> bool:
-        since = self.clock.now() - timedelta(hours=1)
-        sent = store.recent_answers(session, address, ANSWER_EVENTS, since)
-        return sent >= self.settings.policy.max_answers_per_hour
 
     def _log(
         self,
@@ -1151,8 +969,3 @@ def _changes_detail(request: Request) -> str:
             for c in request.changes
         ]
     )
-
-
-def _header(parsed: mailparse.ParsedMessage, name: str) -> str:
-    wanted = name.lower()
-    return next((v for k, v in parsed.headers.items() if k.lower() == wanted), "")

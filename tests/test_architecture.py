@@ -10,7 +10,16 @@ import pytest
 
 import mailbot
 
-PURE = ["workflow", "domain", "mailparse", "commands", "tokens", "errors", "render", "compose"]
+PURE = [
+    "workflow",
+    "domain",
+    "mailparse",
+    "commands",
+    "tokens",
+    "errors",
+    "render",
+    "compose",
+]
 IO_LIBRARIES = {
     "sqlalchemy",
     "sqlmodel",

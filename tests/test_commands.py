@@ -21,6 +21,9 @@ from mailbot.errors import AmbiguousDecision, MalformedRequest, UnknownCommand
         ("", "aide", "HELP", ""),
         ("", "Statut CR-7K2QX9MD", "STATUS", "CR-7K2QX9MD"),
         ("", "ACCEPT: 7KQ2", "ACCEPT", "7KQ2"),
+        ("SV: [EXTERNAL] AW: Antw: REFUSE", "", "REFUSE", ""),
+        ("RV: x", "Bonjour,\n\nACCEPTER\n\nMarie", "ACCEPT", ""),
+        ("x", "Hello Carol!\nREFUSE", "REFUSE", ""),
     ],
 )
 def test_the_command_is_the_subject_or_the_first_line(
@@ -37,7 +40,12 @@ def test_french_words_are_recognised_as_french() -> None:
 
 @pytest.mark.parametrize(
     ("subject", "body"),
-    [("Hello", "Can you change my contact?"), ("", ""), ("Accepted", "Acceptance letter")],
+    [
+        ("Hello", "Can you change my contact?"),
+        ("", ""),
+        ("Accepted", "Acceptance letter"),
+        ("Hi", "Hello,\nPlease tell me more.\nACCEPT"),  # only one greeting line is skipped
+    ],
 )
 def test_no_command_is_unknown(subject: str, body: str) -> None:
     with pytest.raises(UnknownCommand):

@@ -225,3 +225,13 @@ def test_error_answers_are_rate_limited_per_address(bot: Mailbot, mail: MailFact
 class _Sink:
     def send(self, envelope_from: str, recipient: str, payload: bytes) -> None:
         """Accepts everything (the delivery itself is not under test here)."""
+
+
+def test_words_that_look_like_a_token_do_not_hide_the_real_one(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    request_id, asks = opened(bot, mail)
+    spaced = token_in(asks[CAROL]).replace("-", " ")
+    mails = send(bot, mail(CAROL, "x", f"Accept\ncode {spaced}"))
+    assert [(m.event, m.to) for m in mails] == [("validation-recorded", CAROL)]
+    assert validation(bot, request_id, CAROL)["status"] == "accepted"

@@ -17,7 +17,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailbot.service import Mailbot, RawMessage
+from mailbot.inbound import RawMessage
+from mailbot.service import Mailbot
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,150 @@
+"""Received mail as the service handles it: the raw message and its dedup key,
+and, once parsed, who speaks in it and whether it may be acted on at all.
+
+Values and functions of a message and the settings: no queries, no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+
+from mailbot import commands, mailparse
+from mailbot.config import Settings
+from mailbot.models import InboundMessage
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    duplicate: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A message as received, before anything is read from it but its Message-ID."""
+
+    raw: bytes
+    source: str = "cli"
+    recipients: tuple[str, ...] = ()
+    envelope_from: str | None = None
+
+    @cached_property
+    def message_id(self) -> str | None:
+        return mailparse.message_id_of(self.raw)
+
+    @cached_property
+    def dedup_key(self) -> str:
+        """The Message-ID, or a digest of the bytes for the rare message without one."""
+        if self.message_id:
+            return f"mid:{self.message_id}"
+        return f"sha256:{hashlib.sha256(self.raw).hexdigest()}"
+
+    def row(self, now: datetime) -> InboundMessage:
+        return InboundMessage(
+            dedup_key=self.dedup_key,
+            message_id=self.message_id,
+            source=self.source,
+            envelope_from=self.envelope_from,
+            recipients=",".join(r.lower() for r in self.recipients),
+            raw=self.raw,
+            received_at=now,
+        )
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A received message being processed: who speaks in it, and what they say.
+
+    Usually the sender speaks. In mail from the agency mailbox or a trusted
+    forwarder whose own note holds no command, the forwarded message speaks:
+    its sender is the actor and its new text the command, and ``via`` keeps
+    the forwarder's address for the event log.
+    """
+
+    id: int
+    parsed: mailparse.ParsedMessage
+    sender: str
+    sender_name: str
+    subject: str
+    new_text: str
+    tokens: tuple[str, ...]
+    quoted_tokens: tuple[str, ...]
+    references: tuple[str, ...]
+    recipients: tuple[str, ...]
+    via: str | None = None
+
+    @property
+    def message_id(self) -> str | None:
+        return self.parsed.message_id
+
+
+def speaker(row: InboundMessage, parsed: mailparse.ParsedMessage, settings: Settings) -> Inbound:
+    """Who speaks in a received message, and what they say (see Inbound)."""
+    assert row.id is not None
+    assert parsed.sender is not None
+    recipients = (
+        tuple(filter(None, row.recipients.split(",")))
+        + parsed.recipients
+        + parsed.envelope_recipients
+    )
+    own = Inbound(
+        row.id,
+        parsed,
+        parsed.sender,
+        parsed.sender_name,
+        parsed.subject,
+        parsed.new_text,
+        parsed.tokens_in_new_text,
+        parsed.tokens_in_quote,
+        parsed.references,
+        recipients,
+    )
+    forwarded = parsed.forwarded
+    trusted = row.source == "imap" or parsed.sender in settings.policy.trusted_forwarders
+    if not trusted or forwarded is None or forwarded.sender is None:
+        return own
+    if commands.has_command(parsed.forwarder_note):  # the forwarder speaks for itself
+        return own
+    return Inbound(
+        row.id,
+        parsed,
+        forwarded.sender,
+        forwarded.sender_name,
+        forwarded.subject,
+        forwarded.new_text,
+        forwarded.tokens_in_new_text,
+        (),
+        (),
+        recipients,
+        via=parsed.sender,
+    )
+
+
+def ignore_reason(
+    parsed: mailparse.ParsedMessage, row: InboundMessage, settings: Settings
+) -> str | None:
+    """Why a message must not be acted on or answered, or None when it may."""
+    if row.envelope_from is not None and row.envelope_from.strip("<> ") == "":
+        return "null envelope sender (a bounce)"
+    if parsed.sender is None:
+        return "no usable sender"
+    if settings.bot.address in _header(parsed, "X-Loop").lower():
+        return "our own mail come back (X-Loop)"
+    if parsed.autoreply:
+        return "auto-reply"
+    if parsed.automatic:
+        return "automatic message (list, bulk or report)"
+    local, _, domain = parsed.sender.partition("@")
+    bot = settings.bot
+    if domain == bot.domain and local.split("+")[0] == bot.local_part:
+        return "sent by mailbot itself"
+    return None
+
+
+def _header(parsed: mailparse.ParsedMessage, name: str) -> str:
+    wanted = name.lower()
+    return next((v for k, v in parsed.headers.items() if k.lower() == wanted), "")
