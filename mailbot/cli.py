@@ -318,28 +318,82 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, handler: Handler, help_text: str, example: str) -> argparse.ArgumentParser:
-        command = sub.add_parser(
-            name, help=help_text, description=help_text, epilog=f"example: {example}"
-        )
-        command.set_defaults(handler=handler)
-        return command
-
-    add("init", cmd_init, "create or upgrade the database schema", "mailbot init")
-    command = add(
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _command(commands, "init", cmd_init, "create or upgrade the database schema", "init")
+    command = _command(
+        commands,
         "import",
         cmd_import,
         "upsert contacts and services from a JSON file",
-        "mailbot import customers.json",
+        "import customers.json",
     )
     command.add_argument("file", metavar="FILE")
-    command = add(
+    _add_process(commands)
+    _add_requests(_group(commands, "requests", "list, show and steer change requests"))
+    _add_services(_group(commands, "services", "show services"))
+    _add_outbox(_group(commands, "outbox", "the queue of outgoing mail"))
+    imap = _group(commands, "imap", "the agency mailbox")
+    _command(
+        imap,
+        "check",
+        cmd_imap_check,
+        "connect with the [imap] settings and verify the folders",
+        "imap check",
+    )
+    command = _command(
+        commands,
+        "sweep",
+        cmd_sweep,
+        "send due reminders and expire stale requests, once",
+        "sweep --now 2026-03-05T09:00:00Z",
+    )
+    command.add_argument(
+        "--now",
+        metavar="ISO8601",
+        help="act as if the clock read this (default: now; UTC if no zone)",
+    )
+    _command(
+        commands,
+        "serve",
+        cmd_serve,
+        "run the SMTP listener, link pages, scheduler and outbox sender",
+        "--config /etc/mailbot/mailbot.toml serve",
+    )
+    command = _command(
+        commands,
+        "demo",
+        cmd_demo,
+        "play a whole scenario end to end on a throwaway directory",
+        "demo",
+    )
+    command.add_argument("--keep", action="store_true", help="keep the demo directory")
+    return parser
+
+
+def _group(commands: Any, name: str, help_text: str) -> Any:
+    """A command with actions of its own (``mailbot requests list`` ...)."""
+    group = commands.add_parser(name, help=help_text, description=help_text)
+    return group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def _command(
+    commands: Any, name: str, handler: Handler, help_text: str, example: str
+) -> argparse.ArgumentParser:
+    """One command or action, with its help text and an example."""
+    command: argparse.ArgumentParser = commands.add_parser(
+        name, help=help_text, description=help_text, epilog=f"example: mailbot {example}"
+    )
+    command.set_defaults(handler=handler)
+    return command
+
+
+def _add_process(commands: Any) -> None:
+    command = _command(
+        commands,
         "process",
         cmd_process,
         "handle one raw RFC 5322 message as if received by SMTP",
-        "mailbot process --recipient changes@example.net < message.eml",
+        "process --recipient changes@example.net < message.eml",
     )
     command.add_argument(
         "file",
@@ -356,44 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="envelope recipient (repeatable)",
     )
     command.add_argument("--sender", metavar="ADDR", help="envelope sender (empty for bounces)")
-    _add_requests(sub, add)
-    _add_services(sub)
-    _add_outbox(sub)
-    _add_imap(sub)
-    command = add(
-        "sweep",
-        cmd_sweep,
-        "send due reminders and expire stale requests, once",
-        "mailbot sweep --now 2026-03-05T09:00:00Z",
-    )
-    command.add_argument(
-        "--now",
-        metavar="ISO8601",
-        help="act as if the clock read this (default: now; UTC if no zone)",
-    )
-    add(
-        "serve",
-        cmd_serve,
-        "run the SMTP listener, link pages, scheduler and outbox sender",
-        "mailbot --config /etc/mailbot/mailbot.toml serve",
-    )
-    command = add(
-        "demo",
-        cmd_demo,
-        "play a whole scenario end to end on a throwaway directory",
-        "mailbot demo",
-    )
-    command.add_argument("--keep", action="store_true", help="keep the demo directory")
-    return parser
 
 
-def _add_requests(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    group = sub.add_parser("requests", help="list and show change requests")
-    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser(
+def _add_requests(actions: Any) -> None:
+    listing = _command(
+        actions,
         "list",
-        help="list requests, newest first",
-        epilog="example: mailbot requests list --status pending",
+        cmd_requests_list,
+        "list requests, newest first",
+        "requests list --status pending",
     )
     listing.add_argument("--status", choices=["pending", "done", "refused", "expired", "cancelled"])
     listing.add_argument("--service", metavar="NAME", help="only this service's requests")
@@ -401,50 +426,43 @@ def _add_requests(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None
         "--contact", metavar="EMAIL", help="only requests this address opened or must validate"
     )
     listing.add_argument("--json", action="store_true", help="print a JSON array")
-    listing.set_defaults(handler=cmd_requests_list)
+    show = _command(
+        actions,
+        "show",
+        cmd_requests_show,
+        "one request with its validations and events",
+        "requests show CR-7K2QX9MD --json",
+    )
+    show.add_argument("id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
     for name, handler, text in (
         ("cancel", cmd_requests_cancel, "withdraw a pending request; every party is told"),
         ("resend", cmd_requests_resend, "send fresh tokens to the contacts still awaited"),
     ):
-        action = actions.add_parser(
-            name, help=text, epilog=f"example: mailbot requests {name} CR-7K2QX9MD"
-        )
+        action = _command(actions, name, handler, text, f"requests {name} CR-7K2QX9MD")
         action.add_argument("id", metavar="ID")
-        action.set_defaults(handler=handler)
-    show = actions.add_parser(
-        "show",
-        help="one request with its validations and events",
-        epilog="example: mailbot requests show CR-7K2QX9MD --json",
-    )
-    show.add_argument("id", metavar="ID")
-    show.add_argument("--json", action="store_true", help="print a JSON object")
-    show.set_defaults(handler=cmd_requests_show)
 
 
-def _add_services(sub: Any) -> None:
-    group = sub.add_parser("services", help="show services")
-    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
-    show = actions.add_parser(
+def _add_services(actions: Any) -> None:
+    show = _command(
+        actions,
         "show",
-        help="a service and its current role holders",
-        epilog="example: mailbot services show example.com --json",
+        cmd_services_show,
+        "a service and its current role holders",
+        "services show example.com --json",
     )
     show.add_argument("name", metavar="NAME")
     show.add_argument("--json", action="store_true", help="print a JSON object")
-    show.set_defaults(handler=cmd_services_show)
 
 
-def _add_outbox(sub: Any) -> None:
-    group = sub.add_parser("outbox", help="the queue of outgoing mail")
-    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
-    flush = actions.add_parser(
-        "flush", help="send what is queued now", epilog="example: mailbot outbox flush"
-    )
-    flush.set_defaults(handler=cmd_outbox_flush)
-    listing = actions.add_parser(
+def _add_outbox(actions: Any) -> None:
+    _command(actions, "flush", cmd_outbox_flush, "send what is queued now", "outbox flush")
+    listing = _command(
+        actions,
         "list",
-        help="queued and dead mail, and the most recent sent, with the last error",
-        epilog="example: mailbot outbox list --sent 50",
+        cmd_outbox_list,
+        "queued and dead mail, and the most recent sent, with the last error",
+        "outbox list --sent 50",
     )
     listing.add_argument(
         "--sent",
@@ -454,15 +472,3 @@ def _add_outbox(sub: Any) -> None:
         help="how many recently sent mails to show (default 20)",
     )
     listing.add_argument("--json", action="store_true", help="print a JSON array")
-    listing.set_defaults(handler=cmd_outbox_list)
-
-
-def _add_imap(sub: Any) -> None:
-    group = sub.add_parser("imap", help="the agency mailbox")
-    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
-    check = actions.add_parser(
-        "check",
-        help="connect with the [imap] settings and verify the folders",
-        epilog="example: mailbot imap check",
-    )
-    check.set_defaults(handler=cmd_imap_check)
