@@ -21,6 +21,7 @@ import sqlalchemy.exc
 
 from mailbot import db, store
 from mailbot.adapters import outgoing_transport
+from mailbot.clock import Clock, FixedClock
 from mailbot.config import Settings, load_settings
 from mailbot.errors import ConfigError, ImportFileError, MailbotError
 from mailbot.importer import apply_import, read_import_file
@@ -67,7 +68,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Libraries that log every connection or job run at INFO.
-    for noisy in ("apscheduler", "mail.log", "uvicorn.error", "flufl.bounce"):
+    for noisy in ("apscheduler", "mail.log", "uvicorn.error", "flufl.bounce", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
@@ -77,9 +78,9 @@ def _fail(message: str, status: int) -> int:
 
 
 @contextmanager
-def _bot(settings: Settings) -> Iterator[Mailbot]:
+def _bot(settings: Settings, clock: Clock | None = None) -> Iterator[Mailbot]:
     """The service on a database at the current schema, closed when the command ends."""
-    bot = Mailbot.from_settings(settings)
+    bot = Mailbot.from_settings(settings, clock)
     try:
         db.check_schema(bot.engine)
         yield bot
@@ -125,6 +126,8 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
             outcome = bot.receive(
                 raw, source="cli", recipients=tuple(args.recipient), envelope_from=args.sender
             )
+            if not args.no_flush:
+                _flush_quietly(bot, settings)
     except (sqlalchemy.exc.OperationalError, db.SchemaOutOfDate) as exc:
         raise CommandFailed(f"message not handled, try again later: {exc}", EX_TEMPFAIL) from None
     except ProcessingFailed as exc:
@@ -208,11 +211,21 @@ def _steer(settings: Settings, request_id: str, action: str) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
-    now = _parse_now(args.now) if args.now else None
-    with _bot(settings) as bot:
-        report = bot.sweep(now)
+    clock = FixedClock(_parse_now(args.now)) if args.now else None
+    with _bot(settings, clock) as bot:
+        report = bot.sweep()
+        if not args.no_flush:
+            _flush_quietly(bot, settings)
     print(f"expired {report.expired}, reminded {report.reminded}")
     return EX_OK
+
+
+def _flush_quietly(bot: Mailbot, settings: Settings) -> None:
+    """Send what a command just queued; what cannot go now stays queued for later."""
+    try:
+        bot.flush_outbox(outgoing_transport(settings))
+    except (sqlalchemy.exc.OperationalError, OSError) as exc:
+        logging.getLogger(__name__).warning("mail stays queued: %s", exc)
 
 
 def _parse_now(text: str) -> datetime:
@@ -352,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ISO8601",
         help="act as if the clock read this (default: now; UTC if no zone)",
     )
+    _no_flush(command)
     _command(
         commands,
         "serve",
@@ -368,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command.add_argument("--keep", action="store_true", help="keep the demo directory")
     return parser
+
+
+def _no_flush(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--no-flush",
+        action="store_true",
+        help="leave the mail this queues to `serve` or `outbox flush` (default: send it now)",
+    )
 
 
 def _group(commands: Any, name: str, help_text: str) -> Any:
@@ -410,6 +432,7 @@ def _add_process(commands: Any) -> None:
         help="envelope recipient (repeatable)",
     )
     command.add_argument("--sender", metavar="ADDR", help="envelope sender (empty for bounces)")
+    _no_flush(command)
 
 
 def _add_requests(actions: Any) -> None:
