@@ -36,7 +36,8 @@ T = TypeVar("T")
 FLUSH_SECONDS = 5
 RESCUE_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 10.0
-PROCESS_DEFER_SECONDS = 0.2
+PROCESS_DEFER_SECONDS = 0.5
+QUIET_SECONDS = 0.02
 
 
 class _QuietServer(uvicorn.Server):
@@ -58,6 +59,8 @@ class Runtime:
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.imap_stop = threading.Event()
+        self.to_process: asyncio.Queue[int] = asyncio.Queue()
+        self.last_arrival = 0.0
         self.imap_thread: threading.Thread | None = None
         self.processing: set[asyncio.Future[Any]] = set()
 
@@ -70,7 +73,7 @@ class Runtime:
         await self._blocking(self.work_thread, db.check_schema, self.bot.engine)
         writer = GroupCommitWriter(self.bot, partial(self._blocking, self.store_thread))
         writer.start()
-        self.writer_idle = writer.idle
+        processor = asyncio.create_task(self._processor(), name="processor")
         smtp = await self._start_smtp(writer)
         web = _QuietServer(
             uvicorn.Config(
@@ -96,7 +99,7 @@ class Runtime:
         while not web.started and not web_task.done():
             await asyncio.sleep(0.01)
         if web_task.done():  # uvicorn could not start (port taken...)
-            await self._stop(smtp, writer, web, web_task)
+            await self._stop(smtp, writer, processor, web, web_task)
             raise OSError(f"the web server could not listen on port {self.settings.web.port}")
         self.ready.set()
         log.info(
@@ -107,7 +110,7 @@ class Runtime:
             self.settings.web.port,
         )
         await self.stopping.wait()
-        await self._stop(smtp, writer, web, web_task)
+        await self._stop(smtp, writer, processor, web, web_task)
 
     async def _start_smtp(self, writer: GroupCommitWriter) -> asyncio.Server:
         bot = self.settings.bot
@@ -160,20 +163,30 @@ class Runtime:
             loop.add_signal_handler(signum, self.stopping.set)
 
     def on_stored(self, inbound_id: int) -> None:
-        """Process a message right after its 250; a crash here is caught up by ``rescue``."""
-        future = asyncio.ensure_future(self._process(inbound_id))
-        self.processing.add(future)
-        future.add_done_callback(self.processing.discard)
+        """Act on a message once its 250 is sent; a crash before is caught up by ``rescue``."""
+        self.last_arrival = asyncio.get_running_loop().time()
+        self.to_process.put_nowait(inbound_id)
 
-    async def _process(self, inbound_id: int) -> None:
-        # Acknowledging mail comes first: act on it in a pause between arrivals,
-        # or after a short while under sustained load, so that it still moves.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.writer_idle.wait(), PROCESS_DEFER_SECONDS)
-        try:
-            await self._blocking(self.work_thread, self.bot.process_inbound, inbound_id)
-        except Exception:
-            log.exception("message %d could not be processed; it stays stored", inbound_id)
+    async def _processor(self) -> None:
+        """Acts on stored mail one message at a time, after the answers.
+
+        Parsing and acting cost far more than storing, and share the process
+        with the listener: while mail keeps arriving, each message waits for
+        a pause in arrivals (at most PROCESS_DEFER_SECONDS), so that answering
+        250 stays fast in a burst and the backlog is worked off after it.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            inbound_id = await self.to_process.get()
+            deadline = loop.time() + PROCESS_DEFER_SECONDS
+            while loop.time() - self.last_arrival < QUIET_SECONDS and loop.time() < deadline:
+                await asyncio.sleep(QUIET_SECONDS)
+            try:
+                await self._blocking(self.work_thread, self.bot.process_inbound, inbound_id)
+            except Exception:
+                log.exception("message %d could not be processed; it stays stored", inbound_id)
+            finally:
+                self.to_process.task_done()
 
     def kick_processing(self) -> None:
         """Pick up messages stored but never processed (after a crash or an error)."""
@@ -211,6 +224,7 @@ class Runtime:
         self,
         smtp: asyncio.Server,
         writer: GroupCommitWriter,
+        processor: asyncio.Task[None],
         web: uvicorn.Server,
         web_task: asyncio.Task[None],
     ) -> None:
@@ -221,6 +235,10 @@ class Runtime:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(smtp.wait_closed(), STOP_TIMEOUT_SECONDS / 2)
         await writer.stop()
+        # Mail stored but not yet acted on is safe: the next start picks it up.
+        # Only the message being processed is finished (the work thread's shutdown).
+        processor.cancel()
+        await asyncio.gather(processor, return_exceptions=True)
         if self.processing:
             await asyncio.wait(set(self.processing), timeout=STOP_TIMEOUT_SECONDS)
         await asyncio.wait({web_task}, timeout=STOP_TIMEOUT_SECONDS)
