@@ -1,0 +1,205 @@
+"""Deciding: ACCEPT and REFUSE by mail or on the link page, and finding the
+validation a mail or a token speaks for.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlmodel import Session
+
+from mailbot import commands, mailparse, store, tokens, workflow
+from mailbot.db import transaction
+from mailbot.domain import Channel, Decision, Request, Validation
+from mailbot.errors import (
+    AmbiguousDecision,
+    BadToken,
+    NotAuthorized,
+    TooManyAttempts,
+)
+from mailbot.inbound import Inbound
+from mailbot.models import (
+    Contact,
+    ValidationRow,
+)
+from mailbot.service_core import ServiceCore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenPage:
+    """A token's request and the validation it stands for."""
+
+    request: Request
+    validation: Validation
+
+    @property
+    def usable(self) -> bool:
+        return self.request.pending and self.validation.pending
+
+
+class DecidingCases(ServiceCore):
+    def _decide_by_mail(self, session: Session, message: Inbound, command: commands.Command) -> str:
+        decision = commands.decision_of(command)
+        validation = self._validation_for(session, message, command.argument)
+        request = self._decide(
+            session, validation, decision, Channel.EMAIL, actor=message.sender, message=message
+        )
+        return f"{decision.value} recorded on {request.id}; request is {request.status.value}"
+
+    def _validation_for(self, session: Session, message: Inbound, argument: str) -> ValidationRow:
+        """The validation a mail speaks for: by typed token, reply address, thread,
+        or, failing those, the token of our own mail quoted below the answer.
+
+        A token is a credential on its own, typed or quoted. A reply without one
+        is matched by the address or thread of our mail, and must come from the
+        contact. Tokens of two different validations in one mail are ambiguous.
+        """
+        typed = [argument] if tokens.looks_like_token_attempt(argument) else []
+        if typed or message.tokens:
+            return self._validation_by_tokens(session, [*typed, *message.tokens], message.sender)
+        row = self._validation_by_reply(session, message)
+        if row is None and message.quoted_tokens:
+            return self._validation_by_tokens(session, list(message.quoted_tokens), message.sender)
+        if row is None:
+            raise BadToken("no token and not a reply to a validation email")
+        contact = session.get(Contact, row.contact_id)
+        assert contact is not None
+        if contact.email != message.sender:
+            raise NotAuthorized(
+                "reply from the address the validation email was sent to, or include the token",
+                request=row.request_id,
+            )
+        return row
+
+    def _validation_by_tokens(
+        self, session: Session, typed: list[str], actor: str
+    ) -> ValidationRow:
+        since = self.clock.now() - timedelta(hours=1)
+        if store.recent_events(session, "error:bad-token", actor, since) >= (
+            self.settings.policy.max_bad_tokens_per_hour
+        ):
+            raise TooManyAttempts("")
+        found: dict[int | None, ValidationRow] = {}
+        last_error = BadToken("")
+        for candidate in typed:  # what looks like a token may be words that do not match
+            try:
+                row = self._validation_by_token_only(session, candidate)
+            except BadToken as error:
+                last_error = error
+                continue
+            found[row.id] = row
+        if not found:
+            raise last_error
+        if len(found) > 1:
+            raise AmbiguousDecision("tokens of several validations in one mail")
+        return next(iter(found.values()))
+
+    def _validation_by_reply(self, session: Session, message: Inbound) -> ValidationRow | None:
+        for recipient in message.recipients:
+            key = mailparse.plus_key(recipient, self.settings.bot.local_part)
+            normalised = tokens.normalise_key(key) if key else None
+            if (
+                normalised
+                and (found := store.token_by_reply_key(session, tokens.digest(normalised)))
+                and found.used_at is None
+            ):
+                return session.get(ValidationRow, found.validation_id)
+        sent = store.sent_mail(session, message.references)
+        if sent is None:
+            return None
+        if sent.validation_id is not None:
+            return session.get(ValidationRow, sent.validation_id)
+        contact = store.contact_by_email(session, message.sender)
+        if sent.request_id is None or contact is None:
+            return None
+        rows = store.validation_rows(session, sent.request_id)
+        return next((v for v in rows if v.contact_id == contact.id), None)
+
+    def _decide(
+        self,
+        session: Session,
+        validation: ValidationRow,
+        decision: Decision,
+        channel: Channel,
+        *,
+        actor: str,
+        message: Inbound | None = None,
+    ) -> Request:
+        request_row = store.request_row(session, validation.request_id, for_update=True)
+        assert request_row is not None
+        session.refresh(validation)
+        contact = session.get(Contact, validation.contact_id)
+        assert contact is not None
+        now = self.clock.now()
+        transition = workflow.decide(
+            store.request(session, request_row),
+            contact=store.party(contact),
+            decision=decision,
+            channel=channel,
+            now=now,
+            actor=actor,
+        )
+        request = transition.request
+        decided = request.validation_of(store.party(contact))
+        assert decided is not None
+        self._save_state(session, request_row, request)
+        self._log(
+            session,
+            request.id,
+            f"validation-{decided.status.value}",
+            detail=f"forwarded by {message.via}" if message and message.via else "",
+            actor=actor,
+            contact_id=contact.id,
+            channel=channel.value,
+            inbound_id=message.id if message else None,
+        )
+        if not request.pending:
+            self._log(
+                session,
+                request.id,
+                f"request-{request.status.value}",
+                actor=actor,
+                inbound_id=message.id if message else None,
+            )
+        self._carry_out(session, request, transition.effects, message)
+        return request
+
+    def token_page(self, typed: str) -> TokenPage:
+        """What a token's link shows; reads only (mail scanners open every link)."""
+        with transaction(self.engine) as session:
+            validation = self._validation_by_token_only(session, typed)
+            contact = session.get(Contact, validation.contact_id)
+            request_row = store.request_row(session, validation.request_id)
+            assert contact is not None
+            assert request_row is not None
+            request = store.request(session, request_row)
+        own = request.validation_of(store.party(contact))
+        assert own is not None
+        return TokenPage(request, own)
+
+    def _validation_by_token_only(self, session: Session, typed: str) -> ValidationRow:
+        token = tokens.normalise(typed)
+        found = store.token_by_digest(session, tokens.digest(token)) if token else None
+        if found is None:
+            raise BadToken("")
+        validation = session.get(ValidationRow, found.validation_id)
+        assert validation is not None
+        if found.used_at is not None and validation.status == "pending":
+            raise BadToken("this token was replaced by a newer one: use the latest email")
+        return validation
+
+    def decide_with_token(
+        self, typed: str, decision: Decision, channel: Channel, *, actor: str | None = None
+    ) -> Request:
+        """A decision carried by a token alone (the link page)."""
+        with transaction(self.engine) as session:
+            validation = self._validation_by_token_only(session, typed)
+            contact = session.get(Contact, validation.contact_id)
+            assert contact is not None
+            return self._decide(
+                session, validation, decision, channel, actor=actor or contact.email
+            )

@@ -1,0 +1,239 @@
+"""Following and steering requests: STATUS, LIST, CANCEL, RESEND, and the sweep
+that reminds the silent and expires what is stale.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session
+
+from mailbot import commands, store, workflow
+from mailbot.db import transaction
+from mailbot.domain import Party, Request
+from mailbot.errors import (
+    MalformedRequest,
+    NotAuthorized,
+    TooManyAttempts,
+)
+from mailbot.inbound import Inbound
+from mailbot.mailer import Outgoing
+from mailbot.models import (
+    ChangeRequest,
+)
+from mailbot.service_core import ServiceCore
+from mailbot.views import RequestView
+
+log = logging.getLogger(__name__)
+
+
+LIST_LIMIT = 50
+RESEND_INTERVAL = timedelta(hours=1)
+OPERATOR_ACTOR = "operator@cli"
+"""How the event log names an operator acting through the CLI."""
+
+
+class UnknownRequest(LookupError):
+    """An operator named a request that does not exist."""
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    expired: int = 0
+    reminded: int = 0
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One line of a LIST answer."""
+
+    request: RequestView
+    awaits_you: bool
+    you_requested: bool
+
+
+class LifecycleCases(ServiceCore):
+    def _actor(self, session: Session, message: Inbound) -> tuple[Party, bool]:
+        """The sender as a party, and whether they are an operator."""
+        contact = store.contact_by_email(session, message.sender)
+        party = store.party(contact) if contact else Party(email=message.sender)
+        return party, self.settings.is_operator(message.sender)
+
+    def _party_request(
+        self, session: Session, message: Inbound, command: commands.Command
+    ) -> ChangeRequest:
+        """The request a command names, if the sender may see it.
+
+        Anyone else gets the same answer as for an id that does not exist, so
+        that request ids cannot be probed.
+        """
+        if not commands.is_request_id(command.argument):
+            raise MalformedRequest("a request id looks like CR-7K2QX9MD", line=command.line)
+        row = store.request_row(session, command.argument.strip(), for_update=True)
+        if row is None:
+            raise NotAuthorized("no such request among yours", line=command.line)
+        request = store.request(session, row)
+        party, operator = self._actor(session, message)
+        if not (
+            operator or any(p.same_as(party) for p in (*request.parties, request.service.admin))
+        ):
+            raise NotAuthorized("no such request among yours", line=command.line)
+        return row
+
+    def _answer(
+        self,
+        session: Session,
+        message: Inbound,
+        event: str,
+        context: dict[str, Any],
+        request: Request | None = None,
+    ) -> str:
+        """Answer a question (help, status, list) by mail, within the answer rate limit."""
+        if self.mailer.answers_exhausted(session, message.sender):
+            return f"{event} not sent: rate limit"
+        party, _ = self._actor(session, message)
+        self.mailer.queue(session, Outgoing(event, party, request, context=context), message)
+        return f"{event} sent to {message.sender}"
+
+    def _list_by_mail(self, session: Session, message: Inbound) -> str:
+        party, _ = self._actor(session, message)
+        rows = store.requests_of(session, party.email, party.id, LIST_LIMIT + 1)
+        entries = []
+        for row in rows[:LIST_LIMIT]:
+            request = store.request(session, row)
+            own = request.validation_of(party)
+            entries.append(
+                ListEntry(
+                    RequestView.of(request),
+                    awaits_you=bool(own and own.pending and request.pending),
+                    you_requested=request.requester.same_as(party),
+                )
+            )
+        context = {"entries": entries, "truncated": len(rows) > LIST_LIMIT, "limit": LIST_LIMIT}
+        return self._answer(session, message, "list", context)
+
+    def _cancel(
+        self,
+        session: Session,
+        row: ChangeRequest,
+        actor: tuple[Party, bool],
+        message: Inbound | None,
+    ) -> str:
+        by, operator = actor
+        transition = workflow.cancel(
+            store.request(session, row), by=by, by_operator=operator, now=self.clock.now()
+        )
+        self._save_state(session, row, transition.request)
+        self._log(
+            session,
+            row.id,
+            "request-cancelled",
+            actor=by.email,
+            inbound_id=message.id if message else None,
+        )
+        self._carry_out(session, transition.request, transition.effects, message)
+        return f"request {row.id} cancelled by {by.email}"
+
+    def _resend(
+        self,
+        session: Session,
+        row: ChangeRequest,
+        actor: tuple[Party, bool],
+        message: Inbound | None,
+    ) -> str:
+        by, operator = actor
+        since = self.clock.now() - RESEND_INTERVAL
+        if store.recent_request_events(session, row.id, "tokens-resent", since):
+            raise TooManyAttempts("tokens were resent less than an hour ago", request=row.id)
+        request = store.request(session, row)
+        transition = workflow.resend(request, by=by, by_operator=operator)
+        self._log(
+            session,
+            row.id,
+            "tokens-resent",
+            actor=by.email,
+            inbound_id=message.id if message else None,
+            detail=", ".join(
+                e.contact.email for e in transition.effects if isinstance(e, workflow.AskToValidate)
+            ),
+        )
+        self._carry_out(session, request, transition.effects, message)
+        return f"fresh tokens sent for {row.id}"
+
+    def cancel_request(self, request_id: str) -> Request:
+        """An operator withdraws a request (``mailbot requests cancel``)."""
+        with transaction(self.engine) as session:
+            row = self._request_for_operator(session, request_id)
+            self._cancel(session, row, (Party(email=OPERATOR_ACTOR), True), None)
+            return store.request(session, row)
+
+    def resend_request(self, request_id: str) -> Request:
+        """An operator re-issues tokens (``mailbot requests resend``)."""
+        with transaction(self.engine) as session:
+            row = self._request_for_operator(session, request_id)
+            self._resend(session, row, (Party(email=OPERATOR_ACTOR), True), None)
+            return store.request(session, row)
+
+    def _request_for_operator(self, session: Session, request_id: str) -> ChangeRequest:
+        row = store.request_row(session, request_id, for_update=True)
+        if row is None:
+            raise UnknownRequest(f"no request {request_id}")
+        return row
+
+    def sweep(self, now: datetime | None = None) -> SweepReport:
+        """Expire what is stale, then remind the silent: the scheduler's periodic job.
+
+        It reads only due rows, through indexes on their due times, and is safe
+        beside another sweep: each request is handled under its row lock, and
+        one whose lock is taken is left to the sweep that holds it.
+        """
+        now = now or self.clock.now()
+        expired = sum(
+            self._expire(request_id, now) for request_id in self._due(store.due_expiries, now)
+        )
+        reminded = sum(
+            self._remind(request_id, now) for request_id in self._due(store.due_reminders, now)
+        )
+        return SweepReport(expired=expired, reminded=reminded)
+
+    def _due(self, query: Any, now: datetime) -> list[str]:
+        with transaction(self.engine) as session:
+            return list(query(session, now))
+
+    def _expire(self, request_id: str, now: datetime) -> int:
+        with transaction(self.engine) as session:
+            row = store.request_row(session, request_id, for_update=True, skip_locked=True)
+            if row is None:
+                return 0
+            transition = workflow.expire(store.request(session, row), now)
+            if not transition.effects:
+                return 0
+            self._save_state(session, row, transition.request)
+            self._log(session, row.id, "request-expired", actor=None)
+            self._carry_out(session, transition.request, transition.effects, None)
+            return 1
+
+    def _remind(self, request_id: str, now: datetime) -> int:
+        with transaction(self.engine) as session:
+            row = store.request_row(session, request_id, for_update=True, skip_locked=True)
+            if row is None:
+                return 0
+            transition = workflow.remind(
+                store.request(session, row), now, self.settings.policy.reminder_days
+            )
+            self._save_state(session, row, transition.request)
+            for effect in transition.effects:
+                assert isinstance(effect, workflow.Remind)
+                self._log(
+                    session,
+                    row.id,
+                    "reminder-sent",
+                    actor=None,
+                    contact_id=effect.contact.id,
+                    detail=f"reminder {effect.number}",
+                )
+            self._carry_out(session, transition.request, transition.effects, None)
+            return len(transition.effects)

@@ -1,0 +1,151 @@
+"""Opening a request by mail: CHANGE, its role lines, who may ask and who validates."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+from sqlmodel import Session
+
+from mailbot import commands, store, tokens, workflow
+from mailbot.addresses import normalise_email
+from mailbot.domain import Party, Request, Role
+from mailbot.errors import (
+    NotAuthorized,
+    UnknownContact,
+    UnknownService,
+)
+from mailbot.inbound import Inbound
+from mailbot.models import (
+    ChangeRequest,
+    Contact,
+    RoleChangeRow,
+    ValidationRow,
+)
+from mailbot.service_core import ServiceCore
+
+log = logging.getLogger(__name__)
+
+
+class OpeningCases(ServiceCore):
+    def _open_by_mail(self, session: Session, message: Inbound, command: commands.Command) -> str:
+        change = commands.parse_change(command, message.new_text)
+        service_row = store.service_row(session, change.service, for_update=True)
+        if service_row is None:
+            raise UnknownService("", service=change.service)
+        assert service_row.id is not None
+        service = store.service(session, service_row)
+        requester_contact = store.contact_by_email(session, message.sender)
+        is_operator = self.settings.is_operator(message.sender)
+        if requester_contact is None and not is_operator:
+            raise NotAuthorized("", service=service.name)
+        requester = (
+            store.party(requester_contact)
+            if requester_contact is not None
+            else Party(
+                email=message.sender,
+                name=message.sender_name,
+                language=self.settings.bot.language,
+            )
+        )
+        wanted = {
+            role: self._contact_for(session, target, role) for role, target in change.wanted.items()
+        }
+        now = self.clock.now()
+        transition = workflow.open_request(
+            request_id=self._new_request_id(session),
+            service=service,
+            requester=requester,
+            requester_is_operator=is_operator,
+            wanted=wanted,
+            pending_roles=store.pending_roles(session, service_row.id),
+            now=now,
+            ttl=timedelta(days=self.settings.policy.request_ttl_days),
+        )
+        request = transition.request
+        self._save_new_request(session, request, service_row.id)
+        self._log(
+            session,
+            request.id,
+            "request-opened",
+            actor=message.sender,
+            inbound_id=message.id,
+            detail=_changes_detail(request),
+        )
+        self._carry_out(session, request, transition.effects, message)
+        return f"request {request.id} opened for {service.name}"
+
+    def _contact_for(self, session: Session, target: str, role: Role) -> Party:
+        """The contact a role line names: a known handle or address, or a new address."""
+        if "@" in target:
+            email = normalise_email(target)
+            if email is None:
+                raise UnknownContact("", contact=target[:100], role=role.value)
+            contact = store.contact_by_email(session, email)
+            if contact is None:
+                now = self.clock.now()
+                contact = Contact(
+                    email=email, language=self.settings.bot.language, created_at=now, updated_at=now
+                )
+                session.add(contact)
+                session.flush()
+            return store.party(contact)
+        contact = store.contact_by_handle(session, target)
+        if contact is None:
+            raise UnknownContact("", contact=target[:100], role=role.value)
+        return store.party(contact)
+
+    def _new_request_id(self, session: Session) -> str:
+        while True:
+            candidate = f"CR-{tokens.new_key(8)}"
+            if store.request_row(session, candidate) is None:
+                return candidate
+
+    def _save_new_request(self, session: Session, request: Request, service_id: int) -> None:
+        session.add(
+            ChangeRequest(
+                id=request.id,
+                service_id=service_id,
+                requester_email=request.requester.email,
+                requester_id=request.requester.id,
+                created_at=request.created_at,
+                expires_at=request.expires_at,
+            )
+        )
+        session.flush()
+        for change in request.changes:
+            assert change.outgoing.id is not None
+            assert change.incoming.id is not None
+            session.add(
+                RoleChangeRow(
+                    request_id=request.id,
+                    role=change.role.value,
+                    from_contact_id=change.outgoing.id,
+                    to_contact_id=change.incoming.id,
+                )
+            )
+        first_reminder = workflow.next_reminder_at(
+            request.created_at, 0, self.settings.policy.reminder_days
+        )
+        for validation in request.validations:
+            assert validation.contact.id is not None
+            session.add(
+                ValidationRow(
+                    request_id=request.id,
+                    contact_id=validation.contact.id,
+                    side=validation.side.value,
+                    created_at=request.created_at,
+                    next_reminder_at=first_reminder,
+                )
+            )
+        session.flush()
+
+
+def _changes_detail(request: Request) -> str:
+    return json.dumps(
+        [
+            {"role": c.role.value, "from": c.outgoing.email, "to": c.incoming.email}
+            for c in request.changes
+        ]
+    )

@@ -1,0 +1,221 @@
+"""The shared part of the use cases: carrying out a transition's effects.
+
+The use cases themselves live beside it, one family a module (opening,
+deciding, lifecycle), and meet in ``mailbot.service.Mailbot``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from mailbot import commands, store, tokens, workflow
+from mailbot.clock import Clock, SystemClock
+from mailbot.config import Settings
+from mailbot.domain import Party, Request
+from mailbot.errors import (
+    MailbotError,
+)
+from mailbot.inbound import Inbound
+from mailbot.mailer import Mailer, Outgoing
+from mailbot.models import (
+    ChangeRequest,
+    EventRow,
+    ValidationRow,
+    ValidationToken,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ServiceCore:
+    """What every use case shares: settings, database, clock, mailer, and the steps
+    that write a transition back (state, effects, event log) in the caller's
+    transaction."""
+
+    def __init__(self, settings: Settings, engine: Engine, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock or SystemClock()
+        self.mailer = Mailer(settings, self.clock)
+        self.renderer = self.mailer.renderer
+        self.on_mail_queued = self.mailer.on_mail_queued
+        """Called after a commit that queued mail (``serve`` flushes the outbox then)."""
+
+    def _save_state(self, session: Session, row: ChangeRequest, request: Request) -> None:
+        """Write a transition's new state back: request status and each validation."""
+        row.status = request.status.value
+        row.closed_at = request.closed_at
+        contacts = {v.contact.id: v for v in request.validations}
+        days = self.settings.policy.reminder_days
+        for stored in store.validation_rows(session, row.id):
+            state = contacts[stored.contact_id]
+            stored.status = state.status.value
+            stored.channel = state.channel.value if state.channel else None
+            stored.decided_at = state.decided_at
+            stored.actor_email = state.actor
+            stored.reminders_sent = state.reminders_sent
+            stored.next_reminder_at = (
+                workflow.next_reminder_at(request.created_at, state.reminders_sent, days)
+                if request.pending and state.pending
+                else None
+            )
+
+    def _carry_out(
+        self,
+        session: Session,
+        request: Request,
+        effects: tuple[workflow.Effect, ...],
+        message: Inbound | None,
+    ) -> None:
+        for effect in effects:
+            if isinstance(effect, workflow.ApplyHolders):
+                self._apply_holders(session, effect)
+            elif isinstance(effect, workflow.AskToValidate):
+                if effect.replace:
+                    self._revoke_tokens(session, request, effect.contact)
+                self._send_token(session, request, effect.contact, message)
+            elif isinstance(effect, workflow.Remind):
+                self._send_token(session, request, effect.contact, message, effect.number)
+            else:
+                for party in effect.recipients:
+                    mail = Outgoing(effect.event, party, request, context=dict(effect.about))
+                    self.mailer.queue(session, mail, message)
+
+    def _apply_holders(self, session: Session, effect: workflow.ApplyHolders) -> None:
+        row = store.service_row(session, effect.service, for_update=True)
+        assert row is not None
+        for role, holder in effect.holders.items():
+            assert holder.id is not None
+            setattr(row, f"{role.value}_id", holder.id)
+        row.updated_at = self.clock.now()
+
+    def _validation_row(self, session: Session, request: Request, contact: Party) -> ValidationRow:
+        return next(
+            v for v in store.validation_rows(session, request.id) if v.contact_id == contact.id
+        )
+
+    def _revoke_tokens(self, session: Session, request: Request, contact: Party) -> None:
+        validation = self._validation_row(session, request, contact)
+        assert validation.id is not None
+        for token in store.live_tokens(session, validation.id):
+            token.used_at = self.clock.now()
+
+    def _send_token(
+        self,
+        session: Session,
+        request: Request,
+        contact: Party,
+        message: Inbound | None,
+        reminder: int | None = None,
+    ) -> None:
+        """A fresh token for the contact, in a validation mail or a reminder."""
+        validation = self._validation_row(session, request, contact)
+        assert validation.id is not None
+        token, reply_key = tokens.new_token(), tokens.new_key()
+        session.add(
+            ValidationToken(
+                validation_id=validation.id,
+                digest=tokens.digest(token),
+                reply_key_digest=tokens.digest(reply_key),
+                issued_at=self.clock.now(),
+            )
+        )
+        bot = self.settings.bot
+        reply_address = f"{bot.local_part}+{reply_key.lower()}@{bot.domain}"
+        side = request.validation_of(contact)
+        self.mailer.queue(
+            session,
+            Outgoing(
+                "validation-requested" if reminder is None else "reminder",
+                contact,
+                request,
+                context={
+                    "token": tokens.group(token),
+                    "link": f"{bot.base_url}/v/{token}",
+                    "reply_address": reply_address,
+                    "side": side.side.value if side else "new",
+                    "reminder_number": reminder,
+                },
+                validation_id=validation.id,
+                reply_to=reply_address,
+                carries_secret=True,
+            ),
+            message,
+        )
+
+    def _reject(
+        self,
+        session: Session,
+        message: Inbound,
+        error: MailbotError,
+        command: commands.Command | None,
+    ) -> bool:
+        """Answer a command that failed with an error mail, and log it.
+
+        Returns False when the address had its share of answers this hour: the
+        error is recorded, and nothing is sent (a loop or a flood ends here).
+        """
+        contact = store.contact_by_email(session, message.sender)
+        language = (
+            contact.language
+            if contact is not None
+            else "fr"
+            if command is not None and command.french
+            else self.settings.bot.language
+        )
+        to = Party(email=message.sender, name=contact.name if contact else "", language=language)
+        self._log(
+            session,
+            error.context.get("request"),
+            f"error:{error.code}",
+            actor=message.sender,
+            inbound_id=message.id,
+            detail=error.detail,
+        )
+        if self.mailer.answers_exhausted(session, message.sender):
+            return False
+        self.mailer.queue(
+            session,
+            Outgoing(
+                "error",
+                to,
+                context={
+                    "error": error,
+                    "command": command.line if command else "",
+                    "original_subject": message.subject[:200],
+                },
+                error_code=error.code,
+            ),
+            message,
+        )
+        return True
+
+    def _log(
+        self,
+        session: Session,
+        request_id: str | None,
+        kind: str,
+        *,
+        actor: str | None = None,
+        contact_id: int | None = None,
+        channel: str | None = None,
+        inbound_id: int | None = None,
+        detail: str = "",
+    ) -> None:
+        if request_id is not None and store.request_row(session, request_id) is None:
+            request_id = None
+        session.add(
+            EventRow(
+                at=self.clock.now(),
+                request_id=request_id,
+                kind=kind,
+                actor_email=actor,
+                contact_id=contact_id,
+                channel=channel,
+                inbound_id=inbound_id,
+                detail=detail,
+            )
+        )
