@@ -121,30 +121,15 @@ class Runtime:
         )
 
     def _schedule(self) -> None:
-        self.scheduler.add_job(
-            self.flush,
-            "interval",
-            seconds=FLUSH_SECONDS,
-            id="flush",
-            max_instances=1,
-            coalesce=True,
+        jobs = (
+            ("flush", self.flush, FLUSH_SECONDS),
+            ("rescue", self.kick_processing, RESCUE_SECONDS),
+            ("sweep", self.sweep, self.settings.policy.sweep_seconds),
         )
-        self.scheduler.add_job(
-            self.kick_processing,
-            "interval",
-            seconds=RESCUE_SECONDS,
-            id="rescue",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.add_job(
-            self.sweep,
-            "interval",
-            seconds=self.settings.policy.sweep_seconds,
-            id="sweep",
-            max_instances=1,
-            coalesce=True,
-        )
+        for name, job, seconds in jobs:
+            self.scheduler.add_job(
+                job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True
+            )
         self.scheduler.start()
 
     def _start_imap(self) -> None:
