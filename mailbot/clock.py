@@ -25,10 +25,3 @@ class FixedClock:
 
     def now(self) -> datetime:
         return self.at
-
-
-def as_utc(value: datetime) -> datetime:
-    """Databases may hand back naive datetimes; mailbot only stores UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)

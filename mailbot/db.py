@@ -98,10 +98,6 @@ def transaction(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 @contextmanager
 def _alembic_config(engine: Engine) -> Iterator[Config]:
     with as_file(files("mailbot.migrations")) as script_location:

@@ -53,11 +53,6 @@ def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
     return timedelta(seconds=base + jitter)
 
 
-def enqueue(session: Session, row: OutboxRow) -> OutboxRow:
-    session.add(row)
-    return row
-
-
 @dataclass(frozen=True)
 class _Claim:
     id: int

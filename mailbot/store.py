@@ -277,10 +277,6 @@ def recent_events(session: Session, kind: str, actor: str, since: datetime) -> i
     return int(session.exec(query).one())
 
 
-def inbound_by_key(session: Session, dedup_key: str) -> InboundMessage | None:
-    return session.exec(select(InboundMessage).where(InboundMessage.dedup_key == dedup_key)).first()
-
-
 def inbound_by_keys(session: Session, keys: list[str]) -> dict[str, InboundMessage]:
     query = select(InboundMessage).where(col(InboundMessage.dedup_key).in_(keys))
     return {row.dedup_key: row for row in session.exec(query).all()}
