@@ -36,7 +36,7 @@ T = TypeVar("T")
 FLUSH_SECONDS = 5
 RESCUE_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 10.0
-PROCESS_DEFER_SECONDS = 0.5
+PROCESS_DEFER_SECONDS = 5.0
 QUIET_SECONDS = 0.02
 
 
@@ -59,7 +59,7 @@ class Runtime:
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.imap_stop = threading.Event()
-        self.to_process: asyncio.Queue[int] = asyncio.Queue()
+        self.to_process: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
         self.last_arrival = 0.0
         self.imap_thread: threading.Thread | None = None
         self.processing: set[asyncio.Future[Any]] = set()
@@ -150,20 +150,20 @@ class Runtime:
     def on_stored(self, inbound_id: int) -> None:
         """Act on a message once its 250 is sent; a crash before is caught up by ``rescue``."""
         self.last_arrival = asyncio.get_running_loop().time()
-        self.to_process.put_nowait(inbound_id)
+        self.to_process.put_nowait((inbound_id, self.last_arrival))
 
     async def _processor(self) -> None:
         """Acts on stored mail one message at a time, after the answers.
 
         Parsing and acting cost far more than storing, and share the process
-        with the listener: while mail keeps arriving, each message waits for
-        a pause in arrivals (at most PROCESS_DEFER_SECONDS), so that answering
-        250 stays fast in a burst and the backlog is worked off after it.
+        with the listener: while mail keeps arriving, a message waits for a
+        pause in arrivals, or until it is PROCESS_DEFER_SECONDS old, so that
+        answering 250 stays fast in a burst and no message waits for long.
         """
         loop = asyncio.get_running_loop()
         while True:
-            inbound_id = await self.to_process.get()
-            deadline = loop.time() + PROCESS_DEFER_SECONDS
+            inbound_id, arrived = await self.to_process.get()
+            deadline = arrived + PROCESS_DEFER_SECONDS
             while loop.time() - self.last_arrival < QUIET_SECONDS and loop.time() < deadline:
                 await asyncio.sleep(QUIET_SECONDS)
             try:
