@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -71,10 +72,19 @@ class Runtime:
 
     async def run(self) -> None:
         await self._blocking(self.work_thread, db.check_schema, self.bot.engine)
+        # Both ports are taken before anything starts, so that one in use is a
+        # clean error (uvicorn would exit the process from inside its task).
+        web_socket = _bind(self.settings.web.host, self.settings.web.port)
         writer = GroupCommitWriter(self.bot, partial(self._blocking, self.store_thread))
         writer.start()
         processor = asyncio.create_task(self._processor(), name="processor")
-        smtp = await self._start_smtp(writer)
+        try:
+            smtp = await self._start_smtp(writer)
+        except OSError:
+            web_socket.close()
+            processor.cancel()
+            await writer.stop()
+            raise
         web = _QuietServer(
             uvicorn.Config(
                 create_app(self.bot),
@@ -85,7 +95,7 @@ class Runtime:
                 access_log=False,
             )
         )
-        web_task = asyncio.create_task(web.serve(), name="web")
+        web_task = asyncio.create_task(web.serve(sockets=[web_socket]), name="web")
         self._schedule()
         loop = asyncio.get_running_loop()
 
@@ -237,6 +247,18 @@ class Runtime:
         self.work_thread.shutdown()
         self.bot.engine.dispose()
         log.info("stopped")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"web {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def serve(settings: Settings) -> None:

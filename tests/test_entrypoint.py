@@ -112,6 +112,22 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert not listening(smtp_port)
 
 
+@pytest.mark.parametrize("taken", ["smtp", "web"])
+def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path: Path, taken: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ports = {"smtp": free_port(), "web": free_port(), taken: busy.getsockname()[1]}
+        (tmp_path / "mailbot.toml").write_text(
+            f"[smtp]\nport = {ports['smtp']}\n[web]\nport = {ports['web']}\n"
+        )
+        assert mailbot(tmp_path, "init").returncode == 0
+        result = mailbot(tmp_path, "serve")
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith("mailbot: error: cannot listen")
+    assert b"Traceback" not in result.stderr
+
+
 def listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
