@@ -13,7 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mailbot.errors import ConfigError
@@ -113,13 +120,20 @@ class ImapSettings(Section):
     port: int = Field(default=993, ge=0, le=65535)
     ssl: bool = True
     starttls: bool = False
-    username: str | None = None
+    username: str | None = Field(default=None, validate_default=True)
     password: str | None = None
     folder: str = "INBOX"
     done_folder: str = "mailbot-done"
     failed_folder: str = "mailbot-failed"
     idle: bool = True
     poll_seconds: int = Field(default=60, gt=0)
+
+    @field_validator("username")
+    @classmethod
+    def _needed_when_enabled(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("enabled") and not value:
+            raise ValueError("required when [imap] enabled = true")
+        return value
 
 
 class PolicySettings(Section):

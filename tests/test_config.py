@@ -59,6 +59,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ('[outgoing]\ntransport = "pigeon"\n', "outgoing.transport"),
         ("[botz]\n", "botz"),
         ('[bot]\nbase_url = "ftp://x"\n', "bot.base_url"),
+        ("[imap]\nenabled = true\n", "imap.username"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
