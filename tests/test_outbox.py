@@ -4,6 +4,7 @@ secrets scrubbed once sent, and nothing lost when a sender dies mid-way."""
 from __future__ import annotations
 
 import random
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -140,3 +141,28 @@ def test_backoff_grows_and_is_bounded() -> None:
     assert delays[0] >= timedelta(seconds=30)
     assert delays[3] > delays[0]
     assert max(delays) <= timedelta(hours=2, minutes=30)
+
+
+def test_two_senders_at_once_send_each_mail_once(bot: Mailbot, mail: MailFactory) -> None:
+    """Two ``serve`` instances on one database: claims are row locks (SKIP LOCKED)."""
+    for role, who in (("tech", CAROL), ("billing", CAROL)):
+        bot.receive(mail(ALICE, "CHANGE example.com", f"{role}: {who}"))
+    transport = FlakyTransport()
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        bot.flush_outbox(transport)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [
+        line
+        for _, _, payload in transport.delivered
+        for line in payload.splitlines()
+        if line.startswith(b"Message-ID:")
+    ]
+    assert len(ids) == len(set(ids)) == len(rows(bot)) == 6
