@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -38,7 +39,7 @@ class BotSettings(Section):
     name: str = "mailbot"
     """Display name on outgoing mail."""
     base_url: str = "http://127.0.0.1:8080"
-    """Prefix of the links in emails."""
+    """Prefix of the links in emails; unset, it follows ``[web] host`` and ``port``."""
     language: Language = "en"
     """Language for people mailbot does not know yet."""
     templates_dir: Path | None = None
@@ -189,6 +190,14 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment overrides the file, which arrives as init values.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _links_follow_the_web_listener(self) -> Settings:
+        """Without an explicit ``[bot] base_url``, links point at ``[web]`` host and port."""
+        if "base_url" not in self.bot.model_fields_set:
+            url = f"http://{self.web.host}:{self.web.port}"
+            object.__setattr__(self, "bot", self.bot.model_copy(update={"base_url": url}))
+        return self
 
     def is_operator(self, address: str) -> bool:
         return address.lower() in self.policy.operators

@@ -82,3 +82,11 @@ def test_unreadable_or_broken_files_are_config_errors(tmp_path: Path) -> None:
     broken.write_text("[bot\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(str(broken))
+
+
+def test_links_follow_the_web_listener_unless_set(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[web]\nport = 9090\n")
+    assert load_settings(str(path)).bot.base_url == "http://127.0.0.1:9090"
+    path.write_text('[web]\nport = 9090\n[bot]\nbase_url = "https://changes.example.net/"\n')
+    assert load_settings(str(path)).bot.base_url == "https://changes.example.net"
