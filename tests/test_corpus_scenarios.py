@@ -21,6 +21,7 @@ from factories import ALICE, CAROL, MailFactory, Sent, outbox, send
 
 from mailbot import store
 from mailbot.db import transaction
+from mailbot.mailparse_quotes import first_cut
 from mailbot.service import Mailbot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,10 +47,33 @@ def _bench() -> ModuleType:
 
 BENCH = _bench() if (CORPUS / "manifest.tsv").is_file() else None
 ENTRIES = BENCH.load_corpus(CORPUS) if BENCH else []
+
+
+def _quote_format(entry: object) -> tuple[list[str], str] | None:
+    """The lines that introduce a corpus reply's quote, and its quoting prefix.
+
+    Formats whose quote mailparse cannot find from those lines alone (a mailing
+    list footer taken for a quote header, say) are left out: pasting our mail
+    below them unquoted is not a reply format, and its ACCEPT lines would rightly
+    make the answer ambiguous.
+    """
+    assert BENCH is not None
+    found = BENCH.quote_format(entry)
+    if found is None:  # a reply with no quote of its own: quote the usual way
+        return ["On Mon, Mar 2, 2026, mailbot <changes@bot.test> wrote:"], "> "
+    _, header, prefix = found
+    if prefix.strip() or first_cut([*header, "", "quoted text"]) is not None:
+        return header, prefix
+    return None
+
+
 REPLIES = [
     e
     for e in ENTRIES
-    if e.category == "reply" and e.body is not None and not e.path.endswith(".html")
+    if e.category == "reply"
+    and e.body is not None
+    and not e.path.endswith(".html")
+    and _quote_format(e) is not None
 ]
 FORWARDS = [
     e
@@ -77,9 +101,9 @@ def test_refuse_in_a_real_reply_format_above_our_token_mail(
 ) -> None:
     assert BENCH is not None
     ask = token_mail_for(bot, mail)
-    found = BENCH.quote_format(entry)
-    header = found[1] if found else ["On Mon, Mar 2, 2026, mailbot <changes@bot.test> wrote:"]
-    prefix = found[2] if found else "> "
+    found = _quote_format(entry)
+    assert found is not None
+    header, prefix = found
     quoted = [(prefix + line).rstrip() for line in ask.text.splitlines()]
     assert any("ACCEPT" in line for line in quoted)
     reply = EmailMessage()
