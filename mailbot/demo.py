@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email
 import json
-import os
 import re
 import shutil
 import signal
@@ -111,8 +110,8 @@ def _mailbot(root: Path, *args: str) -> str:
 
 def _start_server(root: Path, config: dict[str, Any]) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "mailbot", "--config", str(root / "mailbot.toml"), "serve"]
-    log = (root / "serve.log").open("wb")
-    server = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    with (root / "serve.log").open("wb") as log:  # the child keeps its own copy
+        server = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     _wait(
         lambda: _listening(config["smtp"]) and _listening(config["web"]), "mailbot serve to start"
     )
@@ -278,6 +277,3 @@ def _stop_server(server: subprocess.Popen[bytes]) -> int:
         raise DemoFailed("mailbot serve did not stop on SIGTERM") from None
     print(f"\n- mailbot serve stopped on SIGTERM (exit code {code}); the request is done.")
     return 0 if code == 0 else 1
-
-
-os.environ.setdefault("PYTHONUNBUFFERED", "1")
