@@ -36,6 +36,10 @@ class PermanentFailure(Exception):
 
 
 class Transport(Protocol):
+    """Sends one mail, raising TemporaryFailure or PermanentFailure. A transport
+    that keeps a session open between mails also has ``close()``, which each
+    flush calls when it is done."""
+
     def send(self, envelope_from: str, recipient: str, payload: bytes) -> None: ...
 
 
@@ -67,16 +71,21 @@ def flush(
 ) -> FlushReport:
     """Send every due mail once; return what happened."""
     sent = retried = dead = 0
-    while limit > 0:
-        claims = _claim(engine, now, min(BATCH, limit))
-        if not claims:
-            break
-        limit -= len(claims)
-        for claim in claims:
-            outcome = _send_one(engine, transport, claim, now, max_attempts)
-            sent += outcome == "sent"
-            retried += outcome == "retry"
-            dead += outcome == "dead"
+    try:
+        while limit > 0:
+            claims = _claim(engine, now, min(BATCH, limit))
+            if not claims:
+                break
+            limit -= len(claims)
+            for claim in claims:
+                outcome = _send_one(engine, transport, claim, now, max_attempts)
+                sent += outcome == "sent"
+                retried += outcome == "retry"
+                dead += outcome == "dead"
+    finally:
+        close = getattr(transport, "close", None)
+        if callable(close):
+            close()
     return FlushReport(sent, retried, dead)
 
 

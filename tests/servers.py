@@ -84,6 +84,19 @@ class Smarthost:
     refusals: int = 0
     refusal: str = "451 4.3.0 Try again later"
     received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    sessions: int = 0
+
+    async def handle_EHLO(  # aiosmtpd's hook name
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        self.sessions += 1
+        return responses
 
     async def handle_DATA(  # aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope

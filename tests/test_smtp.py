@@ -165,3 +165,12 @@ def test_an_unreachable_smarthost_is_a_temporary_failure(
     report = bot.flush_outbox(SmtpTransport(settings))
     assert report.retried == 3
     assert {m.row.status for m in outbox(bot)} == {"queued"}
+
+
+def test_one_flush_uses_one_smtp_session(bot: Mailbot, world: object, mail: MailFactory) -> None:
+    port = free_port()
+    settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": port})
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    with smarthost(port) as relay:
+        assert bot.flush_outbox(SmtpTransport(settings)).sent == 3
+    assert (len(relay.received), relay.sessions) == (3, 1)

@@ -16,13 +16,16 @@ TIMEOUT_SECONDS = 30.0
 
 
 class SmtpTransport:
+    """One SMTP session per outbox flush: connected on the first mail, reused for
+    the next ones, dropped after any failure so the next mail starts afresh."""
+
     def __init__(self, settings: OutgoingSettings) -> None:
         self.settings = settings
+        self._client: smtplib.SMTP | None = None
 
     def send(self, envelope_from: str, recipient: str, payload: bytes) -> None:
         try:
-            with self._connect() as client:
-                client.sendmail(envelope_from, [recipient], payload)
+            self._deliver(envelope_from, recipient, payload)
         except smtplib.SMTPRecipientsRefused as exc:
             code, message = next(iter(exc.recipients.values()))
             raise _failure(code, message) from None
@@ -30,6 +33,24 @@ class SmtpTransport:
             raise _failure(exc.smtp_code, exc.smtp_error) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from None
+
+    def close(self) -> None:
+        if self._client is None:
+            return
+        client, self._client = self._client, None
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
+
+    def _deliver(self, envelope_from: str, recipient: str, payload: bytes) -> None:
+        try:
+            if self._client is None:
+                self._client = self._connect()
+            self._client.sendmail(envelope_from, [recipient], payload)
+        except BaseException:
+            self.close()  # whatever went wrong, the next mail starts a new session
+            raise
 
     def _connect(self) -> smtplib.SMTP:
         settings = self.settings
