@@ -53,7 +53,6 @@ class Runtime:
     def __init__(self, settings: Settings, bot: Mailbot | None = None) -> None:
         self.settings = settings
         self.bot = bot or Mailbot.from_settings(settings)
-        self.transport = outgoing_transport(settings)
         self.store_thread = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.work_thread = ThreadPoolExecutor(1, thread_name_prefix="process")
         self.scheduler = AsyncIOScheduler(timezone=UTC)
@@ -202,7 +201,8 @@ class Runtime:
 
     def flush(self) -> None:
         try:
-            report = self.bot.flush_outbox(self.transport)
+            # A transport per flush: a session is never shared between threads.
+            report = self.bot.flush_outbox(outgoing_transport(self.settings))
         except Exception:
             log.exception("outbox flush failed; will try again")
             return
