@@ -110,7 +110,7 @@ class OutgoingSettings(Section):
     starttls: bool = False
     ssl: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(default=None, repr=False)
     max_attempts: int = Field(default=8, ge=1)
     """A mail that failed this many times is marked dead."""
 
@@ -122,7 +122,7 @@ class ImapSettings(Section):
     ssl: bool = True
     starttls: bool = False
     username: str | None = Field(default=None, validate_default=True)
-    password: str | None = None
+    password: str | None = Field(default=None, repr=False)
     folder: str = "INBOX"
     done_folder: str = "mailbot-done"
     failed_folder: str = "mailbot-failed"
