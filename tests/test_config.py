@@ -90,3 +90,17 @@ def test_links_follow_the_web_listener_unless_set(tmp_path: Path) -> None:
     assert load_settings(str(path)).bot.base_url == "http://127.0.0.1:9090"
     path.write_text('[web]\nport = 9090\n[bot]\nbase_url = "https://changes.example.net/"\n')
     assert load_settings(str(path)).bot.base_url == "https://changes.example.net"
+
+
+def test_secrets_stay_out_of_reprs_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[outgoing]\npassword = "hunter2-smtp"\n[imap]\nusername = "u"\n'
+        'password = "hunter2-imap"\n[web]\nsecret_key = "hunter2-web-key-0123"\n'
+    )
+    text = repr(load_settings(str(path)))
+    assert "hunter2" not in text
+    path.write_text('[outgoing]\npassword = "hunter2-smtp"\nport = "x"\n')
+    with pytest.raises(ConfigError) as error:
+        load_settings(str(path))
+    assert "hunter2" not in str(error.value)
