@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy.exc
 
@@ -322,8 +322,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 # -- parser -----------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line naming where to look for help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EX_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mailbot",
         description="Email-driven approval of contact changes on domain names and services.",
         epilog="Configuration: --config, else $MAILBOT_CONFIG, else ./mailbot.toml, else "

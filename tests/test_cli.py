@@ -108,10 +108,19 @@ def test_a_bad_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "bot.language" in capsys.readouterr().err
 
 
-def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv", [["requests", "frobnicate"], ["frobnicate"], ["requests", "show"], ["sweep", "--x"]]
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["requests", "frobnicate"])
+        main(argv)
     assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "error:" in err
+    assert "--help" in err
 
 
 def test_process_says_tempfail_when_the_database_is_unusable(
