@@ -100,8 +100,8 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     )
     try:
         wait_for(lambda: listening(smtp_port) and listening(web_port), timeout=20)
-        health = urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=5)
-        assert health.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=5) as health:
+            assert health.status == 200
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=10) == 0
     finally:
