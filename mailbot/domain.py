@@ -109,6 +109,8 @@ class Validation:
     actor: str | None = None
     """The address that carried the decision, when it is not the contact's own."""
     reminders_sent: int = 0
+    delivery: Delivery = Delivery.QUEUED
+    """Whether the token mail reached the contact's server (bounces mark it failed)."""
 
     @property
     def pending(self) -> bool:

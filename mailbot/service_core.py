@@ -169,7 +169,7 @@ class ServiceCore:
         to = Party(email=message.sender, name=contact.name if contact else "", language=language)
         self._log(
             session,
-            error.context.get("request"),
+            self._existing_request(session, error.context.get("request")),
             f"error:{error.code}",
             actor=message.sender,
             inbound_id=message.id,
@@ -193,6 +193,12 @@ class ServiceCore:
         )
         return True
 
+    def _existing_request(self, session: Session, request_id: str | None) -> str | None:
+        """An error's request id for the event log, when it names a stored request."""
+        if request_id is None or store.request_row(session, request_id) is None:
+            return None
+        return request_id
+
     def _log(
         self,
         session: Session,
@@ -205,8 +211,6 @@ class ServiceCore:
         inbound_id: int | None = None,
         detail: str = "",
     ) -> None:
-        if request_id is not None and store.request_row(session, request_id) is None:
-            request_id = None
         session.add(
             EventRow(
                 at=self.clock.now(),

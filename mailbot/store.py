@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from mailbot.domain import (
     Channel,
+    Delivery,
     Party,
     Request,
     RequestStatus,
@@ -144,6 +145,7 @@ def _validation(row: ValidationRow, contact: Contact) -> Validation:
         decided_at=row.decided_at,
         actor=row.actor_email,
         reminders_sent=row.reminders_sent,
+        delivery=Delivery(row.delivery),
     )
 
 

@@ -54,7 +54,6 @@ def _iso(value: datetime | None) -> str | None:
 
 def request_json(session: Session, row: ChangeRequest, *, events: bool = True) -> dict[str, Any]:
     request = store.request(session, row)
-    deliveries = {v.contact_id: v.delivery for v in store.validation_rows(session, row.id)}
     data: dict[str, Any] = {
         "id": request.id,
         "service": request.service.name,
@@ -71,7 +70,7 @@ def request_json(session: Session, row: ChangeRequest, *, events: bool = True) -
                 "status": v.status.value,
                 "channel": v.channel.value if v.channel else None,
                 "decided_at": _iso(v.decided_at),
-                "delivery": deliveries.get(v.contact.id, "queued") if v.contact.id else "queued",
+                "delivery": v.delivery.value,
                 "actor": v.actor,
             }
             for v in request.validations
