@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import ALICE, BOB, CAROL, WORLD, MailFactory
+from conftest import free_port
+from factories import ALICE, BOB, CAROL, STRANGER, WORLD, MailFactory
 
 from mailbot.cli import build_parser, main
 
@@ -288,3 +289,44 @@ def test_the_lifecycle_through_the_cli(ready: Run, tmp_path: Path) -> None:
     assert "request-closed" in result.err
     assert ready("sweep", "--now", "yesterday").code == 2
     assert ready("requests", "cancel", "CR-NOPE0000").code == 1
+
+
+def test_list_filters_by_service_and_contact(ready: Run, tmp_path: Path) -> None:
+    process(ready, tmp_path, MailFactory()(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+
+    def ids(*args: str) -> list[str]:
+        return [r["id"] for r in ready("requests", "list", "--json", *args).json()]
+
+    (request_id,) = ids()
+    assert ids("--service", "example.com") == [request_id]
+    assert ids("--service", "unpaid.example") == []
+    assert ids("--contact", CAROL) == [request_id]  # must validate
+    assert ids("--contact", ALICE) == [request_id]  # opened it
+    assert ids("--contact", BOB) == []  # only informed
+
+
+def test_outbox_list_shows_sent_and_dead_mail_with_the_last_error(
+    ready: Run, tmp_path: Path, config_file: Path
+) -> None:
+    process(ready, tmp_path, MailFactory()(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    listed = ready("outbox", "list", "--json").json()
+    assert sorted(m["event"] for m in listed) == [
+        "request-opened",
+        "validation-requested",
+        "validation-requested",
+    ]
+    assert {m["status"] for m in listed} == {"sent"}
+    # A smarthost that refuses everything: the next mails die, with their reason kept.
+    config_file.write_text(
+        config_file.read_text().replace(
+            "[outgoing]\n",
+            f'[outgoing]\ntransport = "smtp"\nport = {free_port()}\nmax_attempts = 1\n',
+        )
+    )
+    process(ready, tmp_path, MailFactory()(STRANGER, "Hello", "who are you?"))
+    dead = [m for m in ready("outbox", "list", "--json").json() if m["status"] == "dead"]
+    assert [(m["event"], m["to"]) for m in dead] == [("error", STRANGER)]
+    assert dead[0]["last_error"]
+    text = ready("outbox", "list").out
+    assert "dead" in text
+    assert "last error" in text

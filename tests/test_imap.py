@@ -19,6 +19,7 @@ from servers import maildir_count, running, wait_for
 
 from mailbot import store
 from mailbot.adapters.imap_in import ImapReader
+from mailbot.cli import main
 from mailbot.config import ImapSettings
 from mailbot.db import transaction
 from mailbot.service import Mailbot
@@ -191,3 +192,26 @@ def test_serve_reads_the_agency_mailbox(
         assert [m.event for m in outbox(served)][-1] == "validation-recorded"
     finally:
         served.engine.dispose()
+
+
+def test_imap_check_through_the_cli(
+    tmp_path: Path,
+    database_url: str,
+    dovecot_server: Dovecot,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tmp_path / "mailbot.toml"
+    config.write_text(
+        f'[database]\nurl = "{database_url}"\n'
+        f'[imap]\nhost = "127.0.0.1"\nport = {dovecot_server.port}\nssl = false\n'
+        f'username = "{USER}"\npassword = "{PASSWORD}"\n'
+    )
+    assert main(["--config", str(config), "imap", "check"]) == 0
+    out = capsys.readouterr().out
+    assert f"as {USER}" in out
+    assert "enabled = false" in out  # it says the mailbox is checked but not read by serve
+    config.write_text(config.read_text().replace(PASSWORD, "wrong"))
+    assert main(["--config", str(config), "imap", "check"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mailbot: error: IMAP check failed")
+    assert "Traceback" not in err

@@ -175,8 +175,8 @@ def test_help_lists_the_commands(bot: Mailbot, mail: MailFactory) -> None:
 
 
 def test_two_sweeps_at_once_remind_and_expire_once(bot: Mailbot, mail: MailFactory) -> None:
-    _first, _ = accepted_by_alice(bot, mail)
-    mails = send(bot, mail(ALICE, "CHANGE example.com", f"billing: {CAROL}"))
+    accepted_by_alice(bot, mail)
+    send(bot, mail(ALICE, "CHANGE example.com", f"billing: {CAROL}"))
     before = last_outbox_id(bot)
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -198,7 +198,6 @@ def test_two_sweeps_at_once_remind_and_expire_once(bot: Mailbot, mail: MailFacto
     sent = [m.event for m in outbox(bot, after=before)]
     assert sent.count("reminder") == 3  # Carol on the first, Alice and Carol on the second
     assert sent.count("request-expired") == 4
-    assert mails
 
 
 def test_the_sweep_reads_only_due_rows(bot: Mailbot, mail: MailFactory) -> None:
