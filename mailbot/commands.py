@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mailbot.domain import ROLE_WORDS, Decision, Role
 from mailbot.errors import AmbiguousDecision, MalformedRequest, UnknownCommand
+from mailbot.mailparse import strip_subject_prefixes
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,7 @@ FRENCH_WORDS = frozenset(alias for verb in VERBS for alias in verb.aliases)
 _BY_WORD = {word: verb for verb in VERBS for word in (verb.name, *verb.aliases)}
 # Longest first, so that "MES DEMANDES" wins over a shorter word.
 _WORDS = sorted(_BY_WORD, key=len, reverse=True)
-# "Re:", "TR:", "AW:", "SV:"... in many languages, and tags like "[EXTERNAL]".
-_REPLY_PREFIX = re.compile(
-    r"^\s*(((re|fw|fwd|tr|aw|wg|sv|vs|antw|rv|enc|odp|ynt|rép|rep|réf)\s*(\[\d+\])?\s*:"
-    r"|\[[^\]]{1,40}\])\s*)+",
-    re.IGNORECASE,
-)
+_TAG = re.compile(r"^\s*\[[^\]]{1,40}\]\s*")  # "[EXTERNAL]", "[CR-7K2QX9MD]"
 _GREETING = re.compile(
     r"^(bonjour|bonsoir|salut|hello|hi|hey|dear|hallo|madame|monsieur|good (morning|afternoon"
     r"|evening))\b[^.!?:]{0,40}[,!.]?$",
@@ -81,7 +77,7 @@ def find_command(subject: str, new_text: str) -> Command:
     A decision in one place and the opposite decision in another is ambiguous
     and refused rather than guessed.
     """
-    in_subject = _command_in(_REPLY_PREFIX.sub("", subject))
+    in_subject = _command_in(_bare(subject))
     lines = [line.strip() for line in new_text.splitlines() if line.strip()]
     if len(lines) > 1 and _GREETING.match(lines[0]) and _command_in(lines[0]) is None:
         lines = lines[1:]  # "Bonjour," then the command
@@ -92,6 +88,13 @@ def find_command(subject: str, new_text: str) -> Command:
     if command.verb in ("ACCEPT", "REFUSE"):
         _check_single_decision(command, [subject, *lines])
     return command
+
+
+def _bare(subject: str) -> str:
+    """A subject without reply and forward prefixes, nor tags between them."""
+    while (bare := _TAG.sub("", strip_subject_prefixes(subject))) != subject:
+        subject = bare
+    return subject
 
 
 def has_command(text: str) -> bool:
@@ -124,7 +127,7 @@ def _fold(text: str) -> str:
 def _check_single_decision(command: Command, lines: list[str]) -> None:
     opposite = "REFUSE" if command.verb == "ACCEPT" else "ACCEPT"
     for line in lines:
-        found = _command_in(_REPLY_PREFIX.sub("", line))
+        found = _command_in(_bare(line))
         if found is not None and found.verb == opposite:
             raise AmbiguousDecision("", line=line[:200])
 

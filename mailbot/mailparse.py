@@ -31,6 +31,7 @@ from mailbot import mailparse_mime as mime
 from mailbot import mailparse_quotes as quotes
 from mailbot.mailparse_bounce import Bounce
 from mailbot.mailparse_html import html_to_text
+from mailbot.mailparse_mime import strip_subject_prefixes
 from mailbot.mailparse_tokens import find_tokens
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "new_text",
     "parse",
     "plus_key",
+    "strip_subject_prefixes",
 ]
 
 _MSGID = re.compile(r"<([^<>\s]+)>")

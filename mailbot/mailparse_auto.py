@@ -57,7 +57,6 @@ _OOO_BODY = re.compile(
     r"|ceci est une r[ée]ponse automatique|dies ist eine automatische",
     re.IGNORECASE,
 )
-_SUBJECT_REPLY_PREFIX = re.compile(r"^\s*(?:re|aw|sv|réf|rép|tr|fwd?|wg)\s*:\s*", re.IGNORECASE)
 _DOMAIN_LIKE = re.compile(r"[\w.+-]*[\w-]\.[a-z]{2,}\b[\w./-]*", re.IGNORECASE)
 
 
@@ -100,5 +99,5 @@ def out_of_office_subject(subject: str) -> bool:
     Domain names and addresses are left out first: mailbot's own subjects name
     the service, and "vacation-rentals.example" must not read as a vacation.
     """
-    subject = _SUBJECT_REPLY_PREFIX.sub("", _DOMAIN_LIKE.sub(" ", subject[:300]))
+    subject = mime.strip_subject_prefixes(_DOMAIN_LIKE.sub(" ", subject[:300]))
     return bool(_OOO_SUBJECT.search(subject) or _OOO_SUBJECT_START.match(subject))

@@ -57,9 +57,6 @@ _DAEMON_NAME = re.compile(
     r"|mail administrator|system administrator|mail system|delivery status",
     re.IGNORECASE,
 )
-_REPLY_OR_FORWARD = re.compile(
-    r"^\s*(?:re|aw|sv|antw|réf|rép|fwd?|tr|wg|rv|enc|vs)\s*(?:\[\d+\])?\s*:", re.IGNORECASE
-)
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|undelivered|non[- ]?deliver|delivery (?:status|failure|failed|has failed|problem"
     r"|notification|report|delayed|error)|mail delivery|failure notice|failed mail|returned mail"
@@ -306,7 +303,7 @@ def _looks_like_bounce(
     ``attached``: the message carries a returned message as a MIME part (a
     person's reply may quote an "Original Message" inline, never attach one).
     """
-    if _REPLY_OR_FORWARD.match(subject):
+    if mime.SUBJECT_PREFIX.match(subject):
         return False
     if mime.raw_header(message, "X-Failed-Recipients").strip():
         return True

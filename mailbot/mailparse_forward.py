@@ -21,17 +21,13 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 
 from mailbot import mailparse_quotes as quotes
+from mailbot.mailparse_mime import strip_subject_prefixes
 
 MAX_HEADER_LINES = 14
 
 _FORWARD_SUBJECT = re.compile(
     r"^\s*(?:\[[^\]]{0,40}\]\s*)?(?:fwd?|tr|wg|rv|enc|vs|vb|doorst|fw-?d|pd|i|fs|trs|rif"
     r"|пер|переслать|転送|转发)\s*(?:\[\d+\])?\s*[:：]",
-    re.IGNORECASE,
-)
-_SUBJECT_PREFIXES = re.compile(
-    r"^\s*(?:(?:re|aw|sv|vs|antw|ref|rép|rep|fwd?|tr|wg|rv|enc|vb|doorst|пер|ответ)"
-    r"\s*(?:\[\d+\])?\s*[:：]\s*)+",
     re.IGNORECASE,
 )
 _SUBJECT_KEYS = (
@@ -67,10 +63,6 @@ class InlineForward:
 
 def has_forward_subject(subject: str) -> bool:
     return _FORWARD_SUBJECT.match(subject) is not None
-
-
-def strip_subject_prefixes(subject: str) -> str:
-    return _SUBJECT_PREFIXES.sub("", subject).strip()
 
 
 def find(split: quotes.Split, subject: str) -> InlineForward | None:

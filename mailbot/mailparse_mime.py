@@ -32,6 +32,19 @@ MAX_TEXT_CHARS = 1_000_000
 MAX_HEADER_CHARS = 8_000
 """Characters of one header value kept."""
 
+SUBJECT_PREFIX = re.compile(
+    r"^\s*(?:(?:re|aw|sv|vs|antw|ref|réf|rép|rep|fwd?|tr|wg|rv|enc|vb|doorst|odp|ynt|пер|ответ)"
+    r"\s*(?:\[\d+\])?\s*[:：]\s*)+",
+    re.IGNORECASE,
+)
+""""Re:", "TR:", "AW:", "SV:", "Fwd:"... as mail clients put them before a subject, repeated."""
+
+
+def strip_subject_prefixes(subject: str) -> str:
+    """A subject without its reply and forward prefixes."""
+    return SUBJECT_PREFIX.sub("", subject).strip()
+
+
 _MBOX_FROM = re.compile(rb"\AFrom [^\r\n]*\r?\n")
 _LEADING_BLANK = re.compile(rb"\A(?:[ \t]*\r?\n)+")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
