@@ -70,14 +70,22 @@ def service_row(session: Session, name: str, *, for_update: bool = False) -> Ser
     return session.exec(query).first()
 
 
-def service(session: Session, row: ServiceRow) -> Service:
-    contacts = contacts_by_id(session, {row.admin_id, row.tech_id, row.billing_id})
+def service(
+    session: Session, row: ServiceRow, contacts: dict[int, Contact] | None = None
+) -> Service:
+    """The domain view of a service; ``contacts`` saves the query when already loaded."""
+    if contacts is None:
+        contacts = contacts_by_id(session, _holder_ids(row))
     holders = {
         Role.ADMIN: party(contacts[row.admin_id]),
         Role.TECH: party(contacts[row.tech_id]),
         Role.BILLING: party(contacts[row.billing_id]),
     }
     return Service(row.name, holders, row.in_good_standing, row.kind)
+
+
+def _holder_ids(row: ServiceRow) -> set[int]:
+    return {row.admin_id, row.tech_id, row.billing_id}
 
 
 def pending_roles(session: Session, service_id: int) -> frozenset[Role]:
@@ -109,7 +117,7 @@ def request(session: Session, row: ChangeRequest) -> Request:
     ).all()
     validations = validation_rows(session, row.id)
     ids = {c.from_contact_id for c in changes} | {c.to_contact_id for c in changes}
-    ids |= {v.contact_id for v in validations}
+    ids |= {v.contact_id for v in validations} | _holder_ids(service_record)
     if row.requester_id is not None:
         ids.add(row.requester_id)
     contacts = contacts_by_id(session, ids)
@@ -120,7 +128,7 @@ def request(session: Session, row: ChangeRequest) -> Request:
     )
     return Request(
         id=row.id,
-        service=service(session, service_record),
+        service=service(session, service_record, contacts),
         requester=requester,
         changes=tuple(
             RoleChange(
