@@ -55,6 +55,15 @@ def bounce_address(local_part: str, domain: str, message_id: str) -> str:
     return f"{local_part}+{BOUNCE_PREFIX}{message_id.partition('@')[0]}@{domain}"
 
 
+def bounced_message_id(address: str, local_part: str, domain: str) -> str | None:
+    """The Message-ID a bounce address was made for, or None if it is not one of ours."""
+    local, _, at = address.strip().lower().rpartition("@")
+    base, _, key = local.partition("+")
+    if at != domain.lower() or base != local_part.lower() or not key.startswith(BOUNCE_PREFIX):
+        return None
+    return f"{key.removeprefix(BOUNCE_PREFIX)}@{domain}"
+
+
 def one_line(value: str, limit: int = 200) -> str:
     """Whitespace (CR and LF included) collapsed to single spaces, bounded.
 

@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from mailbot import commands, mailparse, store
 from mailbot.clock import Clock
-from mailbot.compose import BOUNCE_PREFIX
+from mailbot.compose import bounced_message_id
 from mailbot.config import Settings
 from mailbot.db import make_engine, transaction
 from mailbot.deciding import DecidingCases, TokenPage
@@ -229,12 +229,9 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
             *parsed.envelope_recipients,
             bounce.original_envelope_from or "",
         )
-        for address in addresses:
-            key = mailparse.plus_key(address, bot.local_part) or ""
-            if key.startswith(BOUNCE_PREFIX) and address.lower().endswith(f"@{bot.domain}"):
-                mid = f"{key.removeprefix(BOUNCE_PREFIX).lower()}@{bot.domain}"
-                if found := store.sent_mail(session, (mid,)):
-                    return found
+        named = [bounced_message_id(a, bot.local_part, bot.domain) for a in addresses]
+        if found := store.sent_mail(session, tuple(filter(None, named))):
+            return found
         if bounce.original_message_id:
             return store.sent_mail(session, (bounce.original_message_id,))
         return None

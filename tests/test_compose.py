@@ -6,7 +6,7 @@ from email import policy
 
 import pytest
 
-from mailbot.compose import Envelope, compose
+from mailbot.compose import Envelope, bounce_address, bounced_message_id, compose
 from mailbot.render import RenderedMail
 
 WHEN = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -78,3 +78,16 @@ def test_person_supplied_values_cannot_inject_headers(evil: str) -> None:
 def test_an_address_with_a_newline_is_refused() -> None:
     with pytest.raises((ValueError, TypeError)):
         compose(envelope(to="carol@agency.test\r\nBcc: x@evil.test"), RenderedMail("s", "t", "h"))
+
+
+def test_a_bounce_address_leads_back_to_its_mail() -> None:
+    address = bounce_address("changes", "bot.test", "0a1b2c@bot.test")
+    assert address == "changes+bounce-0a1b2c@bot.test"
+    assert bounced_message_id(address.upper(), "changes", "bot.test") == "0a1b2c@bot.test"
+    for other in (
+        "changes@bot.test",
+        "changes+abc@bot.test",
+        "other+bounce-0a1b2c@bot.test",
+        "changes+bounce-0a1b2c@elsewhere.test",
+    ):
+        assert bounced_message_id(other, "changes", "bot.test") is None
