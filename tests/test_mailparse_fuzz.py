@@ -2,7 +2,9 @@
 
 Every example must parse without an exception *and* without falling back to
 the degraded reading (``parse_error``), which would hide a bug behind the
-safety net, and within ``TIME_LIMIT`` seconds.
+safety net, and within ``CPU_LIMIT`` seconds of this process's CPU time: a
+budget that other work on a busy machine does not eat into, and that a
+super-linear blow-up on megabytes of input exceeds by far.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 
 from mailbot import mailparse, mailparse_mime
 
-TIME_LIMIT = 1.0
+CPU_LIMIT = 5.0
 FAST = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
@@ -40,10 +42,10 @@ SNIPPETS = st.sampled_from(
 
 
 def parse_quickly(raw: bytes) -> mailparse.ParsedMessage:
-    started = time.perf_counter()
+    started = time.process_time()
     parsed = mailparse.parse(raw)
-    elapsed = time.perf_counter() - started
-    assert elapsed < TIME_LIMIT, f"{elapsed:.2f}s for {len(raw)} bytes"
+    used = time.process_time() - started
+    assert used < CPU_LIMIT, f"{used:.2f}s of CPU for {len(raw)} bytes"
     assert parsed.parse_error == "", parsed.parse_error
     assert len(parsed.text) <= mailparse_mime.MAX_TEXT_CHARS
     return parsed
