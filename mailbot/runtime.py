@@ -27,6 +27,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from mailbot import db
 from mailbot.adapters import outgoing_transport
 from mailbot.adapters.connections import (
+    ACCEPT_BACKLOG,
     ConnectionLimiter,
     ListenerCaps,
     fit_caps,
@@ -131,7 +132,9 @@ class Runtime:
         domains = [bot.domain, *smtp.domains]
         handler = InboundHandler(writer, domains, self.on_stored, smtp.max_recipients)
         factory = smtp_factory(handler, bot.domain, smtp, self.caps.smtp)
-        return await asyncio.get_running_loop().create_server(factory, smtp.host, smtp.port)
+        return await asyncio.get_running_loop().create_server(
+            factory, smtp.host, smtp.port, backlog=ACCEPT_BACKLOG
+        )
 
     def _web_config(self) -> uvicorn.Config:
         """uvicorn with deadlines for headers, bodies and idle connections, and caps."""
@@ -144,6 +147,7 @@ class Runtime:
             port=web.port,
             http=limited_protocol(limits),
             timeout_keep_alive=web.keepalive_seconds,
+            backlog=ACCEPT_BACKLOG,
             log_config=None,  # its records go through mailbot's handlers and filters
             log_level="warning",
             lifespan="off",

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 RESERVED_DESCRIPTORS = 128
 """Kept for everything but the listeners: database pool, IMAP, SMTP out, logs."""
+ACCEPT_BACKLOG = 100
+"""Each listener's listen() backlog, which is also how many connections asyncio
+accepts in one go before any is counted: room for twice as many (a batch
+accepted, the one before still closing) is kept per listener beyond its cap."""
 
 
 class Tracked(Protocol):
@@ -115,7 +119,7 @@ def raise_descriptor_limit() -> int:
 
 def fit_caps(smtp: int, web: int, descriptors: int) -> ListenerCaps:
     """Both listeners' caps, shrunk in proportion if together they exceed the budget."""
-    budget = max(descriptors - RESERVED_DESCRIPTORS, 2)
+    budget = max(descriptors - RESERVED_DESCRIPTORS - 2 * 2 * ACCEPT_BACKLOG, 2)
     if smtp + web <= budget:
         return ListenerCaps(smtp, web)
     fitted_smtp = max(1, smtp * budget // (smtp + web))
