@@ -8,20 +8,27 @@ would from other hosts, so that per-client caps tell them from the visitor.
 from __future__ import annotations
 
 import contextlib
+import email
+import email.policy
 import http.client
+import json
+import re
+import resource
 import smtplib
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import free_port, make_settings
-from factories import ALICE, MailFactory
-from servers import running
+from factories import ALICE, CAROL, WORLD, MailFactory
+from servers import running, wait_for
 from sqlmodel import select
+from test_entrypoint import MAILBOT, listening, mailbot
 
 from mailbot.config import Settings
 from mailbot.db import transaction
@@ -254,3 +261,131 @@ def send(settings: Settings, raw: bytes) -> None:
 def stored(bot: Mailbot) -> list[InboundMessage]:
     with transaction(bot.engine) as session:
         return list(session.exec(select(InboundMessage)).all())
+
+
+# The installed command under attack, with the usual 1,024 open files
+
+
+@pytest.fixture
+def many_descriptors() -> Iterator[None]:
+    """Room in this test process for thousands of attacking sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = SLOW_WEB + SLOW_SMTP + 500
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"the hard open-file limit {hard} is below the {need} this attack needs")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+SLOW_WEB = 2000
+SLOW_SMTP = 500
+
+
+def _usual_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+
+@contextmanager
+def serve_command(workdir: Path, config: str = "") -> Iterator[tuple[int, int, Path]]:
+    """``mailbot serve`` as its own process with at most 1,024 open files, stopped
+    by SIGTERM on exit; yields its SMTP and web ports and its log file."""
+    smtp_port, web_port = free_port(), free_port()
+    (workdir / "mailbot.toml").write_text(
+        f"[smtp]\nport = {smtp_port}\n[web]\nport = {web_port}\n{config}"
+    )
+    (workdir / "world.json").write_text(json.dumps(WORLD))
+    assert mailbot(workdir, "init").returncode == 0
+    assert mailbot(workdir, "import", "world.json").returncode == 0
+    log = workdir / "serve.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [str(MAILBOT), "serve"],
+            cwd=workdir,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_usual_limit,
+        )
+        try:
+            wait_for(lambda: listening(smtp_port) and listening(web_port), timeout=30)
+            yield smtp_port, web_port, log
+            server.terminate()
+            assert server.wait(timeout=30) == 0
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+
+
+def slow_clients(port: int, count: int, payload: bytes) -> list[socket.socket]:
+    """``count`` connections from 40 other loopback addresses, each sending
+    ``payload`` and never more; some may already be closed by the server."""
+    opened = []
+    for index in range(count):
+        sock = connect(port, f"127.0.1.{1 + index % 40}")
+        with contextlib.suppress(OSError):
+            sock.sendall(payload)
+        opened.append(sock)
+        time.sleep(0.001)  # paced, so that the listen queue drops no SYN (a 1 s retry)
+    return opened
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    visitor = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        visitor.request("GET", path)
+        response = visitor.getresponse()
+        return response.status, response.read()
+    finally:
+        visitor.close()
+
+
+def link_to(maildir: Path, recipient: str) -> str:
+    """The link in the newest-found mail to ``recipient`` in ``maildir``."""
+    for path in (maildir / "new").iterdir():
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        if recipient in str(message["To"]):
+            body = message.get_body(("plain",))
+            assert body is not None
+            found = re.search(r"http://127\.0\.0\.1:\d+/v/[0-9A-Z]+", body.get_content())
+            if found:
+                return found.group(0)
+    return ""
+
+
+def test_both_listeners_answer_while_thousands_of_slow_connections_are_open(
+    tmp_path: Path, many_descriptors: None, mail: MailFactory
+) -> None:
+    # Deadlines far away: only the caps and their evictions can save the listeners.
+    config = "header_timeout_seconds = 120\n"
+    with serve_command(tmp_path, config) as (smtp_port, web_port, log), ExitStack() as stack:
+        for sock in slow_clients(web_port, SLOW_WEB, PARTIAL_REQUEST):
+            stack.enter_context(sock)
+        for sock in slow_clients(smtp_port, SLOW_SMTP, b""):
+            stack.enter_context(sock)
+        assert get(web_port, "/healthz") == (200, b"ok\n")
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
+            request = mail(
+                ALICE, "CHANGE example.com", f"tech: {CAROL}", to="changes@mailbot.localhost"
+            )
+            assert client.sendmail(ALICE, ["changes@mailbot.localhost"], request) == {}
+        link = wait_for(lambda: link_to(tmp_path / "var" / "sent", CAROL), timeout=60)
+        status, page = get(web_port, link.partition(str(web_port))[2])
+        assert status == 200
+        assert b"<form" in page
+        for _ in range(30):  # an error repeated: one line, then one with the count
+            with connect(web_port) as garbage:
+                garbage.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+                read_until_closed(garbage)
+    output = log.read_text()
+    assert "Too many open files" not in output
+    assert "Traceback" not in output
+    for listener in ("web", "smtp"):
+        evictions = [
+            line for line in output.splitlines() if f"{listener}: at a connection cap" in line
+        ]
+        assert len(evictions) == 2, evictions  # once, then once with the count
+        assert re.search(r"\(repeated \d+ more times in \d+ s\)$", evictions[1])
+    garbage = [line for line in output.splitlines() if "Invalid HTTP request" in line]
+    assert len(garbage) == 2, garbage
+    assert re.search(r"received\. \(repeated 29 more times in \d+ s\)$", garbage[1])
