@@ -30,8 +30,9 @@ from servers import running, wait_for
 from sqlmodel import select
 from test_entrypoint import MAILBOT, listening, mailbot
 
-from mailbot.config import Settings
+from mailbot.config import Settings, load_settings
 from mailbot.db import transaction
+from mailbot.errors import ConfigError
 from mailbot.models import InboundMessage
 from mailbot.service import Mailbot
 
@@ -378,6 +379,7 @@ def test_both_listeners_answer_while_thousands_of_slow_connections_are_open(
                 garbage.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
                 read_until_closed(garbage)
     output = log.read_text()
+    assert "open-file limit 1024: connection caps lowered" in output
     assert "Too many open files" not in output
     assert "Traceback" not in output
     for listener in ("web", "smtp"):
@@ -389,3 +391,22 @@ def test_both_listeners_answer_while_thousands_of_slow_connections_are_open(
     garbage = [line for line in output.splitlines() if "Invalid HTTP request" in line]
     assert len(garbage) == 2, garbage
     assert re.search(r"received\. \(repeated 29 more times in \d+ s\)$", garbage[1])
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "smtp.max_connections",
+        "smtp.max_recipients",
+        "smtp.timeout_seconds",
+        "smtp.max_session_seconds",
+        "web.max_connections_per_client",
+        "web.header_timeout_seconds",
+        "web.keepalive_seconds",
+    ],
+)
+def test_a_limit_cannot_be_switched_off(tmp_path: Path, key: str) -> None:
+    section, name = key.split(".")
+    (tmp_path / "mailbot.toml").write_text(f"[{section}]\n{name} = 0\n")
+    with pytest.raises(ConfigError, match=key):
+        load_settings(str(tmp_path / "mailbot.toml"))

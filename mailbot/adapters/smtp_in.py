@@ -172,6 +172,7 @@ class LimitedSMTP(SMTP):
         self.messages = 0
         self.last_reply = self.loop.time()
         self.end_of_life: asyncio.TimerHandle | None = None
+        self.expired = False
 
     # The session as ConnectionLimiter sees it (connections.Tracked).
     @property
@@ -193,9 +194,7 @@ class LimitedSMTP(SMTP):
         super().connection_made(transport)
         if self.end_of_life is None:  # not again after STARTTLS
             self.admitted = self.limiter.admit(self)
-            self.end_of_life = self.loop.call_later(
-                self.lifetime, self._close_with, SESSION_TOO_LONG
-            )
+            self.end_of_life = self.loop.call_later(self.lifetime, self._end_of_life)
 
     def connection_lost(self, error: Exception | None) -> None:
         self.limiter.release(self)
@@ -225,8 +224,16 @@ class LimitedSMTP(SMTP):
         finally:
             self.receiving = False
             self.last_reply = self.loop.time()
+            if self.expired:
+                self._close_with(SESSION_TOO_LONG)
         if envelope is not None and envelope.original_content is not None:
             self.messages += 1
+
+    def _end_of_life(self) -> None:
+        """Close now, or once the message arriving has its answer (its 250 is not lost)."""
+        self.expired = True
+        if not self.receiving:
+            self._close_with(SESSION_TOO_LONG)
 
     def _close_with(self, reply: str | None) -> None:
         """Close at once, telling the client why when there is something to tell."""
