@@ -152,6 +152,26 @@ def test_a_full_web_listener_closes_the_oldest_slow_connection_for_a_visitor(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_visitors_idle_connection_outlives_newer_slow_ones(limited: Any) -> None:
+    bot = limited(web={"max_connections": 3, "keepalive_seconds": 30})
+    port = bot.settings.web.port
+    with running(bot), ExitStack() as stack:
+        visitor = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        stack.callback(visitor.close)
+        visitor.request("GET", "/healthz")
+        assert visitor.getresponse().read() == b"ok\n"
+        kept = visitor.sock
+        slow = [stack.enter_context(connect(port, "127.0.0.2")) for _ in range(3)]
+        for sock in slow:
+            sock.sendall(PARTIAL_REQUEST)
+        # The third slow one pushed out the first, not the older visitor's connection.
+        assert read_until_closed(slow[0]) == b""
+        visitor.request("GET", "/healthz")
+        assert visitor.getresponse().read() == b"ok\n"
+        assert visitor.sock is kept  # the same connection, still open
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_web_listener_full_of_busy_requests_refuses_with_503(limited: Any) -> None:
     bot = limited(web={"max_connections": 3, "body_timeout_seconds": 30})
     port = bot.settings.web.port
