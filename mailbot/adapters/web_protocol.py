@@ -21,14 +21,15 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mailbot.adapters.connections import ConnectionLimiter
 
+BUSY_TEXT = b"Too many connections, try again soon"
 BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"content-type: text/plain; charset=utf-8\r\n"
     b"retry-after: 5\r\n"
     b"connection: close\r\n"
-    b"content-length: 36\r\n\r\n"
-    b"Too many connections, try again soon"
+    b"content-length: %d\r\n\r\n%s" % (len(BUSY_TEXT), BUSY_TEXT)
 )
+"""Written straight to a refused connection: uvicorn never sees it."""
 
 
 @dataclass(frozen=True)
