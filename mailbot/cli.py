@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import sqlalchemy.exc
 
-from mailbot import db, store
+from mailbot import db, logs, store
 from mailbot.adapters import outgoing_transport
 from mailbot.clock import Clock, FixedClock
 from mailbot.config import Settings, load_settings
@@ -63,13 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _configure_logging(args: argparse.Namespace) -> None:
     """Warnings for one-shot commands; one line per message and per mail for ``serve``."""
     quiet = logging.INFO if args.command == "serve" else logging.WARNING
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else quiet,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Libraries that log every connection or job run at INFO.
-    for noisy in ("apscheduler", "mail.log", "uvicorn.error", "flufl.bounce", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logs.configure(logging.DEBUG if args.verbose else quiet)
 
 
 def _fail(message: str, status: int) -> int:

@@ -90,6 +90,23 @@ class SmtpSettings(Section):
     """Larger messages are refused with 552."""
     domains: list[str] = Field(default_factory=list)
     """Domains accepted at RCPT besides the bot address's own."""
+    max_connections: int = Field(default=500, ge=1)
+    """Open SMTP sessions at once. At the cap, the oldest session with no message
+    in flight is closed to make room; if every one is busy, the newcomer gets
+    ``421 4.7.0`` and retries later. Lowered at start if the open-file limit is
+    too small for both listeners."""
+    max_connections_per_client: int = Field(default=50, ge=1)
+    """Open SMTP sessions from one IP address (a front MTA on the same host
+    counts as one client: keep this above its concurrency to mailbot)."""
+    max_recipients: int = Field(default=100, ge=1)
+    """Recipients in one transaction; beyond, ``452 4.5.3`` and the client sends
+    the rest in another transaction. A bot address needs few (Postfix: 1000)."""
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    """How long a client may stay silent before the next command, and how long
+    the whole message after DATA may take, before the session is closed."""
+    max_session_seconds: float = Field(default=600.0, gt=0)
+    """Total lifetime of one SMTP session, however busy, so that a client
+    trickling commands cannot hold a connection for ever."""
 
 
 class WebSettings(Section):
@@ -99,6 +116,21 @@ class WebSettings(Section):
     """Signs the nonce in the link page's forms. Unset: a random key per process,
     so a page loaded before a restart must be reloaded. Set the same value on
     every instance that serves the same database."""
+    max_connections: int = Field(default=1000, ge=1)
+    """Open HTTP connections at once. At the cap, the oldest connection that has
+    not sent a complete request is closed to make room; if every one is busy,
+    the newcomer gets 503. Lowered at start if the open-file limit is too small
+    for both listeners."""
+    max_connections_per_client: int = Field(default=100, ge=1)
+    """Open HTTP connections from one IP address (behind a reverse proxy every
+    visitor is the proxy's address: raise it to ``max_connections`` there)."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Time for a request's line and headers to arrive, counted from the
+    connection or from the previous response; then the connection is closed."""
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Time for a request's body to arrive once its headers are in."""
+    keepalive_seconds: int = Field(default=5, ge=1)
+    """How long an idle connection is kept open for the client's next request."""
 
 
 class OutgoingSettings(Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -25,9 +26,17 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailbot import db
 from mailbot.adapters import outgoing_transport
+from mailbot.adapters.connections import (
+    ACCEPT_BACKLOG,
+    ConnectionLimiter,
+    ListenerCaps,
+    fit_caps,
+    raise_descriptor_limit,
+)
 from mailbot.adapters.imap_in import ImapReader
 from mailbot.adapters.smtp_in import GroupCommitWriter, InboundHandler, smtp_factory
 from mailbot.adapters.web import create_app
+from mailbot.adapters.web_protocol import WebLimits, limited_protocol
 from mailbot.config import Settings
 from mailbot.service import Mailbot
 
@@ -84,16 +93,7 @@ class Runtime:
             processor.cancel()
             await writer.stop()
             raise
-        web = _QuietServer(
-            uvicorn.Config(
-                create_app(self.bot),
-                host=self.settings.web.host,
-                port=self.settings.web.port,
-                log_level="warning",
-                lifespan="off",
-                access_log=False,
-            )
-        )
+        web = _QuietServer(self._web_config())
         web_task = asyncio.create_task(web.serve(sockets=[web_socket]), name="web")
         self._schedule()
         loop = asyncio.get_running_loop()
@@ -121,12 +121,37 @@ class Runtime:
         await self.stopping.wait()
         await self._stop(smtp, writer, processor, web, web_task)
 
+    @functools.cached_property
+    def caps(self) -> ListenerCaps:
+        """Both listeners' connection caps, within the open-file limit (raised first)."""
+        smtp, web = self.settings.smtp, self.settings.web
+        return fit_caps(smtp.max_connections, web.max_connections, raise_descriptor_limit())
+
     async def _start_smtp(self, writer: GroupCommitWriter) -> asyncio.Server:
-        bot = self.settings.bot
-        handler = InboundHandler(writer, [bot.domain, *self.settings.smtp.domains], self.on_stored)
-        factory = smtp_factory(handler, bot.domain, self.settings.smtp.max_message_bytes)
+        bot, smtp = self.settings.bot, self.settings.smtp
+        domains = [bot.domain, *smtp.domains]
+        handler = InboundHandler(writer, domains, self.on_stored, smtp.max_recipients)
+        factory = smtp_factory(handler, bot.domain, smtp, self.caps.smtp)
         return await asyncio.get_running_loop().create_server(
-            factory, self.settings.smtp.host, self.settings.smtp.port
+            factory, smtp.host, smtp.port, backlog=ACCEPT_BACKLOG
+        )
+
+    def _web_config(self) -> uvicorn.Config:
+        """uvicorn with deadlines for headers, bodies and idle connections, and caps."""
+        web = self.settings.web
+        limiter = ConnectionLimiter("web", self.caps.web, web.max_connections_per_client)
+        limits = WebLimits(limiter, web.header_timeout_seconds, web.body_timeout_seconds)
+        return uvicorn.Config(
+            create_app(self.bot),
+            host=web.host,
+            port=web.port,
+            http=limited_protocol(limits),
+            timeout_keep_alive=web.keepalive_seconds,
+            backlog=ACCEPT_BACKLOG,
+            log_config=None,  # its records go through mailbot's handlers and filters
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
         )
 
     def _schedule(self) -> None:

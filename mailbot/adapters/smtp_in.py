@@ -5,18 +5,28 @@ anything that stops the commit becomes ``451 4.3.0`` so the sending MTA
 retries (aiosmtpd would otherwise turn an exception into a permanent ``500``
 that leaks its text). Messages arriving together share one commit, and MIME
 parsing happens after the answer, off the SMTP path.
+
+Every limit a legitimate client could hit answers 4xx, so that it retries:
+too many connections (421, or the oldest idle session is closed to make
+room), too many recipients (452, the rest go in another transaction), a
+session past its lifetime (421). aiosmtpd closes a session silent for
+``[smtp] timeout_seconds``; its timer restarts at each command only, so the
+whole message after DATA must also arrive within it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailbot.adapters.connections import ConnectionLimiter
+from mailbot.config import SmtpSettings
 from mailbot.inbound import RawMessage
 from mailbot.service import Mailbot
 
@@ -26,6 +36,9 @@ OK = "250 2.0.0 OK: queued"
 RCPT_OK = "250 2.1.5 OK"
 NOT_OURS = "550 5.1.1 Recipient address rejected: not a mailbot address"
 TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+SESSION_TOO_LONG = "421 4.4.2 Session too long, closing connection"
 STORE_TIMEOUT_SECONDS = 30.0
 BATCH_LIMIT = 64
 
@@ -96,10 +109,12 @@ class InboundHandler:
         writer: GroupCommitWriter,
         domains: Iterable[str],
         on_stored: Callable[[int], None],
+        max_recipients: int = 100,
     ) -> None:
         self.writer = writer
         self.domains = frozenset(d.lower() for d in domains)
         self.on_stored = on_stored
+        self.max_recipients = max_recipients
 
     async def handle_RCPT(  # aiosmtpd's hook name
         self,
@@ -109,6 +124,8 @@ class InboundHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return TOO_MANY_RECIPIENTS
         domain = address.rpartition("@")[2].lower()
         if domain not in self.domains:
             return NOT_OURS
@@ -141,16 +158,108 @@ class InboundHandler:
         return OK
 
 
-def smtp_factory(handler: InboundHandler, hostname: str, max_bytes: int) -> Callable[[], SMTP]:
+class LimitedSMTP(SMTP):
+    """An aiosmtpd session counted by its listener's ConnectionLimiter, with a lifetime."""
+
+    def __init__(
+        self, handler: InboundHandler, limiter: ConnectionLimiter, lifetime: float, **kwargs: Any
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.limiter = limiter
+        self.lifetime = lifetime
+        self.admitted = False
+        self.receiving = False
+        self.messages = 0
+        self.last_reply = self.loop.time()
+        self.end_of_life: asyncio.TimerHandle | None = None
+        self.expired = False
+
+    # The session as ConnectionLimiter sees it (connections.Tracked).
+    @property
+    def peer_address(self) -> str:
+        peer = self.session.peer if self.session is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) else "?"
+
+    def waiting_since(self) -> float | None:
+        """Since its last reply, unless a message is arriving or being stored."""
+        return None if self.receiving else self.last_reply
+
+    def has_served(self) -> bool:
+        return self.messages > 0
+
+    def evict(self) -> None:
+        self._close_with(TOO_MANY_CONNECTIONS)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.end_of_life is None:  # not again after STARTTLS
+            self.admitted = self.limiter.admit(self)
+            self.end_of_life = self.loop.call_later(self.lifetime, self._end_of_life)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.limiter.release(self)
+        if self.end_of_life is not None:
+            self.end_of_life.cancel()
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        # aiosmtpd's session loop, which greets first: a refused client gets
+        # 421 instead of the greeting (RFC 5321 3.1) and is disconnected.
+        if not self.admitted:
+            with contextlib.suppress(ConnectionError):
+                await self.push(TOO_MANY_CONNECTIONS)
+            self._close_with(None)
+            return
+        await super()._handle_client()
+
+    async def push(self, status: AnyStr) -> None:
+        await super().push(status)
+        self.last_reply = self.loop.time()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        envelope = self.envelope
+        self.receiving = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.receiving = False
+            self.last_reply = self.loop.time()
+            if self.expired:
+                self._close_with(SESSION_TOO_LONG)
+        if envelope is not None and envelope.original_content is not None:
+            self.messages += 1
+
+    def _end_of_life(self) -> None:
+        """Close now, or once the message arriving has its answer (its 250 is not lost)."""
+        self.expired = True
+        if not self.receiving:
+            self._close_with(SESSION_TOO_LONG)
+
+    def _close_with(self, reply: str | None) -> None:
+        """Close at once, telling the client why when there is something to tell."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if reply is not None:
+            self.transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
+        self.transport.close()
+
+
+def smtp_factory(
+    handler: InboundHandler, hostname: str, settings: SmtpSettings, max_connections: int
+) -> Callable[[], SMTP]:
     """A protocol factory for ``loop.create_server``: one SMTP session per connection."""
+    limiter = ConnectionLimiter("smtp", max_connections, settings.max_connections_per_client)
 
     def build() -> SMTP:
-        return SMTP(
+        return LimitedSMTP(
             handler,
+            limiter,
+            settings.max_session_seconds,
             hostname=hostname,
-            data_size_limit=max_bytes,
+            data_size_limit=settings.max_message_bytes,
             enable_SMTPUTF8=True,
             ident="mailbot ESMTP",
+            timeout=settings.timeout_seconds,
         )
 
     return build

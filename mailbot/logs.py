@@ -1,0 +1,115 @@
+"""Logging set-up: one line per record, and floods of identical records folded.
+
+Under attack or a fault the same error can repeat thousands of times a second
+(a listener out of file descriptors, a client sending garbage in a loop), and
+a log that fills the disk is a second outage. The first of identical records
+(same logger, level and message) within a window is logged; the others are
+counted, and when the window is over one more line says how many there were.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+REPEAT_WINDOW_SECONDS = 60.0
+MAX_TRACKED = 1000
+"""Distinct messages remembered at once; beyond, the oldest are reported and forgotten."""
+SWEEP_SECONDS = 1.0
+NOISY_LOGGERS = ("apscheduler", "mail.log", "uvicorn.error", "flufl.bounce", "alembic")
+"""Libraries that log every connection or job run at INFO."""
+
+Key = tuple[str, int, str]
+
+
+@dataclass
+class _Seen:
+    first: float
+    repeats: int = 0
+
+
+class RepeatFilter(logging.Filter):
+    """A handler's filter that passes the first of identical records within a window."""
+
+    def __init__(
+        self,
+        handler: logging.Handler,
+        window: float = REPEAT_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.handler = handler
+        self.window = window
+        self.clock = clock
+        self.seen: dict[Key, _Seen] = {}
+        self.lock = threading.Lock()
+        self.next_sweep = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "repeat_summary", False):
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        now = self.clock()
+        with self.lock:
+            due = self._sweep(now) if now >= self.next_sweep else []
+            seen = self.seen.get(key)
+            passes = seen is None or now - seen.first >= self.window
+            if passes:
+                if seen is not None and seen.repeats:
+                    due.append((key, seen))
+                self.seen[key] = _Seen(now)
+            else:
+                assert seen is not None
+                seen.repeats += 1
+        self._report(due, now)
+        return passes
+
+    def flush(self) -> None:
+        """Report every pending count now (at exit)."""
+        now = self.clock()
+        with self.lock:
+            due = [(key, seen) for key, seen in self.seen.items() if seen.repeats]
+            self.seen.clear()
+        self._report(due, now)
+
+    def _sweep(self, now: float) -> list[tuple[Key, _Seen]]:
+        """Forget the messages whose window is over, or the oldest when too many."""
+        self.next_sweep = now + SWEEP_SECONDS
+        excess = len(self.seen) - MAX_TRACKED
+        over = [
+            key
+            for index, (key, seen) in enumerate(self.seen.items())
+            if index < excess or now - seen.first >= self.window
+        ]
+        forgotten = [(key, self.seen.pop(key)) for key in over]
+        return [(key, seen) for key, seen in forgotten if seen.repeats]
+
+    def _report(self, due: list[tuple[Key, _Seen]], now: float) -> None:
+        for (name, level, message), seen in due:
+            summary = logging.makeLogRecord(
+                {
+                    "name": name,
+                    "levelno": level,
+                    "levelname": logging.getLevelName(level),
+                    "msg": "%s (repeated %d more times in %d s)",
+                    "args": (message, seen.repeats, max(1, round(now - seen.first))),
+                    "repeat_summary": True,
+                }
+            )
+            self.handler.handle(summary)
+
+
+def configure(level: int) -> None:
+    """Root logging at ``level`` on stderr, with repeats folded on every root handler."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RepeatFilter) for f in handler.filters):
+            repeats = RepeatFilter(handler)
+            handler.addFilter(repeats)
+            atexit.register(repeats.flush)
