@@ -99,6 +99,9 @@ class WebSettings(Section):
     """Signs the nonce in the link page's forms. Unset: a random key per process,
     so a page loaded before a restart must be reloaded. Set the same value on
     every instance that serves the same database."""
+    undo_minutes: int = Field(default=10, ge=1, le=1440)
+    """How long a decision made on the link page is held before it takes effect;
+    the contact is mailed what was chosen, with a link that undoes it until then."""
 
 
 class OutgoingSettings(Section):
