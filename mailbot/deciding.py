@@ -245,8 +245,6 @@ class DecidingCases(ServiceCore):
             request_row = store.request_row(session, validation.request_id, for_update=True)
             assert request_row is not None
             session.refresh(validation)
-            if validation.undo_digest is None:  # applied or undone while we waited
-                raise BadToken("")
             contact = session.get(Contact, validation.contact_id)
             assert contact is not None
             party = store.party(contact)

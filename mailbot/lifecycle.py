@@ -261,7 +261,6 @@ class LifecycleCases(ServiceCore):
                 request = store.request(session, row)
                 if not request.pending:  # closed meanwhile: nothing left to decide
                     validation.held_decision = validation.held_until = None
-                    validation.undo_digest = None
                     continue
                 transition = workflow.apply_held(request, contact=store.party(contact), now=now)
                 self._record_decision(

@@ -111,7 +111,8 @@ class ValidationRow(SQLModel, table=True):
     held_until: datetime | None = _when(nullable=True, index=True)
     """When the held decision takes effect (the sweep's index)."""
     undo_digest: str | None = Field(default=None, max_length=64, unique=True)
-    """Digest of the token in the undo link of the held decision's mail."""
+    """Digest of the token in the latest undo link; it undoes only while a decision is held,
+    and the next held decision replaces it, so each link works once."""
     created_at: datetime = _when()
 
 

@@ -60,8 +60,6 @@ class ServiceCore:
             stored.reminders_sent = state.reminders_sent
             stored.held_decision = state.held.value if state.held else None
             stored.held_until = state.held_until
-            if state.held is None:
-                stored.undo_digest = None  # the undo link dies with what it undoes
             stored.next_reminder_at = (
                 workflow.next_reminder_at(request.created_at, state.reminders_sent, days)
                 if request.pending and state.pending
