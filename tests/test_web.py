@@ -212,7 +212,7 @@ def assert_clean_page(response: httpx.Response, status: int) -> None:
 def assert_security_headers(response: httpx.Response) -> None:
     headers = response.headers
     assert headers["cache-control"] == "no-store"
-    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["referrer-policy"] == "same-origin"
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     assert "default-src 'none'" in headers["content-security-policy"]
     assert "script-src" not in headers["content-security-policy"]

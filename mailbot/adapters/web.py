@@ -67,7 +67,10 @@ MAX_FORM_BYTES = 4096
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": with it, browsers send "Origin: null" on our own form
+    # posts, which the cross-site check must refuse. "same-origin" still sends
+    # nothing (no token in a Referer) to any other site.
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
