@@ -4,8 +4,8 @@ a reply from a real-looking mail client, and the request done."""
 from __future__ import annotations
 
 import smtplib
-from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
