@@ -131,6 +131,9 @@ class WebSettings(Section):
     """Time for a request's body to arrive once its headers are in."""
     keepalive_seconds: int = Field(default=5, ge=1)
     """How long an idle connection is kept open for the client's next request."""
+    undo_minutes: int = Field(default=10, ge=1, le=1440)
+    """How long a decision made on the link page is held before it takes effect;
+    the contact is mailed what was chosen, with a link that undoes it until then."""
 
 
 class OutgoingSettings(Section):

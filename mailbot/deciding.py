@@ -40,6 +40,11 @@ class TokenPage:
     def usable(self) -> bool:
         return self.request.pending and self.validation.pending
 
+    @property
+    def held(self) -> bool:
+        """A decision from the link page waits for its undo window to pass."""
+        return self.usable and self.validation.held is not None
+
 
 class DecidingCases(ServiceCore):
     def _decide_by_mail(self, session: Session, message: Inbound, command: commands.Command) -> str:
@@ -143,30 +148,10 @@ class DecidingCases(ServiceCore):
             now=now,
             actor=actor,
         )
-        request = transition.request
-        decided = request.validation_of(store.party(contact))
-        assert decided is not None
-        self._save_state(session, request_row, request)
-        self._log(
-            session,
-            request.id,
-            f"validation-{decided.status.value}",
-            detail=f"forwarded by {message.via}" if message and message.via else "",
-            actor=actor,
-            contact_id=contact.id,
-            channel=channel.value,
-            inbound_id=message.id if message else None,
+        detail = f"forwarded by {message.via}" if message and message.via else ""
+        return self._record_decision(
+            session, request_row, contact, transition, channel, actor, message, detail
         )
-        if not request.pending:
-            self._log(
-                session,
-                request.id,
-                f"request-{request.status.value}",
-                actor=actor,
-                inbound_id=message.id if message else None,
-            )
-        self._carry_out(session, request, transition.effects, message)
-        return request
 
     def token_page(self, typed: str) -> TokenPage:
         """What a token's link shows; reads only (mail scanners open every link)."""
@@ -203,3 +188,83 @@ class DecidingCases(ServiceCore):
             return self._decide(
                 session, validation, decision, channel, actor=actor or contact.email
             )
+
+    def hold_with_token(self, typed: str, decision: Decision) -> TokenPage:
+        """A decision from the link page, held for ``[web] undo_minutes`` before it counts.
+
+        The contact is mailed what was recorded, when it takes effect and an
+        undo link; the sweep applies it once the window has passed.
+        """
+        with transaction(self.engine) as session:
+            validation = self._validation_by_token_only(session, typed)
+            request_row = store.request_row(session, validation.request_id, for_update=True)
+            assert request_row is not None
+            session.refresh(validation)
+            contact = session.get(Contact, validation.contact_id)
+            assert contact is not None
+            party = store.party(contact)
+            transition = workflow.hold(
+                store.request(session, request_row),
+                contact=party,
+                decision=decision,
+                now=self.clock.now(),
+                window=timedelta(minutes=self.settings.web.undo_minutes),
+            )
+            self._save_state(session, request_row, transition.request)
+            self._log(
+                session,
+                request_row.id,
+                "decision-held",
+                actor=contact.email,
+                contact_id=contact.id,
+                channel=Channel.WEB.value,
+                detail=decision.value,
+            )
+            self._carry_out(session, transition.request, transition.effects, None)
+            own = transition.request.validation_of(party)
+            assert own is not None
+            return TokenPage(transition.request, own)
+
+    def undo_page(self, typed: str) -> TokenPage:
+        """What an undo link shows; reads only, like the link page."""
+        with transaction(self.engine) as session:
+            validation = self._validation_by_undo(session, typed)
+            contact = session.get(Contact, validation.contact_id)
+            request_row = store.request_row(session, validation.request_id)
+            assert contact is not None
+            assert request_row is not None
+            request = store.request(session, request_row)
+        own = request.validation_of(store.party(contact))
+        assert own is not None
+        return TokenPage(request, own)
+
+    def undo_with_token(self, typed: str) -> TokenPage:
+        """Withdraw a held decision: the contact is awaited again and may answer anew."""
+        with transaction(self.engine) as session:
+            validation = self._validation_by_undo(session, typed)
+            request_row = store.request_row(session, validation.request_id, for_update=True)
+            assert request_row is not None
+            session.refresh(validation)
+            contact = session.get(Contact, validation.contact_id)
+            assert contact is not None
+            party = store.party(contact)
+            transition = workflow.undo(store.request(session, request_row), contact=party)
+            self._save_state(session, request_row, transition.request)
+            self._log(
+                session,
+                request_row.id,
+                "decision-undone",
+                actor=contact.email,
+                contact_id=contact.id,
+                channel=Channel.WEB.value,
+            )
+            own = transition.request.validation_of(party)
+            assert own is not None
+            return TokenPage(transition.request, own)
+
+    def _validation_by_undo(self, session: Session, typed: str) -> ValidationRow:
+        token = tokens.normalise(typed)
+        found = store.validation_by_undo(session, tokens.digest(token)) if token else None
+        if found is None:
+            raise BadToken("")
+        return found

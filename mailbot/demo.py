@@ -22,6 +22,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -50,6 +51,8 @@ WORLD = {
     ],
 }
 WAIT_SECONDS = 20.0
+UNDO_WINDOW = timedelta(minutes=10, seconds=1)
+"""A little more than the default [web] undo_minutes: when a page answer counts."""
 
 
 class DemoFailed(Exception):
@@ -149,8 +152,13 @@ def _story(root: Path, config: dict[str, Any]) -> None:
     }
 
     link = _link(asks[ADMIN])
-    print(f"\n2. Alice clicks her link and presses Accept: {link.split('/v/')[0]}/v/…")
+    print(f"\n2. Alice opens her link, chooses Accept and sends: {link.split('/v/')[0]}/v/…")
     print(f"   {_click_accept(link)}")
+    _show(mailbox.expect(1, "the mail that says what was recorded")[0])
+    later = (datetime.now(UTC) + UNDO_WINDOW).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"   Her answer can be undone for {UNDO_WINDOW.seconds // 60} minutes; then it counts:")
+    print(f"   mailbot sweep --now {later}")
+    _mailbot(root, "sweep", "--now", later)
     _show(mailbox.expect(1, "the acceptance receipt")[0])
 
     ask = asks[AGENCY]
@@ -238,7 +246,7 @@ def _link(message: EmailMessage) -> str:
 
 
 class _Forms(HTMLParser):
-    """Finds the hidden fields of the page's Accept form, as a browser would."""
+    """Finds the page's form fields, with the Accept choice picked, as a person would."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -266,7 +274,7 @@ def _click_accept(link: str) -> str:
         answered = response.status
     heading = re.search(r"<h1[^>]*>(.*?)</h1>", page, re.S)
     title = " ".join(re.sub(r"<[^>]+>", " ", heading.group(1)).split()) if heading else "?"
-    return f"GET {shown} (the page with the buttons), POST {answered}: \u201c{title}\u201d"
+    return f"GET {shown} (the page with the form), POST {answered}: \u201c{title}\u201d"
 
 
 def _stop_server(server: subprocess.Popen[bytes]) -> int:

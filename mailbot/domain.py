@@ -111,6 +111,10 @@ class Validation:
     reminders_sent: int = 0
     delivery: Delivery = Delivery.QUEUED
     """Whether the token mail reached the contact's server (bounces mark it failed)."""
+    held: Decision | None = None
+    """A decision made on the link page, not yet applied: the contact may undo it."""
+    held_until: datetime | None = None
+    """When the held decision takes effect, unless undone or replaced before."""
 
     @property
     def pending(self) -> bool:

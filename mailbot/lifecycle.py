@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from mailbot import commands, store, workflow
 from mailbot.db import transaction
-from mailbot.domain import Party, Request
+from mailbot.domain import Channel, Party, Request
 from mailbot.errors import (
     MalformedRequest,
     NotAuthorized,
@@ -23,6 +23,7 @@ from mailbot.inbound import Inbound
 from mailbot.mailer import Outgoing
 from mailbot.models import (
     ChangeRequest,
+    Contact,
 )
 from mailbot.service_core import ServiceCore
 from mailbot.views import RequestView
@@ -44,6 +45,8 @@ class UnknownRequest(LookupError):
 class SweepReport:
     expired: int = 0
     reminded: int = 0
+    applied: int = 0
+    """Held link-page decisions that took effect."""
 
 
 @dataclass(frozen=True)
@@ -184,20 +187,25 @@ class LifecycleCases(ServiceCore):
         return row
 
     def sweep(self, now: datetime | None = None) -> SweepReport:
-        """Expire what is stale, then remind the silent: the scheduler's periodic job.
+        """Apply due held decisions, expire, then remind: the scheduler's periodic job.
+
+        Held decisions go first, so that one made before the expiry counts.
 
         It reads only due rows, through indexes on their due times, and is safe
         beside another sweep: each request is handled under its row lock, and
         one whose lock is taken is left to the sweep that holds it.
         """
         now = now or self.clock.now()
+        applied = sum(  # before expiry: a decision held in time counts
+            self._apply_held(request_id, now) for request_id in self._due(store.due_held, now)
+        )
         expired = sum(
             self._expire(request_id, now) for request_id in self._due(store.due_expiries, now)
         )
         reminded = sum(
             self._remind(request_id, now) for request_id in self._due(store.due_reminders, now)
         )
-        return SweepReport(expired=expired, reminded=reminded)
+        return SweepReport(expired=expired, reminded=reminded, applied=applied)
 
     def _due(self, query: Any, now: datetime) -> list[str]:
         with transaction(self.engine) as session:
@@ -237,3 +245,32 @@ class LifecycleCases(ServiceCore):
                 )
             self._carry_out(session, transition.request, transition.effects, None)
             return len(transition.effects)
+
+    def _apply_held(self, request_id: str, now: datetime) -> int:
+        """Apply the held decisions of one request whose window has passed (the sweep)."""
+        with transaction(self.engine) as session:
+            row = store.request_row(session, request_id, for_update=True, skip_locked=True)
+            if row is None:
+                return 0
+            applied = 0
+            for validation in store.validation_rows(session, row.id):
+                if validation.held_until is None or validation.held_until > now:
+                    continue
+                contact = session.get(Contact, validation.contact_id)
+                assert contact is not None
+                request = store.request(session, row)
+                if not request.pending:  # closed meanwhile: nothing left to decide
+                    validation.held_decision = validation.held_until = None
+                    continue
+                transition = workflow.apply_held(request, contact=store.party(contact), now=now)
+                self._record_decision(
+                    session,
+                    row,
+                    contact,
+                    transition,
+                    Channel.WEB,
+                    contact.email,
+                    detail="held on the link page",
+                )
+                applied += 1
+            return applied

@@ -106,6 +106,13 @@ class ValidationRow(SQLModel, table=True):
     reminders_sent: int = 0
     next_reminder_at: datetime | None = _when(nullable=True, index=True)
     """When this contact's next reminder falls due; None when none is (the sweep's index)."""
+    held_decision: str | None = Field(default=None, max_length=8)
+    """A link-page decision not applied yet (accept | refuse); the contact may undo it."""
+    held_until: datetime | None = _when(nullable=True, index=True)
+    """When the held decision takes effect (the sweep's index)."""
+    undo_digest: str | None = Field(default=None, max_length=64, unique=True)
+    """Digest of the token in the latest undo link; it undoes only while a decision is held,
+    and the next held decision replaces it, so each link works once."""
     created_at: datetime = _when()
 
 

@@ -14,7 +14,7 @@ from sqlmodel import Session
 from mailbot import commands, store, tokens, workflow
 from mailbot.clock import Clock, SystemClock
 from mailbot.config import Settings
-from mailbot.domain import Party, Request
+from mailbot.domain import Channel, Party, Request
 from mailbot.errors import (
     MailbotError,
 )
@@ -22,6 +22,7 @@ from mailbot.inbound import Inbound
 from mailbot.mailer import Mailer, Outgoing
 from mailbot.models import (
     ChangeRequest,
+    Contact,
     EventRow,
     ValidationRow,
     ValidationToken,
@@ -57,11 +58,50 @@ class ServiceCore:
             stored.decided_at = state.decided_at
             stored.actor_email = state.actor
             stored.reminders_sent = state.reminders_sent
+            stored.held_decision = state.held.value if state.held else None
+            stored.held_until = state.held_until
             stored.next_reminder_at = (
                 workflow.next_reminder_at(request.created_at, state.reminders_sent, days)
                 if request.pending and state.pending
                 else None
             )
+
+    def _record_decision(
+        self,
+        session: Session,
+        request_row: ChangeRequest,
+        contact: Contact,
+        transition: workflow.Transition,
+        channel: Channel,
+        actor: str | None,
+        message: Inbound | None = None,
+        detail: str = "",
+    ) -> Request:
+        """Write a decision's transition back: state, event log and effects."""
+        request = transition.request
+        decided = request.validation_of(store.party(contact))
+        assert decided is not None
+        self._save_state(session, request_row, request)
+        self._log(
+            session,
+            request.id,
+            f"validation-{decided.status.value}",
+            detail=detail,
+            actor=actor,
+            contact_id=contact.id,
+            channel=channel.value,
+            inbound_id=message.id if message else None,
+        )
+        if not request.pending:
+            self._log(
+                session,
+                request.id,
+                f"request-{request.status.value}",
+                actor=actor,
+                inbound_id=message.id if message else None,
+            )
+        self._carry_out(session, request, transition.effects, message)
+        return request
 
     def _carry_out(
         self,
@@ -79,6 +119,8 @@ class ServiceCore:
                 self._send_token(session, request, effect.contact, message)
             elif isinstance(effect, workflow.Remind):
                 self._send_token(session, request, effect.contact, message, effect.number)
+            elif isinstance(effect, workflow.ConfirmHeld):
+                self._send_undo(session, request, effect)
             else:
                 for party in effect.recipients:
                     mail = Outgoing(effect.event, party, request, context=dict(effect.about))
@@ -144,6 +186,29 @@ class ServiceCore:
                 carries_secret=True,
             ),
             message,
+        )
+
+    def _send_undo(self, session: Session, request: Request, effect: workflow.ConfirmHeld) -> None:
+        """Tell the contact what the link page recorded, with a fresh single-use undo link."""
+        validation = self._validation_row(session, request, effect.contact)
+        undo_token = tokens.new_token()
+        validation.undo_digest = tokens.digest(undo_token)
+        self.mailer.queue(
+            session,
+            Outgoing(
+                "decision-held",
+                effect.contact,
+                request,
+                context={
+                    "decision": effect.decision.value,
+                    "until": effect.until,
+                    "minutes": self.settings.web.undo_minutes,
+                    "undo_link": f"{self.settings.bot.base_url}/u/{undo_token}",
+                },
+                validation_id=validation.id,
+                carries_secret=True,
+            ),
+            None,
         )
 
     def _reject(

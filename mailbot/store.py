@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from mailbot.domain import (
     Channel,
+    Decision,
     Delivery,
     Party,
     Request,
@@ -154,6 +155,8 @@ def _validation(row: ValidationRow, contact: Contact) -> Validation:
         actor=row.actor_email,
         reminders_sent=row.reminders_sent,
         delivery=Delivery(row.delivery),
+        held=Decision(row.held_decision) if row.held_decision else None,
+        held_until=row.held_until,
     )
 
 
@@ -249,6 +252,22 @@ def due_reminders(session: Session, now: datetime) -> list[str]:
         .limit(SWEEP_BATCH)
     )
     return list(session.exec(query).all())
+
+
+def due_held(session: Session, now: datetime) -> list[str]:
+    """Requests with a held link-page decision whose undo window has passed."""
+    query = (
+        select(ValidationRow.request_id)
+        .where(col(ValidationRow.held_until) <= now)
+        .distinct()
+        .limit(SWEEP_BATCH)
+    )
+    return list(session.exec(query).all())
+
+
+def validation_by_undo(session: Session, digest: str) -> ValidationRow | None:
+    """The validation whose held decision an undo link's token can withdraw."""
+    return session.exec(select(ValidationRow).where(ValidationRow.undo_digest == digest)).first()
 
 
 def requests_of(

@@ -72,6 +72,8 @@ def request_json(session: Session, row: ChangeRequest, *, events: bool = True) -
                 "decided_at": _iso(v.decided_at),
                 "delivery": v.delivery.value,
                 "actor": v.actor,
+                "held": v.held.value if v.held else None,
+                "held_until": _iso(v.held_until),
             }
             for v in request.validations
         ],

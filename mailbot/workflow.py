@@ -74,7 +74,16 @@ class ApplyHolders:
     holders: Mapping[Role, Party]
 
 
-Effect = AskToValidate | Remind | Notify | ApplyHolders
+@dataclass(frozen=True)
+class ConfirmHeld:
+    """Tell the contact which decision is held and until when, with a fresh undo link."""
+
+    contact: Party
+    decision: Decision
+    until: datetime
+
+
+Effect = AskToValidate | Remind | Notify | ApplyHolders | ConfirmHeld
 
 
 @dataclass(frozen=True)
@@ -126,14 +135,12 @@ def decide(
     now: datetime,
     actor: str | None = None,
 ) -> Transition:
-    """Record one contact's acceptance or refusal, closing the request if it settles it."""
-    validation = request.validation_of(contact)
-    if validation is None:
-        raise NotAuthorized("", request=request.id)
-    if not validation.pending:
-        raise TokenUsed("", request=request.id)
-    if not request.pending:
-        raise RequestClosed("", request=request.id, status=request.status.value)
+    """Record one contact's acceptance or refusal, closing the request if it settles it.
+
+    A decision held from the link page is replaced by this one: the contact
+    has answered again, and the latest answer is the one that counts.
+    """
+    validation = _open_validation(request, contact)
     decided = replace(
         validation,
         status=ValidationStatus.ACCEPTED
@@ -142,6 +149,8 @@ def decide(
         channel=channel,
         decided_at=now,
         actor=actor if actor and actor.lower() != contact.email.lower() else None,
+        held=None,
+        held_until=None,
     )
     request = replace(
         request, validations=tuple(decided if v is validation else v for v in request.validations)
@@ -153,8 +162,75 @@ def decide(
     return Transition(request, (Notify("validation-recorded", (contact,)),))
 
 
+def _open_validation(request: Request, contact: Party) -> Validation:
+    """The contact's validation, if they may still answer it; else the error that says why."""
+    validation = request.validation_of(contact)
+    if validation is None:
+        raise NotAuthorized("", request=request.id)
+    if not validation.pending:
+        raise TokenUsed("", request=request.id)
+    if not request.pending:
+        raise RequestClosed("", request=request.id, status=request.status.value)
+    return validation
+
+
+def _with_validation(request: Request, old: Validation, new: Validation) -> Request:
+    return replace(request, validations=tuple(new if v is old else v for v in request.validations))
+
+
+def hold(
+    request: Request, *, contact: Party, decision: Decision, now: datetime, window: timedelta
+) -> Transition:
+    """Hold a decision made on the link page for ``window`` before it takes effect.
+
+    Whoever (or whatever) pressed the button, the contact is told by mail what
+    was chosen and can undo it until then; another answer replaces it.
+    """
+    validation = _open_validation(request, contact)
+    if validation.held is not None:
+        raise TokenUsed("", request=request.id)
+    until = now + window
+    held = replace(validation, held=decision, held_until=until)
+    return Transition(
+        _with_validation(request, validation, held), (ConfirmHeld(contact, decision, until),)
+    )
+
+
+def undo(request: Request, *, contact: Party) -> Transition:
+    """Withdraw a held decision: the contact is awaited again, as if nothing was chosen."""
+    validation = _open_validation(request, contact)
+    if validation.held is None:
+        raise TokenUsed("", request=request.id)
+    released = replace(validation, held=None, held_until=None)
+    return Transition(_with_validation(request, validation, released), ())
+
+
+def apply_held(request: Request, *, contact: Party, now: datetime) -> Transition:
+    """Apply the contact's held decision once its window has passed; nothing before."""
+    validation = request.validation_of(contact)
+    if (
+        validation is None
+        or validation.held is None
+        or validation.held_until is None
+        or now < validation.held_until
+    ):
+        return Transition(request, ())
+    return decide(request, contact=contact, decision=validation.held, channel=Channel.WEB, now=now)
+
+
+def _without_holds(request: Request) -> Request:
+    """A closing request drops the decisions still held: there is nothing left to decide."""
+    return replace(
+        request,
+        validations=tuple(
+            replace(v, held=None, held_until=None) if v.held is not None else v
+            for v in request.validations
+        ),
+    )
+
+
 def _close(request: Request, status: RequestStatus, now: datetime) -> Transition:
-    closed = replace(request, status=status, closed_at=now)
+    closed = replace(_without_holds(request), status=status, closed_at=now)
     if status is RequestStatus.DONE:
         holders = dict(request.service.holders)
         holders.update({change.role: change.incoming for change in request.changes})
@@ -221,7 +297,7 @@ def cancel(request: Request, *, by: Party, by_operator: bool, now: datetime) -> 
         raise NotAuthorized("", request=request.id)
     if not request.pending:
         raise RequestClosed("", request=request.id, status=request.status.value)
-    closed = replace(request, status=RequestStatus.CANCELLED, closed_at=now)
+    closed = replace(_without_holds(request), status=RequestStatus.CANCELLED, closed_at=now)
     notice = Notify("request-cancelled", _everyone(request), {"cancelled_by": by})
     return Transition(closed, (notice,))
 
@@ -230,7 +306,7 @@ def expire(request: Request, now: datetime) -> Transition:
     """A request still pending at its expiry date dies; nothing changes on the service."""
     if not request.pending or now < request.expires_at:
         return Transition(request, ())
-    closed = replace(request, status=RequestStatus.EXPIRED, closed_at=now)
+    closed = replace(_without_holds(request), status=RequestStatus.EXPIRED, closed_at=now)
     return Transition(closed, (Notify("request-expired", _everyone(request)),))
 
 
@@ -259,7 +335,9 @@ def remind(request: Request, now: datetime, reminder_days: list[int]) -> Transit
         return Transition(request, ())
     due = reminders_due(request.created_at, now, reminder_days)
     updated = tuple(
-        replace(v, reminders_sent=due) if v.pending and due > v.reminders_sent else v
+        replace(v, reminders_sent=due)
+        if v.pending and v.held is None and due > v.reminders_sent
+        else v
         for v in request.validations
     )
     effects = tuple(

@@ -45,6 +45,7 @@ REQUEST_EVENTS = [
     "request-opened",
     "validation-requested",
     "validation-recorded",
+    "decision-held",
     "request-done",
     "request-refused",
 ]
@@ -64,6 +65,13 @@ def context(event: str, **extra: Any) -> dict[str, Any]:
             link="https://bot.test/v/7KQ2X9JM4TRD8WPA3HNB",
             reply_address="changes+abc@bot.test",
             side="new",
+        )
+    if event == "decision-held":
+        values.update(
+            decision="accept",
+            until=WHEN + timedelta(minutes=10),
+            minutes=10,
+            undo_link="https://bot.test/u/7KQ2X9JM4TRD8WPA3HNB",
         )
     values.update(extra)
     return values
@@ -93,6 +101,25 @@ def test_the_token_mail_says_how_to_answer(renderer: Renderer, language: str) ->
         assert "https://bot.test/v/7KQ2X9JM4TRD8WPA3HNB" in text
         assert "ACCEPT" in text
         assert "REFUSE" in text
+
+
+@pytest.mark.parametrize("language", ["en", "fr"])
+@pytest.mark.parametrize("decision", ["accept", "refuse"])
+def test_the_held_decision_mail_says_what_when_and_how_to_undo(
+    renderer: Renderer, language: str, decision: str
+) -> None:
+    values = context("decision-held", decision=decision)
+    mail = renderer.mail("decision-held", language, values)
+    word = {
+        "en": {"accept": "ACCEPT", "refuse": "REFUSE"},
+        "fr": {"accept": "ACCEPTER", "refuse": "REFUSER"},
+    }
+    assert word[language][decision] in mail.text
+    for text in (mail.text, mail.html):
+        assert "https://bot.test/u/7KQ2X9JM4TRD8WPA3HNB" in text
+        assert "10 minutes" in text
+        assert "2026-03-02 09:10 UTC" in text
+    assert "2026-03-02 09:10 UTC" in mail.subject
 
 
 @pytest.mark.parametrize("language", ["en", "fr"])

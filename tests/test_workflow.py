@@ -280,3 +280,108 @@ def test_taking_a_role_back_needs_the_admin_alone() -> None:
     transition = decide(open_(ADMIN, {Role.TECH: ADMIN}).request, ADMIN)
     assert transition.request.status is RequestStatus.DONE
     assert transition.effects[1] == workflow.Notify("request-done", (ADMIN, TECH))
+
+
+# -- decisions held from the link page ---------------------------------------------
+
+WINDOW = timedelta(minutes=10)
+
+
+def hold(
+    request: Request, contact: Party, decision: Decision = Decision.ACCEPT
+) -> workflow.Transition:
+    return workflow.hold(request, contact=contact, decision=decision, now=NOW, window=WINDOW)
+
+
+def test_a_held_decision_changes_nothing_yet_and_asks_for_the_mail() -> None:
+    transition = hold(open_().request, NEW)
+    held = transition.request.validation_of(NEW)
+    assert held is not None
+    assert (held.status, held.held, held.held_until) == (
+        ValidationStatus.PENDING,
+        Decision.ACCEPT,
+        NOW + WINDOW,
+    )
+    assert transition.request.status is RequestStatus.PENDING
+    assert transition.effects == (workflow.ConfirmHeld(NEW, Decision.ACCEPT, NOW + WINDOW),)
+
+
+def test_a_held_decision_applies_at_the_end_of_the_window_and_once() -> None:
+    request = hold(hold(open_().request, ADMIN).request, NEW, Decision.ACCEPT).request
+    early = workflow.apply_held(request, contact=NEW, now=NOW + WINDOW - timedelta(seconds=1))
+    assert early == workflow.Transition(request, ())
+
+    applied = workflow.apply_held(request, contact=NEW, now=NOW + WINDOW)
+    decided = applied.request.validation_of(NEW)
+    assert decided is not None
+    assert (decided.status, decided.channel, decided.held) == (
+        ValidationStatus.ACCEPTED,
+        Channel.WEB,
+        None,
+    )
+    assert applied.effects == (workflow.Notify("validation-recorded", (NEW,)),)
+    again = workflow.apply_held(applied.request, contact=NEW, now=NOW + WINDOW)
+    assert again.effects == ()
+
+
+def test_a_held_refusal_refuses_once_applied_and_drops_the_other_holds() -> None:
+    request = hold(hold(open_().request, ADMIN).request, NEW, Decision.REFUSE).request
+    transition = workflow.apply_held(request, contact=NEW, now=NOW + WINDOW)
+    assert transition.request.status is RequestStatus.REFUSED
+    assert all(v.held is None for v in transition.request.validations)  # ADMIN's too
+
+
+def test_undo_restores_pending_and_a_second_undo_is_refused() -> None:
+    request = hold(open_().request, NEW).request
+    undone = workflow.undo(request, contact=NEW)
+    validation = undone.request.validation_of(NEW)
+    assert validation is not None
+    assert (validation.status, validation.held, validation.held_until) == (
+        ValidationStatus.PENDING,
+        None,
+        None,
+    )
+    assert undone.effects == ()
+    assert workflow.apply_held(undone.request, contact=NEW, now=NOW + WINDOW).effects == ()
+    with pytest.raises(TokenUsed):
+        workflow.undo(undone.request, contact=NEW)
+
+
+def test_an_emailed_answer_replaces_the_held_one() -> None:
+    request = hold(open_().request, NEW, Decision.ACCEPT).request
+    transition = decide(request, NEW, Decision.REFUSE)
+    refused = transition.request.validation_of(NEW)
+    assert refused is not None
+    assert (refused.status, refused.channel, refused.held) == (
+        ValidationStatus.REFUSED,
+        Channel.EMAIL,
+        None,
+    )
+
+
+def test_a_decision_cannot_be_held_twice_or_on_a_closed_request() -> None:
+    request = hold(open_().request, NEW).request
+    with pytest.raises(TokenUsed):
+        hold(request, NEW, Decision.REFUSE)
+    closed = decide(open_().request, ADMIN, Decision.REFUSE).request
+    with pytest.raises(RequestClosed):
+        hold(closed, NEW)
+    with pytest.raises(NotAuthorized):
+        hold(open_().request, OTHER)
+
+
+@pytest.mark.parametrize("close", ["cancel", "expire"])
+def test_closing_a_request_drops_its_held_decisions(close: str) -> None:
+    request = hold(open_().request, NEW).request
+    if close == "cancel":
+        closed = workflow.cancel(request, by=ADMIN, by_operator=False, now=NOW).request
+    else:
+        closed = workflow.expire(request, request.expires_at).request
+    assert all(v.held is None for v in closed.validations)
+    assert workflow.apply_held(closed, contact=NEW, now=NOW + WINDOW).effects == ()
+
+
+def test_a_contact_whose_answer_is_held_is_not_reminded() -> None:
+    request = hold(open_().request, NEW).request
+    transition = workflow.remind(request, NOW + timedelta(days=3), [3])
+    assert [e.contact for e in transition.effects if isinstance(e, workflow.Remind)] == [ADMIN]

@@ -20,9 +20,10 @@ START_TIMEOUT = 10.0
 
 
 @contextmanager
-def running(app: ASGIApp) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 while the block runs; yields the base URL."""
-    port = free_port()
+def running(app: ASGIApp, port: int | None = None) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (on ``port``, default a free one) while the block
+    runs; yields the base URL."""
+    port = port or free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="off"
     )

@@ -1,10 +1,17 @@
 """The link page: the web side of a validation email (DESIGN.md §4 "Web").
 
-``GET /v/{token}`` shows the request a token stands for, with *Accept* and
-*Refuse* forms, and changes nothing: mail security scanners open every link.
-The forms ``POST /v/{token}`` with ``decision`` and a ``nonce``, a stateless
-HMAC that proves the page was loaded, so that a blind POST decides nothing.
-The decision goes through the same service call as an emailed answer.
+``GET /v/{token}`` shows the request a token stands for, with a form, and
+changes nothing: mail security scanners open every link. The form ``POST
+/v/{token}`` with ``decision`` and a ``nonce``, a stateless HMAC that proves
+the page was loaded, so that a blind POST decides nothing.
+
+Some scanners also submit the forms they find, with their default values. So
+the form has two radio buttons, neither checked: submitted untouched it sends
+no decision, and the page asks again. A POST whose ``Origin`` is not ours, or
+that the browser marks as coming from another site (``Sec-Fetch-Site``), is
+refused. And a decision made here is *held* for ``[web] undo_minutes``: the
+contact is mailed what was chosen, with an undo link (``/u/{token}``, the same
+GET-shows/POST-acts pattern); the sweep applies it once the window is over.
 
 Unknown tokens are throttled per client address, every page is sent with
 headers that keep it out of caches, frames and referrers, and any unexpected
@@ -26,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -40,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailbot import tokens
 from mailbot.clock import Clock
-from mailbot.domain import Channel, Decision
+from mailbot.domain import Decision
 from mailbot.errors import BadToken, MailbotError, NotAuthorized, RequestClosed, TokenUsed
 from mailbot.render import LANGUAGES
 from mailbot.service import Mailbot, TokenPage
@@ -60,7 +67,10 @@ MAX_FORM_BYTES = 4096
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": with it, browsers send "Origin: null" on our own form
+    # posts, which the cross-site check must refuse. "same-origin" still sends
+    # nothing (no token in a Referer) to any other site.
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
@@ -84,10 +94,13 @@ class Nonces:
     the token so that a nonce from one page is useless on another.
     """
 
-    def __init__(self, key: bytes, clock: Clock, ttl: timedelta = NONCE_TTL) -> None:
+    def __init__(
+        self, key: bytes, clock: Clock, ttl: timedelta = NONCE_TTL, purpose: str = "v1"
+    ) -> None:
         self._key = key
         self._clock = clock
         self._ttl = ttl.total_seconds()
+        self._purpose = purpose  # a nonce of one kind of page is useless on another
 
     def issue(self, token: str) -> str:
         """A fresh nonce for the page of the canonical ``token``."""
@@ -106,7 +119,7 @@ class Nonces:
         return hmac.compare_digest(mac.encode(), self._mac(token, issued).encode())
 
     def _mac(self, token: str, issued: int) -> str:
-        message = f"mailbot-web-nonce:v1:{tokens.digest(token)}:{issued}".encode()
+        message = f"mailbot-web-nonce:{self._purpose}:{tokens.digest(token)}:{issued}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
 
@@ -226,7 +239,7 @@ class CatchAll:
 def _safe_path(scope: Scope) -> str:
     """The path for the log, without the token: logs must not hold secrets."""
     path = str(scope.get("path", ""))
-    return "/v/…" if path.startswith("/v/") else path
+    return path[:3] + "…" if path.startswith(("/v/", "/u/")) else path
 
 
 class _FormTooLarge(Exception):
@@ -238,10 +251,16 @@ class Form:
     """The fields of a posted form, each kept only if it was sent exactly once."""
 
     fields: dict[str, str]
+    names: frozenset[str] = frozenset()
+    """Every field name sent, repeated ones included."""
 
     def get(self, name: str) -> str:
         """The field's value; missing and repeated fields read as empty, which fails."""
         return self.fields.get(name, "")
+
+    def sent(self, name: str) -> bool:
+        """Whether the field was sent at all: an unchecked radio button sends nothing."""
+        return name in self.names
 
 
 async def read_form(request: Request) -> Form:
@@ -262,7 +281,41 @@ async def read_form(request: Request) -> Form:
         parsed = parse_qs(bytes(body).decode("latin-1"), max_num_fields=16)
     except ValueError:
         return Form({})
-    return Form({name: values[0] for name, values in parsed.items() if len(values) == 1})
+    return Form(
+        {name: values[0] for name, values in parsed.items() if len(values) == 1},
+        frozenset(parsed),
+    )
+
+
+def origin_of(url: str) -> str | None:
+    """The ``scheme://host[:port]`` origin of ``url``, normalised; None if it has none."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in ("http", "https") or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if scheme == "https" else 80
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
+def cross_site(request: Request, own_origin: str | None) -> bool:
+    """Whether the browser says this POST comes from another site than ours.
+
+    ``Sec-Fetch-Site: cross-site`` or ``same-site`` (a sibling host), or an
+    ``Origin`` that is not the one of ``[bot] base_url`` (``null`` included),
+    is refused. Clients that send neither (curl, old browsers) still need the
+    page's nonce, and a person's deliberate choice.
+    """
+    fetch_site = request.headers.get("sec-fetch-site", "").strip().lower()
+    if fetch_site in ("cross-site", "same-site"):
+        return True
+    origins = request.headers.getlist("origin")
+    return any(origin_of(sent) is None or origin_of(sent) != own_origin for sent in origins)
 
 
 def client_of(request: Request) -> str:
@@ -290,12 +343,14 @@ class LinkPages:
     def __init__(self, bot: Mailbot, clock: Clock, key: bytes) -> None:
         self.bot = bot
         self.nonces = Nonces(key, clock)
+        self.undo_nonces = Nonces(key, clock, purpose="undo1")
         self.throttle = GuessThrottle(clock)
+        self.origin = origin_of(bot.settings.bot.base_url)
 
     # -- endpoints ---------------------------------------------------------------
 
     def show(self, request: Request) -> Response:
-        """GET: the request and its forms; reads only, so scanners change nothing."""
+        """GET: the request and its form; reads only, so scanners change nothing."""
         client = client_of(request)
         if (wait := self.throttle.retry_after(client)) is not None:
             return self.too_many(wait)
@@ -305,29 +360,26 @@ class LinkPages:
         token, page = found
         if not page.usable:
             return self.closed(page)
-        return self.render(
-            "decide",
-            self.language_of(page),
-            200,
-            request=RequestView.of(page.request),
-            me=page.validation,
-            nonce=self.nonces.issue(token),
-            action=self.action(request, token),
-        )
+        if page.held:
+            return self.held(page)
+        return self.ask(request, token, page, 200)
 
     async def answer(self, request: Request) -> Response:
-        """POST: check the nonce, then record the decision through the service."""
+        """POST: check where it comes from and the nonce, then hold the decision."""
         client = client_of(request)
         if (wait := self.throttle.retry_after(client)) is not None:
             return self.too_many(wait)
+        if cross_site(request, self.origin):
+            log.info("cross-site POST refused on the link page")
+            return self.error(403)
         try:
             form = await read_form(request)
         except _FormTooLarge:
             return self.error(413)
         typed = request.path_params["token"]
-        return await run_in_threadpool(self.answer_sync, typed, client, form)
+        return await run_in_threadpool(self.answer_sync, request, typed, client, form)
 
-    def answer_sync(self, typed: str, client: str, form: Form) -> Response:
+    def answer_sync(self, request: Request, typed: str, client: str, form: Form) -> Response:
         """The blocking part of POST, in order: token, state, nonce, decision."""
         found = self.lookup(typed, client)
         if isinstance(found, Response):
@@ -336,13 +388,72 @@ class LinkPages:
         language = self.language_of(page)
         if not page.usable:
             return self.closed(page)
+        if page.held:
+            return self.held(page)
         if not self.nonces.valid(token, form.get("nonce")):
             return self.error(403, language)
+        if not form.sent("decision"):  # the form untouched: no one chose
+            return self.ask(request, token, page, 422)
         try:
             decision = Decision(form.get("decision"))
         except ValueError:
             return self.error(400, language)
         return self.decide(token, page, decision)
+
+    def show_undo(self, request: Request) -> Response:
+        """GET of an undo link: what is held and a form to undo it; changes nothing."""
+        client = client_of(request)
+        if (wait := self.throttle.retry_after(client)) is not None:
+            return self.too_many(wait)
+        found = self.lookup_undo(request.path_params["token"], client)
+        if isinstance(found, Response):
+            return found
+        token, page = found
+        return self.undo_form(request, token, page, 200 if page.held else 410)
+
+    async def undo(self, request: Request) -> Response:
+        """POST of an undo link: the same checks as a decision, then withdraw it."""
+        client = client_of(request)
+        if (wait := self.throttle.retry_after(client)) is not None:
+            return self.too_many(wait)
+        if cross_site(request, self.origin):
+            log.info("cross-site POST refused on an undo link")
+            return self.error(403)
+        try:
+            form = await read_form(request)
+        except _FormTooLarge:
+            return self.error(413)
+        typed = request.path_params["token"]
+        return await run_in_threadpool(self.undo_sync, request, typed, client, form)
+
+    def undo_sync(self, request: Request, typed: str, client: str, form: Form) -> Response:
+        """The blocking part of an undo: token, state, nonce, the ticked box, then undo."""
+        found = self.lookup_undo(typed, client)
+        if isinstance(found, Response):
+            return found
+        token, page = found
+        language = self.language_of(page)
+        if not page.held:
+            return self.undo_form(request, token, page, 410)
+        if not self.undo_nonces.valid(token, form.get("nonce")):
+            return self.error(403, language)
+        if form.get("confirm") != "undo":  # the box must be ticked by a person
+            return self.undo_form(request, token, page, 422)
+        try:
+            undone = self.bot.undo_with_token(token)
+        except BadToken:
+            return self.error(404, language)
+        except (TokenUsed, RequestClosed):
+            return self.undo_form(request, token, self.bot.undo_page(token), 410)
+        log.info("held decision undone on %s", undone.request.id)
+        return self.render(
+            "undo",
+            language,
+            200,
+            request=RequestView.of(undone.request),
+            me=undone.validation,
+            undone=True,
+        )
 
     def healthz(self, request: Request) -> Response:
         """200 when the database answers ``SELECT 1``, 503 otherwise.
@@ -378,23 +489,34 @@ class LinkPages:
         self.throttle.record_miss(client)
         return self.error(404)
 
+    def lookup_undo(self, typed: str, client: str) -> tuple[str, TokenPage] | Response:
+        """The canonical undo token and what it stands for, or a 404 counted as a guess."""
+        token = tokens.normalise(typed)
+        if token is not None:
+            try:
+                return token, self.bot.undo_page(token)
+            except BadToken:
+                pass
+        self.throttle.record_miss(client)
+        return self.error(404)
+
     def decide(self, token: str, page: TokenPage, decision: Decision) -> Response:
-        """Record the decision; a race lost to another answer shows the closed page."""
+        """Hold the decision; a race lost to another answer shows where things stand."""
         language = self.language_of(page)
         try:
-            request = self.bot.decide_with_token(token, decision, Channel.WEB)
+            held = self.bot.hold_with_token(token, decision)
         except BadToken:
             return self.error(404, language)
         except (TokenUsed, RequestClosed):
-            return self.closed(self.bot.token_page(token))
+            now = self.bot.token_page(token)
+            return self.held(now) if now.held else self.closed(now)
         except NotAuthorized:
             return self.error(403, language)
         except MailbotError as error:
-            log.info("web decision not recorded: %s", error.code)
+            log.info("web decision not held: %s", error.code)
             return self.error(400, language)
-        log.info("%s recorded on %s through the link page", decision.value, request.id)
-        me = request.validation_of(page.validation.contact) or page.validation
-        return self.render("result", language, 200, request=RequestView.of(request), me=me)
+        log.info("%s held on %s through the link page", decision.value, held.request.id)
+        return self.held(held)
 
     # -- pages -------------------------------------------------------------------
 
@@ -411,6 +533,43 @@ class LinkPages:
         """One page of ``templates/web/<language>/``, with the values every page uses."""
         values = {"lang": language, "bot": self.bot.settings.bot, "status": status, **context}
         return HTMLResponse(self.bot.renderer.page(f"{language}/{name}", values), status)
+
+    def ask(self, request: Request, token: str, page: TokenPage, status: int) -> HTMLResponse:
+        """The page with the form; 422 when it was sent without a choice."""
+        return self.render(
+            "decide",
+            self.language_of(page),
+            status,
+            request=RequestView.of(page.request),
+            me=page.validation,
+            nonce=self.nonces.issue(token),
+            action=self.action(request, token),
+            minutes=self.bot.settings.web.undo_minutes,
+        )
+
+    def held(self, page: TokenPage) -> HTMLResponse:
+        """What was chosen, when it takes effect, and that the mail can undo it."""
+        return self.render(
+            "held",
+            self.language_of(page),
+            200,
+            request=RequestView.of(page.request),
+            me=page.validation,
+            minutes=self.bot.settings.web.undo_minutes,
+        )
+
+    def undo_form(self, request: Request, token: str, page: TokenPage, status: int) -> HTMLResponse:
+        """The undo page: its form while a decision is held (422: box not ticked), else 410."""
+        return self.render(
+            "undo",
+            self.language_of(page),
+            status,
+            request=RequestView.of(page.request),
+            me=page.validation,
+            nonce=self.undo_nonces.issue(token),
+            action=request.url_for("undo", token=token).path,
+            undone=False,
+        )
 
     def closed(self, page: TokenPage) -> HTMLResponse:
         """410: the token was used, or its request is no longer pending."""
@@ -463,6 +622,8 @@ def create_app(bot: Mailbot, *, clock: Clock | None = None) -> Starlette:
         routes=[
             Route("/v/{token}", pages.show, methods=["GET"], name="link"),
             Route("/v/{token}", pages.answer, methods=["POST"]),
+            Route("/u/{token}", pages.show_undo, methods=["GET"], name="undo"),
+            Route("/u/{token}", pages.undo, methods=["POST"]),
             Route("/healthz", pages.healthz, methods=["GET"]),
         ],
         middleware=[
