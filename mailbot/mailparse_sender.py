@@ -31,7 +31,8 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _SPECIALS = frozenset('()<>[]:;@\\,"')
 _LOCAL_ASCII = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
 _LABEL_ASCII = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
-_LOOKS_LIKE_ADDRESS = re.compile(r"[^\s<>()\"',;:@]+@[^\s<>()\"',;:@]+\.[^\s<>()\"',;:@]+")
+_NAME_SEPARATORS = re.compile(r"[\s<>()\"',;:\[\]]+")
+_WORD_SPECIALS = frozenset(_SPECIALS - {"@"})
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,7 @@ def _tokens(value: str) -> list[_Token]:
             raise Refused(_special_problem(char))
         else:
             end = at
-            while (
-                end < len(value) and value[end] not in " \t" and value[end] not in _SPECIALS - {"@"}
-            ):
+            while end < len(value) and value[end] not in " \t" and value[end] not in _WORD_SPECIALS:
                 end += 1
             tokens.append(_Token("word", value[at:end]))
             at = end
@@ -258,8 +257,10 @@ def _decode(text: str) -> str:
 
 def _check_name(name: str, address: str) -> None:
     """A display name may not name another address (whatever the address says)."""
-    for found in _LOOKS_LIKE_ADDRESS.findall(name):
-        if found.strip(".").lower() != address:
+    for word in _NAME_SEPARATORS.split(name) if "@" in name else ():
+        local, at, domain = word.strip(".").rpartition("@")
+        looks_like_one = at and local and "." in domain.strip(".")
+        if looks_like_one and word.strip(".").lower() != address:
             raise Refused("display name of From looks like another address")
 
 
