@@ -126,6 +126,7 @@ class LifecycleCases(ServiceCore):
         row: ChangeRequest,
         actor: tuple[Party, bool],
         message: Inbound | None,
+        how: str = "",
     ) -> str:
         by, operator = actor
         transition = workflow.cancel(
@@ -138,6 +139,7 @@ class LifecycleCases(ServiceCore):
             "request-cancelled",
             actor=by.email,
             inbound_id=message.id if message else None,
+            detail=how,
         )
         self._carry_out(session, transition.request, transition.effects, message)
         return f"request {row.id} cancelled by {by.email}"
@@ -148,6 +150,7 @@ class LifecycleCases(ServiceCore):
         row: ChangeRequest,
         actor: tuple[Party, bool],
         message: Inbound | None,
+        how: str = "",
     ) -> str:
         by, operator = actor
         since = self.clock.now() - RESEND_INTERVAL
@@ -163,7 +166,8 @@ class LifecycleCases(ServiceCore):
             inbound_id=message.id if message else None,
             detail=", ".join(
                 e.contact.email for e in transition.effects if isinstance(e, workflow.AskToValidate)
-            ),
+            )
+            + (f"; {how}" if how else ""),
         )
         self._carry_out(session, request, transition.effects, message)
         return f"fresh tokens sent for {row.id}"
@@ -175,7 +179,8 @@ class LifecycleCases(ServiceCore):
         action = command.verb.lower()
         actor = self._actor(session, message)
         if message.authenticated:
-            return self._steer(session, row, action, actor, message)
+            how = f"by email, sender authenticated ({message.authentication.reason})"
+            return self._steer(session, row, action, actor, message, how)
         self._check_steer(session, row, action, actor)
         return self._ask_confirmation(session, row, action, message)
 
@@ -186,10 +191,11 @@ class LifecycleCases(ServiceCore):
         action: str,
         actor: tuple[Party, bool],
         message: Inbound | None,
+        how: str,
     ) -> str:
         if action == "cancel":
-            return self._cancel(session, row, actor, message)
-        return self._resend(session, row, actor, message)
+            return self._cancel(session, row, actor, message, how)
+        return self._resend(session, row, actor, message, how)
 
     def _check_steer(
         self, session: Session, row: ChangeRequest, action: str, actor: tuple[Party, bool]
@@ -270,7 +276,8 @@ class LifecycleCases(ServiceCore):
         actor = (by, self.settings.is_operator(confirmation.email))
         if not self._may_follow(session, row, actor):
             raise NotAuthorized("no such request among yours", request=row.id)
-        done = self._steer(session, row, confirmation.action, actor, message)
+        how = f"by email, confirmed by {confirmation.email}"
+        done = self._steer(session, row, confirmation.action, actor, message, how)
         return f"{done} (confirmed)"
 
     def _confirmation_for(self, session: Session, message: Inbound, argument: str) -> Confirmation:

@@ -7,6 +7,7 @@ import pytest
 
 from mailbot import mailparse
 from mailbot.authentication import FAIL, NONE, PASS, aligned, verdict
+from mailbot.config import SmtpSettings
 
 FORGED = {
     "encoded display name holding an address": b"=?utf-8?q?alice@example.com?= <mallory@evil.test>",
@@ -161,3 +162,11 @@ def test_without_a_configured_authserv_id_nothing_is_trusted() -> None:
 )
 def test_alignment(signer: str, sender: str, expected: bool) -> None:
     assert aligned(signer, sender) is expected
+
+
+def test_the_authserv_id_setting_is_one_word_compared_in_lower_case() -> None:
+    assert SmtpSettings().authserv_id is None
+    assert SmtpSettings(authserv_id=" MX.Example.NET ").authserv_id == "mx.example.net"
+    for bad in ("", "mx; dmarc=pass", "two words"):
+        with pytest.raises(ValueError, match="authserv-id"):
+            SmtpSettings(authserv_id=bad)

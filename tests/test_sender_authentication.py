@@ -302,6 +302,11 @@ def test_an_authenticated_cancel_acts_at_once(bot: Mailbot, mail: MailFactory) -
     done = send(bot, mail(ALICE, f"CANCEL {request_id}", headers=dmarc(ALICE)))
     assert {m.event for m in done} == {"request-cancelled"}
     assert status(bot, request_id) == "cancelled"
+    with transaction(bot.engine) as session:
+        (cancelled,) = [
+            e for e in store.events(session, request_id) if e.kind == "request-cancelled"
+        ]
+    assert cancelled.detail == "by email, sender authenticated (dmarc=pass)"
     dkim = {"Authentication-Results": "mx.bot.test; dkim=pass header.d=example.com"}
     (answer,) = send(bot, mail(ALICE, f"STATUS {request_id}", headers=dkim))
     assert answer.event == "status"
@@ -309,13 +314,17 @@ def test_an_authenticated_cancel_acts_at_once(bot: Mailbot, mail: MailFactory) -
 
 def test_the_verdict_is_in_the_event_log(bot: Mailbot, mail: MailFactory) -> None:
     request_id, _ = opened(bot, mail)
-    send(bot, mail(ALICE, f"CANCEL {request_id}"))
+    (asked,) = send(bot, mail(ALICE, f"CANCEL {request_id}"))
     with transaction(bot.engine) as session:
         event = session.exec(
             select(EventRow).where(EventRow.kind == "confirmation-requested")
         ).one()
     assert event.detail == "cancel; sender authentication: none"
     assert event.actor_email == ALICE
+    send(bot, mail(ALICE, "x", f"CONFIRM {token_in(asked)}"))
+    with transaction(bot.engine) as session:
+        kinds = {e.kind: e.detail for e in store.events(session, request_id)}
+    assert kinds["request-cancelled"] == f"by email, confirmed by {ALICE}"
 
 
 def test_confirmation_tokens_are_stored_as_digests_only(bot: Mailbot, mail: MailFactory) -> None:
