@@ -37,6 +37,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("LIST", ("LISTE", "MES DEMANDES"), "", "your requests"),
     Verb("CANCEL", ("ANNULER",), "<request id>", "withdraw a pending request"),
     Verb("RESEND", ("RENVOYER",), "<request id>", "send fresh tokens to those still awaited"),
+    Verb("CONFIRM", ("CONFIRMER",), "<token>", "confirm a CANCEL or RESEND you sent by mail"),
     Verb("HELP", ("AIDE",), "", "how to use mailbot"),
 )
 FRENCH_WORDS = frozenset(alias for verb in VERBS for alias in verb.aliases)

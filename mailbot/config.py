@@ -107,6 +107,20 @@ class SmtpSettings(Section):
     max_session_seconds: float = Field(default=600.0, gt=0)
     """Total lifetime of one SMTP session, however busy, so that a client
     trickling commands cannot hold a connection for ever."""
+    authserv_id: str | None = None
+    """The front MTA's own authserv-id: only ``Authentication-Results`` headers
+    bearing it are read (case-insensitively). Unset: none is trusted, and every
+    sender is unauthenticated (``none``), which makes CANCEL and RESEND by mail
+    wait for a confirmation."""
+
+    @field_validator("authserv_id")
+    @classmethod
+    def _authserv_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip() or any(ch.isspace() or ch in ';()"' for ch in value.strip()):
+            raise ValueError("must be one word, the authserv-id the front MTA writes")
+        return value.strip().lower()
 
 
 class WebSettings(Section):

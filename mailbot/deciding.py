@@ -66,6 +66,12 @@ class DecidingCases(ServiceCore):
         typed = [argument] if tokens.looks_like_token_attempt(argument) else []
         if typed or message.tokens:
             return self._validation_by_tokens(session, [*typed, *message.tokens], message.sender)
+        if message.forged:  # only a token is believed from a sender DMARC refutes
+            if message.quoted_tokens:
+                return self._validation_by_tokens(
+                    session, list(message.quoted_tokens), message.sender
+                )
+            raise BadToken("write the token: a reply without one is not enough here")
         row = self._validation_by_reply(session, message)
         if row is None and message.quoted_tokens:
             return self._validation_by_tokens(session, list(message.quoted_tokens), message.sender)

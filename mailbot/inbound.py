@@ -12,6 +12,8 @@ from datetime import datetime
 from functools import cached_property
 
 from mailbot import commands, mailparse
+from mailbot.authentication import FAIL, NONE, PASS, Verdict
+from mailbot.authentication import verdict as sender_verdict
 from mailbot.config import Settings
 from mailbot.models import InboundMessage
 
@@ -55,6 +57,9 @@ class RawMessage:
         )
 
 
+UNVERIFIED = Verdict(NONE, "")
+
+
 @dataclass(frozen=True)
 class Inbound:
     """A received message being processed: who speaks in it, and what they say.
@@ -76,10 +81,23 @@ class Inbound:
     references: tuple[str, ...]
     recipients: tuple[str, ...]
     via: str | None = None
+    authentication: Verdict = UNVERIFIED
+    """What the trusted ``Authentication-Results`` say of the mail's own sender (for
+    a forward, of the forwarder, who speaks for the forwarded sender)."""
 
     @property
     def message_id(self) -> str | None:
         return self.parsed.message_id
+
+    @property
+    def authenticated(self) -> bool:
+        """DMARC (or an aligned DKIM or SPF pass) vouches for the sender."""
+        return self.authentication.level == PASS
+
+    @property
+    def forged(self) -> bool:
+        """DMARC fails: the sender is not believed (only a token it carries is)."""
+        return self.authentication.level == FAIL
 
 
 def speaker(row: InboundMessage, parsed: mailparse.ParsedMessage, settings: Settings) -> Inbound:
@@ -90,6 +108,11 @@ def speaker(row: InboundMessage, parsed: mailparse.ParsedMessage, settings: Sett
         tuple(filter(None, row.recipients.split(",")))
         + parsed.recipients
         + parsed.envelope_recipients
+    )
+    verdict = sender_verdict(
+        parsed.authentication_results,
+        settings.smtp.authserv_id,
+        parsed.sender.rpartition("@")[2],
     )
     own = Inbound(
         row.id,
@@ -102,6 +125,7 @@ def speaker(row: InboundMessage, parsed: mailparse.ParsedMessage, settings: Sett
         parsed.tokens_in_quote,
         parsed.references,
         recipients,
+        authentication=verdict,
     )
     forwarded = parsed.forwarded
     trusted = row.source == "imap" or parsed.sender in settings.policy.trusted_forwarders
@@ -121,6 +145,7 @@ def speaker(row: InboundMessage, parsed: mailparse.ParsedMessage, settings: Sett
         (),
         recipients,
         via=parsed.sender,
+        authentication=verdict,
     )
 
 

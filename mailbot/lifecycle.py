@@ -11,12 +11,14 @@ from typing import Any
 
 from sqlmodel import Session
 
-from mailbot import commands, store, workflow
+from mailbot import commands, mailparse, store, tokens, workflow
 from mailbot.db import transaction
 from mailbot.domain import Channel, Party, Request
 from mailbot.errors import (
+    BadToken,
     MalformedRequest,
     NotAuthorized,
+    TokenUsed,
     TooManyAttempts,
 )
 from mailbot.inbound import Inbound
@@ -24,6 +26,7 @@ from mailbot.mailer import Outgoing
 from mailbot.models import (
     ChangeRequest,
     Contact,
+    Confirmation,
 )
 from mailbot.service_core import ServiceCore
 from mailbot.views import RequestView
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 LIST_LIMIT = 50
 RESEND_INTERVAL = timedelta(hours=1)
+CONFIRMATION_TTL = timedelta(days=2)
+"""How long a CANCEL or RESEND by mail waits for its sender's address to confirm it."""
 OPERATOR_ACTOR = "operator@cli"
 """How the event log names an operator acting through the CLI."""
 
@@ -76,15 +81,15 @@ class LifecycleCases(ServiceCore):
         if not commands.is_request_id(command.argument):
             raise MalformedRequest("a request id looks like CR-7K2QX9MD", line=command.line)
         row = store.request_row(session, command.argument.strip(), for_update=True)
-        if row is None:
-            raise NotAuthorized("no such request among yours", line=command.line)
-        request = store.request(session, row)
-        party, operator = self._actor(session, message)
-        if not (
-            operator or any(p.same_as(party) for p in (*request.parties, request.service.admin))
-        ):
+        if row is None or not self._may_follow(session, row, self._actor(session, message)):
             raise NotAuthorized("no such request among yours", line=command.line)
         return row
+
+    def _may_follow(self, session: Session, row: ChangeRequest, actor: tuple[Party, bool]) -> bool:
+        """Operators, the request's parties and the service's admin may follow a request."""
+        request = store.request(session, row)
+        party, operator = actor
+        return operator or any(p.same_as(party) for p in (*request.parties, request.service.admin))
 
     def _answer(
         self,
@@ -124,6 +129,7 @@ class LifecycleCases(ServiceCore):
         row: ChangeRequest,
         actor: tuple[Party, bool],
         message: Inbound | None,
+        how: str = "",
     ) -> str:
         by, operator = actor
         transition = workflow.cancel(
@@ -136,6 +142,7 @@ class LifecycleCases(ServiceCore):
             "request-cancelled",
             actor=by.email,
             inbound_id=message.id if message else None,
+            detail=how,
         )
         self._carry_out(session, transition.request, transition.effects, message)
         return f"request {row.id} cancelled by {by.email}"
@@ -146,6 +153,7 @@ class LifecycleCases(ServiceCore):
         row: ChangeRequest,
         actor: tuple[Party, bool],
         message: Inbound | None,
+        how: str = "",
     ) -> str:
         by, operator = actor
         since = self.clock.now() - RESEND_INTERVAL
@@ -161,10 +169,156 @@ class LifecycleCases(ServiceCore):
             inbound_id=message.id if message else None,
             detail=", ".join(
                 e.contact.email for e in transition.effects if isinstance(e, workflow.AskToValidate)
-            ),
+            )
+            + (f"; {how}" if how else ""),
         )
         self._carry_out(session, request, transition.effects, message)
         return f"fresh tokens sent for {row.id}"
+
+    def _steer_by_mail(self, session: Session, message: Inbound, command: commands.Command) -> str:
+        """CANCEL or RESEND by mail: at once when the sender is authenticated; otherwise
+        only once the sender's address confirms it (a forged From cannot)."""
+        row = self._party_request(session, message, command)
+        action = command.verb.lower()
+        actor = self._actor(session, message)
+        if message.authenticated:
+            how = f"by email, sender authenticated ({message.authentication.reason})"
+            return self._steer(session, row, action, actor, message, how)
+        self._check_steer(session, row, action, actor)
+        return self._ask_confirmation(session, row, action, message)
+
+    def _steer(
+        self,
+        session: Session,
+        row: ChangeRequest,
+        action: str,
+        actor: tuple[Party, bool],
+        message: Inbound | None,
+        how: str,
+    ) -> str:
+        if action == "cancel":
+            return self._cancel(session, row, actor, message, how)
+        return self._resend(session, row, actor, message, how)
+
+    def _check_steer(
+        self, session: Session, row: ChangeRequest, action: str, actor: tuple[Party, bool]
+    ) -> None:
+        """Raise now what the action would raise, rather than ask to confirm the impossible."""
+        by, operator = actor
+        request = store.request(session, row)
+        if action == "cancel":
+            workflow.cancel(request, by=by, by_operator=operator, now=self.clock.now())
+        else:
+            workflow.resend(request, by=by, by_operator=operator)
+
+    def _ask_confirmation(
+        self, session: Session, row: ChangeRequest, action: str, message: Inbound
+    ) -> str:
+        """Mail the sender's address a single-use token that carries the action out."""
+        now = self.clock.now()
+        if store.live_confirmation(session, row.id, action, message.sender, now):
+            return f"{action} of {row.id} already awaits confirmation by {message.sender}"
+        token, key = tokens.new_token(), tokens.new_key(tokens.TOKEN_LENGTH)
+        session.add(
+            Confirmation(
+                digest=tokens.digest(token),
+                reply_key_digest=tokens.digest(key),
+                request_id=row.id,
+                action=action,
+                email=message.sender,
+                inbound_id=message.id,
+                created_at=now,
+                expires_at=now + CONFIRMATION_TTL,
+            )
+        )
+        level = message.authentication.level
+        self._log(
+            session,
+            row.id,
+            "confirmation-requested",
+            actor=message.sender,
+            inbound_id=message.id,
+            detail=f"{action}; sender authentication: {level}",
+        )
+        bot = self.settings.bot
+        reply_address = f"{bot.local_part}+{key.lower()}@{bot.domain}"
+        party, _ = self._actor(session, message)
+        context = {
+            "action": action,
+            "token": tokens.group(token),
+            "reply_address": reply_address,
+            "expires_at": now + CONFIRMATION_TTL,
+        }
+        mail = Outgoing(
+            "confirmation-requested",
+            party,
+            store.request(session, row),
+            context=context,
+            reply_to=reply_address,
+            carries_secret=True,
+        )
+        self.mailer.queue(session, mail, message)
+        return f"{action} of {row.id} awaits confirmation by {message.sender} ({level})"
+
+    def _confirm_by_mail(
+        self, session: Session, message: Inbound, command: commands.Command
+    ) -> str:
+        """A confirmation token (typed, or the key of the reply address) carries out
+        the CANCEL or RESEND it was sent for, once."""
+        confirmation = self._confirmation_for(session, message, command.argument)
+        now = self.clock.now()
+        if confirmation.used_at is not None:
+            raise TokenUsed("this confirmation was already used", request=confirmation.request_id)
+        if confirmation.expires_at <= now:
+            raise BadToken("this confirmation expired: send the command again")
+        confirmation.used_at = now
+        row = store.request_row(session, confirmation.request_id, for_update=True)
+        assert row is not None
+        contact = store.contact_by_email(session, confirmation.email)
+        by = store.party(contact) if contact else Party(email=confirmation.email)
+        actor = (by, self.settings.is_operator(confirmation.email))
+        if not self._may_follow(session, row, actor):
+            raise NotAuthorized("no such request among yours", request=row.id)
+        how = f"by email, confirmed by {confirmation.email}"
+        done = self._steer(session, row, confirmation.action, actor, message, how)
+        return f"{done} (confirmed)"
+
+    def _confirmation_for(self, session: Session, message: Inbound, argument: str) -> Confirmation:
+        """By a typed token, whoever sends it; else by the reply address's key, from the
+        address it was sent to (never for a sender whose DMARC fails)."""
+        typed = [*mailparse.find_tokens(argument), *message.tokens]
+        if typed:
+            self._check_token_attempts(session, message.sender)
+            for token in dict.fromkeys(typed):
+                if found := store.confirmation_by_digest(session, tokens.digest(token)):
+                    return found
+            raise BadToken("no confirmation has this token")
+        found = None if message.forged else self.confirmation_addressed(session, message)
+        if found is None:
+            raise BadToken("write CONFIRM and the token of the confirmation email")
+        if found.email != message.sender:
+            raise NotAuthorized(
+                "reply from the address the confirmation was sent to, or type its token",
+                request=found.request_id,
+            )
+        return found
+
+    def confirmation_addressed(self, session: Session, message: Inbound) -> Confirmation | None:
+        """The confirmation whose reply address the message was sent to, if any."""
+        for recipient in message.recipients:
+            key = mailparse.plus_key(recipient, self.settings.bot.local_part)
+            canonical = tokens.normalise(key) if key else None
+            if canonical is None:
+                continue
+            if found := store.confirmation_by_reply_key(session, tokens.digest(canonical)):
+                return found
+        return None
+
+    def _check_token_attempts(self, session: Session, actor: str) -> None:
+        since = self.clock.now() - timedelta(hours=1)
+        limit = self.settings.policy.max_bad_tokens_per_hour
+        if store.recent_events(session, "error:bad-token", actor, since) >= limit:
+            raise TooManyAttempts("")
 
     def cancel_request(self, request_id: str) -> Request:
         """An operator withdraws a request (``mailbot requests cancel``)."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
 
 from mailbot import mailparse_auto as auto
 from mailbot import mailparse_bounce as bounces
@@ -32,6 +32,7 @@ from mailbot import mailparse_quotes as quotes
 from mailbot.mailparse_bounce import Bounce
 from mailbot.mailparse_html import html_to_text
 from mailbot.mailparse_mime import strip_subject_prefixes
+from mailbot.mailparse_sender import sender_of
 from mailbot.mailparse_tokens import find_tokens
 
 __all__ = [
@@ -112,6 +113,10 @@ class ParsedMessage:
     """The text was taken from an HTML part (there was no usable text/plain part)."""
     parse_error: str = ""
     """Non-empty only if parsing failed unexpectedly and this is a degraded reading."""
+    sender_problem: str = ""
+    """Why the From header was refused (``sender`` is then None); "" when it was read."""
+    authentication_results: tuple[str, ...] = ()
+    """Every ``Authentication-Results`` header as sent, unfolded, top first (bounded)."""
 
 
 def parse(raw: bytes) -> ParsedMessage:
@@ -123,7 +128,8 @@ def parse(raw: bytes) -> ParsedMessage:
 
 
 def _parse(message: Message, raw: bytes) -> ParsedMessage:
-    sender_name, sender = _address(mime.header(message, "From"))
+    strict = sender_of(message)
+    sender_name, sender = strict.name, strict.address
     subject = _one_line(mime.header(message, "Subject"))[:MAX_SUBJECT_CHARS]
     text, from_html = body_text(message)
     split = quotes.split_reply(text)
@@ -154,6 +160,8 @@ def _parse(message: Message, raw: bytes) -> ParsedMessage:
         envelope_recipients=_addresses(message, _ENVELOPE_HEADERS),
         date=_one_line(mime.header(message, "Date"))[:200],
         from_html=from_html,
+        sender_problem=strict.problem,
+        authentication_results=_raw_values(message, "Authentication-Results"),
     )
 
 
@@ -237,7 +245,8 @@ def _forwarded(message: Message, split: quotes.Split, subject: str) -> Forwarded
 
 
 def _attached(inner: Message) -> Forwarded:
-    name, address = _address(mime.header(inner, "From"))
+    strict = sender_of(inner)
+    name, address = strict.name, strict.address
     text, _ = body_text(inner)
     own = quotes.split_reply(text).new
     return Forwarded(
@@ -257,12 +266,13 @@ def _one_line(value: str) -> str:
     return " ".join(value.split())
 
 
-def _address(value: str) -> tuple[str, str | None]:
-    name, address = parseaddr(value)
-    address = address.strip().lower()
-    if "@" not in address or any(ch.isspace() for ch in address):
-        return _one_line(name), None
-    return _one_line(name), address
+def _raw_values(message: Message, name: str, limit: int = 20) -> tuple[str, ...]:
+    """Every value of a header as sent, unfolded and bounded (never decoded)."""
+    try:
+        values = message.get_all(name) or []
+    except Exception:  # any input
+        return ()
+    return tuple(" ".join(str(v)[: mime.MAX_HEADER_CHARS].split()) for v in values[:limit])
 
 
 def _addresses(message: Message, names: tuple[str, ...]) -> tuple[str, ...]:

@@ -195,3 +195,28 @@ class OutboxRow(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = _when()
     sent_at: datetime | None = _when(nullable=True)
+
+
+class Confirmation(SQLModel, table=True):
+    """A CANCEL or RESEND by mail that waits for its sender's address to confirm it.
+
+    The token and the reply key of the confirmation mail are kept only as
+    digests; either one, sent back before ``expires_at``, carries the action
+    out once.
+    """
+
+    __tablename__ = "confirmation"
+    __table_args__ = (sa.Index("ix_confirmation_request_email", "request_id", "email"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    digest: str = Field(max_length=64, unique=True)
+    reply_key_digest: str = Field(max_length=64, unique=True)
+    request_id: str = Field(foreign_key="change_request.id", max_length=16)
+    action: str = Field(max_length=8)
+    """``cancel`` or ``resend``."""
+    email: str = Field(max_length=320)
+    """The address asked to confirm: the sender of the command."""
+    inbound_id: int | None = Field(default=None, foreign_key="inbound_message.id")
+    created_at: datetime = _when()
+    expires_at: datetime = _when()
+    used_at: datetime | None = _when(nullable=True)

@@ -35,6 +35,8 @@ MAIL_CONTEXT: dict[str, Any] = {
     "truncated": False,
     "limit": None,
     "commands": None,
+    "action": None,
+    "expires_at": None,
 }
 """Every key a mail template may read, with its value when a mail has none:
 templates run with StrictUndefined, so a key missing here is a bug caught at once."""

@@ -13,7 +13,7 @@ import logging
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
-from mailbot import commands, mailparse, store
+from mailbot import commands, mailparse, store, tokens
 from mailbot.clock import Clock
 from mailbot.compose import bounced_message_id
 from mailbot.config import Settings
@@ -21,6 +21,7 @@ from mailbot.db import make_engine, transaction
 from mailbot.deciding import DecidingCases, TokenPage
 from mailbot.errors import (
     MailbotError,
+    UnknownCommand,
 )
 from mailbot.inbound import Inbound, RawMessage, Stored, ignore_reason, speaker
 from mailbot.lifecycle import LifecycleCases, SweepReport, UnknownRequest
@@ -152,18 +153,42 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         parsed = mailparse.parse(row.raw)
         if parsed.bounce is not None:
             return "processed", self._record_bounce(session, row, parsed, parsed.bounce)
+        if parsed.sender_problem:
+            return "ignored", f"ignored: sender refused: {parsed.sender_problem}"
         if reason := ignore_reason(parsed, row, self.settings):
             return "ignored", f"ignored: {reason}"
         message = speaker(row, parsed, self.settings)
         command: commands.Command | None = None
         try:
             with session.begin_nested():
-                command = commands.find_command(message.subject, message.new_text)
+                command = self._command_of(session, message)
+                if message.forged and not _carries_token(message, command):
+                    return "ignored", f"ignored: {command.verb} from {_dmarc_fails(message)}"
                 return "processed", self._dispatch(session, message, command)
         except MailbotError as error:
+            if message.forged:
+                self._log(
+                    session,
+                    None,
+                    f"error:{error.code}",
+                    actor=message.sender,
+                    inbound_id=message.id,
+                    detail=f"not answered: {message.authentication.reason}",
+                )
+                return "processed", f"error {error.code}, not answered: {_dmarc_fails(message)}"
             if self._reject(session, message, error, command):
                 return "processed", f"error {error.code} sent to {message.sender}"
             return "processed", f"error {error.code}, not answered: rate limit"
+
+    def _command_of(self, session: Session, message: Inbound) -> commands.Command:
+        """The mail's command; a mail without one sent to a confirmation's reply
+        address confirms it (as replying to a confirmation mail does)."""
+        try:
+            return commands.find_command(message.subject, message.new_text)
+        except UnknownCommand:
+            if self.confirmation_addressed(session, message) is None:
+                raise
+            return commands.Command("CONFIRM", "", "", french=False)
 
     def _record_bounce(
         self,
@@ -241,16 +266,30 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
             return self._open_by_mail(session, message, command)
         if command.verb in ("ACCEPT", "REFUSE"):
             return self._decide_by_mail(session, message, command)
+        if command.verb == "CONFIRM":
+            return self._confirm_by_mail(session, message, command)
         if command.verb == "HELP":
             return self._answer(session, message, "help", {"commands": commands.VERBS})
         if command.verb == "LIST":
             return self._list_by_mail(session, message)
+        if command.verb in ("CANCEL", "RESEND"):
+            return self._steer_by_mail(session, message, command)
         row = self._party_request(session, message, command)
-        if command.verb == "STATUS":
-            return self._answer(session, message, "status", {}, store.request(session, row))
-        if command.verb == "CANCEL":
-            return self._cancel(session, row, self._actor(session, message), message)
-        return self._resend(session, row, self._actor(session, message), message)
+        return self._answer(session, message, "status", {}, store.request(session, row))
 
     def flush_outbox(self, transport: Transport) -> FlushReport:
         return flush(self.engine, transport, self.clock.now(), self.settings.outgoing.max_attempts)
+
+
+def _carries_token(message: Inbound, command: commands.Command) -> bool:
+    """Whether a mail whose sender DMARC refutes still carries a credential: a token
+    typed or quoted for a decision, a token typed for a confirmation."""
+    typed = bool(message.tokens or mailparse.find_tokens(command.argument))
+    if command.verb in ("ACCEPT", "REFUSE"):
+        attempt = tokens.looks_like_token_attempt(command.argument)
+        return typed or attempt or bool(message.quoted_tokens)
+    return command.verb == "CONFIRM" and typed
+
+
+def _dmarc_fails(message: Inbound) -> str:
+    return f"{message.sender}, whose DMARC fails"

@@ -26,6 +26,7 @@ from mailbot.domain import (
 )
 from mailbot.models import (
     ChangeRequest,
+    Confirmation,
     Contact,
     EventRow,
     InboundMessage,
@@ -367,3 +368,27 @@ def due_outbox(session: Session, now: datetime, limit: int) -> list[OutboxRow]:
         .with_for_update(skip_locked=True)
     )
     return list(session.exec(query).all())
+
+
+def confirmation_by_digest(session: Session, digest: str) -> Confirmation | None:
+    query = select(Confirmation).where(Confirmation.digest == digest)
+    return session.exec(query.with_for_update()).first()
+
+
+def confirmation_by_reply_key(session: Session, key_digest: str) -> Confirmation | None:
+    query = select(Confirmation).where(Confirmation.reply_key_digest == key_digest)
+    return session.exec(query.with_for_update()).first()
+
+
+def live_confirmation(
+    session: Session, request_id: str, action: str, email: str, now: datetime
+) -> Confirmation | None:
+    """A confirmation of the same action still awaited from the same address."""
+    query = select(Confirmation).where(
+        Confirmation.request_id == request_id,
+        Confirmation.email == email,
+        Confirmation.action == action,
+        col(Confirmation.used_at).is_(None),
+        Confirmation.expires_at > now,
+    )
+    return session.exec(query).first()

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from factories import MailFactory, seed_world
+from factories import AUTHSERV_ID, MailFactory, seed_world
 
 from mailbot import db
 from mailbot.clock import FixedClock
@@ -167,6 +167,7 @@ def make_settings(tmp_path: Path, database_url: str, **sections: dict[str, Any])
     values: dict[str, Any] = {
         "bot": {"address": "changes@bot.test", "base_url": "https://bot.test"},
         "database": {"url": database_url},
+        "smtp": {"authserv_id": AUTHSERV_ID},
         "outgoing": {"transport": "maildir", "maildir": str(tmp_path / "sent")},
         "policy": {"operators": ["ops@agency.test"]},
     }

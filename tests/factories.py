@@ -26,6 +26,14 @@ BILL = "bill@example.com"  # billing contact of example.com
 CAROL = "carol@agency.test"  # an agency contact, known
 DAVE = "dave@example.org"  # a contact not in good standing
 STRANGER = "mallory@evil.test"
+AUTHSERV_ID = "mx.bot.test"  # the front MTA's authserv-id in the test settings
+
+
+def dmarc(sender: str, result: str = "pass", authserv_id: str = AUTHSERV_ID) -> dict[str, str]:
+    """The ``Authentication-Results`` header a front MTA adds for mail from ``sender``."""
+    domain = sender.rpartition("@")[2]
+    return {"Authentication-Results": f"{authserv_id}; dmarc={result} header.from={domain}"}
+
 
 WORLD: dict[str, Any] = {
     "contacts": [

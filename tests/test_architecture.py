@@ -14,6 +14,8 @@ PURE = [
     "workflow",
     "domain",
     "mailparse",
+    "mailparse_sender",
+    "authentication",
     "commands",
     "tokens",
     "errors",

@@ -17,6 +17,7 @@ from factories import (
     STRANGER,
     MailFactory,
     Sent,
+    dmarc,
     last_outbox_id,
     outbox,
     send,
@@ -131,12 +132,12 @@ def test_my_requests_lists_what_awaits_me(bot: Mailbot, mail: MailFactory) -> No
 
 def test_resend_replaces_the_tokens_of_the_awaited(bot: Mailbot, mail: MailFactory) -> None:
     request_id, tokens = accepted_by_alice(bot, mail)
-    mails = send(bot, mail(ALICE, f"RESEND {request_id}"))
+    mails = send(bot, mail(ALICE, f"RESEND {request_id}", headers=dmarc(ALICE)))
     assert events(mails) == [("validation-requested", CAROL)]
     fresh = token_in(mails[0])
     (error,) = send(bot, mail(CAROL, "x", f"ACCEPT {tokens[CAROL]}"))
     assert error.header("X-Mailbot-Error") == "bad-token"
-    (too_soon,) = send(bot, mail(ALICE, f"RENVOYER {request_id}"))
+    (too_soon,) = send(bot, mail(ALICE, f"RENVOYER {request_id}", headers=dmarc(ALICE)))
     assert too_soon.header("X-Mailbot-Error") == "too-many-attempts"
     send(bot, mail(CAROL, "x", f"ACCEPT {fresh}"))
     assert status(bot, request_id) == "done"
@@ -146,7 +147,7 @@ def test_an_awaited_contact_may_resend_for_themselves(
     bot: Mailbot, mail: MailFactory, clock: FixedClock
 ) -> None:
     request_id, _ = accepted_by_alice(bot, mail)
-    assert events(send(bot, mail(CAROL, f"RESEND {request_id}"))) == [
+    assert events(send(bot, mail(CAROL, f"RESEND {request_id}", headers=dmarc(CAROL)))) == [
         ("validation-requested", CAROL)
     ]
     clock.at += 2 * timedelta(hours=1)
@@ -158,7 +159,7 @@ def test_cancel_by_the_requester_not_by_a_stranger(bot: Mailbot, mail: MailFacto
     request_id, tokens = accepted_by_alice(bot, mail)
     (refused,) = send(bot, mail(STRANGER, f"CANCEL {request_id}"))
     assert refused.header("X-Mailbot-Error") == "not-authorized"
-    mails = send(bot, mail(ALICE, f"ANNULER {request_id}"))
+    mails = send(bot, mail(ALICE, f"ANNULER {request_id}", headers=dmarc(ALICE)))
     assert sorted(events(mails)) == [("request-cancelled", ALICE), ("request-cancelled", CAROL)]
     assert status(bot, request_id) == "cancelled"
     (dead,) = send(bot, mail(CAROL, "x", f"ACCEPT {tokens[CAROL]}"))
