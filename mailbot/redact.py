@@ -36,6 +36,9 @@ _DISPLAYED = (
 _RUN = rf"[{_ALNUM}]{{{tokens.TOKEN_LENGTH}}}"
 _TOKEN = re.compile(rf"(?<![{_ALNUM}])(?:{_DISPLAYED}|{_RUN})(?![{_ALNUM}])")
 _LINK = re.compile(r"(/v/|%2Fv%2F)[^\s\"'<>&)\]]+", re.IGNORECASE)
+_BASE64_LINE = re.compile(r"^[A-Za-z0-9+/]{60,}={0,2}\r?\n?$")
+"""A line of a base64 part: an attachment's bytes, left whole (text parts are
+decoded and redacted before)."""
 _HEADER_SKIP = frozenset({"message-id", "in-reply-to", "references"})
 """Threading headers name messages, never carry a token, and keep the audit useful."""
 
@@ -61,19 +64,22 @@ def addresses(values: str, bot_local_part: str) -> str:
 def raw_message(raw: bytes, bot_local_part: str) -> bytes:
     """The stored message with its secrets replaced by the marker.
 
-    First a pass over the bytes as they are (headers, plain and most
-    quoted-printable text). A token may still hide where the bytes are
-    encoded: base64 parts, or a quoted-printable soft line break in the
-    middle of a link. Those text parts are decoded, redacted and encoded
-    again the same way; the rest of the message is left as it was.
+    Where the bytes are encoded (base64 parts, quoted-printable whose soft
+    line breaks may cut a link in two, RFC 2047 headers) a token cannot be
+    seen in them: those parts and headers are decoded, redacted and encoded
+    again the same way first, and the rest of the message is left as it was.
+    Then a pass over the bytes as they are takes care of the headers and of
+    plain text.
     """
-    scrubbed = _bytes(raw, bot_local_part)
+    return _bytes(_decoded_parts(raw, bot_local_part), bot_local_part)
+
+
+def _decoded_parts(raw: bytes, bot_local_part: str) -> bytes:
     try:
-        message = message_from_bytes(scrubbed, policy=email_policy.compat32)
-        changed = _rewrite_parts(message, bot_local_part)
-        return message.as_bytes() if changed else scrubbed
+        message = message_from_bytes(raw, policy=email_policy.compat32)
+        return message.as_bytes() if _rewrite_parts(message, bot_local_part) else raw
     except Exception:  # a message the email package cannot write back: bytes only
-        return scrubbed
+        return raw
 
 
 def _bytes(raw: bytes, bot_local_part: str) -> bytes:
@@ -87,7 +93,10 @@ def _bytes(raw: bytes, bot_local_part: str) -> bytes:
         if line[:1] not in (" ", "\t"):
             skipping = line.partition(":")[0].strip().lower() in _HEADER_SKIP
         out.append(address(line, bot_local_part) if skipping else text(line, bot_local_part))
-    scrubbed_body = text(body.decode("latin-1"), bot_local_part)
+    scrubbed_body = "".join(
+        line if _BASE64_LINE.match(line) else text(line, bot_local_part)
+        for line in body.decode("latin-1").splitlines(keepends=True)
+    )
     return "".join(out).encode("latin-1") + sep + scrubbed_body.encode("latin-1")
 
 

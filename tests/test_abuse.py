@@ -88,11 +88,11 @@ def test_many_forged_admins_mail_a_stranger_at_most_three_times_and_known_contac
     apply_import(bot.engine, ImportFile.model_validate(world), bot.clock.now())
     for n, admin in enumerate(admins):
         send(bot, mail(admin, f"CHANGE site{n}.test", f"billing: {VICTIM}"))
-    for n, admin in enumerate(admins[:60]):  # an agency's busy hour, for a known contact
+    for n, admin in enumerate(admins[:20]):  # an agency's busy hour, for a known contact
         send(bot, mail(admin, f"CHANGE site{n}.test", f"tech: {CAROL}"))
-    delivered = deliver(bot)
-    assert 1 <= len(to(delivered, VICTIM)) <= 3
-    assert len(to(delivered, CAROL)) == 60
+    queued = outbox(bot)
+    assert 1 <= len([m for m in queued if m.to == VICTIM]) <= 3
+    assert len([m for m in queued if m.to == CAROL]) == 20
 
 
 @pytest.mark.usefixtures("world")
@@ -122,11 +122,13 @@ def test_forged_senders_get_one_answer_a_day_that_quotes_nothing_of_theirs(
     senders = [f"victim{n}@backscatter{n % 7}.test" for n in range(200)]
     for n, sender in enumerate(senders):
         send(bot, spam(mail, sender, n))
-    for n, sender in enumerate(senders[:50]):  # the same victims again, the same day
+    for n, sender in enumerate(senders[:20]):  # the same victims again, the same day
         send(bot, spam(mail, sender, 1000 + n))
-    delivered = deliver(bot)
-    assert len(delivered) == 200
-    for message in delivered:
+    answers = outbox(bot)
+    assert len(answers) == 200
+    for answer in answers:
+        message = answer.message
+        assert message is not None
         whole = message.as_string() + "".join(
             str(part.get_content())
             for part in message.walk()
@@ -137,7 +139,7 @@ def test_forged_senders_get_one_answer_a_day_that_quotes_nothing_of_theirs(
         assert message["In-Reply-To"] is None
         assert message["X-Mailbot-Error"] == "unknown-command"
         assert "HELP" in message.get_body(("plain",)).get_content()
-    assert sorted(str(m["To"]) for m in delivered) == sorted(senders)
+    assert sorted(m.to for m in answers) == sorted(senders)
     # A day later one of them may be answered again, still without quoting.
     clock.at += timedelta(days=1, minutes=1)
     (again,) = send(bot, spam(mail, senders[0], 5000))
