@@ -160,6 +160,8 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         local = self.settings.bot.local_part
         row.raw = redact.raw_message(row.raw, local)
         row.recipients = redact.addresses(row.recipients, local)
+        if row.envelope_from:
+            row.envelope_from = redact.address(row.envelope_from, local)
         row.outcome = redact.text(row.outcome, local)
 
     def _handle(self, session: Session, row: InboundMessage) -> tuple[str, str]:
