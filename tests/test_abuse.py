@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from factories import ALICE, BOB, CAROL, MailFactory, Sent, maildir_messages, outbox, send, token_in
 
-from mailbot import store
+from mailbot import commands, store
 from mailbot.adapters.maildir_out import MaildirTransport
 from mailbot.clock import FixedClock
 from mailbot.db import transaction
@@ -227,3 +227,19 @@ def test_a_reply_prefixed_subject_is_still_a_command_when_the_text_holds_none(
 ) -> None:
     mails = send(bot, mail(ALICE, "Re: CHANGE example.com", f"tech: {CAROL}"))
     assert "request-opened" in [m.event for m in mails]
+
+
+@pytest.mark.parametrize(
+    ("subject", "text", "verb"),
+    [
+        ("Re: [CR-7K2QX9MD] Change request opened for example.com", "ACCEPT", "ACCEPT"),
+        ("TR: [CR-7K2QX9MD] Change request opened for example.com", "Refuser.", "REFUSE"),
+        ("[CR-7K2QX9MD] Change request opened for example.com", "Bonjour,\nvalider", "ACCEPT"),
+        ("Re: CHANGE example.com", "tech: carol@agency.test", "CHANGE"),
+        ("CHANGE example.com", "tech: carol@agency.test", "CHANGE"),
+    ],
+)
+def test_the_new_text_of_a_reply_speaks_before_its_subject(
+    subject: str, text: str, verb: str
+) -> None:
+    assert commands.find_command(subject, text).verb == verb
