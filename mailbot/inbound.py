@@ -154,7 +154,7 @@ def ignore_reason(
 
 _ROBOT_LOCAL = re.compile(
     r"^(?:mailer[-_.]?daemon|postmaster|(?:do[-_.]?)?no[-_.]?reply|do[-_.]?not[-_.]?reply"
-    r"|bounces?|auto[-_.]?(?:reply|responder))(?:[-_.+].*)?$",
+    r"|auto[-_.]?(?:reply|responder))(?:[-_.+].*)?$",
     re.IGNORECASE,
 )
 
