@@ -159,9 +159,7 @@ class Mailer:
         cap = self.settings.policy.max_unsolicited_per_day
         if _mails_since(session, mail.to.email, since) >= cap:
             return f"{cap} mails a day to an address that never answered"
-        if mail.event in ANSWER_EVENTS and (
-            store.recent_answers(session, mail.to.email, ANSWER_EVENTS, since) >= 1
-        ):
+        if mail.event in ANSWER_EVENTS and _mails_since(session, mail.to.email, since, True) >= 1:
             return "one answer a day to an unknown address"
         return None
 
@@ -176,11 +174,27 @@ class Mailer:
         return sent >= self.settings.policy.max_answers_per_hour
 
 
-def _mails_since(session: Session, address: str, since: datetime) -> int:
-    """Mails queued to ``address`` since then, whatever they were."""
+def _mails_since(session: Session, address: str, since: datetime, answers: bool = False) -> int:
+    """Mails queued since then to the mailbox of ``address``: the address itself
+    and its ``+tag`` variants, which land in the same mailbox."""
+    local, _, domain = address.partition("@")
+    base = local.partition("+")[0]
+    pattern = f"{_like_escaped(base)}+%@{_like_escaped(domain)}"
     query = (
         select(func.count())
         .select_from(OutboxRow)
-        .where(OutboxRow.to_email == address, col(OutboxRow.created_at) >= since)
+        .where(
+            sa.or_(
+                col(OutboxRow.to_email) == f"{base}@{domain}",
+                col(OutboxRow.to_email).like(pattern, escape="\\"),
+            ),
+            col(OutboxRow.created_at) >= since,
+        )
     )
+    if answers:
+        query = query.where(col(OutboxRow.event).in_(ANSWER_EVENTS))
     return int(session.exec(query).one())
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -243,3 +243,15 @@ def test_the_new_text_of_a_reply_speaks_before_its_subject(
     subject: str, text: str, verb: str
 ) -> None:
     assert commands.find_command(subject, text).verb == verb
+
+
+@pytest.mark.usefixtures("world")
+def test_tagged_variants_of_a_strangers_address_share_its_three_mails(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    for n in range(6):
+        mails = send(bot, mail(ALICE, "CHANGE example.com", f"tech: victim+{n}@victim.test"))
+        send(bot, mail(ALICE, f"CANCEL {opened_request(mails)}"))
+    for n in range(6):  # and answers to forged senders, tagged the same way
+        send(bot, mail(f"victim+x{n}@victim.test", SPAM))
+    assert 1 <= len([m for m in outbox(bot) if m.to.endswith("@victim.test")]) <= 3
