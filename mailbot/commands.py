@@ -52,6 +52,8 @@ _GREETING = re.compile(
 )
 _ROLE_LINE = re.compile(r"^\s*([^\W\d_][\w-]*)\s*:\s*(\S+)\s*$")
 _REQUEST_ID = re.compile(r"^CR-[0-9A-Z]{8}$")
+_OWN_TAG = re.compile(r"^\s*\[CR-[0-9A-Z]{8}\]")
+"""The tag mailbot's own subjects begin with: a mail that keeps it answers one of them."""
 
 
 @dataclass(frozen=True)
@@ -75,19 +77,25 @@ class ChangeCommand:
 def find_command(subject: str, new_text: str) -> Command:
     """The command of a mail: its subject, else the first line of its new text.
 
-    A decision in one place and the opposite decision in another is ambiguous
-    and refused rather than guessed.
+    A reply or a forward ("Re:", "TR:"..., or mailbot's own ``[CR-...]`` tag
+    kept by a client that adds no prefix) carries the subject of the mail it
+    answers, which may read like a command ("Re: [CR-...] Change request
+    opened for example.com"): there the new text speaks first, and the subject
+    is a command only when the new text holds none. A decision in one place
+    and the opposite decision in another is ambiguous and refused rather than
+    guessed.
     """
+    answering = strip_subject_prefixes(subject) != subject.strip() or bool(_OWN_TAG.match(subject))
     in_subject = _command_in(_bare(subject))
     lines = [line.strip() for line in new_text.splitlines() if line.strip()]
     if len(lines) > 1 and _GREETING.match(lines[0]) and _command_in(lines[0]) is None:
         lines = lines[1:]  # "Bonjour," then the command
     in_body = _command_in(lines[0]) if lines else None
-    command = in_subject or in_body
+    command = (in_body or in_subject) if answering else (in_subject or in_body)
     if command is None:
         raise UnknownCommand("", line=(lines[0] if lines else subject)[:200])
     if command.verb in ("ACCEPT", "REFUSE"):
-        _check_single_decision(command, [subject, *lines])
+        _check_single_decision(command, [*([] if answering else [subject]), *lines])
     return command
 
 

@@ -201,6 +201,11 @@ class PolicySettings(Section):
     max_answers_per_hour: int = Field(default=10, gt=0)
     """Error and help mails sent to one address in an hour; beyond, mailbot stays
     silent (it still records what it received). Workflow mails are never limited."""
+    max_unsolicited_per_day: int = Field(default=3, ge=0)
+    """Mails a day to an address mailbot has no reason to trust: not an imported
+    contact, not a role holder, not an operator, and never answered a validation.
+    Beyond it the mail is held back (the event log says so), so that a forged
+    request cannot turn mailbot against a stranger; known contacts are never limited."""
 
     @field_validator("operators", "trusted_forwarders")
     @classmethod

@@ -7,6 +7,7 @@ Values and functions of a message and the settings: no queries, no I/O.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -14,6 +15,7 @@ from functools import cached_property
 from mailbot import commands, mailparse
 from mailbot.authentication import FAIL, NONE, PASS, Verdict
 from mailbot.authentication import verdict as sender_verdict
+from mailbot.compose import bounced_message_id
 from mailbot.config import Settings
 from mailbot.models import InboundMessage
 
@@ -167,7 +169,28 @@ def ignore_reason(
     bot = settings.bot
     if domain == bot.domain and local.split("+")[0] == bot.local_part:
         return "sent by mailbot itself"
+    if _robot_address(parsed.sender) or _robot_address(row.envelope_from or ""):
+        return "sent by a robot address (no-reply, mailer-daemon, postmaster)"
+    addressed = (*row.recipients.split(","), *parsed.envelope_recipients, *parsed.recipients)
+    if any(bounced_message_id(a, bot.local_part, bot.domain) for a in addressed if a):
+        return "sent to the bounce address, and not a bounce"
     return None
+
+
+_ROBOT_LOCAL = re.compile(
+    r"^(?:mailer[-_.]?daemon|postmaster|(?:do[-_.]?)?no[-_.]?reply|do[-_.]?not[-_.]?reply"
+    r"|auto[-_.]?(?:reply|responder))(?:[-_.+].*)?$",
+    re.IGNORECASE,
+)
+
+
+def _robot_address(address: str) -> bool:
+    """Addresses robots send from: answering them reaches no one, or loops.
+
+    Only what such addresses are called everywhere: a person's own address
+    never looks like ``noreply`` or ``mailer-daemon``.
+    """
+    return _ROBOT_LOCAL.match(address.strip("<> ").partition("@")[0]) is not None
 
 
 def _header(parsed: mailparse.ParsedMessage, name: str) -> str:

@@ -8,12 +8,12 @@ outbox then) registers in ``on_mail_queued``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, col, func, select
 
 from mailbot import store
 from mailbot.clock import Clock
@@ -21,12 +21,15 @@ from mailbot.compose import Envelope, bounce_address, compose, new_message_id
 from mailbot.config import Settings
 from mailbot.domain import Party, Request
 from mailbot.inbound import Inbound
-from mailbot.models import OutboxRow
+from mailbot.models import EventRow, OutboxRow, ServiceRow, ValidationRow
 from mailbot.render import MAIL_CONTEXT, Renderer, make_environment
 from mailbot.views import RequestView
 
 ANSWER_EVENTS = ("error", "help", "status", "list")
 """Mails that answer a person's mistake or question: rate-limited per address."""
+STRANGER_CONTEXT: dict[str, Any] = {"generic": True, "original_subject": "", "command": ""}
+"""What an answer to an untrusted address is rendered with: a generic text that
+quotes nothing of its mail (backscatter carries no spam)."""
 
 
 @dataclass
@@ -50,8 +53,32 @@ class Mailer:
         self.renderer = Renderer(make_environment(settings.bot.templates_dir))
         self.on_mail_queued: list[Callable[[], None]] = []
 
-    def queue(self, session: Session, mail: Outgoing, message: Inbound | None) -> None:
-        """Render ``mail`` and add it to the outbox, in the caller's transaction."""
+    def queue(self, session: Session, mail: Outgoing, message: Inbound | None) -> bool:
+        """Render ``mail`` and add it to the outbox, in the caller's transaction.
+
+        Returns False when the mail is held back instead: mailbot writes to an
+        address it has no reason to trust (see ``trusts``) at most
+        ``max_unsolicited_per_day`` times a day, and answers it (error, help,
+        status, list) at most once a day, with a generic text that quotes
+        nothing of what it was sent.
+        """
+        trusted = self.trusts(session, mail.to.email)
+        if not trusted and (held := self._held_back(session, mail)):
+            if mail.event not in ANSWER_EVENTS:
+                session.add(
+                    EventRow(
+                        at=self.clock.now(),
+                        request_id=mail.request.id if mail.request else None,
+                        kind="mail-held",
+                        actor_email=mail.to.email,
+                        contact_id=mail.to.id,
+                        detail=f"{mail.event} not sent: {held}",
+                    )
+                )
+            return False
+        if not trusted:
+            mail = replace(mail, context={**(mail.context or {}), **STRANGER_CONTEXT})
+            message = None  # no threading either: a Message-ID is the sender's text too
         if self.on_mail_queued and not sa.event.contains(session, "after_commit", self._queued):
             sa.event.listen(session, "after_commit", self._queued, once=True)
         bot = self.settings.bot
@@ -95,6 +122,46 @@ class Mailer:
                 created_at=envelope.date,
             )
         )
+        return True
+
+    def trusts(self, session: Session, address: str) -> bool:
+        """Whether mailbot may write to ``address`` freely and quote what it sent.
+
+        Trusted are the operators, contacts from the import (they have a
+        handle), holders of a role on a service, and anyone who once decided a
+        validation (which takes the token mailbot sent them). A contact that
+        exists only because someone named its address in a request is not.
+        """
+        if self.settings.is_operator(address):
+            return True
+        contact = store.contact_by_email(session, address)
+        if contact is None:
+            return False
+        if contact.handle is not None:
+            return True
+        holds = select(ServiceRow.id).where(
+            sa.or_(
+                col(ServiceRow.admin_id) == contact.id,
+                col(ServiceRow.tech_id) == contact.id,
+                col(ServiceRow.billing_id) == contact.id,
+            )
+        )
+        if session.exec(holds.limit(1)).first() is not None:
+            return True
+        decided = select(ValidationRow.id).where(
+            ValidationRow.contact_id == contact.id, ValidationRow.status != "pending"
+        )
+        return session.exec(decided.limit(1)).first() is not None
+
+    def _held_back(self, session: Session, mail: Outgoing) -> str | None:
+        """Why a mail to an untrusted address must not go out today, or None."""
+        since = self.clock.now() - timedelta(days=1)
+        cap = self.settings.policy.max_unsolicited_per_day
+        if _mails_since(session, mail.to.email, since) >= cap:
+            return f"{cap} mails a day to an address that never answered"
+        if mail.event in ANSWER_EVENTS and _mails_since(session, mail.to.email, since, True) >= 1:
+            return "one answer a day to an unknown address"
+        return None
 
     def _queued(self, session: Session) -> None:
         for listener in self.on_mail_queued:
@@ -105,3 +172,29 @@ class Mailer:
         since = self.clock.now() - timedelta(hours=1)
         sent = store.recent_answers(session, address, ANSWER_EVENTS, since)
         return sent >= self.settings.policy.max_answers_per_hour
+
+
+def _mails_since(session: Session, address: str, since: datetime, answers: bool = False) -> int:
+    """Mails queued since then to the mailbox of ``address``: the address itself
+    and its ``+tag`` variants, which land in the same mailbox."""
+    local, _, domain = address.partition("@")
+    base = local.partition("+")[0]
+    pattern = f"{_like_escaped(base)}+%@{_like_escaped(domain)}"
+    query = (
+        select(func.count())
+        .select_from(OutboxRow)
+        .where(
+            sa.or_(
+                col(OutboxRow.to_email) == f"{base}@{domain}",
+                col(OutboxRow.to_email).like(pattern, escape="\\"),
+            ),
+            col(OutboxRow.created_at) >= since,
+        )
+    )
+    if answers:
+        query = query.where(col(OutboxRow.event).in_(ANSWER_EVENTS))
+    return int(session.exec(query).one())
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

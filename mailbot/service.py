@@ -13,7 +13,7 @@ import logging
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
-from mailbot import commands, mailparse, store, tokens
+from mailbot import commands, mailparse, redact, store, tokens
 from mailbot.clock import Clock
 from mailbot.compose import bounced_message_id
 from mailbot.config import Settings
@@ -134,6 +134,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
                     row.status = "failed"
                     row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
                     row.processed_at = self.clock.now()
+                    self._scrub(row)
             raise ProcessingFailed(f"message {inbound_id}: {type(exc).__name__}") from exc
 
     def _process_inbound(self, inbound_id: int) -> str:
@@ -145,8 +146,24 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
             row.status = status
             row.outcome = outcome
             row.processed_at = self.clock.now()
+            self._scrub(row)
+            outcome = row.outcome
         log.info("message %d (%s): %s", inbound_id, row.message_id or "no Message-ID", outcome)
         return outcome
+
+    def _scrub(self, row: InboundMessage) -> None:
+        """Take tokens and reply keys out of a message once it is processed.
+
+        Processing needs them (a reply key names the validation); afterwards
+        the stored copy, its recipients and its outcome keep ``[redacted]``
+        in their place, whatever the outcome was.
+        """
+        local = self.settings.bot.local_part
+        row.raw = redact.raw_message(row.raw, local)
+        row.recipients = redact.addresses(row.recipients, local)
+        if row.envelope_from:
+            row.envelope_from = redact.address(row.envelope_from, local)
+        row.outcome = redact.text(row.outcome, local)
 
     def _handle(self, session: Session, row: InboundMessage) -> tuple[str, str]:
         assert row.id is not None

@@ -11,7 +11,7 @@ import logging
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from mailbot import commands, store, tokens, workflow
+from mailbot import commands, redact, store, tokens, workflow
 from mailbot.clock import Clock, SystemClock
 from mailbot.config import Settings
 from mailbot.domain import Channel, Party, Request
@@ -220,8 +220,11 @@ class ServiceCore:
     ) -> bool:
         """Answer a command that failed with an error mail, and log it.
 
-        Returns False when the address had its share of answers this hour: the
-        error is recorded, and nothing is sent (a loop or a flood ends here).
+        Returns False when nothing is sent: the address had its share of
+        answers this hour, or it is unknown and had its one answer today (a
+        loop, a flood or backscatter ends here); the error is still recorded.
+        A known sender is shown what was read from their mail, tokens and
+        reply keys taken out; an unknown one gets a generic text (see Mailer).
         """
         contact = store.contact_by_email(session, message.sender)
         language = (
@@ -231,7 +234,12 @@ class ServiceCore:
             if command is not None and command.french
             else self.settings.bot.language
         )
-        to = Party(email=message.sender, name=contact.name if contact else "", language=language)
+        to = Party(
+            id=contact.id if contact else None,
+            email=message.sender,
+            name=contact.name if contact else "",
+            language=language,
+        )
         self._log(
             session,
             self._existing_request(session, error.context.get("request")),
@@ -242,21 +250,26 @@ class ServiceCore:
         )
         if self.mailer.answers_exhausted(session, message.sender):
             return False
-        self.mailer.queue(
+        local = self.settings.bot.local_part
+        shown = MailbotError(
+            redact.text(error.detail, local),
+            **{k: redact.text(v, local) for k, v in error.context.items()},
+        )
+        shown.code = error.code
+        return self.mailer.queue(
             session,
             Outgoing(
                 "error",
                 to,
                 context={
-                    "error": error,
-                    "command": command.line if command else "",
-                    "original_subject": message.subject[:200],
+                    "error": shown,
+                    "command": redact.text(command.line, local) if command else "",
+                    "original_subject": redact.text(message.subject[:200], local),
                 },
                 error_code=error.code,
             ),
             message,
         )
-        return True
 
     def _existing_request(self, session: Session, request_id: str | None) -> str | None:
         """An error's request id for the event log, when it names a stored request."""
@@ -285,6 +298,6 @@ class ServiceCore:
                 contact_id=contact_id,
                 channel=channel,
                 inbound_id=inbound_id,
-                detail=detail,
+                detail=redact.text(detail, self.settings.bot.local_part),
             )
         )

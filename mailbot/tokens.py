@@ -16,7 +16,11 @@ ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 TOKEN_BITS = 100
 TOKEN_LENGTH = TOKEN_BITS // 5
 GROUP = 4
-KEY_LENGTH = 16
+KEY_LENGTH = TOKEN_LENGTH
+"""A reply key decides like a token (a bare ACCEPT to it counts): it gets a token's
+100 bits."""
+OLD_KEY_LENGTH = 16
+"""Keys of mail sent before keys grew to a token's length are still understood."""
 
 _LOOKALIKES = str.maketrans({"O": "0", "I": "1", "L": "1"})
 _SEPARATORS = re.compile(r"[\s\-_.]+")
@@ -55,7 +59,7 @@ def normalise(typed: str, length: int = TOKEN_LENGTH) -> str | None:
 
 def normalise_key(typed: str) -> str | None:
     """A reply key as found in a plus-address (mail software may change its case)."""
-    return normalise(typed, KEY_LENGTH)
+    return normalise(typed, KEY_LENGTH) or normalise(typed, OLD_KEY_LENGTH)
 
 
 def digest(token: str) -> str:

@@ -14,6 +14,7 @@ from factories import (
     ALICE,
     BOB,
     CAROL,
+    DAVE,
     STRANGER,
     MailFactory,
     Sent,
@@ -112,8 +113,8 @@ def test_status_tells_parties_and_reveals_nothing_to_others(
     (answer,) = send(bot, mail(ALICE, f"STATUS {request_id}"))
     assert answer.event == "status"
     assert CAROL in answer.text
-    stranger = send(bot, mail(STRANGER, f"STATUS {request_id}"))
-    unknown = send(bot, mail(STRANGER, "STATUS CR-00000000"))
+    stranger = send(bot, mail(DAVE, f"STATUS {request_id}"))
+    unknown = send(bot, mail(DAVE, "STATUS CR-00000000"))
     assert [m.header("X-Mailbot-Error") for m in stranger] == ["not-authorized"]
     assert [m.header("X-Mailbot-Error") for m in unknown] == ["not-authorized"]
     assert stranger[0].text.replace(request_id, "CR-00000000") == unknown[0].text

@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailbot.adapters.connections import ConnectionLimiter
 from mailbot.config import SmtpSettings
+from mailbot import redact
 from mailbot.inbound import RawMessage
 from mailbot.service import Mailbot
 
@@ -151,7 +152,7 @@ class InboundHandler:
             "received message %d from <%s> for %s (%d bytes)",
             inbound_id,
             envelope.mail_from or "",
-            ",".join(envelope.rcpt_tos),
+            redact.addresses(",".join(envelope.rcpt_tos), self.writer.bot.settings.bot.local_part),
             len(raw),
         )
         self.on_stored(inbound_id)
