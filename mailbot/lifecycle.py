@@ -25,8 +25,8 @@ from mailbot.inbound import Inbound
 from mailbot.mailer import Outgoing
 from mailbot.models import (
     ChangeRequest,
-    Contact,
     Confirmation,
+    Contact,
 )
 from mailbot.service_core import ServiceCore
 from mailbot.views import RequestView

@@ -25,9 +25,9 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailbot import redact
 from mailbot.adapters.connections import ConnectionLimiter
 from mailbot.config import SmtpSettings
-from mailbot import redact
 from mailbot.inbound import RawMessage
 from mailbot.service import Mailbot
 
