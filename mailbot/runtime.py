@@ -73,9 +73,9 @@ class Runtime:
         self.work_thread = ThreadPoolExecutor(1, thread_name_prefix="process")
         self.send_thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
         self.scheduler = AsyncIOScheduler(timezone=UTC)
-        self.rescue_wanted = asyncio.Event()
         self.flush_wanted = asyncio.Event()
         self.stop_deadline = float("inf")
+        self.background: list[asyncio.Task[None]] = []
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.imap_stop = threading.Event()
@@ -188,7 +188,7 @@ class Runtime:
             loop.add_signal_handler(signum, self.stopping.set)
 
     def on_stored(self, inbound_id: int) -> None:
-        """Act on a message once its 250 is sent; a crash before is caught up by ``rescue``."""
+        """Act on a message once its 250 is sent; if that fails, the rescuer catches up."""
         self.last_arrival = asyncio.get_running_loop().time()
         self.to_process.put_nowait((inbound_id, self.last_arrival))
 
@@ -227,7 +227,7 @@ class Runtime:
         """
         cursor, failures, pause = 0, 0, 0.0
         while True:
-            await self._nap(self.rescue_wanted, pause)
+            await asyncio.sleep(pause)
             await self._fresh_mail_first()
             started = cursor
             try:

@@ -3,9 +3,10 @@ once per Message-ID.
 
 The file is written and synced under ``tmp/``, then renamed into ``new/``, so
 a reader never sees half a mail and a crash leaves at worst a stray file in
-``tmp/``. Its name is derived from the mail's Message-ID and recipient, so a
-mail sent again after a crash (the outbox is at-least-once) finds its file
-already in ``new/`` or ``cur/`` and writes no second one.
+``tmp/``. Its name is the time, then a digest of the mail's Message-ID and
+recipient, then the host: a mail sent again after a crash (the outbox is
+at-least-once) finds its digest already in ``new/`` or ``cur/`` and writes no
+second file.
 """
 
 from __future__ import annotations
@@ -14,22 +15,29 @@ import hashlib
 import os
 import re
 import socket
+import time
 from pathlib import Path
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 
 
 class MaildirTransport:
+    """One instance per flush: the names already delivered are listed once, on the
+    first mail, so that a Maildir of any size costs one listing per flush."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.host = socket.gethostname().replace("/", "_").replace(":", "_")
+        self._present: set[str] | None = None
 
     def send(self, envelope_from: str, recipient: str, payload: bytes) -> None:
         for sub in ("tmp", "new", "cur"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        name = f"{_unique(recipient, payload)}.{self.host}"
-        if self._delivered(name):
+        unique = _unique(recipient, payload)
+        present = self._delivered()
+        if unique in present:
             return
+        name = f"{time.time_ns()}.{unique}.{self.host}"  # sorts in the order written
         staged = self.root / "tmp" / name
         with staged.open("wb") as handle:
             handle.write(payload)
@@ -41,12 +49,15 @@ class MaildirTransport:
             os.fsync(directory)
         finally:
             os.close(directory)
+        present.add(unique)
 
-    def _delivered(self, name: str) -> bool:
-        """Already in ``new/``, or moved to ``cur/`` by a reader (with its ``:2,`` flags)."""
-        if (self.root / "new" / name).exists() or (self.root / "cur" / name).exists():
-            return True
-        return any((self.root / "cur").glob(f"{name}:*"))
+    def _delivered(self) -> set[str]:
+        """The unique parts of the names in ``new/`` and ``cur/`` (where a reader
+        moves a mail, adding its ``:2,`` flags)."""
+        if self._present is None:
+            names = [*os.listdir(self.root / "new"), *os.listdir(self.root / "cur")]
+            self._present = {name.split(".")[1] for name in names if name.count(".") >= 2}
+        return self._present
 
 
 def _unique(recipient: str, payload: bytes) -> str:

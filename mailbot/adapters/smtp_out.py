@@ -1,7 +1,9 @@
 """Outgoing mail through a smarthost over SMTP (plain, STARTTLS or implicit TLS).
 
 SMTP reply classes map onto the outbox's two failure kinds: 4xx and network
-trouble may go through later; 5xx will not.
+trouble may go through later; 5xx will not, and neither will an address
+smtplib cannot put on the wire (a non-ASCII address goes with SMTPUTF8 when
+the relay offers it, and fails for good, alone, when it does not).
 """
 
 from __future__ import annotations
