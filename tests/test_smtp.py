@@ -3,6 +3,7 @@ real SMTP smarthost."""
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import sqlite3
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import Session as SmtpSession
 from conftest import free_port, make_settings
 from factories import ALICE, BOB, CAROL, MailFactory, outbox, seed_world
 from servers import Smarthost, maildir_count, running, smarthost, wait_for
@@ -309,3 +312,45 @@ def test_mail_that_met_a_locked_database_is_processed_once_it_is_free(
         reader.close()
         bot.engine.dispose()
     assert sorted(help_answers(bot)) == sorted(senders)
+
+
+class SlowRelay(Smarthost):
+    """A relay that takes its time over DATA, long enough for a SIGTERM to arrive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_started = False
+
+    async def handle_DATA(  # aiosmtpd's hook name
+        self, server: SMTP, session: SmtpSession, envelope: Envelope
+    ) -> str:
+        self.data_started = True
+        await asyncio.sleep(2)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_stopping_finishes_the_mail_being_sent(
+    tmp_path: Path, database_url: str, mail: MailFactory
+) -> None:
+    relay_port = free_port()
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        smtp={"port": free_port()},
+        web={"port": free_port()},
+        outgoing={"transport": "smtp", "port": relay_port},
+    )
+    bot = Mailbot.from_settings(settings)
+    relay = SlowRelay()
+    controller = Controller(relay, hostname="127.0.0.1", port=relay_port)
+    controller.start()
+    try:
+        with running(bot):
+            smtp_send(settings, mail(BOB, "HELP"), sender=BOB)
+            wait_for(lambda: relay.data_started)
+        # Stopped while the relay was still reading the mail: it was finished, not dropped.
+        assert [rcpts for _, rcpts, _ in relay.received] == [[BOB]]
+        assert [m.row.status for m in outbox(bot)] == ["sent"]
+    finally:
+        controller.stop()
+        bot.engine.dispose()
