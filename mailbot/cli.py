@@ -54,10 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EX_USAGE)
     except CommandFailed as exc:
         return _fail(str(exc), exc.status)
-    except db.SchemaOutOfDate as exc:
+    except (db.SchemaOutOfDate, db.DatabaseUnavailable) as exc:
         return _fail(str(exc), EX_FAILED)
     except sqlalchemy.exc.OperationalError as exc:
-        return _fail(f"database unavailable: {exc.orig}", EX_TEMPFAIL)
+        return _fail(f"database unavailable ({_where(settings)}): {exc.orig}", EX_TEMPFAIL)
+
+
+def _where(settings: Settings) -> str:
+    """The database URL, without its password, for an error message."""
+    return sqlalchemy.make_url(settings.database.url).render_as_string(hide_password=True)
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -122,7 +127,11 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
             )
             if not args.no_flush:
                 _flush_quietly(bot, settings)
-    except (sqlalchemy.exc.OperationalError, db.SchemaOutOfDate) as exc:
+    except (
+        sqlalchemy.exc.OperationalError,
+        db.SchemaOutOfDate,
+        db.DatabaseUnavailable,
+    ) as exc:
         raise CommandFailed(f"message not handled, try again later: {exc}", EX_TEMPFAIL) from None
     except ProcessingFailed as exc:
         # Stored and marked failed for an operator to look at; retrying would not help.
@@ -252,9 +261,70 @@ def cmd_services_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_outbox_flush(args: argparse.Namespace, settings: Settings) -> int:
     transport = outgoing_transport(settings)
     with _bot(settings) as bot:
+        if args.all:
+            bot.hurry_outbox()
         report = bot.flush_outbox(transport)
     print(f"sent {report.sent}, to retry {report.retried}, dead {report.dead}")
     return EX_OK
+
+
+def cmd_outbox_retry(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.id is None) == (not args.dead):
+        raise CommandFailed("give one mail's ID or --dead (see `mailbot outbox retry --help`)", 2)
+    with _bot(settings) as bot:
+        if args.id is not None:
+            _check_retryable(bot, args.id)
+        rows = bot.retry_outbox(None if args.dead else [args.id])
+        if not args.no_flush:
+            _flush_quietly(bot, settings)
+    for row in rows:
+        print(f"{row.id}: {row.event} to {row.to_email} queued again")
+    if not rows:
+        print("no dead mail")
+    return EX_OK
+
+
+def _check_retryable(bot: Mailbot, row_id: int) -> None:
+    with db.transaction(bot.engine) as session:
+        rows = store.outbox_rows(session, [row_id])
+    if not rows:
+        raise CommandFailed(f"no mail {row_id} in the outbox")
+    if rows[0].status != "dead":
+        raise CommandFailed(f"mail {row_id} is {rows[0].status}, not dead")
+
+
+def cmd_inbound_list(args: argparse.Namespace, settings: Settings) -> int:
+    with _bot(settings) as bot, db.transaction(bot.engine) as session:
+        rows = store.inbound_overview(session, args.status, args.limit)
+        items = [_inbound_json(row) for row in rows]
+        counts = store.inbound_counts(session)
+    if args.json:
+        _print_json(items)
+        return EX_OK
+    for item in items:
+        print(
+            f"{item['id']:>7} {item['status']:<9} {item['received_at']}  {item['source']:<4}"
+            f"  {item['message_id'] or '-'}  {item['outcome']}"
+        )
+    total = ", ".join(f"{counts.get(s, 0)} {s}" for s in INBOUND_STATUSES)
+    print(f"stored: {total}")
+    return EX_OK
+
+
+INBOUND_STATUSES = ("received", "processed", "ignored", "failed")
+
+
+def _inbound_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "status": row.status,
+        "source": row.source,
+        "message_id": row.message_id,
+        "envelope_from": row.envelope_from,
+        "received_at": row.received_at.isoformat(),
+        "processed_at": row.processed_at.isoformat() if row.processed_at else None,
+        "outcome": row.outcome,
+    }
 
 
 def cmd_outbox_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -268,7 +338,7 @@ def cmd_outbox_list(args: argparse.Namespace, settings: Settings) -> int:
         when = item["sent_at"] or item["next_attempt_at"]
         error = f"  last error: {item['last_error']}" if item["last_error"] else ""
         print(
-            f"{item['status']:<7} {when}  {item['event']:<20} {item['to']}"
+            f"{item['id']:>6} {item['status']:<7} {when}  {item['event']:<20} {item['to']}"
             f"  (request {item['request'] or '-'}, {item['attempts']} attempts){error}"
         )
     if not items:
@@ -346,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_requests(_group(commands, "requests", "list, show and steer change requests"))
     _add_services(_group(commands, "services", "show services"))
     _add_outbox(_group(commands, "outbox", "the queue of outgoing mail"))
+    _add_inbound(_group(commands, "inbound", "received mail and the backlog not yet acted on"))
     imap = _group(commands, "imap", "the agency mailbox")
     _command(
         imap,
@@ -480,7 +551,22 @@ def _add_services(actions: Any) -> None:
 
 
 def _add_outbox(actions: Any) -> None:
-    _command(actions, "flush", cmd_outbox_flush, "send what is queued now", "outbox flush")
+    flush = _command(
+        actions, "flush", cmd_outbox_flush, "send what is due now", "outbox flush --all"
+    )
+    flush.add_argument(
+        "--all", action="store_true", help="also send mail waiting out a retry delay now"
+    )
+    retry = _command(
+        actions,
+        "retry",
+        cmd_outbox_retry,
+        "queue dead mail again, for a fresh queue lifetime, and send it",
+        "outbox retry 42   (or: mailbot outbox retry --dead)",
+    )
+    retry.add_argument("id", metavar="ID", type=int, nargs="?", help="the mail's id (outbox list)")
+    retry.add_argument("--dead", action="store_true", help="every dead mail")
+    _no_flush(retry)
     listing = _command(
         actions,
         "list",
@@ -494,5 +580,21 @@ def _add_outbox(actions: Any) -> None:
         default=20,
         metavar="N",
         help="how many recently sent mails to show (default 20)",
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+
+
+def _add_inbound(actions: Any) -> None:
+    listing = _command(
+        actions,
+        "list",
+        cmd_inbound_list,
+        "stored messages, oldest first, and how many are in each status"
+        " (received: stored, not yet acted on)",
+        "inbound list --status received",
+    )
+    listing.add_argument("--status", choices=INBOUND_STATUSES)
+    listing.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="at most N messages (default 50)"
     )
     listing.add_argument("--json", action="store_true", help="print a JSON array")

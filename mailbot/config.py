@@ -74,6 +74,10 @@ class DatabaseSettings(Section):
     """SQLAlchemy URL: ``sqlite:///PATH`` or ``postgresql+psycopg://...``."""
     busy_timeout_seconds: float = Field(default=10.0, gt=0)
     """How long a writer waits for a locked SQLite database before giving up."""
+    min_free_bytes: int | None = Field(default=None, ge=0)
+    """``/healthz`` answers 503 when the disk holding the SQLite database or the
+    outgoing Maildir has less free space than this. Unset: twice
+    ``[smtp] max_message_bytes``."""
 
     @field_validator("url")
     @classmethod
@@ -160,8 +164,16 @@ class OutgoingSettings(Section):
     ssl: bool = False
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
-    max_attempts: int = Field(default=8, ge=1)
-    """A mail that failed this many times is marked dead."""
+    max_attempts: int | None = Field(default=None, ge=1)
+    """Unset (the default): a mail is retried until ``queue_lifetime_hours`` has
+    passed. Set: it is also marked dead after this many failed attempts, whichever
+    comes first. A permanent refusal (5xx, an address that cannot be sent) is
+    dead at once either way."""
+    queue_lifetime_hours: float = Field(default=120.0, gt=0)
+    """How long a mail that keeps failing temporarily is retried before it is
+    marked dead (5 days, as Postfix's ``maximal_queue_lifetime``)."""
+    max_backoff_seconds: int = Field(default=3600, ge=30)
+    """The longest wait between two attempts; the wait doubles from 30 s up to it."""
 
 
 class ImapSettings(Section):

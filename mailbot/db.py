@@ -26,6 +26,10 @@ class SchemaOutOfDate(Exception):
     """The database has not been created or upgraded by ``mailbot init``."""
 
 
+class DatabaseUnavailable(Exception):
+    """The database cannot be opened at all (its SQLite directory cannot be created)."""
+
+
 def make_engine(settings: DatabaseSettings) -> Engine:
     url = sa.make_url(settings.url)
     if url.get_backend_name() == "sqlite":
@@ -42,7 +46,14 @@ def _sqlite_engine(url: sa.URL, busy_timeout: float) -> Engine:
     on a lock upgrade; ``secure_delete`` overwrites dropped token mails.
     """
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(url.database).parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise DatabaseUnavailable(
+                f"cannot create the directory of the SQLite database {url.database}: {reason}"
+            ) from None
     engine = sa.create_engine(url, connect_args={"timeout": busy_timeout})
 
     @sa.event.listens_for(engine, "connect")

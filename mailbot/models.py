@@ -194,6 +194,9 @@ class OutboxRow(SQLModel, table=True):
     next_attempt_at: datetime = _when()
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = _when()
+    queued_at: datetime | None = _when(nullable=True)
+    """When the mail's time in the queue began: its creation, or ``outbox retry``.
+    Its queue lifetime counts from here (``created_at`` for older rows)."""
     sent_at: datetime | None = _when(nullable=True)
 
 

@@ -1,15 +1,28 @@
 """The outbox: mails queued in the same transaction as the change that caused them,
 then drained by a sender with retries, backoff and a dead state.
 
-Delivery is at-least-once: a row is claimed with a lease before sending and
-marked sent after; if the process dies in between, the lease runs out and the
-mail is sent again with the same Message-ID, so a duplicate is recognisable.
+Delivery is at-least-once, with the window for a repeat kept as small as it
+can be. A row is claimed with a short lease (``LEASE``) before sending and
+marked sent in its own commit the moment the relay accepts it (or the Maildir
+file is in place). A mail goes out twice only if the process dies between
+that acceptance and that commit (milliseconds), or if one send outlasts its
+lease (a relay stalling for more than ``LEASE - SEND_BUDGET``): the repeat
+carries the same Message-ID, so it is recognisable, and the Maildir transport
+recognises it and writes no second file. A process that dies holding claims
+holds them at most ``LEASE``; any sender then takes them.
+
+A mail that fails temporarily is retried with exponential backoff, capped and
+jittered, for the queue lifetime (days, as an MTA's queue); an address that
+can never be sent, or a permanent refusal, makes that one row dead at once,
+with its reason, and the others go on.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -23,8 +36,13 @@ from mailbot.models import OutboxRow, ValidationRow
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=5)
-BATCH = 50
+LEASE = timedelta(seconds=50)
+"""How long a claim holds a row: a sender that died is replaced within this."""
+SEND_BUDGET = timedelta(seconds=30)
+"""No send starts later than ``LEASE - SEND_BUDGET`` after its claim; the rest
+of a batch is claimed afresh, so no lease runs out under a live sender."""
+BATCH = 20
+FIRST_BACKOFF_SECONDS = 30
 
 
 class TemporaryFailure(Exception):
@@ -32,7 +50,7 @@ class TemporaryFailure(Exception):
 
 
 class PermanentFailure(Exception):
-    """The mail will never go through as it is (a 5xx from the smarthost)."""
+    """The mail will never go through as it is (a 5xx, an address that cannot be sent)."""
 
 
 class Transport(Protocol):
@@ -50,11 +68,40 @@ class FlushReport:
     dead: int = 0
 
 
-def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
-    """Exponential from 30 s, capped at 2 h, with up to 25% jitter."""
-    base = min(30 * 2 ** max(attempts - 1, 0), 7200)
-    jitter = (rng or random).uniform(0, base / 4)
-    return timedelta(seconds=base + jitter)
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try again and when to give up (``[outgoing]`` settings)."""
+
+    lifetime: timedelta = timedelta(days=5)
+    max_backoff: timedelta = timedelta(hours=1)
+    max_attempts: int | None = None
+
+
+def backoff(
+    attempts: int, rng: random.Random | None = None, cap: timedelta = timedelta(hours=1)
+) -> timedelta:
+    """Exponential from 30 s, capped, minus up to 25% jitter so that mails that
+    failed together do not all come back at the same instant (never above ``cap``)."""
+    ceiling = cap.total_seconds()
+    base = min(FIRST_BACKOFF_SECONDS * 2 ** min(max(attempts - 1, 0), 32), ceiling)
+    return timedelta(seconds=base * (rng or random).uniform(0.75, 1.0))
+
+
+def address_problem(address: str) -> str | None:
+    """Why an address can never be sent to, or None. Non-ASCII is the transport's
+    question (SMTPUTF8); control characters and broken syntax are everyone's."""
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in address):
+        return "control character in the address"
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return "not an address (local@domain)"
+    if any(ch.isspace() or ch in '<>()[],;\\"' for ch in address):
+        return "invalid character in the address"
+    if domain.startswith((".", "-")) or ".." in domain or domain.endswith(("-", ".")):
+        return "invalid domain in the address"
+    if len(address) > 254 or len(local) > 64:
+        return "address too long"
+    return None
 
 
 @dataclass(frozen=True)
@@ -63,30 +110,38 @@ class _Claim:
     envelope_from: str
     recipient: str
     payload: bytes
-    attempts: int
 
 
 def flush(
-    engine: Engine, transport: Transport, now: datetime, max_attempts: int, limit: int = 10_000
+    engine: Engine,
+    transport: Transport,
+    clock: Callable[[], datetime],
+    policy: RetryPolicy,
+    limit: int = 10_000,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> FlushReport:
-    """Send every due mail once; return what happened."""
-    sent = retried = dead = 0
+    """Send every due mail once; return what happened. ``keep_going`` is asked
+    before each mail: once it says no, the mail in flight finishes and the
+    claims not yet sent are released for the next flush."""
+    counts = {"sent": 0, "retry": 0, "dead": 0}
     try:
-        while limit > 0:
-            claims = _claim(engine, now, min(BATCH, limit))
+        while limit > 0 and keep_going():
+            claims = _claim(engine, clock(), min(BATCH, limit))
             if not claims:
                 break
             limit -= len(claims)
-            for claim in claims:
-                outcome = _send_one(engine, transport, claim, now, max_attempts)
-                sent += outcome == "sent"
-                retried += outcome == "retry"
-                dead += outcome == "dead"
+            claimed = time.monotonic()
+            for index, claim in enumerate(claims):
+                late = time.monotonic() - claimed > (LEASE - SEND_BUDGET).total_seconds()
+                if late or not keep_going():
+                    _release(engine, [c.id for c in claims[index:]], clock())
+                    break
+                counts[_send_one(engine, transport, claim, clock, policy)] += 1
     finally:
         close = getattr(transport, "close", None)
         if callable(close):
             close()
-    return FlushReport(sent, retried, dead)
+    return FlushReport(counts["sent"], counts["retry"], counts["dead"])
 
 
 def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
@@ -100,25 +155,42 @@ def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
             if row.payload is None:  # sent just before a crash, and already scrubbed
                 row.status = "sent"
                 continue
-            claims.append(
-                _Claim(row.id, row.envelope_from, row.to_email, row.payload, row.attempts)
-            )
+            claims.append(_Claim(row.id, row.envelope_from, row.to_email, row.payload))
         return claims
 
 
+def _release(engine: Engine, ids: list[int], now: datetime) -> None:
+    """Hand back claims that were not tried: due at once, the attempt not counted."""
+    with transaction(engine) as session:
+        for row in store.outbox_rows(session, ids):
+            if row.status == "sending":
+                row.status = "queued"
+                row.attempts = max(row.attempts - 1, 0)
+                row.next_attempt_at = now
+
+
 def _send_one(
-    engine: Engine, transport: Transport, claim: _Claim, now: datetime, max_attempts: int
+    engine: Engine,
+    transport: Transport,
+    claim: _Claim,
+    clock: Callable[[], datetime],
+    policy: RetryPolicy,
 ) -> str:
+    """Try one mail; whatever happens, its row leaves ``sending`` in a commit of its own."""
+    problem = address_problem(claim.recipient) or address_problem(claim.envelope_from)
     try:
+        if problem:
+            raise PermanentFailure(f"cannot send to {claim.recipient!r}: {problem}")
         transport.send(claim.envelope_from, claim.recipient, claim.payload)
     except PermanentFailure as exc:
-        _failed(engine, claim.id, str(exc), now, dead=True)
-        return "dead"
-    except (TemporaryFailure, OSError) as exc:
-        dead = claim.attempts >= max_attempts
-        _failed(engine, claim.id, str(exc) or type(exc).__name__, now, dead=dead)
-        return "dead" if dead else "retry"
-    _sent(engine, claim.id, now)
+        return _failed(engine, claim.id, str(exc), clock(), policy, permanent=True)
+    except (UnicodeError, ValueError) as exc:  # the bytes or an address cannot be sent
+        error = f"cannot send: {type(exc).__name__}: {exc}"
+        return _failed(engine, claim.id, error, clock(), policy, permanent=True)
+    except Exception as exc:  # TemporaryFailure, OSError, a transport's own surprise
+        error = str(exc) if isinstance(exc, TemporaryFailure) else f"{type(exc).__name__}: {exc}"
+        return _failed(engine, claim.id, error, clock(), policy, permanent=False)
+    _sent(engine, claim.id, clock())
     return "sent"
 
 
@@ -135,17 +207,29 @@ def _sent(engine: Engine, row_id: int, now: datetime) -> None:
         log.info("sent %s to %s (request %s)", row.event, row.to_email, row.request_id or "-")
 
 
-def _failed(engine: Engine, row_id: int, error: str, now: datetime, *, dead: bool) -> None:
+def _failed(
+    engine: Engine,
+    row_id: int,
+    error: str,
+    now: datetime,
+    policy: RetryPolicy,
+    *,
+    permanent: bool,
+) -> str:
     with transaction(engine) as session:
         row = session.get(OutboxRow, row_id)
         assert row is not None
         row.last_error = error[:1000]
+        give_up_at = (row.queued_at or row.created_at) + policy.lifetime
+        worn_out = policy.max_attempts is not None and row.attempts >= policy.max_attempts
+        dead = permanent or worn_out or now >= give_up_at
         if dead:
             row.status = "dead"
             _set_delivery(session, row, "failed")
         else:
             row.status = "queued"
-            row.next_attempt_at = now + backoff(row.attempts)
+            wait = backoff(row.attempts, cap=policy.max_backoff)
+            row.next_attempt_at = min(now + wait, give_up_at)
         log.warning(
             "%s %s to %s (attempt %d): %s",
             "gave up on" if dead else "will retry",
@@ -154,6 +238,7 @@ def _failed(engine: Engine, row_id: int, error: str, now: datetime, *, dead: boo
             row.attempts,
             error,
         )
+    return "dead" if dead else "retry"
 
 
 def _set_delivery(session: Session, row: OutboxRow, delivery: str) -> None:
@@ -162,3 +247,29 @@ def _set_delivery(session: Session, row: OutboxRow, delivery: str) -> None:
     validation = session.get(ValidationRow, row.validation_id)
     if validation is not None and validation.delivery != "failed":
         validation.delivery = delivery
+
+
+def requeue(engine: Engine, ids: list[int] | None, now: datetime) -> list[OutboxRow]:
+    """Queue dead mail again (``ids``, or every dead row when None) for a fresh
+    queue lifetime, due now; returns the rows requeued."""
+    with transaction(engine) as session:
+        rows = store.dead_outbox(session) if ids is None else store.outbox_rows(session, ids)
+        requeued = [row for row in rows if row.status == "dead"]
+        for row in requeued:
+            row.status = "queued"
+            row.attempts = 0
+            row.queued_at = now
+            row.next_attempt_at = now
+            validation = session.get(ValidationRow, row.validation_id or 0)
+            if validation is not None and validation.delivery == "failed":
+                validation.delivery = "queued"
+        return requeued
+
+
+def hurry(engine: Engine, now: datetime) -> int:
+    """Make every mail waiting in backoff due now; returns how many."""
+    with transaction(engine) as session:
+        waiting = store.waiting_outbox(session, now)
+        for row in waiting:
+            row.next_attempt_at = now
+        return len(waiting)

@@ -2,8 +2,13 @@
 sender in one process and one asyncio loop.
 
 Blocking database and SMTP work runs in worker threads, so the loop only
-moves bytes. SIGTERM or SIGINT stops the listeners first, lets what is in
-flight finish, sends what it queued, and returns.
+moves bytes. Fresh mail is acted on right after its 250; a rescuer catches up
+everything stored but not yet acted on (after a crash, a database outage, a
+full disk): in small batches, at once while there is a backlog, with backoff
+while the database fails, and never ahead of fresh mail for long. The sender
+drains the outbox when mail is queued and every few seconds. SIGTERM or
+SIGINT stops the listeners first, lets what is in flight finish (the mail
+being sent included), sends what it queued, and returns.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC
 from functools import partial
 from typing import Any, TypeVar
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.exc import OperationalError
 
 from mailbot import db
 from mailbot.adapters import outgoing_transport
@@ -38,13 +45,22 @@ from mailbot.adapters.smtp_in import GroupCommitWriter, InboundHandler, smtp_fac
 from mailbot.adapters.web import create_app
 from mailbot.adapters.web_protocol import WebLimits, limited_protocol
 from mailbot.config import Settings
-from mailbot.service import Mailbot
+from mailbot.service import BacklogStalled, Mailbot
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 FLUSH_SECONDS = 5
-RESCUE_SECONDS = 60
+"""The sender's pace when nothing kicks it (mail queued by a commit does)."""
+FLUSH_MAX_BACKOFF_SECONDS = 60
+RESCUE_IDLE_SECONDS = 10.0
+"""How often the rescuer looks for stored mail nobody is acting on."""
+RESCUE_BACKLOG_SECONDS = 2.0
+"""Its pace between full passes while a backlog remains."""
+RESCUE_MAX_BACKOFF_SECONDS = 30.0
+"""Its longest wait after a database error: the bound on catching up once it is back."""
+RESCUE_BATCH = 10
+"""Messages per rescue turn; fresh mail waits at most one turn."""
 STOP_TIMEOUT_SECONDS = 10.0
 PROCESS_DEFER_SECONDS = 5.0
 QUIET_SECONDS = 0.02
@@ -64,14 +80,17 @@ class Runtime:
         self.bot = bot or Mailbot.from_settings(settings)
         self.store_thread = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.work_thread = ThreadPoolExecutor(1, thread_name_prefix="process")
+        self.send_thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
         self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.flush_wanted = asyncio.Event()
+        self.stop_deadline = float("inf")
+        self.background: list[asyncio.Task[None]] = []
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.imap_stop = threading.Event()
         self.to_process: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
         self.last_arrival = 0.0
         self.imap_thread: threading.Thread | None = None
-        self.processing: set[asyncio.Future[Any]] = set()
 
     async def _blocking(
         self, pool: ThreadPoolExecutor, function: Callable[..., T], *args: Any
@@ -93,6 +112,7 @@ class Runtime:
             processor.cancel()
             await writer.stop()
             raise
+        self._start_background()
         web = _QuietServer(self._web_config())
         web_task = asyncio.create_task(web.serve(sockets=[web_socket]), name="web")
         self._schedule()
@@ -104,7 +124,6 @@ class Runtime:
         self.bot.on_mail_queued.append(mail_queued)
         self._start_imap()
         self._on_signals()
-        self.kick_processing()
         while not web.started and not web_task.done():
             await asyncio.sleep(0.01)
         if web_task.done():  # uvicorn could not start (port taken...)
@@ -155,16 +174,28 @@ class Runtime:
         )
 
     def _schedule(self) -> None:
-        jobs = (
-            ("flush", self.flush, FLUSH_SECONDS),
-            ("rescue", self.kick_processing, RESCUE_SECONDS),
-            ("sweep", self.sweep, self.settings.policy.sweep_seconds),
+        """The sweep on APScheduler: one run at a time, missed runs folded into one.
+
+        A sweep that outlasts its interval makes APScheduler skip the next run
+        with a warning; that is expected, so the warning is filtered out.
+        """
+        logging.getLogger("apscheduler.scheduler").addFilter(_NotAlreadyRunning())
+        self.scheduler.add_job(
+            self.sweep,
+            "interval",
+            seconds=self.settings.policy.sweep_seconds,
+            id="sweep",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
         )
-        for name, job, seconds in jobs:
-            self.scheduler.add_job(
-                job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True
-            )
         self.scheduler.start()
+
+    def _start_background(self) -> None:
+        self.background = [
+            asyncio.create_task(self._rescuer(), name="rescuer"),
+            asyncio.create_task(self._sender(), name="sender"),
+        ]
 
     def _start_imap(self) -> None:
         """The agency mailbox reader: imapclient blocks, so it gets a thread of its own."""
@@ -182,7 +213,7 @@ class Runtime:
             loop.add_signal_handler(signum, self.stopping.set)
 
     def on_stored(self, inbound_id: int) -> None:
-        """Act on a message once its 250 is sent; a crash before is caught up by ``rescue``."""
+        """Act on a message once its 250 is sent; if that fails, the rescuer catches up."""
         self.last_arrival = asyncio.get_running_loop().time()
         self.to_process.put_nowait((inbound_id, self.last_arrival))
 
@@ -202,37 +233,95 @@ class Runtime:
                 await asyncio.sleep(QUIET_SECONDS)
             try:
                 await self._blocking(self.work_thread, self.bot.process_inbound, inbound_id)
+            except OperationalError as exc:
+                log.warning("message %d stays stored, to retry: %s", inbound_id, _first_line(exc))
             except Exception:
-                log.exception("message %d could not be processed; it stays stored", inbound_id)
+                log.exception("message %d could not be processed", inbound_id)
             finally:
                 self.to_process.task_done()
 
-    def kick_processing(self) -> None:
-        """Pick up messages stored but never processed (after a crash or an error)."""
-        future = asyncio.ensure_future(self._rescue())
-        self.processing.add(future)
-        future.add_done_callback(self.processing.discard)
+    async def _rescuer(self) -> None:
+        """Acts on every message stored but not acted on, whatever left it so.
 
-    async def _rescue(self) -> None:
-        try:
-            await self._blocking(self.work_thread, self.bot.process_pending)
-        except Exception:
-            log.exception("catching up stored messages failed; will try again")
+        It walks the backlog by id in turns of RESCUE_BATCH, letting fresh mail
+        go first between turns (for at most PROCESS_DEFER_SECONDS). A database
+        error ends the pass with a growing pause (up to
+        RESCUE_MAX_BACKOFF_SECONDS), and the next pass starts past the message
+        that failed, which is tried again when the walk wraps around: a message
+        that keeps failing never holds back the others.
+        """
+        cursor, failures, pause = 0, 0, 0.0
+        while True:
+            await asyncio.sleep(pause)
+            await self._fresh_mail_first()
+            started = cursor
+            try:
+                done = await self._blocking(
+                    self.work_thread, self.bot.process_pending, cursor, RESCUE_BATCH
+                )
+            except BacklogStalled as exc:
+                cursor, failures = exc.inbound_id, failures + 1
+                pause = min(2.0**failures, RESCUE_MAX_BACKOFF_SECONDS)
+                log.warning("stored mail waits: %s; retrying in %.0fs", _first_line(exc), pause)
+                continue
+            except Exception as exc:  # the backlog could not even be listed
+                failures += 1
+                pause = min(2.0**failures, RESCUE_MAX_BACKOFF_SECONDS)
+                log.warning("stored mail waits: %s; retrying in %.0fs", _first_line(exc), pause)
+                continue
+            failures = 0
+            if done.seen:
+                log.info("caught up on %d stored message(s)", done.seen)
+            cursor = done.last_id if done.more else 0
+            if done.more or started > 0:
+                pause = 0.0
+            else:
+                pause = RESCUE_BACKLOG_SECONDS if done.seen else RESCUE_IDLE_SECONDS
+
+    async def _fresh_mail_first(self) -> None:
+        """Wait while fresh mail is waiting to be acted on, for a bounded time."""
+        if self.to_process.empty():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.to_process.join(), PROCESS_DEFER_SECONDS)
+
+    async def _nap(self, kick: asyncio.Event, seconds: float) -> None:
+        """Sleep ``seconds``, or less if ``kick`` is set."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(kick.wait(), seconds)
+        kick.clear()
+
+    async def _sender(self) -> None:
+        """Drains the outbox when mail is queued, and every FLUSH_SECONDS; backs
+        off while flushing fails (the database is down)."""
+        failures = 0
+        while not self.stopping.is_set():
+            pause = min(FLUSH_SECONDS * 2**failures, FLUSH_MAX_BACKOFF_SECONDS)
+            await self._nap(self.flush_wanted, pause)
+            if self.stopping.is_set():
+                return
+            flushed = await self._blocking(self.send_thread, self.flush)
+            failures = 0 if flushed else failures + 1
 
     def kick_flush(self) -> None:
-        job = self.scheduler.get_job("flush")
-        if job is not None and not self.stopping.is_set():
-            job.modify(next_run_time=datetime.now(UTC))
+        if not self.stopping.is_set():
+            self.flush_wanted.set()
 
-    def flush(self) -> None:
+    def _keep_sending(self) -> bool:
+        """Until stopping, always; then until the stop deadline, mail by mail."""
+        return not self.stopping.is_set() or time.monotonic() < self.stop_deadline
+
+    def flush(self) -> bool:
         try:
             # A transport per flush: a session is never shared between threads.
-            report = self.bot.flush_outbox(outgoing_transport(self.settings))
-        except Exception:
-            log.exception("outbox flush failed; will try again")
-            return
+            report = self.bot.flush_outbox(outgoing_transport(self.settings), self._keep_sending)
+        except Exception as exc:
+            log.warning("outbox flush failed, will try again: %s", _first_line(exc))
+            return False
         if report.sent or report.retried or report.dead:
             log.debug("outbox: %s", report)
+        return True
 
     def sweep(self) -> None:
         try:
@@ -249,6 +338,7 @@ class Runtime:
         web_task: asyncio.Task[None],
     ) -> None:
         log.info("stopping: no new connections; finishing what is in flight")
+        self.stop_deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         smtp.close()
         web.should_exit = True
         self.imap_stop.set()
@@ -258,18 +348,22 @@ class Runtime:
         # Mail stored but not yet acted on is safe: the next start picks it up.
         # Only the message being processed is finished (the work thread's shutdown).
         processor.cancel()
-        await asyncio.gather(processor, return_exceptions=True)
-        if self.processing:
-            await asyncio.wait(set(self.processing), timeout=STOP_TIMEOUT_SECONDS)
+        rescuer, sender = self.background
+        rescuer.cancel()
+        await asyncio.gather(processor, rescuer, return_exceptions=True)
+        self.flush_wanted.set()  # the sender wakes, finishes its flush and ends
+        await asyncio.wait({sender}, timeout=STOP_TIMEOUT_SECONDS)
         await asyncio.wait({web_task}, timeout=STOP_TIMEOUT_SECONDS)
         if self.imap_thread is not None:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.imap_thread.join, STOP_TIMEOUT_SECONDS
             )
         self.scheduler.shutdown(wait=True)
-        await self._blocking(self.work_thread, self.flush)
+        # The message being acted on is finished, then what it queued is sent.
+        await asyncio.get_running_loop().run_in_executor(None, self.work_thread.shutdown)
+        await self._blocking(self.send_thread, self.flush)
         self.store_thread.shutdown()
-        self.work_thread.shutdown()
+        self.send_thread.shutdown()
         self.bot.engine.dispose()
         log.info("stopped")
 
@@ -288,3 +382,15 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(settings: Settings) -> None:
     asyncio.run(Runtime(settings).run())
+
+
+class _NotAlreadyRunning(logging.Filter):
+    """Drops APScheduler's "skipped: maximum number of running instances reached"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in str(record.msg)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -9,11 +9,15 @@ families in ``opening``, ``deciding`` and ``lifecycle``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import NoReturn
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session
 
-from mailbot import commands, mailparse, redact, store, tokens
+from mailbot import commands, health, mailparse, redact, store, tokens
 from mailbot.clock import Clock
 from mailbot.compose import bounced_message_id
 from mailbot.config import Settings
@@ -33,15 +37,42 @@ from mailbot.models import (
     ValidationRow,
 )
 from mailbot.opening import OpeningCases
-from mailbot.outbox import FlushReport, Transport, flush
+from mailbot.outbox import FlushReport, RetryPolicy, Transport, flush, hurry, requeue
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Mailbot", "ProcessingFailed", "SweepReport", "TokenPage", "UnknownRequest"]
+__all__ = [
+    "BacklogStalled",
+    "Mailbot",
+    "PendingPass",
+    "ProcessingFailed",
+    "SweepReport",
+    "TokenPage",
+    "UnknownRequest",
+]
 
 
 class ProcessingFailed(Exception):
     """A stored message whose processing failed; it is kept, marked ``failed``."""
+
+
+class BacklogStalled(Exception):
+    """Acting on stored mail hit a database error at ``inbound_id``; it stays stored."""
+
+    def __init__(self, inbound_id: int, cause: Exception) -> None:
+        super().__init__(f"message {inbound_id}: {cause}")
+        self.inbound_id = inbound_id
+
+
+@dataclass(frozen=True)
+class PendingPass:
+    """One pass over stored but unprocessed mail."""
+
+    seen: int
+    last_id: int
+    """The highest id looked at: where the next pass starts."""
+    more: bool
+    """Whether messages above ``last_id`` were waiting too."""
 
 
 class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
@@ -91,7 +122,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
 
     def _store_batch(self, session: Session, messages: list[RawMessage]) -> list[Stored]:
         results: list[Stored] = []
-        known = store.inbound_by_keys(session, [m.dedup_key for m in messages])
+        known = self._stored_before(session, messages)
         fresh: dict[str, InboundMessage] = {}
         now = self.clock.now()
         for message in messages:
@@ -110,13 +141,39 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
             for m, r in zip(messages, results, strict=True)
         ]
 
-    def process_pending(self) -> int:
-        """Process messages stored but never processed (e.g. after a crash)."""
+    @staticmethod
+    def _stored_before(session: Session, messages: list[RawMessage]) -> dict[str, InboundMessage]:
+        """Rows already stored for these messages, by their ``dedup_key``. A row
+        stored by an earlier version under a legacy key counts only if its raw
+        message has the same content key."""
+        keys = [m.dedup_key for m in messages]
+        legacy = {key: m.dedup_key for m in messages for key in m.legacy_keys}
+        known = store.inbound_by_keys(session, [*keys, *legacy])
+        for key, row in list(known.items()):
+            if key in legacy and RawMessage(row.raw).dedup_key == legacy[key]:
+                known[legacy[key]] = row
+        return known
+
+    def process_pending(self, after: int = 0, limit: int = 100) -> PendingPass:
+        """Act on up to ``limit`` messages stored but not yet processed (after a
+        crash, an outage, a full disk), those with ids above ``after``, in order.
+
+        A message that fails for good is marked ``failed`` and the pass goes on.
+        A database error stops the pass with BacklogStalled: the message stays
+        ``received`` and the caller tries again later, from past it, so that a
+        message that keeps failing never holds back the others.
+        """
         with transaction(self.engine) as session:
-            ids = store.unprocessed_inbound(session)
-        for inbound_id in ids:
-            self.process_inbound(inbound_id)
-        return len(ids)
+            ids = store.unprocessed_inbound(session, limit + 1, after)
+        for inbound_id in ids[:limit]:
+            try:
+                self.process_inbound(inbound_id)
+            except ProcessingFailed:
+                pass  # marked failed, kept for an operator
+            except OperationalError as exc:
+                raise BacklogStalled(inbound_id, exc) from exc
+        last = ids[:limit][-1] if ids else after
+        return PendingPass(len(ids[:limit]), last, len(ids) > limit)
 
     def process_inbound(self, inbound_id: int) -> str:
         """Act on a stored message once. A database outage propagates (retry later);
@@ -126,16 +183,24 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
             return self._process_inbound(inbound_id)
         except OperationalError:
             raise
+        except DBAPIError as exc:
+            if exc.connection_invalidated or isinstance(exc, InterfaceError):
+                raise OperationalError(exc.statement, exc.params, exc.orig or exc) from exc
+            self._processing_failed(inbound_id, exc)
         except Exception as exc:
-            log.exception("message %d could not be processed", inbound_id)
-            with transaction(self.engine) as session:
-                row = session.get(InboundMessage, inbound_id)
-                if row is not None and row.status == "received":
-                    row.status = "failed"
-                    row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
-                    row.processed_at = self.clock.now()
-                    self._scrub(row)
-            raise ProcessingFailed(f"message {inbound_id}: {type(exc).__name__}") from exc
+            self._processing_failed(inbound_id, exc)
+
+    def _processing_failed(self, inbound_id: int, exc: Exception) -> NoReturn:
+        """Mark a message that cannot be processed ``failed``, keep it, and say so."""
+        log.exception("message %d could not be processed", inbound_id)
+        with transaction(self.engine) as session:
+            row = session.get(InboundMessage, inbound_id)
+            if row is not None and row.status == "received":
+                row.status = "failed"
+                row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
+                row.processed_at = self.clock.now()
+                self._scrub(row)
+        raise ProcessingFailed(f"message {inbound_id}: {type(exc).__name__}") from exc
 
     def _process_inbound(self, inbound_id: int) -> str:
         with transaction(self.engine) as session:
@@ -294,8 +359,37 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         row = self._party_request(session, message, command)
         return self._answer(session, message, "status", {}, store.request(session, row))
 
-    def flush_outbox(self, transport: Transport) -> FlushReport:
-        return flush(self.engine, transport, self.clock.now(), self.settings.outgoing.max_attempts)
+    def flush_outbox(
+        self, transport: Transport, keep_going: Callable[[], bool] = lambda: True
+    ) -> FlushReport:
+        """Send the mail that is due; ``keep_going`` lets ``serve`` stop between mails."""
+        outgoing = self.settings.outgoing
+        policy = RetryPolicy(
+            lifetime=timedelta(hours=outgoing.queue_lifetime_hours),
+            max_backoff=timedelta(seconds=outgoing.max_backoff_seconds),
+            max_attempts=outgoing.max_attempts,
+        )
+        return flush(self.engine, transport, self.clock.now, policy, keep_going=keep_going)
+
+    def retry_outbox(self, ids: list[int] | None) -> list[OutboxRow]:
+        """Queue dead mail again (these ids, or all dead mail) for a fresh queue lifetime."""
+        rows = requeue(self.engine, ids, self.clock.now())
+        for row in rows:
+            log.info("outbox %s to %s queued again", row.id, row.to_email)
+        return rows
+
+    def hurry_outbox(self) -> int:
+        """Make mail waiting out a backoff due now (``outbox flush --all``)."""
+        return hurry(self.engine, self.clock.now())
+
+    def inbound_counts(self) -> dict[str, int]:
+        """Stored messages by status; ``received`` is the backlog not yet acted on."""
+        with transaction(self.engine) as session:
+            return store.inbound_counts(session)
+
+    def health(self) -> str | None:
+        """Why mail cannot be taken now, or None when it can (``/healthz``)."""
+        return health.problem(self.engine, self.settings)
 
 
 def _carries_token(message: Inbound, command: commands.Command) -> bool:

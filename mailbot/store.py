@@ -322,14 +322,29 @@ def claim_inbound(session: Session, inbound_id: int) -> InboundMessage | None:
     return session.exec(query).first()
 
 
-def unprocessed_inbound(session: Session, limit: int = 100) -> list[int]:
+def unprocessed_inbound(session: Session, limit: int = 100, after: int = 0) -> list[int]:
+    """Ids of stored messages not yet acted on, from ``after`` up (index: status, id)."""
     query = (
         select(InboundMessage.id)
-        .where(InboundMessage.status == "received")
+        .where(InboundMessage.status == "received", col(InboundMessage.id) > after)
         .order_by(col(InboundMessage.id))
         .limit(limit)
     )
     return [i for i in session.exec(query).all() if i is not None]
+
+
+def inbound_counts(session: Session) -> dict[str, int]:
+    """How many stored messages are in each status."""
+    query = select(InboundMessage.status, func.count()).group_by(col(InboundMessage.status))
+    return {status: int(count) for status, count in session.exec(query).all()}
+
+
+def inbound_overview(session: Session, status: str | None, limit: int) -> list[InboundMessage]:
+    """Stored messages, oldest first, optionally of one status."""
+    query = select(InboundMessage).order_by(col(InboundMessage.id)).limit(max(limit, 0))
+    if status:
+        query = query.where(InboundMessage.status == status)
+    return list(session.exec(query).all())
 
 
 def outbox_overview(session: Session, sent_limit: int) -> list[OutboxRow]:
@@ -392,3 +407,21 @@ def live_confirmation(
         Confirmation.expires_at > now,
     )
     return session.exec(query).first()
+
+
+def outbox_rows(session: Session, ids: list[int]) -> list[OutboxRow]:
+    query = select(OutboxRow).where(col(OutboxRow.id).in_(ids)).order_by(col(OutboxRow.id))
+    return list(session.exec(query).all())
+
+
+def dead_outbox(session: Session) -> list[OutboxRow]:
+    query = select(OutboxRow).where(OutboxRow.status == "dead").order_by(col(OutboxRow.id))
+    return list(session.exec(query).all())
+
+
+def waiting_outbox(session: Session, now: datetime) -> list[OutboxRow]:
+    """Queued mail waiting out a backoff (index: status, next_attempt_at)."""
+    query = select(OutboxRow).where(
+        OutboxRow.status == "queued", col(OutboxRow.next_attempt_at) > now
+    )
+    return list(session.exec(query).all())

@@ -1,5 +1,7 @@
-"""Draining the outbox: sent once, retried with backoff, dead after N attempts,
-secrets scrubbed once sent, and nothing lost when a sender dies mid-way."""
+"""Draining the outbox: sent once, retried with capped backoff for the queue
+lifetime, dead only then (or at once for an address that can never be sent),
+secrets scrubbed once sent, nothing lost and nothing written twice when a
+sender dies mid-way, and dead mail queued again on demand."""
 
 from __future__ import annotations
 
@@ -9,14 +11,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import START, make_settings
 from factories import ALICE, CAROL, MailFactory, maildir_messages
 from sqlmodel import select
 
+from mailbot import commands
 from mailbot.adapters.maildir_out import MaildirTransport
 from mailbot.clock import FixedClock
 from mailbot.db import transaction
+from mailbot.domain import Party
+from mailbot.mailer import Outgoing
 from mailbot.models import OutboxRow, ValidationRow
-from mailbot.outbox import LEASE, TemporaryFailure, backoff
+from mailbot.outbox import PermanentFailure, TemporaryFailure, backoff
 from mailbot.service import Mailbot
 
 pytestmark = pytest.mark.usefixtures("world")
@@ -90,17 +96,60 @@ def test_temporary_failures_are_retried_later_with_backoff(
     assert len(transport.delivered) == 3
 
 
-def test_a_mail_that_keeps_failing_becomes_dead(
+def retry_until_settled(bot: Mailbot, transport: FlakyTransport, clock: FixedClock) -> list[float]:
+    """Flush at each mail's next attempt until none is queued; the gaps, in seconds."""
+    gaps = []
+    while queued := [r for r in rows(bot) if r.status == "queued"]:
+        due = min(r.next_attempt_at for r in queued)
+        gaps.append((due - clock.now()).total_seconds())
+        clock.at = max(clock.at, due)
+        bot.flush_outbox(transport)
+    return gaps
+
+
+def test_a_mail_that_keeps_failing_is_retried_for_days_then_dead(
     bot: Mailbot, mail: MailFactory, clock: FixedClock
 ) -> None:
     open_request(bot, mail)
-    transport = FlakyTransport(failures=10_000)
-    for _ in range(bot.settings.outgoing.max_attempts):
+    bot.flush_outbox(FlakyTransport())
+    queue_help(bot, CAROL)
+    start = clock.now()
+    transport = FlakyTransport(failures=10**9)
+    bot.flush_outbox(transport)
+    gaps = retry_until_settled(bot, transport, clock)
+    lifetime = timedelta(hours=bot.settings.outgoing.queue_lifetime_hours)
+    assert lifetime == timedelta(days=5)
+    assert clock.now() - start == lifetime  # not a minute earlier, not a retry later
+    assert max(gaps) <= 3600  # the backoff is capped at an hour
+    (dead,) = [r for r in rows(bot) if r.status != "sent"]
+    assert (dead.status, dead.last_error) == ("dead", "451 try later")
+    assert dead.attempts > 100
+
+
+def test_max_attempts_still_gives_up_after_that_many_attempts(
+    tmp_path: Path, database_url: str, clock: FixedClock
+) -> None:
+    settings = make_settings(tmp_path, database_url, outgoing={"max_attempts": 3})
+    bot = Mailbot.from_settings(settings, clock)
+    try:
+        queue_help(bot, CAROL)
+        transport = FlakyTransport(failures=10**9)
         bot.flush_outbox(transport)
-        clock.at += timedelta(days=1)
-    assert {r.status for r in rows(bot)} == {"dead"}
-    with transaction(bot.engine) as session:
-        assert {v.delivery for v in session.exec(select(ValidationRow)).all()} == {"failed"}
+        retry_until_settled(bot, transport, clock)
+        assert [(r.status, r.attempts) for r in rows(bot)] == [("dead", 3)]
+        assert clock.now() - START < timedelta(minutes=5)
+    finally:
+        bot.engine.dispose()
+
+
+def test_a_relay_back_after_days_gets_the_mail(bot: Mailbot, clock: FixedClock) -> None:
+    queue_help(bot, CAROL)
+    transport = FlakyTransport(failures=32)  # most of a day of refusals
+    bot.flush_outbox(transport)
+    retry_until_settled(bot, transport, clock)
+    assert [r.status for r in rows(bot)] == ["sent"]
+    assert clock.now() - START > timedelta(hours=18)
+    assert len(transport.delivered) == 1
 
 
 def test_a_sender_that_died_after_claiming_loses_nothing(
@@ -120,9 +169,10 @@ def test_a_sender_that_died_after_claiming_loses_nothing(
     transport = DiesAfterFirstSend()
     with pytest.raises(Crash):
         bot.flush_outbox(transport)
-    # Claimed rows wait for their lease to run out, then go (again) with the same Message-ID.
+    # Claimed rows wait for their lease to run out (under a minute), then go (again)
+    # with the same Message-ID.
     assert bot.flush_outbox(transport).sent == 0
-    clock.at += LEASE + timedelta(seconds=1)
+    clock.at += timedelta(seconds=59)
     assert bot.flush_outbox(transport).sent == 3
     message_ids = [
         line
@@ -135,12 +185,14 @@ def test_a_sender_that_died_after_claiming_loses_nothing(
     assert {r.status for r in rows(bot)} == {"sent"}
 
 
-def test_backoff_grows_and_is_bounded() -> None:
+def test_backoff_grows_is_capped_and_jittered() -> None:
     rng = random.Random(7)
-    delays = [backoff(n, rng) for n in range(1, 12)]
-    assert delays[0] >= timedelta(seconds=30)
+    delays = [backoff(n, rng) for n in range(1, 400)]
+    assert timedelta(seconds=20) <= delays[0] <= timedelta(seconds=30)
     assert delays[3] > delays[0]
-    assert max(delays) <= timedelta(hours=2, minutes=30)
+    assert max(delays) <= timedelta(hours=1)
+    assert len(set(delays[20:])) == len(delays[20:])  # capped ones still spread out
+    assert min(delays[20:]) >= timedelta(minutes=45)
 
 
 def test_two_senders_at_once_send_each_mail_once(bot: Mailbot, mail: MailFactory) -> None:
@@ -166,3 +218,120 @@ def test_two_senders_at_once_send_each_mail_once(bot: Mailbot, mail: MailFactory
         if line.startswith(b"Message-ID:")
     ]
     assert len(ids) == len(set(ids)) == len(rows(bot)) == 6
+
+
+def test_a_mail_written_to_the_maildir_before_a_crash_is_not_written_twice(
+    bot: Mailbot, mail: MailFactory, clock: FixedClock, tmp_path: Path
+) -> None:
+    open_request(bot, mail)
+    root = tmp_path / "sent"
+
+    class Crash(BaseException):
+        """The process dies after the file is in place, before the row is marked sent."""
+
+    class DiesAfterFirstFile(MaildirTransport):
+        def send(self, envelope_from: str, recipient: str, payload: bytes) -> None:
+            super().send(envelope_from, recipient, payload)
+            raise Crash
+
+    with pytest.raises(Crash):
+        bot.flush_outbox(DiesAfterFirstFile(root))
+    (first,) = (root / "new").iterdir()
+    first.rename(root / "cur" / f"{first.name}:2,S")  # a mail reader has seen it since
+    clock.at += timedelta(minutes=1)
+    assert bot.flush_outbox(MaildirTransport(root)).sent == 3
+    files = [*(root / "new").iterdir(), *(root / "cur").iterdir()]
+    assert len(files) == 3
+    assert {r.status for r in rows(bot)} == {"sent"}
+
+
+def queue_help(bot: Mailbot, to: str) -> None:
+    """Queue a help mail to ``to`` as the service would, whatever the address."""
+    with transaction(bot.engine) as session:
+        outgoing = Outgoing("help", Party(email=to), context={"commands": commands.VERBS})
+        bot.mailer.queue(session, outgoing, None)
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("a\x00b@example.com", "control character"),
+        ("bob\t@example.com", "control character"),
+        ("not an address", "local@domain"),
+        ("two words@example.com", "invalid character"),
+        ("bob@example..com", "invalid domain"),
+    ],
+)
+def test_an_address_that_can_never_be_sent_fails_alone_and_for_good(
+    bot: Mailbot, mail: MailFactory, address: str, reason: str
+) -> None:
+    if "\x00" in address and bot.engine.dialect.name == "postgresql":
+        pytest.skip("PostgreSQL text cannot hold a NUL: such an address never reaches its outbox")
+    queue_help(bot, address)
+    open_request(bot, mail)
+    transport = FlakyTransport()
+    report = bot.flush_outbox(transport)
+    assert (report.sent, report.dead) == (3, 1)
+    (bad,) = [r for r in rows(bot) if r.to_email == address]
+    assert bad.status == "dead"
+    assert reason in (bad.last_error or "")
+    assert all(recipient != address for _, recipient, _ in transport.delivered)
+
+
+def test_a_transport_that_raises_anything_never_leaves_a_row_sending(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    open_request(bot, mail)
+    report = bot.flush_outbox(
+        FlakyTransport(failures=1, error=UnicodeEncodeError("ascii", "é", 0, 1, "x"))
+    )
+    assert (report.dead, report.sent) == (1, 2)
+    report = bot.flush_outbox(FlakyTransport(failures=1, error=RuntimeError("surprise")))
+    assert {r.status for r in rows(bot)} == {"sent", "dead"}
+    assert "sending" not in {r.status for r in rows(bot)}
+
+
+def test_a_permanent_refusal_is_dead_at_once_and_can_be_retried(
+    bot: Mailbot, mail: MailFactory, clock: FixedClock
+) -> None:
+    open_request(bot, mail)
+    bot.flush_outbox(FlakyTransport(failures=3, error=PermanentFailure("550 no such user")))
+    assert {r.status for r in rows(bot)} == {"dead"}
+    clock.at += timedelta(days=30)  # long past the queue lifetime of the first try
+    requeued = bot.retry_outbox(None)
+    assert len(requeued) == 3
+    with transaction(bot.engine) as session:
+        assert {v.delivery for v in session.exec(select(ValidationRow)).all()} == {"queued"}
+    transport = FlakyTransport(failures=3)  # a fresh lifetime: a 4xx is retried again
+    assert bot.flush_outbox(transport).retried == 3
+    clock.at += timedelta(hours=2)
+    assert bot.flush_outbox(transport).sent == 3
+    with transaction(bot.engine) as session:
+        assert {v.delivery for v in session.exec(select(ValidationRow)).all()} == {"sent"}
+
+
+def test_flush_all_sends_mail_waiting_in_backoff_now(bot: Mailbot, mail: MailFactory) -> None:
+    open_request(bot, mail)
+    transport = FlakyTransport(failures=3)
+    bot.flush_outbox(transport)
+    assert bot.flush_outbox(transport).sent == 0  # waiting out its backoff
+    assert bot.hurry_outbox() == 3
+    assert bot.flush_outbox(transport).sent == 3
+
+
+def test_a_stopping_sender_finishes_the_mail_in_flight_and_releases_the_rest(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    open_request(bot, mail)
+    transport = FlakyTransport()
+    asked = []
+
+    def keep_going() -> bool:
+        asked.append(True)
+        return len(asked) <= 2  # a stop arrives while the first mail is being sent
+
+    report = bot.flush_outbox(transport, keep_going)
+    assert (report.sent, len(transport.delivered)) == (1, 1)
+    assert sorted(r.status for r in rows(bot)) == ["queued", "queued", "sent"]
+    assert {r.attempts for r in rows(bot) if r.status == "queued"} == {0}
+    assert bot.flush_outbox(transport).sent == 2  # released: due at once

@@ -3,23 +3,31 @@ real SMTP smarthost."""
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import Session as SmtpSession
 from conftest import free_port, make_settings
-from factories import ALICE, CAROL, MailFactory, outbox, seed_world
-from servers import maildir_count, running, smarthost, wait_for
+from factories import ALICE, BOB, CAROL, MailFactory, outbox, seed_world
+from servers import Smarthost, maildir_count, running, smarthost, wait_for
+from sqlmodel import col, select
 
 from mailbot.adapters.smtp_in import TRY_LATER
 from mailbot.adapters.smtp_out import SmtpTransport
 from mailbot.clock import FixedClock
 from mailbot.config import Settings
 from mailbot.db import transaction
-from mailbot.models import InboundMessage
+from mailbot.domain import Party
+from mailbot.mailer import Outgoing
+from mailbot.models import InboundMessage, OutboxRow
 from mailbot.service import Mailbot
 
 
@@ -174,3 +182,175 @@ def test_one_flush_uses_one_smtp_session(bot: Mailbot, world: object, mail: Mail
     with smarthost(port) as relay:
         assert bot.flush_outbox(SmtpTransport(settings)).sent == 3
     assert (len(relay.received), relay.sessions) == (3, 1)
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_a_non_ascii_recipient_goes_with_smtputf8_or_fails_alone(
+    bot: Mailbot, world: object, mail: MailFactory, offered: bool
+) -> None:
+    port = free_port()
+    settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": port})
+    with transaction(bot.engine) as session:
+        help_mail = Outgoing("help", Party(email="josé@exämple.test"), context={"commands": ()})
+        bot.mailer.queue(session, help_mail, None)
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    relay = Smarthost()
+    controller = Controller(relay, hostname="127.0.0.1", port=port, enable_SMTPUTF8=offered)
+    controller.start()
+    try:
+        report = bot.flush_outbox(SmtpTransport(settings))
+    finally:
+        controller.stop()
+    recipients = sorted(rcpts[0] for _, rcpts, _ in relay.received)
+    (row,) = [m.row for m in outbox(bot) if m.to != ALICE and m.to != CAROL]
+    if offered:
+        assert (report.sent, report.dead) == (4, 0)
+        assert recipients == sorted([ALICE, ALICE, CAROL, "josé@exämple.test"])
+        assert row.status == "sent"
+    else:
+        assert (report.sent, report.dead) == (3, 1)
+        assert recipients == [ALICE, ALICE, CAROL]
+        assert row.status == "dead"
+        assert "SMTPUTF8" in (row.last_error or "")
+
+
+def trace_headers(route: str) -> dict[str, str]:
+    return {
+        "Received": f"from {route}.relay.test by mx.bot.test; Mon, 2 Mar 2026 09:0{len(route)}:00",
+        "Return-Path": f"<bounce@{route}.test>",
+        "Delivered-To": f"changes+{route}@bot.test",
+        "X-Original-To": "changes@bot.test",
+        "Authentication-Results": f"mx.bot.test; spf=pass smtp.mailfrom={route}.test",
+        "ARC-Seal": f"i=1; a=rsa-sha256; d={route}.test; s=arc; b=abc{route}",
+    }
+
+
+def help_answers(bot: Mailbot) -> list[str]:
+    """Who was sent a HELP answer, in order (a light query: tests poll it)."""
+    with transaction(bot.engine) as session:
+        query = select(OutboxRow.to_email).where(OutboxRow.event == "help")
+        return list(session.exec(query.order_by(col(OutboxRow.id))).all())
+
+
+def test_the_same_message_by_two_routes_acts_once(served: Mailbot, mail: MailFactory) -> None:
+    first = mail(BOB, "HELP", headers=trace_headers("one"), message_id="<same@client.test>")
+    again = mail(BOB, "HELP", headers=trace_headers("other"), message_id="<same@client.test>")
+    assert first != again
+    with running(served):
+        smtp_send(served.settings, first, sender=BOB)
+        smtp_send(
+            served.settings, again.replace(b"\n", b"\r\n").replace(b"\r\r", b"\r"), sender=BOB
+        )
+        wait_for(lambda: help_answers(served))
+        smtp_send(served.settings, mail(CAROL, "HELP"), sender=CAROL)  # processed after both
+        wait_for(lambda: CAROL in help_answers(served))
+    assert help_answers(served) == [BOB, CAROL]
+
+
+def test_a_different_message_reusing_a_message_id_acts(served: Mailbot, mail: MailFactory) -> None:
+    with running(served):
+        for sender in (BOB, CAROL):
+            smtp_send(served.settings, mail(sender, "HELP", message_id="<reused@x.test>"), sender)
+        wait_for(lambda: len(help_answers(served)) == 2)
+    assert sorted(help_answers(served)) == [BOB, CAROL]
+
+
+def test_stored_mail_is_caught_up_without_a_restart_and_fresh_mail_goes_first(
+    served: Mailbot, mail: MailFactory
+) -> None:
+    """A backlog larger than any batch (as after a crash), plus fresh mail meanwhile."""
+    senders = [f"person{n}@backlog.test" for n in range(120)]
+    for sender in senders:
+        served.store_inbound(mail(sender, "HELP"), source="smtp")
+    with running(served):
+        smtp_send(served.settings, mail(BOB, "HELP"), sender=BOB)
+        wait_for(lambda: BOB in help_answers(served), timeout=30)
+        answered_before_fresh = len(help_answers(served)) - 1
+        # Stored while serving, as by a `mailbot process` that died after its commit.
+        served.store_inbound(mail(CAROL, "HELP"), source="cli")
+        wait_for(lambda: len(help_answers(served)) == len(senders) + 2, timeout=60)
+        wait_for(lambda: served.inbound_counts().get("received", 0) == 0)
+    assert answered_before_fresh < len(senders)  # the fresh message did not wait for all
+    assert sorted(help_answers(served)) == sorted([*senders, BOB, CAROL])
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_mail_that_met_a_locked_database_is_processed_once_it_is_free(
+    tmp_path: Path, database_url: str, mail: MailFactory
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        smtp={"port": free_port()},
+        web={"port": free_port()},
+        database={"busy_timeout_seconds": 0.2},
+    )
+    bot = Mailbot.from_settings(settings)
+    senders = [f"person{n}@locked.test" for n in range(60)]
+    for sender in senders:
+        bot.store_inbound(mail(sender, "HELP"), source="smtp")
+    path = database_url.removeprefix("sqlite:///")
+    locker = sqlite3.connect(path, isolation_level=None)
+    reader = sqlite3.connect(path, isolation_level=None)
+
+    def waiting() -> int:
+        query = "SELECT count(*) FROM inbound_message WHERE status = 'received'"
+        return int(reader.execute(query).fetchone()[0])
+
+    try:
+        with running(bot):
+            wait_for(lambda: waiting() < len(senders), timeout=30)
+            locker.execute("BEGIN IMMEDIATE")  # writers wait 0.2 s, then fail; readers go on
+            stalled = waiting()
+            time.sleep(3)  # the rescuer meets the lock, backs off and tries again
+            assert waiting() == stalled > 0
+            locker.execute("ROLLBACK")
+            wait_for(lambda: waiting() == 0, timeout=60)
+            wait_for(lambda: len(help_answers(bot)) == len(senders))
+    finally:
+        locker.close()
+        reader.close()
+        bot.engine.dispose()
+    assert sorted(help_answers(bot)) == sorted(senders)
+
+
+class SlowRelay(Smarthost):
+    """A relay that takes its time over DATA, long enough for a SIGTERM to arrive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_started = False
+
+    async def handle_DATA(  # aiosmtpd's hook name
+        self, server: SMTP, session: SmtpSession, envelope: Envelope
+    ) -> str:
+        self.data_started = True
+        await asyncio.sleep(2)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_stopping_finishes_the_mail_being_sent(
+    tmp_path: Path, database_url: str, mail: MailFactory
+) -> None:
+    relay_port = free_port()
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        smtp={"port": free_port()},
+        web={"port": free_port()},
+        outgoing={"transport": "smtp", "port": relay_port},
+    )
+    bot = Mailbot.from_settings(settings)
+    relay = SlowRelay()
+    controller = Controller(relay, hostname="127.0.0.1", port=relay_port)
+    controller.start()
+    try:
+        with running(bot):
+            smtp_send(settings, mail(BOB, "HELP"), sender=BOB)
+            wait_for(lambda: relay.data_started)
+        # Stopped while the relay was still reading the mail: it was finished, not dropped.
+        assert [rcpts for _, rcpts, _ in relay.received] == [[BOB]]
+        assert [m.row.status for m in outbox(bot)] == ["sent"]
+    finally:
+        controller.stop()
+        bot.engine.dispose()

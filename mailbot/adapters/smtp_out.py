@@ -1,7 +1,9 @@
 """Outgoing mail through a smarthost over SMTP (plain, STARTTLS or implicit TLS).
 
 SMTP reply classes map onto the outbox's two failure kinds: 4xx and network
-trouble may go through later; 5xx will not.
+trouble may go through later; 5xx will not, and neither will an address
+smtplib cannot put on the wire (a non-ASCII address goes with SMTPUTF8 when
+the relay offers it, and fails for good, alone, when it does not).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class SmtpTransport:
             raise _failure(code, message) from None
         except smtplib.SMTPResponseException as exc:
             raise _failure(exc.smtp_code, exc.smtp_error) from None
+        except (UnicodeError, ValueError) as exc:  # an address or bytes smtplib cannot send
+            raise PermanentFailure(f"cannot send: {type(exc).__name__}: {exc}") from None
         except (smtplib.SMTPException, OSError) as exc:
             raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from None
 
@@ -47,7 +51,10 @@ class SmtpTransport:
         try:
             if self._client is None:
                 self._client = self._connect()
-            self._client.sendmail(envelope_from, [recipient], payload)
+            options = _options(self._client, envelope_from, recipient)
+            self._client.sendmail(envelope_from, [recipient], payload, mail_options=options)
+        except PermanentFailure:
+            raise  # nothing was sent: the session is still good
         except BaseException:
             self.close()  # whatever went wrong, the next mail starts a new session
             raise
@@ -73,6 +80,18 @@ class SmtpTransport:
             client.close()
             raise
         return client
+
+
+def _options(client: smtplib.SMTP, envelope_from: str, recipient: str) -> list[str]:
+    """SMTPUTF8 for a non-ASCII address, when the relay offers it (RFC 6531);
+    without it such an address can never be sent through this relay."""
+    if envelope_from.isascii() and recipient.isascii():
+        return []
+    if client.has_extn("smtputf8"):
+        return ["SMTPUTF8"]
+    raise PermanentFailure(
+        f"cannot send to {recipient!r}: non-ASCII address and the relay does not offer SMTPUTF8"
+    )
 
 
 def _failure(code: int, message: bytes | str) -> TemporaryFailure | PermanentFailure:

@@ -456,24 +456,15 @@ class LinkPages:
         )
 
     def healthz(self, request: Request) -> Response:
-        """200 when the database answers ``SELECT 1``, 503 otherwise.
-
-        It uses a raw pooled connection: the SQLite engine opens every
-        SQLAlchemy transaction with ``BEGIN IMMEDIATE``, and a health probe
-        must not take the write lock.
-        """
+        """200 when mail can be taken (``Mailbot.health``), 503 otherwise; the
+        reason goes to the log, not to the client."""
         try:
-            connection = self.bot.engine.raw_connection()
-            try:
-                cursor = connection.cursor()
-                cursor.execute("SELECT 1")
-                cursor.fetchone()
-                cursor.close()
-            finally:
-                connection.close()
+            problem = self.bot.health()
         except Exception as exc:  # any failure means "not healthy", never a 500
-            log.warning("health check failed: %s", exc.__class__.__name__)
-            return PlainTextResponse("database unavailable\n", status_code=503)
+            problem = f"health check failed: {exc.__class__.__name__}"
+        if problem:
+            log.warning("health check: %s", problem)
+            return PlainTextResponse("unavailable\n", status_code=503)
         return PlainTextResponse("ok\n")
 
     # -- steps -------------------------------------------------------------------
