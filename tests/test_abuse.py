@@ -10,7 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import ALICE, BOB, CAROL, MailFactory, Sent, maildir_messages, outbox, send, token_in
+from factories import (
+    ALICE,
+    BOB,
+    CAROL,
+    MailFactory,
+    Sent,
+    dmarc,
+    maildir_messages,
+    outbox,
+    send,
+    token_in,
+)
 
 from mailbot import commands, store
 from mailbot.adapters.maildir_out import MaildirTransport
@@ -42,13 +53,17 @@ def opened_request(mails: list[Sent]) -> str:
 
 
 @pytest.mark.usefixtures("world")
-def test_forged_change_and_cancel_cycles_mail_a_stranger_at_most_three_times(
+def test_change_and_cancel_cycles_mail_a_stranger_at_most_three_times(
     bot: Mailbot, mail: MailFactory
 ) -> None:
+    """Even from an admin whose mail passes DMARC (a hijacked mailbox, a rogue
+    customer), cycles of CHANGE and CANCEL reach a stranger three times a day."""
     ids = []
+    passing = dmarc(ALICE)
     for _ in range(30):
-        request_id = opened_request(send(bot, mail(ALICE, "CHANGE example.com", f"tech: {VICTIM}")))
-        send(bot, mail(ALICE, f"CANCEL {request_id}"))
+        change = mail(ALICE, "CHANGE example.com", f"tech: {VICTIM}", headers=passing)
+        request_id = opened_request(send(bot, change))
+        send(bot, mail(ALICE, f"CANCEL {request_id}", headers=passing))
         ids.append(request_id)
     delivered = deliver(bot)
     assert 1 <= len(to(delivered, VICTIM)) <= 3
@@ -64,6 +79,25 @@ def test_forged_change_and_cancel_cycles_mail_a_stranger_at_most_three_times(
     held = [e for e in events if e["kind"] == "mail-held"]
     assert held
     assert all(VICTIM in str(e) for e in held)
+
+
+@pytest.mark.usefixtures("world")
+def test_forged_cycles_cannot_cancel_and_mail_the_stranger_once(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    """Without an authentication verdict a CANCEL waits for the admin's own
+    confirmation, so forged cycles stop at the first request."""
+    for _ in range(30):
+        for sent in send(bot, mail(ALICE, "CHANGE example.com", f"tech: {VICTIM}")):
+            if sent.row.request_id:
+                send(bot, mail(ALICE, f"CANCEL {sent.row.request_id}"))
+    delivered = deliver(bot)
+    assert len(to(delivered, VICTIM)) == 1
+    with transaction(bot.engine) as session:
+        statuses = [r.status for r in store.requests(session)]
+    assert statuses == ["pending"]
+    asked = [m for m in to(delivered, ALICE) if m["X-Mailbot-Event"] == "confirmation-requested"]
+    assert len(asked) == 1  # one live confirmation per request, action and address
 
 
 def test_many_forged_admins_mail_a_stranger_at_most_three_times_and_known_contacts_always(
@@ -250,8 +284,9 @@ def test_tagged_variants_of_a_strangers_address_share_its_three_mails(
     bot: Mailbot, mail: MailFactory
 ) -> None:
     for n in range(6):
-        mails = send(bot, mail(ALICE, "CHANGE example.com", f"tech: victim+{n}@victim.test"))
-        send(bot, mail(ALICE, f"CANCEL {opened_request(mails)}"))
+        change = mail(ALICE, "CHANGE example.com", f"tech: victim+{n}@victim.test")
+        mails = send(bot, change)
+        send(bot, mail(ALICE, f"CANCEL {opened_request(mails)}", headers=dmarc(ALICE)))
     for n in range(6):  # and answers to forged senders, tagged the same way
         send(bot, mail(f"victim+x{n}@victim.test", SPAM))
     assert 1 <= len([m for m in outbox(bot) if m.to.endswith("@victim.test")]) <= 3
