@@ -103,7 +103,9 @@ class LifecycleCases(ServiceCore):
         if self.mailer.answers_exhausted(session, message.sender):
             return f"{event} not sent: rate limit"
         party, _ = self._actor(session, message)
-        self.mailer.queue(session, Outgoing(event, party, request, context=context), message)
+        answer = Outgoing(event, party, request, context=context)
+        if not self.mailer.queue(session, answer, message):
+            return f"{event} not sent: held back (answers to unknown addresses)"
         return f"{event} sent to {message.sender}"
 
     def _list_by_mail(self, session: Session, message: Inbound) -> str:
