@@ -362,7 +362,10 @@ def get(port: int, path: str) -> tuple[int, bytes]:
 
 
 def link_to(maildir: Path, recipient: str) -> str:
-    """The link in the newest-found mail to ``recipient`` in ``maildir``."""
+    """The link in the newest-found mail to ``recipient`` in ``maildir``, or ""
+    while there is none (the Maildir is made with the first mail sent)."""
+    if not (maildir / "new").is_dir():
+        return ""
     for path in (maildir / "new").iterdir():
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         if recipient in str(message["To"]):
