@@ -62,7 +62,7 @@ def running(bot: Mailbot) -> Iterator[Runtime]:
             raise failure[0]
 
 
-def wait_for(condition: Any, timeout: float = 10.0) -> Any:
+def wait_for(condition: Any, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if result := condition():

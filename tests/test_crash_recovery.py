@@ -137,7 +137,7 @@ def start_serve(
             env={k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")},
         )
     started.append(process)
-    wait_for(lambda: listening(smtp_port), timeout=30)
+    wait_for(lambda: listening(smtp_port), timeout=60)
     return process
 
 

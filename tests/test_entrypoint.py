@@ -99,7 +99,7 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         [str(MAILBOT), "serve"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        wait_for(lambda: listening(smtp_port) and listening(web_port), timeout=20)
+        wait_for(lambda: listening(smtp_port) and listening(web_port), timeout=60)
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=5) as health:
             assert health.status == 200
         server.send_signal(signal.SIGTERM)

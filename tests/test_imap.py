@@ -145,7 +145,7 @@ def test_mail_arriving_while_the_server_is_down_is_read_after_it_returns(
         dovecot_server.start()
         fresh = IMAPClient("127.0.0.1", port=dovecot_server.port, ssl=False)
         fresh.login(USER, PASSWORD)
-        wait_for(lambda: count(fresh, "mailbot-done") == 2, timeout=20)
+        wait_for(lambda: count(fresh, "mailbot-done") == 2, timeout=60)
         fresh.logout()
     finally:
         stop.set()

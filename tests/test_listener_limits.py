@@ -328,7 +328,7 @@ def serve_command(workdir: Path, config: str = "") -> Iterator[tuple[int, int, P
             preexec_fn=_usual_limit,
         )
         try:
-            wait_for(lambda: listening(smtp_port) and listening(web_port), timeout=30)
+            wait_for(lambda: listening(smtp_port) and listening(web_port), timeout=60)
             yield smtp_port, web_port, log
             server.terminate()
             assert server.wait(timeout=30) == 0

@@ -127,7 +127,7 @@ def test_no_token_or_reply_key_rests_in_the_database_or_the_logs(
         smtp(served, reply(CAROL, carol_address, asks[CAROL], "ACCEPT", "quoted-printable"),
              CAROL, to=carol_address)  # fmt: skip
         smtp(served, mail(ALICE, "Validation", f"ACCEPT {alice_token}"), ALICE)
-        wait_for(lambda: processed(served, 5), timeout=30)
+        wait_for(lambda: processed(served, 5), timeout=60)
 
     # Processing still had every secret it needed: both decisions were recorded.
     assert "request-done" in [m["X-Mailbot-Event"] for m in maildir_messages(maildir)]

@@ -264,7 +264,7 @@ def test_stored_mail_is_caught_up_without_a_restart_and_fresh_mail_goes_first(
         served.store_inbound(mail(sender, "HELP"), source="smtp")
     with running(served):
         smtp_send(served.settings, mail(BOB, "HELP"), sender=BOB)
-        wait_for(lambda: BOB in help_answers(served), timeout=30)
+        wait_for(lambda: BOB in help_answers(served), timeout=60)
         answered_before_fresh = len(help_answers(served)) - 1
         # Stored while serving, as by a `mailbot process` that died after its commit.
         served.store_inbound(mail(CAROL, "HELP"), source="cli")
@@ -299,7 +299,7 @@ def test_mail_that_met_a_locked_database_is_processed_once_it_is_free(
 
     try:
         with running(bot):
-            wait_for(lambda: waiting() < len(senders), timeout=30)
+            wait_for(lambda: waiting() < len(senders), timeout=60)
             locker.execute("BEGIN IMMEDIATE")  # writers wait 0.2 s, then fail; readers go on
             stalled = waiting()
             time.sleep(3)  # the rescuer meets the lock, backs off and tries again
