@@ -162,12 +162,14 @@ class DecidingCases(ServiceCore):
     def token_page(self, typed: str) -> TokenPage:
         """What a token's link shows; reads only (mail scanners open every link)."""
         with transaction(self.engine) as session:
-            validation = self._validation_by_token_only(session, typed)
-            contact = session.get(Contact, validation.contact_id)
-            request_row = store.request_row(session, validation.request_id)
-            assert contact is not None
-            assert request_row is not None
-            request = store.request(session, request_row)
+            return self._page_of(session, self._validation_by_token_only(session, typed))
+
+    def _page_of(self, session: Session, validation: ValidationRow) -> TokenPage:
+        contact = session.get(Contact, validation.contact_id)
+        request_row = store.request_row(session, validation.request_id)
+        assert contact is not None
+        assert request_row is not None
+        request = store.request(session, request_row)
         own = request.validation_of(store.party(contact))
         assert own is not None
         return TokenPage(request, own)
@@ -234,15 +236,7 @@ class DecidingCases(ServiceCore):
     def undo_page(self, typed: str) -> TokenPage:
         """What an undo link shows; reads only, like the link page."""
         with transaction(self.engine) as session:
-            validation = self._validation_by_undo(session, typed)
-            contact = session.get(Contact, validation.contact_id)
-            request_row = store.request_row(session, validation.request_id)
-            assert contact is not None
-            assert request_row is not None
-            request = store.request(session, request_row)
-        own = request.validation_of(store.party(contact))
-        assert own is not None
-        return TokenPage(request, own)
+            return self._page_of(session, self._validation_by_undo(session, typed))
 
     def undo_with_token(self, typed: str) -> TokenPage:
         """Withdraw a held decision: the contact is awaited again and may answer anew."""

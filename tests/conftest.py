@@ -195,6 +195,19 @@ def bot(settings: Settings, clock: FixedClock) -> Iterator[Mailbot]:
 
 
 @pytest.fixture
+def served(tmp_path: Path, database_url: str) -> Iterator[Mailbot]:
+    """A bot with the standard world and the real clock, on free ports, ready to be
+    ``running`` (modules that need other settings define their own)."""
+    settings = make_settings(
+        tmp_path, database_url, smtp={"port": free_port()}, web={"port": free_port()}
+    )
+    mailbot = Mailbot.from_settings(settings)
+    seed_world(mailbot)
+    yield mailbot
+    mailbot.engine.dispose()
+
+
+@pytest.fixture
 def world(bot: Mailbot) -> dict[str, Any]:
     """The standard contacts and services (see factories.seed_world)."""
     return seed_world(bot)

@@ -12,15 +12,13 @@ from __future__ import annotations
 import logging
 import re
 import smtplib
-from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 
 import pytest
-from conftest import free_port, make_settings
-from factories import ALICE, CAROL, MailFactory, maildir_messages, seed_world
+from factories import ALICE, CAROL, MailFactory, maildir_messages
 from servers import maildir_count, running, wait_for
 from sqlmodel import col, select
 from test_storage import dump
@@ -32,17 +30,6 @@ from mailbot.service import Mailbot
 
 _TOKEN = re.compile(r"\b([0-9A-Z]{4}(?:-[0-9A-Z]{4}){4})\b")
 _KEY = re.compile(r"changes\+(\w+)@", re.IGNORECASE)
-
-
-@pytest.fixture
-def served(tmp_path: Path, database_url: str) -> Iterator[Mailbot]:
-    settings = make_settings(
-        tmp_path, database_url, smtp={"port": free_port()}, web={"port": free_port()}
-    )
-    bot = Mailbot.from_settings(settings)
-    seed_world(bot)
-    yield bot
-    bot.engine.dispose()
 
 
 def smtp(bot: Mailbot, raw: bytes, sender: str, to: str = "changes@bot.test") -> None:

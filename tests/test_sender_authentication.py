@@ -8,13 +8,10 @@ through SMTP into a running ``serve``.
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import free_port, make_settings
 from factories import (
     ALICE,
     BOB,
@@ -24,7 +21,6 @@ from factories import (
     Sent,
     dmarc,
     outbox,
-    seed_world,
     send,
     token_in,
 )
@@ -93,17 +89,6 @@ def outcomes(bot: Mailbot) -> list[tuple[str, str]]:
 
 
 # --- strict sender parsing, through SMTP into a running serve -------------------
-
-
-@pytest.fixture
-def served(tmp_path: Path, database_url: str) -> Iterator[Mailbot]:
-    settings = make_settings(
-        tmp_path, database_url, smtp={"port": free_port()}, web={"port": free_port()}
-    )
-    bot = Mailbot.from_settings(settings)
-    seed_world(bot)
-    yield bot
-    bot.engine.dispose()
 
 
 def test_a_forged_from_opens_cancels_and_answers_nothing_over_smtp(
