@@ -104,12 +104,20 @@ class RepeatFilter(logging.Filter):
 
 
 def configure(level: int) -> None:
-    """Root logging at ``level`` on stderr, with repeats folded on every root handler."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Root logging at ``level`` on stderr, with repeats folded.
+
+    Like ``logging.basicConfig``, it sets up only a process that has no
+    handler yet: a program that embeds mailbot (or a test runner capturing
+    logs) keeps its own handlers and level.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        repeats = RepeatFilter(handler)
+        handler.addFilter(repeats)
+        atexit.register(repeats.flush)
+        root.addHandler(handler)
+        root.setLevel(level)
     for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RepeatFilter) for f in handler.filters):
-            repeats = RepeatFilter(handler)
-            handler.addFilter(repeats)
-            atexit.register(repeats.flush)
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
