@@ -21,6 +21,7 @@ from mailbot.errors import (
 )
 from mailbot.inbound import Inbound
 from mailbot.models import (
+    ChangeRequest,
     Contact,
     ValidationRow,
 )
@@ -205,11 +206,7 @@ class DecidingCases(ServiceCore):
         """
         with transaction(self.engine) as session:
             validation = self._validation_by_token_only(session, typed)
-            request_row = store.request_row(session, validation.request_id, for_update=True)
-            assert request_row is not None
-            session.refresh(validation)
-            contact = session.get(Contact, validation.contact_id)
-            assert contact is not None
+            request_row, contact = self._locked(session, validation)
             party = store.party(contact)
             transition = workflow.hold(
                 store.request(session, request_row),
@@ -233,6 +230,16 @@ class DecidingCases(ServiceCore):
             assert own is not None
             return TokenPage(transition.request, own)
 
+    def _locked(self, session: Session, validation: ValidationRow) -> tuple[ChangeRequest, Contact]:
+        """The validation's request, locked, and its contact; the validation re-read
+        under the lock, since another answer may have just changed it."""
+        request_row = store.request_row(session, validation.request_id, for_update=True)
+        assert request_row is not None
+        session.refresh(validation)
+        contact = session.get(Contact, validation.contact_id)
+        assert contact is not None
+        return request_row, contact
+
     def undo_page(self, typed: str) -> TokenPage:
         """What an undo link shows; reads only, like the link page."""
         with transaction(self.engine) as session:
@@ -242,11 +249,7 @@ class DecidingCases(ServiceCore):
         """Withdraw a held decision: the contact is awaited again and may answer anew."""
         with transaction(self.engine) as session:
             validation = self._validation_by_undo(session, typed)
-            request_row = store.request_row(session, validation.request_id, for_update=True)
-            assert request_row is not None
-            session.refresh(validation)
-            contact = session.get(Contact, validation.contact_id)
-            assert contact is not None
+            request_row, contact = self._locked(session, validation)
             party = store.party(contact)
             transition = workflow.undo(store.request(session, request_row), contact=party)
             self._save_state(session, request_row, transition.request)
