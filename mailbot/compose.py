@@ -8,7 +8,7 @@ folded to one line before it reaches a header, and addresses go through
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from email.header import decode_header, make_header
 from email.headerregistry import Address
@@ -36,7 +36,6 @@ class Envelope:
     reply_to: str | None = None
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def new_message_id(domain: str) -> str:

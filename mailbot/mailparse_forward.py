@@ -21,15 +21,10 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 
 from mailbot import mailparse_quotes as quotes
-from mailbot.mailparse_mime import strip_subject_prefixes
+from mailbot.mailparse_mime import FORWARD_SUBJECT, strip_subject_prefixes
 
 MAX_HEADER_LINES = 14
 
-_FORWARD_SUBJECT = re.compile(
-    r"^\s*(?:\[[^\]]{0,40}\]\s*)?(?:fwd?|tr|wg|rv|enc|vs|vb|doorst|fw-?d|pd|i|fs|trs|rif"
-    r"|пер|переслать|転送|转发)\s*(?:\[\d+\])?\s*[:：]",
-    re.IGNORECASE,
-)
 _SUBJECT_KEYS = (
     "subject", "objet", "sujet", "betreff", "asunto", "assunto", "oggetto", "onderwerp", "emne",
     "ämne", "amne", "temat", "тема", "aihe", "tárgy", "targy", "konu", "主题", "件名",
@@ -62,7 +57,7 @@ class InlineForward:
 
 
 def has_forward_subject(subject: str) -> bool:
-    return _FORWARD_SUBJECT.match(subject) is not None
+    return FORWARD_SUBJECT.match(subject) is not None
 
 
 def find(split: quotes.Split, subject: str) -> InlineForward | None:

@@ -8,7 +8,6 @@ Crockford's look-alikes (O for 0, I and L for 1).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 
@@ -69,11 +68,6 @@ def digest(token: str) -> str:
     guessing; no salt or slow hash is needed.
     """
     return hashlib.sha256(token.encode("ascii")).hexdigest()
-
-
-def matches(token: str, stored_digest: str) -> bool:
-    """Constant-time comparison of a typed token with a stored digest."""
-    return hmac.compare_digest(digest(token), stored_digest)
 
 
 def looks_like_token_attempt(text: str) -> bool:

@@ -440,6 +440,21 @@ def test_an_outlook_header_block_is_a_reply_unless_the_subject_says_forward() ->
     assert forwarded.sender == "changes@mailbot.example"
 
 
+@pytest.mark.parametrize(
+    "prefix", ["FW:", "Fwd:", "TR:", "WG:", "RV:", "I:", "RIF:", "PD:", "TRS:", "VS:", "転送:"]
+)
+def test_every_forward_prefix_marks_a_forward_and_is_stripped_from_its_subject(
+    prefix: str,
+) -> None:
+    body = (
+        "ACCEPT\n\nFrom: mailbot <changes@mailbot.example>\nSent: Monday\nTo: Alice\n"
+        "Subject: Validation\n\n" + TOKEN_MAIL_EN
+    )
+    forwarded = mailparse.parse(mail(body, subject=f"{prefix} Re: Validation")).forwarded
+    assert forwarded is not None
+    assert mailparse.strip_subject_prefixes(f"{prefix} Re: Validation") == "Validation"
+
+
 # -- robots ---------------------------------------------------------------------------------
 
 
