@@ -23,10 +23,10 @@ from mailbot import db, logs, store
 from mailbot.adapters import outgoing_transport
 from mailbot.clock import Clock, FixedClock
 from mailbot.config import Settings, load_settings
-from mailbot.errors import ConfigError, ImportFileError, MailbotError
+from mailbot.errors import ConfigError, ImportFileError, MailbotError, NotRetryable
 from mailbot.importer import apply_import, read_import_file
 from mailbot.service import Mailbot, ProcessingFailed, UnknownRequest
-from mailbot.views import outbox_json, request_json, service_json
+from mailbot.views import inbound_json, outbox_json, request_json, service_json
 
 EX_OK, EX_FAILED, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
 
@@ -272,9 +272,10 @@ def cmd_outbox_retry(args: argparse.Namespace, settings: Settings) -> int:
     if (args.id is None) == (not args.dead):
         raise CommandFailed("give one mail's ID or --dead (see `mailbot outbox retry --help`)", 2)
     with _bot(settings) as bot:
-        if args.id is not None:
-            _check_retryable(bot, args.id)
-        rows = bot.retry_outbox(None if args.dead else [args.id])
+        try:
+            rows = bot.retry_outbox(None if args.dead else [args.id])
+        except NotRetryable as exc:
+            raise CommandFailed(str(exc)) from None
         if not args.no_flush:
             _flush_quietly(bot, settings)
     for row in rows:
@@ -284,19 +285,10 @@ def cmd_outbox_retry(args: argparse.Namespace, settings: Settings) -> int:
     return EX_OK
 
 
-def _check_retryable(bot: Mailbot, row_id: int) -> None:
-    with db.transaction(bot.engine) as session:
-        rows = store.outbox_rows(session, [row_id])
-    if not rows:
-        raise CommandFailed(f"no mail {row_id} in the outbox")
-    if rows[0].status != "dead":
-        raise CommandFailed(f"mail {row_id} is {rows[0].status}, not dead")
-
-
 def cmd_inbound_list(args: argparse.Namespace, settings: Settings) -> int:
     with _bot(settings) as bot, db.transaction(bot.engine) as session:
         rows = store.inbound_overview(session, args.status, args.limit)
-        items = [_inbound_json(row) for row in rows]
+        items = [inbound_json(row) for row in rows]
         counts = store.inbound_counts(session)
     if args.json:
         _print_json(items)
@@ -312,19 +304,6 @@ def cmd_inbound_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 INBOUND_STATUSES = ("received", "processed", "ignored", "failed")
-
-
-def _inbound_json(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "status": row.status,
-        "source": row.source,
-        "message_id": row.message_id,
-        "envelope_from": row.envelope_from,
-        "received_at": row.received_at.isoformat(),
-        "processed_at": row.processed_at.isoformat() if row.processed_at else None,
-        "outcome": row.outcome,
-    }
 
 
 def cmd_outbox_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -80,3 +80,7 @@ class ConfigError(Exception):
 
 class ImportFileError(Exception):
     """An import file cannot be applied; the message says where and why."""
+
+
+class NotRetryable(Exception):
+    """An outbox mail named for a retry is unknown or not dead; the message says which."""

@@ -32,6 +32,7 @@ from sqlmodel import Session
 
 from mailbot import store
 from mailbot.db import transaction
+from mailbot.errors import NotRetryable
 from mailbot.models import OutboxRow, ValidationRow
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,8 @@ def requeue(engine: Engine, ids: list[int] | None, now: datetime) -> list[Outbox
     queue lifetime, due now; returns the rows requeued."""
     with transaction(engine) as session:
         rows = store.dead_outbox(session) if ids is None else store.outbox_rows(session, ids)
+        if ids is not None:
+            _check_dead(ids, rows)
         requeued = [row for row in rows if row.status == "dead"]
         for row in requeued:
             row.status = "queued"
@@ -264,6 +267,16 @@ def requeue(engine: Engine, ids: list[int] | None, now: datetime) -> list[Outbox
             if validation is not None and validation.delivery == "failed":
                 validation.delivery = "queued"
         return requeued
+
+
+def _check_dead(ids: list[int], rows: list[OutboxRow]) -> None:
+    """Mail named for a retry must exist and be dead; nothing is requeued otherwise."""
+    found = {row.id: row for row in rows}
+    for row_id in ids:
+        if row_id not in found:
+            raise NotRetryable(f"no mail {row_id} in the outbox")
+        if found[row_id].status != "dead":
+            raise NotRetryable(f"mail {row_id} is {found[row_id].status}, not dead")
 
 
 def hurry(engine: Engine, now: datetime) -> int:

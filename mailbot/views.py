@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from mailbot import store
 from mailbot.domain import Party, Request, RoleChange, Validation
-from mailbot.models import ChangeRequest, OutboxRow, ServiceRow
+from mailbot.models import ChangeRequest, InboundMessage, OutboxRow, ServiceRow
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,19 @@ def request_json(session: Session, row: ChangeRequest, *, events: bool = True) -
             for e in store.events(session, row.id)
         ]
     return data
+
+
+def inbound_json(row: InboundMessage) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "status": row.status,
+        "source": row.source,
+        "message_id": row.message_id,
+        "envelope_from": row.envelope_from,
+        "received_at": row.received_at.isoformat(),
+        "processed_at": row.processed_at.isoformat() if row.processed_at else None,
+        "outcome": row.outcome,
+    }
 
 
 def outbox_json(row: OutboxRow) -> dict[str, Any]:
