@@ -104,10 +104,8 @@ def test_a_stored_but_unprocessed_message_is_processed_after_a_restart(
         assert session.get(InboundMessage, 1).status == "processed"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_message_that_cannot_be_stored_gets_451_and_nothing_internal(
-    tmp_path: Path, database_url: str, mail: MailFactory
-) -> None:
+def impatient_bot(tmp_path: Path, database_url: str) -> Mailbot:
+    """A bot on free ports whose SQLite writers give up on a lock after 0.2 s."""
     settings = make_settings(
         tmp_path,
         database_url,
@@ -115,19 +113,26 @@ def test_a_message_that_cannot_be_stored_gets_451_and_nothing_internal(
         web={"port": free_port()},
         database={"busy_timeout_seconds": 0.2},
     )
-    bot = Mailbot.from_settings(settings)
+    return Mailbot.from_settings(settings)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_message_that_cannot_be_stored_gets_451_and_nothing_internal(
+    tmp_path: Path, database_url: str, mail: MailFactory
+) -> None:
+    bot = impatient_bot(tmp_path, database_url)
     with running(bot):
         locker = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
         try:
             with pytest.raises(smtplib.SMTPDataError) as refused:
-                smtp_send(settings, mail(ALICE, "HELP"))
+                smtp_send(bot.settings, mail(ALICE, "HELP"))
         finally:
             locker.execute("ROLLBACK")
             locker.close()
         assert refused.value.smtp_code == 451
         assert refused.value.smtp_error.decode() == TRY_LATER.removeprefix("451 ")
-        smtp_send(settings, mail(ALICE, "HELP"))  # once the database is back, it is accepted
+        smtp_send(bot.settings, mail(ALICE, "HELP"))  # once the database is back, it is accepted
 
 
 def test_outgoing_smtp_retries_a_refusing_smarthost_and_loses_nothing(
@@ -278,14 +283,7 @@ def test_stored_mail_is_caught_up_without_a_restart_and_fresh_mail_goes_first(
 def test_mail_that_met_a_locked_database_is_processed_once_it_is_free(
     tmp_path: Path, database_url: str, mail: MailFactory
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        database_url,
-        smtp={"port": free_port()},
-        web={"port": free_port()},
-        database={"busy_timeout_seconds": 0.2},
-    )
-    bot = Mailbot.from_settings(settings)
+    bot = impatient_bot(tmp_path, database_url)
     senders = [f"person{n}@locked.test" for n in range(60)]
     for sender in senders:
         bot.store_inbound(mail(sender, "HELP"), source="smtp")
