@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -197,6 +198,15 @@ def request_state(bot: Mailbot, request_id: str) -> dict[str, Any]:
         row = store.request_row(session, request_id)
         assert row is not None
         return request_json(session, row)
+
+
+@contextmanager
+def nothing_recorded(bot: Mailbot, request_id: str) -> Iterator[None]:
+    """The block leaves the request's state and the outbox as they were."""
+    mails, state = last_outbox_id(bot), request_state(bot, request_id)
+    yield
+    assert request_state(bot, request_id) == state
+    assert last_outbox_id(bot) == mails
 
 
 def assert_clean_page(response: httpx.Response, status: int) -> None:
@@ -406,19 +416,16 @@ def test_while_held_the_page_says_so_and_another_post_changes_nothing(
     page = client.get(links[CAROL])
     action, fields = form_for(page, "accept")
     assert client.post(action, data=fields).status_code == 200
-    before_mails, before = last_outbox_id(bot), request_state(bot, request_id)
-
-    again = client.get(links[CAROL])
-    assert_clean_page(again, 200)
-    assert "Your acceptance is recorded" in text_of(again)
-    assert "acceptance taking effect on 2026-03-02 09:10 UTC" in text_of(again)
-    assert not read(again.text).forms
-    for decision in ("accept", "refuse"):  # the old form, submitted again
-        resubmitted = client.post(action, data={**fields, "decision": decision})
-        assert_clean_page(resubmitted, 200)
-        assert "Your acceptance is recorded" in text_of(resubmitted)
-    assert request_state(bot, request_id) == before
-    assert last_outbox_id(bot) == before_mails
+    with nothing_recorded(bot, request_id):
+        again = client.get(links[CAROL])
+        assert_clean_page(again, 200)
+        assert "Your acceptance is recorded" in text_of(again)
+        assert "acceptance taking effect on 2026-03-02 09:10 UTC" in text_of(again)
+        assert not read(again.text).forms
+        for decision in ("accept", "refuse"):  # the old form, submitted again
+            resubmitted = client.post(action, data={**fields, "decision": decision})
+            assert_clean_page(resubmitted, 200)
+            assert "Your acceptance is recorded" in text_of(resubmitted)
 
 
 def test_a_used_token_gets_410_on_get_and_post_once_applied(
@@ -429,18 +436,15 @@ def test_a_used_token_gets_410_on_get_and_post_once_applied(
     action, fields = form_for(page, "accept")
     assert client.post(action, data=fields).status_code == 200
     bot.sweep(now=START + WINDOW)
-    before_mails, before = last_outbox_id(bot), request_state(bot, request_id)
-
-    again = client.get(links[CAROL])
-    assert_clean_page(again, 410)
-    assert "You have already answered" in text_of(again)
-    assert "accepted on the web page" in text_of(again)
-    assert not read(again.text).forms
-    for decision in ("accept", "refuse"):
-        resubmitted = client.post(action, data={**fields, "decision": decision})
-        assert_clean_page(resubmitted, 410)
-    assert request_state(bot, request_id) == before
-    assert last_outbox_id(bot) == before_mails
+    with nothing_recorded(bot, request_id):
+        again = client.get(links[CAROL])
+        assert_clean_page(again, 410)
+        assert "You have already answered" in text_of(again)
+        assert "accepted on the web page" in text_of(again)
+        assert not read(again.text).forms
+        for decision in ("accept", "refuse"):
+            resubmitted = client.post(action, data={**fields, "decision": decision})
+            assert_clean_page(resubmitted, 410)
 
 
 # -- undo -------------------------------------------------------------------------
@@ -667,13 +671,10 @@ def test_a_cross_site_post_is_refused_and_records_nothing(
 ) -> None:
     request_id, links = open_tech_change(bot, mail)
     action, fields = form_for(client.get(links[CAROL]), "accept")
-    before_mails, before = last_outbox_id(bot), request_state(bot, request_id)
+    with nothing_recorded(bot, request_id):
+        response = client.post(action, data=fields, headers=headers)
 
-    response = client.post(action, data=fields, headers=headers)
-
-    assert_clean_page(response, 403)
-    assert request_state(bot, request_id) == before
-    assert last_outbox_id(bot) == before_mails
+        assert_clean_page(response, 403)
 
 
 def test_two_origin_headers_are_refused_unless_both_are_ours(
@@ -746,14 +747,11 @@ def test_a_blind_post_is_forbidden_and_records_nothing(
     bot: Mailbot, mail: MailFactory, client: httpx.Client, body: dict[str, Any]
 ) -> None:
     request_id, links = open_tech_change(bot, mail)
-    before_mails, before = last_outbox_id(bot), request_state(bot, request_id)
+    with nothing_recorded(bot, request_id):
+        response = client.post(links[CAROL], **body)
 
-    response = client.post(links[CAROL], **body)
-
-    assert_clean_page(response, 403)
-    assert "This form is no longer valid" in text_of(response)
-    assert request_state(bot, request_id) == before
-    assert last_outbox_id(bot) == before_mails
+        assert_clean_page(response, 403)
+        assert "This form is no longer valid" in text_of(response)
 
 
 def test_a_forged_or_foreign_or_expired_nonce_is_forbidden(
