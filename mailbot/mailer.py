@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session
 
 from mailbot import store
 from mailbot.clock import Clock
@@ -21,7 +21,7 @@ from mailbot.compose import Envelope, bounce_address, compose, new_message_id
 from mailbot.config import Settings
 from mailbot.domain import Party, Request
 from mailbot.inbound import Inbound
-from mailbot.models import EventRow, OutboxRow, ServiceRow, ValidationRow
+from mailbot.models import EventRow, OutboxRow
 from mailbot.render import MAIL_CONTEXT, Renderer, make_environment
 from mailbot.views import RequestView
 
@@ -139,27 +139,19 @@ class Mailer:
             return False
         if contact.handle is not None:
             return True
-        holds = select(ServiceRow.id).where(
-            sa.or_(
-                col(ServiceRow.admin_id) == contact.id,
-                col(ServiceRow.tech_id) == contact.id,
-                col(ServiceRow.billing_id) == contact.id,
-            )
-        )
-        if session.exec(holds.limit(1)).first() is not None:
-            return True
-        decided = select(ValidationRow.id).where(
-            ValidationRow.contact_id == contact.id, ValidationRow.status != "pending"
-        )
-        return session.exec(decided.limit(1)).first() is not None
+        assert contact.id is not None
+        return store.holds_a_role(session, contact.id) or store.has_decided(session, contact.id)
 
     def _held_back(self, session: Session, mail: Outgoing) -> str | None:
         """Why a mail to an untrusted address must not go out today, or None."""
         since = self.clock.now() - timedelta(days=1)
         cap = self.settings.policy.max_unsolicited_per_day
-        if _mails_since(session, mail.to.email, since) >= cap:
+        if store.mails_to_mailbox_since(session, mail.to.email, since) >= cap:
             return f"{cap} mails a day to an address that never answered"
-        if mail.event in ANSWER_EVENTS and _mails_since(session, mail.to.email, since, True) >= 1:
+        if (
+            mail.event in ANSWER_EVENTS
+            and store.mails_to_mailbox_since(session, mail.to.email, since, ANSWER_EVENTS) >= 1
+        ):
             return "one answer a day to an unknown address"
         return None
 
@@ -172,29 +164,3 @@ class Mailer:
         since = self.clock.now() - timedelta(hours=1)
         sent = store.recent_answers(session, address, ANSWER_EVENTS, since)
         return sent >= self.settings.policy.max_answers_per_hour
-
-
-def _mails_since(session: Session, address: str, since: datetime, answers: bool = False) -> int:
-    """Mails queued since then to the mailbox of ``address``: the address itself
-    and its ``+tag`` variants, which land in the same mailbox."""
-    local, _, domain = address.partition("@")
-    base = local.partition("+")[0]
-    pattern = f"{_like_escaped(base)}+%@{_like_escaped(domain)}"
-    query = (
-        select(func.count())
-        .select_from(OutboxRow)
-        .where(
-            sa.or_(
-                col(OutboxRow.to_email) == f"{base}@{domain}",
-                col(OutboxRow.to_email).like(pattern, escape="\\"),
-            ),
-            col(OutboxRow.created_at) >= since,
-        )
-    )
-    if answers:
-        query = query.where(col(OutboxRow.event).in_(ANSWER_EVENTS))
-    return int(session.exec(query).one())
-
-
-def _like_escaped(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

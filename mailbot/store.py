@@ -425,3 +425,51 @@ def waiting_outbox(session: Session, now: datetime) -> list[OutboxRow]:
         OutboxRow.status == "queued", col(OutboxRow.next_attempt_at) > now
     )
     return list(session.exec(query).all())
+
+
+def holds_a_role(session: Session, contact_id: int) -> bool:
+    query = select(ServiceRow.id).where(
+        or_(
+            col(ServiceRow.admin_id) == contact_id,
+            col(ServiceRow.tech_id) == contact_id,
+            col(ServiceRow.billing_id) == contact_id,
+        )
+    )
+    return session.exec(query.limit(1)).first() is not None
+
+
+def has_decided(session: Session, contact_id: int) -> bool:
+    """Whether the contact ever decided a validation (which takes a token we sent)."""
+    query = select(ValidationRow.id).where(
+        ValidationRow.contact_id == contact_id, ValidationRow.status != "pending"
+    )
+    return session.exec(query.limit(1)).first() is not None
+
+
+def mails_to_mailbox_since(
+    session: Session, address: str, since: datetime, events: tuple[str, ...] = ()
+) -> int:
+    """Mails queued since then to the mailbox of ``address``: the address itself
+    and its ``+tag`` variants, which land in the same mailbox; only ``events``
+    when given."""
+    local, _, domain = address.partition("@")
+    base = local.partition("+")[0]
+    pattern = f"{_like_escaped(base)}+%@{_like_escaped(domain)}"
+    query = (
+        select(func.count())
+        .select_from(OutboxRow)
+        .where(
+            or_(
+                col(OutboxRow.to_email) == f"{base}@{domain}",
+                col(OutboxRow.to_email).like(pattern, escape="\\"),
+            ),
+            col(OutboxRow.created_at) >= since,
+        )
+    )
+    if events:
+        query = query.where(col(OutboxRow.event).in_(events))
+    return int(session.exec(query).one())
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
