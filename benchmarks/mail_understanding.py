@@ -48,8 +48,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from mailbot import commands, mailparse, mailparse_bounce, tokens
+from mailbot import commands, mailparse, tokens
 from mailbot.errors import AmbiguousDecision, MailbotError
+from mailbot.mailparse import bounces
 
 SUBJECT_EN = "Re: [CR-7K2QX9MD] Validation requested: contact change for example.com"
 SUBJECT_FR = "RE: [CR-7K2QX9MD] Validation demandée : changement de contacts pour example.com"
@@ -161,7 +162,7 @@ def token_mail(language: str) -> TokenMail:
 def _rendered(language: str, token: str) -> TokenMail:
     from mailbot.config import BotSettings
     from mailbot.domain import Party, Request, Role, RoleChange, Service, Side, Validation
-    from mailbot.render import Renderer, make_environment
+    from mailbot.outgoing.render import Renderer, make_environment
     from mailbot.views import RequestView
 
     admin = Party("alice@customer.example", "Alice Martin", id=1)
@@ -579,8 +580,8 @@ def synthetic_autoreplies() -> Iterator[tuple[str, bytes]]:
 
 def bounce_recipients(entries: list[Entry], *, library: bool) -> tuple[int, int, int, list[str]]:
     """(bounces, recognised, recipients exactly right where listed, failures)."""
-    previous = mailparse_bounce.LIBRARY_DETECTORS
-    mailparse_bounce.LIBRARY_DETECTORS = library
+    previous = bounces.LIBRARY_DETECTORS
+    bounces.LIBRARY_DETECTORS = library
     try:
         total = recognised = right = 0
         failures: list[str] = []
@@ -600,7 +601,7 @@ def bounce_recipients(entries: list[Entry], *, library: bool) -> tuple[int, int,
                 failures.append(f"recipients {bounce.recipients} != {wanted}: {entry.path}")
         return total, recognised, right, failures
     finally:
-        mailparse_bounce.LIBRARY_DETECTORS = previous
+        bounces.LIBRARY_DETECTORS = previous
 
 
 # -- report ---------------------------------------------------------------------------

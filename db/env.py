@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import mailbot.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import mailbot.storage.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 engine = context.config.attributes["engine"]
 

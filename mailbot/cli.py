@@ -19,13 +19,15 @@ from typing import Any, NoReturn
 
 import sqlalchemy.exc
 
-from mailbot import db, logs, store
+from mailbot import logs
 from mailbot.adapters import outgoing_transport
 from mailbot.clock import Clock, FixedClock
 from mailbot.config import Settings, load_settings
 from mailbot.errors import ConfigError, ImportFileError, MailbotError, NotRetryable
-from mailbot.importer import apply_import, read_import_file
 from mailbot.service import Mailbot, ProcessingFailed, UnknownRequest
+from mailbot.service.importer import apply_import, read_import_file
+from mailbot.storage import engine as db
+from mailbot.storage import queries
 from mailbot.views import inbound_json, outbox_json, request_json, service_json
 
 EX_OK, EX_FAILED, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
@@ -150,7 +152,7 @@ def _read_message(name: str) -> bytes:
 
 def cmd_requests_list(args: argparse.Namespace, settings: Settings) -> int:
     with _bot(settings) as bot, db.transaction(bot.engine) as session:
-        rows = store.requests(
+        rows = queries.requests(
             session, status=args.status, service=args.service, contact=args.contact
         )
         items = [request_json(session, row, events=False) for row in rows]
@@ -167,7 +169,7 @@ def cmd_requests_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_requests_show(args: argparse.Namespace, settings: Settings) -> int:
     with _bot(settings) as bot, db.transaction(bot.engine) as session:
-        row = store.request_row(session, args.id)
+        row = queries.request_row(session, args.id)
         if row is None:
             raise CommandFailed(f"no request {args.id}")
         item = request_json(session, row)
@@ -241,7 +243,7 @@ def _parse_now(text: str) -> datetime:
 
 def cmd_services_show(args: argparse.Namespace, settings: Settings) -> int:
     with _bot(settings) as bot, db.transaction(bot.engine) as session:
-        row = store.service_row(session, args.name)
+        row = queries.service_row(session, args.name)
         if row is None:
             raise CommandFailed(f"no service {args.name}")
         item = service_json(session, row)
@@ -287,9 +289,9 @@ def cmd_outbox_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_inbound_list(args: argparse.Namespace, settings: Settings) -> int:
     with _bot(settings) as bot, db.transaction(bot.engine) as session:
-        rows = store.inbound_overview(session, args.status, args.limit)
+        rows = queries.inbound_overview(session, args.status, args.limit)
         items = [inbound_json(row) for row in rows]
-        counts = store.inbound_counts(session)
+        counts = queries.inbound_counts(session)
     if args.json:
         _print_json(items)
         return EX_OK
@@ -308,7 +310,7 @@ INBOUND_STATUSES = ("received", "processed", "ignored", "failed")
 
 def cmd_outbox_list(args: argparse.Namespace, settings: Settings) -> int:
     with _bot(settings) as bot, db.transaction(bot.engine) as session:
-        rows = store.outbox_overview(session, sent_limit=args.sent)
+        rows = queries.outbox_overview(session, sent_limit=args.sent)
         items = [outbox_json(row) for row in rows]
     if args.json:
         _print_json(items)

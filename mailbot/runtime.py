@@ -31,7 +31,6 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import OperationalError
 
-from mailbot import db
 from mailbot.adapters import outgoing_transport
 from mailbot.adapters.connections import (
     ACCEPT_BACKLOG,
@@ -46,6 +45,7 @@ from mailbot.adapters.web import create_app
 from mailbot.adapters.web_protocol import WebLimits, limited_protocol
 from mailbot.config import Settings
 from mailbot.service import BacklogStalled, Mailbot
+from mailbot.storage import engine as db
 
 log = logging.getLogger(__name__)
 

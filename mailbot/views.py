@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlmodel import Session
 
-from mailbot import store
 from mailbot.domain import Party, Request, RoleChange, Validation
-from mailbot.models import ChangeRequest, InboundMessage, OutboxRow, ServiceRow
+from mailbot.storage import queries
+from mailbot.storage.tables import InboundRow, OutboxRow, RequestRow, ServiceRow
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def request_json(session: Session, row: ChangeRequest, *, events: bool = True) -> dict[str, Any]:
-    request = store.request(session, row)
+def request_json(session: Session, row: RequestRow, *, events: bool = True) -> dict[str, Any]:
+    request = queries.request(session, row)
     data: dict[str, Any] = {
         "id": request.id,
         "service": request.service.name,
@@ -90,12 +90,12 @@ def request_json(session: Session, row: ChangeRequest, *, events: bool = True) -
                 "channel": e.channel,
                 "detail": e.detail,
             }
-            for e in store.events(session, row.id)
+            for e in queries.events(session, row.id)
         ]
     return data
 
 
-def inbound_json(row: InboundMessage) -> dict[str, Any]:
+def inbound_json(row: InboundRow) -> dict[str, Any]:
     return {
         "id": row.id,
         "status": row.status,
@@ -124,7 +124,7 @@ def outbox_json(row: OutboxRow) -> dict[str, Any]:
 
 
 def service_json(session: Session, row: ServiceRow) -> dict[str, Any]:
-    service = store.service(session, row)
+    service = queries.service(session, row)
     return {
         "name": service.name,
         "kind": service.kind,

@@ -22,10 +22,10 @@ import pytest
 import sqlalchemy as sa
 from factories import AUTHSERV_ID, MailFactory, seed_world
 
-from mailbot import db
 from mailbot.clock import FixedClock
 from mailbot.config import DatabaseSettings, Settings
 from mailbot.service import Mailbot
+from mailbot.storage import engine as db
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from mailbot.db import transaction
-from mailbot.importer import ImportFile, apply_import
-from mailbot.models import OutboxRow
 from mailbot.service import Mailbot
+from mailbot.service.importer import ImportFile, apply_import
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import OutboxRow
 
 ALICE = "alice@example.com"  # admin of example.com, French speaker
 BOB = "bob@example.com"  # tech contact of example.com

@@ -23,12 +23,13 @@ from factories import (
     token_in,
 )
 
-from mailbot import commands, store
+from mailbot import commands
 from mailbot.adapters.maildir_out import MaildirTransport
 from mailbot.clock import FixedClock
-from mailbot.db import transaction
-from mailbot.importer import ImportFile, apply_import
 from mailbot.service import Mailbot
+from mailbot.service.importer import ImportFile, apply_import
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
 from mailbot.views import request_json
 
 VICTIM = "victim@victim.test"
@@ -73,7 +74,7 @@ def test_change_and_cancel_cycles_mail_a_stranger_at_most_three_times(
     )
     # What was held back is in the event log of the request it belonged to.
     with transaction(bot.engine) as session:
-        row = store.request_row(session, ids[-1])
+        row = queries.request_row(session, ids[-1])
         assert row is not None
         events = request_json(session, row)["events"]
     held = [e for e in events if e["kind"] == "mail-held"]
@@ -94,7 +95,7 @@ def test_forged_cycles_cannot_cancel_and_mail_the_stranger_once(
     delivered = deliver(bot)
     assert len(to(delivered, VICTIM)) == 1
     with transaction(bot.engine) as session:
-        statuses = [r.status for r in store.requests(session)]
+        statuses = [r.status for r in queries.requests(session)]
     assert statuses == ["pending"]
     asked = [m for m in to(delivered, ALICE) if m["X-Mailbot-Event"] == "confirmation-requested"]
     assert len(asked) == 1  # one live confirmation per request, action and address
@@ -247,7 +248,7 @@ def test_a_reply_to_the_request_opened_mail_is_read_from_its_new_text(
     )
     answers = send(bot, reply)
     with transaction(bot.engine) as session:
-        row = store.request_row(session, opened_request(mails))
+        row = queries.request_row(session, opened_request(mails))
         assert row is not None
         validations = {v["email"]: v["status"] for v in request_json(session, row)["validations"]}
     expected = "refused" if word.upper().startswith("REF") else "accepted"

@@ -24,11 +24,11 @@ from factories import ALICE, CAROL, MailFactory, Sent, last_outbox_id, outbox, s
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from webserver import running
 
-from mailbot import store
 from mailbot.adapters.web import create_app
 from mailbot.clock import FixedClock
-from mailbot.db import transaction
 from mailbot.service import Mailbot
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
 from mailbot.views import request_json
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,7 +93,7 @@ def link_in(sent: Sent, base: str, kind: str) -> str:
 
 def carols(bot: Mailbot, request_id: str) -> dict[str, Any]:
     with transaction(bot.engine) as session:
-        row = store.request_row(session, request_id)
+        row = queries.request_row(session, request_id)
         assert row is not None
         validations = request_json(session, row)["validations"]
     return next(v for v in validations if v["email"] == CAROL)

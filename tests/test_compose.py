@@ -6,8 +6,8 @@ from email import policy
 
 import pytest
 
-from mailbot.compose import Envelope, bounce_address, bounced_message_id, compose
-from mailbot.render import RenderedMail
+from mailbot.outgoing.compose import Envelope, bounce_address, bounced_message_id, compose
+from mailbot.outgoing.render import RenderedMail
 
 WHEN = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

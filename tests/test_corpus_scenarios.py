@@ -19,10 +19,10 @@ from types import ModuleType
 import pytest
 from factories import ALICE, CAROL, MailFactory, Sent, outbox, send
 
-from mailbot import store
-from mailbot.db import transaction
-from mailbot.mailparse_quotes import first_cut
+from mailbot.mailparse.quotes import first_cut
 from mailbot.service import Mailbot
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("MAILBOT_CORPUS", REPO.parent / "shared" / "corpus"))
@@ -88,7 +88,7 @@ FORWARDS = [
 def token_mail_for(bot: Mailbot, mail: MailFactory, to: str = CAROL) -> Sent:
     """Open a fresh request (closing any earlier one) and return ``to``'s token mail."""
     with transaction(bot.engine) as session:
-        pending = [row.id for row in store.requests(session, status="pending")]
+        pending = [row.id for row in queries.requests(session, status="pending")]
     for request_id in pending:
         bot.cancel_request(request_id)
     mails = send(bot, mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))

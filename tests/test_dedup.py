@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from factories import ALICE, BOB, CAROL, MailFactory, outbox
 
-from mailbot.db import transaction
-from mailbot.inbound import RawMessage
-from mailbot.models import InboundMessage
 from mailbot.service import Mailbot
+from mailbot.service.inbound import RawMail
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import InboundRow
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -40,10 +40,10 @@ def help_answers(bot: Mailbot) -> list[str]:
 
 def test_the_same_message_by_two_routes_is_one_message(mail: MailFactory) -> None:
     raw = mail(BOB, "HELP", message_id="<one@client.test>")
-    one, other = RawMessage(routed(raw, 1)), RawMessage(routed(raw, 2))
+    one, other = RawMail(routed(raw, 1)), RawMail(routed(raw, 2))
     assert one.raw != other.raw
     assert one.dedup_key == other.dedup_key
-    refolded = RawMessage(routed(raw, 3).replace(b"\r\n", b"\n"))  # line endings changed
+    refolded = RawMail(routed(raw, 3).replace(b"\r\n", b"\n"))  # line endings changed
     assert refolded.dedup_key == one.dedup_key
 
 
@@ -62,7 +62,7 @@ def test_a_different_message_with_the_same_message_id_is_another_message(
     base: dict[str, Any] = {"sender": BOB, "subject": "HELP", "body": ""}
     first = mail(**base, message_id="<reused@client.test>")
     second = mail(**{**base, **change}, message_id="<reused@client.test>")
-    assert RawMessage(first).dedup_key != RawMessage(second).dedup_key
+    assert RawMail(first).dedup_key != RawMail(second).dedup_key
 
 
 def test_a_redelivered_message_acts_once_and_a_reused_id_acts_again(
@@ -85,7 +85,7 @@ def test_rows_stored_under_earlier_keys_still_catch_their_copies(
     old = mail(ALICE, "HELP", message_id="<before@client.test>")
     stored = bot.store_inbound(old, source="smtp")
     with transaction(bot.engine) as session:
-        row = session.get(InboundMessage, stored.id)
+        row = session.get(InboundRow, stored.id)
         assert row is not None
         row.dedup_key = "mid:before@client.test"  # as earlier versions stored it
         row.status = "processed"

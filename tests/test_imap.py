@@ -17,12 +17,12 @@ from factories import ALICE, CAROL, MailFactory, outbox, seed_world, token_in
 from imapclient import IMAPClient
 from servers import maildir_count, running, wait_for
 
-from mailbot import store
 from mailbot.adapters.imap_in import ImapReader
 from mailbot.cli import main
 from mailbot.config import ImapSettings
-from mailbot.db import transaction
 from mailbot.service import Mailbot
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -152,7 +152,7 @@ def test_mail_arriving_while_the_server_is_down_is_read_after_it_returns(
         thread.join(10)
     assert not thread.is_alive()
     with transaction(bot.engine) as session:
-        assert [r.status for r in store.requests(session)] == ["done"]
+        assert [r.status for r in queries.requests(session)] == ["done"]
 
 
 def test_imap_check_reports_the_mailbox(

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from factories import WORLD
 
-from mailbot import store
-from mailbot.db import transaction
 from mailbot.errors import ImportFileError
-from mailbot.importer import apply_import, read_import_file
 from mailbot.service import Mailbot
+from mailbot.service.importer import apply_import, read_import_file
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
 
 
 def write(tmp_path: Path, data: Any) -> Path:
@@ -37,9 +37,9 @@ def test_import_is_an_idempotent_upsert(bot: Mailbot, tmp_path: Path) -> None:
     report = apply_import(bot.engine, read_import_file(write(tmp_path, changed)), bot.clock.now())
     assert (report.contacts_updated, report.services_updated) == (1, 1)
     with transaction(bot.engine) as session:
-        row = store.service_row(session, "example.com")
+        row = queries.service_row(session, "example.com")
         assert row is not None
-        assert store.service(session, row).holders[store.Role.TECH].email == "carol@agency.test"
+        assert queries.service(session, row).holders[queries.Role.TECH].email == "carol@agency.test"
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_bad_files_are_refused_whole(bot: Mailbot, tmp_path: Path, data: Any, me
     with pytest.raises(ImportFileError, match=message):
         apply_import(bot.engine, read_import_file(write(tmp_path, data)), bot.clock.now())
     with transaction(bot.engine) as session:
-        assert store.contact_by_handle(session, "X1") is None
+        assert queries.contact_by_handle(session, "X1") is None
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -105,11 +105,11 @@ def test_a_contact_first_met_by_email_is_adopted_by_its_handle(
     first = {"contacts": [{"handle": "X1", "email": "a@b.test"}]}
     apply_import(bot.engine, read_import_file(write(tmp_path, first)), bot.clock.now())
     with transaction(bot.engine) as session:
-        row = store.contact_by_handle(session, "X1")
+        row = queries.contact_by_handle(session, "X1")
         assert row is not None
         row.handle = None  # as if created from a CHANGE naming a@b.test
     apply_import(bot.engine, read_import_file(write(tmp_path, first)), bot.clock.now())
     with transaction(bot.engine) as session:
-        adopted = store.contact_by_handle(session, "X1")
+        adopted = queries.contact_by_handle(session, "X1")
         assert adopted is not None
         assert adopted.email == "a@b.test"

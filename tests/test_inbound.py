@@ -18,10 +18,10 @@ from factories import (
     token_in,
 )
 
-from mailbot import store
 from mailbot.config import Settings
-from mailbot.db import transaction
 from mailbot.service import Mailbot
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
 from mailbot.views import request_json
 
 pytestmark = pytest.mark.usefixtures("world")
@@ -43,7 +43,7 @@ def opened(bot: Mailbot, mail: MailFactory) -> tuple[str, dict[str, Sent]]:
 
 def validation(bot: Mailbot, request_id: str, email: str) -> dict[str, Any]:
     with transaction(bot.engine) as session:
-        row = store.request_row(session, request_id)
+        row = queries.request_row(session, request_id)
         assert row is not None
         data = request_json(session, row)
     return next(v for v in data["validations"] if v["email"] == email) | {

@@ -25,11 +25,11 @@ from factories import (
     token_in,
 )
 
-from mailbot import store
 from mailbot.clock import FixedClock
-from mailbot.db import transaction
-from mailbot.models import ChangeRequest, ValidationRow
 from mailbot.service import Mailbot
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import RequestRow, ValidationRow
 
 pytestmark = pytest.mark.usefixtures("world")
 DAY = timedelta(days=1)
@@ -53,7 +53,7 @@ def accepted_by_alice(bot: Mailbot, mail: MailFactory) -> tuple[str, dict[str, s
 
 def status(bot: Mailbot, request_id: str) -> str:
     with transaction(bot.engine) as session:
-        row = store.request_row(session, request_id)
+        row = queries.request_row(session, request_id)
         assert row is not None
         return row.status
 
@@ -101,9 +101,9 @@ def test_a_stale_request_expires_and_everyone_is_told(bot: Mailbot, mail: MailFa
     (error,) = send(bot, mail(CAROL, "x", f"ACCEPT {tokens[CAROL]}"))
     assert error.header("X-Mailbot-Error") == "request-closed"
     with transaction(bot.engine) as session:
-        row = store.service_row(session, "example.com")
+        row = queries.service_row(session, "example.com")
         assert row is not None
-        assert store.service(session, row).holders[store.Role.TECH].email == BOB
+        assert queries.service(session, row).holders[queries.Role.TECH].email == BOB
 
 
 def test_status_tells_parties_and_reveals_nothing_to_others(
@@ -246,7 +246,7 @@ def add_idle_requests(bot: Mailbot, count: int) -> None:
             sa.text("SELECT id, admin_id FROM service WHERE name = 'example.com'")
         ).one()
         connection.execute(
-            sa.insert(ChangeRequest),
+            sa.insert(RequestRow),
             [
                 {
                     "id": f"CR-Z{n:07d}",

@@ -31,10 +31,10 @@ from sqlmodel import select
 from test_entrypoint import MAILBOT, listening, mailbot
 
 from mailbot.config import Settings, load_settings
-from mailbot.db import transaction
 from mailbot.errors import ConfigError
-from mailbot.models import InboundMessage
 from mailbot.service import Mailbot
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import InboundRow
 
 PARTIAL_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: bot.test\r\nX-Slow: "
 
@@ -279,9 +279,9 @@ def send(settings: Settings, raw: bytes) -> None:
         client.sendmail(ALICE, ["changes@bot.test"], raw)
 
 
-def stored(bot: Mailbot) -> list[InboundMessage]:
+def stored(bot: Mailbot) -> list[InboundRow]:
     with transaction(bot.engine) as session:
-        return list(session.exec(select(InboundMessage)).all())
+        return list(session.exec(select(InboundRow)).all())
 
 
 # The installed command under attack, with the usual 1,024 open files

@@ -21,8 +21,9 @@ import pytest
 from test_architecture import IO_LIBRARIES, imports_of
 
 import mailbot
-from mailbot import commands, mailparse, mailparse_mime, tokens
+from mailbot import commands, mailparse, tokens
 from mailbot.errors import UnknownCommand
+from mailbot.mailparse import mime
 
 TOKEN = "7KQ2X9JM4TRD8WPA3HNB"
 GROUPED = tokens.group(TOKEN)
@@ -106,7 +107,7 @@ def mail(
     return message.as_bytes()
 
 
-def decision(parsed: mailparse.ParsedMessage) -> str:
+def decision(parsed: mailparse.ParsedMail) -> str:
     return commands.find_command(parsed.subject, parsed.new_text).verb
 
 
@@ -668,8 +669,8 @@ def multipart(parts: int) -> bytes:
 
 
 def test_parts_walked_are_bounded() -> None:
-    message = mailparse_mime.load(multipart(5_000))
-    assert sum(1 for _ in mailparse_mime.walk(message)) <= mailparse_mime.MAX_PARTS
+    message = mime.load(multipart(5_000))
+    assert sum(1 for _ in mime.walk(message)) <= mime.MAX_PARTS
     assert mailparse.parse(multipart(5_000)).parse_error == ""
 
 
@@ -682,15 +683,15 @@ def test_nesting_is_bounded_even_past_the_recursion_limit() -> None:
         raw = b"From: a@example.org\r\n" + head + b"Content-Type: text/plain\r\n\r\nACCEPT\r\n"
         parsed = mailparse.parse(raw)
         assert parsed.parse_error == ""
-        walked = mailparse_mime.walk(mailparse_mime.load(raw))
-        assert max(d for _, d in walked) <= mailparse_mime.MAX_DEPTH
+        walked = mime.walk(mime.load(raw))
+        assert max(d for _, d in walked) <= mime.MAX_DEPTH
 
 
 def test_text_and_raw_size_are_capped() -> None:
     raw = mail("ACCEPT\n" + "x" * 100 + "\n" + ("word " * 20 + "\n") * 150_000)
-    assert len(raw) > mailparse_mime.MAX_RAW_BYTES
+    assert len(raw) > mime.MAX_RAW_BYTES
     parsed = mailparse.parse(raw)
-    assert len(parsed.text) <= mailparse_mime.MAX_TEXT_CHARS
+    assert len(parsed.text) <= mime.MAX_TEXT_CHARS
     assert parsed.new_text.startswith("ACCEPT")
 
 
@@ -788,7 +789,7 @@ def test_corpus_message_is_understood(path: str, expected_file: str) -> None:
     check_bounce(parsed, expected)
 
 
-def check_reply(parsed: mailparse.ParsedMessage, expected: dict[str, Any]) -> None:
+def check_reply(parsed: mailparse.ParsedMail, expected: dict[str, Any]) -> None:
     if "reply_text" in expected:
         assert same_text(parsed.new_text, expected["reply_text"]), parsed.new_text
     if "reply_text_regex" in expected:
@@ -802,7 +803,7 @@ def check_reply(parsed: mailparse.ParsedMessage, expected: dict[str, Any]) -> No
         assert parsed.quoted_text, "a reply above quoted matter"
 
 
-def check_forward(parsed: mailparse.ParsedMessage, expected: dict[str, Any]) -> None:
+def check_forward(parsed: mailparse.ParsedMail, expected: dict[str, Any]) -> None:
     if "is_forwarded" not in expected:
         return
     forwarded = parsed.forwarded
@@ -822,13 +823,13 @@ def check_forward(parsed: mailparse.ParsedMessage, expected: dict[str, Any]) -> 
         assert same_text(parsed.forwarder_note, expected["forward_message"] or "")
 
 
-def check_robot(parsed: mailparse.ParsedMessage, expected: dict[str, Any]) -> None:
+def check_robot(parsed: mailparse.ParsedMail, expected: dict[str, Any]) -> None:
     if "is_autoreply" in expected:
         assert parsed.autoreply == expected["is_autoreply"]
         assert parsed.automatic or not expected["is_autoreply"]
 
 
-def check_bounce(parsed: mailparse.ParsedMessage, expected: dict[str, Any]) -> None:
+def check_bounce(parsed: mailparse.ParsedMail, expected: dict[str, Any]) -> None:
     if "is_bounce" not in expected:
         return
     bounce = parsed.bounce

@@ -14,7 +14,8 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailbot import mailparse, mailparse_mime
+from mailbot import mailparse
+from mailbot.mailparse import mime
 
 CPU_LIMIT = 5.0
 FAST = settings(
@@ -41,13 +42,13 @@ SNIPPETS = st.sampled_from(
 )  # fmt: skip
 
 
-def parse_quickly(raw: bytes) -> mailparse.ParsedMessage:
+def parse_quickly(raw: bytes) -> mailparse.ParsedMail:
     started = time.process_time()
     parsed = mailparse.parse(raw)
     used = time.process_time() - started
     assert used < CPU_LIMIT, f"{used:.2f}s of CPU for {len(raw)} bytes"
     assert parsed.parse_error == "", parsed.parse_error
-    assert len(parsed.text) <= mailparse_mime.MAX_TEXT_CHARS
+    assert len(parsed.text) <= mime.MAX_TEXT_CHARS
     return parsed
 
 
@@ -134,7 +135,7 @@ def test_many_parts(count: int) -> None:
     part = b"--p\r\nContent-Type: text/plain\r\n\r\nx\r\n"
     raw = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=p\r\n\r\n" + part * count
     parse_quickly(raw)
-    assert sum(1 for _ in mailparse_mime.walk(mailparse_mime.load(raw))) <= mailparse_mime.MAX_PARTS
+    assert sum(1 for _ in mime.walk(mime.load(raw))) <= mime.MAX_PARTS
 
 
 @settings(max_examples=10, deadline=None, database=None)

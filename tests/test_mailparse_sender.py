@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from mailbot import mailparse
-from mailbot.authentication import FAIL, NONE, PASS, aligned, verdict
 from mailbot.config import SmtpSettings
+from mailbot.mailparse.authentication import FAIL, NONE, PASS, aligned, verdict
 
 FORGED = {
     "encoded display name holding an address": b"=?utf-8?q?alice@example.com?= <mallory@evil.test>",

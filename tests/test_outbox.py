@@ -18,12 +18,12 @@ from sqlmodel import select
 from mailbot import commands
 from mailbot.adapters.maildir_out import MaildirTransport
 from mailbot.clock import FixedClock
-from mailbot.db import transaction
 from mailbot.domain import Party
-from mailbot.mailer import Outgoing
-from mailbot.models import OutboxRow, ValidationRow
-from mailbot.outbox import PermanentFailure, TemporaryFailure, backoff
+from mailbot.outgoing.mailer import OutgoingMail
+from mailbot.outgoing.outbox import PermanentFailure, TemporaryFailure, backoff
 from mailbot.service import Mailbot
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import OutboxRow, ValidationRow
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -248,7 +248,7 @@ def test_a_mail_written_to_the_maildir_before_a_crash_is_not_written_twice(
 def queue_help(bot: Mailbot, to: str) -> None:
     """Queue a help mail to ``to`` as the service would, whatever the address."""
     with transaction(bot.engine) as session:
-        outgoing = Outgoing("help", Party(email=to), context={"commands": commands.VERBS})
+        outgoing = OutgoingMail("help", Party(email=to), context={"commands": commands.VERBS})
         bot.mailer.queue(session, outgoing, None)
 
 

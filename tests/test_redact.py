@@ -9,7 +9,8 @@ from email.policy import SMTP
 
 import pytest
 
-from mailbot import redact, tokens
+from mailbot import tokens
+from mailbot.mailparse import redact
 
 TOKEN = "7KQ2X9JM4TRD8WPA3HNB"
 KEY = "ABCDEFGHJKMNPQRSTV12"

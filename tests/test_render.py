@@ -20,7 +20,7 @@ from mailbot.domain import (
     ValidationStatus,
 )
 from mailbot.errors import ERROR_CODES, MailbotError
-from mailbot.render import MAIL_CONTEXT, Renderer, TemplateError, make_environment
+from mailbot.outgoing.render import MAIL_CONTEXT, Renderer, TemplateError, make_environment
 from mailbot.views import RequestView
 
 WHEN = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

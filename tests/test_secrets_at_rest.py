@@ -23,10 +23,10 @@ from servers import maildir_count, running, wait_for
 from sqlmodel import col, select
 from test_storage import dump
 
-from mailbot.db import transaction
-from mailbot.models import InboundMessage, OutboxRow
-from mailbot.redact import MARK
+from mailbot.mailparse.redact import MARK
 from mailbot.service import Mailbot
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import InboundRow, OutboxRow
 
 _TOKEN = re.compile(r"\b([0-9A-Z]{4}(?:-[0-9A-Z]{4}){4})\b")
 _KEY = re.compile(r"changes\+(\w+)@", re.IGNORECASE)
@@ -66,7 +66,7 @@ def decoded_mail(bot: Mailbot) -> str:
     """The text of every stored message as a mail reader would show it: base64 and
     quoted-printable decoded, so that an encoded token is found too."""
     with transaction(bot.engine) as session:
-        raws = [row.raw for row in session.exec(select(InboundMessage)).all()]
+        raws = [row.raw for row in session.exec(select(InboundRow)).all()]
     texts = []
     for raw in raws:
         message = message_from_bytes(raw, policy=SMTP)
@@ -79,7 +79,7 @@ def decoded_mail(bot: Mailbot) -> str:
 
 def processed(bot: Mailbot, count: int) -> bool:
     with transaction(bot.engine) as session:
-        rows = session.exec(select(InboundMessage)).all()
+        rows = session.exec(select(InboundRow)).all()
         queued = session.exec(select(OutboxRow).where(col(OutboxRow.status) != "sent")).all()
     return len(rows) == count and all(r.status != "received" for r in rows) and not queued
 

@@ -27,11 +27,11 @@ from factories import (
 from servers import running, wait_for
 from sqlmodel import select
 
-from mailbot import store
 from mailbot.clock import FixedClock
-from mailbot.db import transaction
-from mailbot.models import ChangeRequest, Confirmation, EventRow, InboundMessage
 from mailbot.service import Mailbot
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import ConfirmationRow, EventRow, InboundRow, RequestRow
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -72,19 +72,19 @@ def opened(bot: Mailbot, mail: MailFactory) -> tuple[str, list[Sent]]:
 
 def status(bot: Mailbot, request_id: str) -> str:
     with transaction(bot.engine) as session:
-        row = session.get(ChangeRequest, request_id)
+        row = session.get(RequestRow, request_id)
         assert row is not None
         return row.status
 
 
 def request_count(bot: Mailbot) -> int:
     with transaction(bot.engine) as session:
-        return len(session.exec(select(ChangeRequest)).all())
+        return len(session.exec(select(RequestRow)).all())
 
 
 def outcomes(bot: Mailbot) -> list[tuple[str, str]]:
     with transaction(bot.engine) as session:
-        rows = session.exec(select(InboundMessage).order_by(InboundMessage.id)).all()  # type: ignore[arg-type]
+        rows = session.exec(select(InboundRow).order_by(InboundRow.id)).all()  # type: ignore[arg-type]
         return [(row.status, row.outcome) for row in rows]
 
 
@@ -159,7 +159,7 @@ def test_a_sender_whose_dmarc_fails_is_not_believed(bot: Mailbot, mail: MailFact
     assert status(bot, request_id) == "pending"
     assert request_count(bot) == 1
     with transaction(bot.engine) as session:
-        request = store.request(session, store.request_row(session, request_id))  # type: ignore[arg-type]
+        request = queries.request(session, queries.request_row(session, request_id))  # type: ignore[arg-type]
     assert all(v.pending for v in request.validations)
     assert "DMARC fails" in outcomes(bot)[-1][1]
 
@@ -215,8 +215,8 @@ def test_cancel_without_a_verdict_waits_for_the_confirmation(
     (used,) = send(bot, mail(ALICE, "x", f"CONFIRM {token}"))
     assert used.header("X-Mailbot-Error") == "token-used"
     with transaction(bot.engine) as session:
-        kinds = [e.kind for e in store.events(session, request_id)]
-        stored = session.exec(select(Confirmation)).one()
+        kinds = [e.kind for e in queries.events(session, request_id)]
+        stored = session.exec(select(ConfirmationRow)).one()
     assert kinds.count("request-cancelled") == 1
     assert "confirmation-requested" in kinds
     assert token.replace("-", "") not in (stored.digest, stored.reply_key_digest)
@@ -276,7 +276,7 @@ def test_an_impossible_cancel_is_refused_before_any_confirmation(
     (stranger,) = send(bot, mail(STRANGER, f"CANCEL {request_id}"))
     assert stranger.header("X-Mailbot-Error") == "not-authorized"
     with transaction(bot.engine) as session:
-        assert session.exec(select(Confirmation)).all() == []
+        assert session.exec(select(ConfirmationRow)).all() == []
 
 
 # --- pass: at once ---------------------------------------------------------------
@@ -289,7 +289,7 @@ def test_an_authenticated_cancel_acts_at_once(bot: Mailbot, mail: MailFactory) -
     assert status(bot, request_id) == "cancelled"
     with transaction(bot.engine) as session:
         (cancelled,) = [
-            e for e in store.events(session, request_id) if e.kind == "request-cancelled"
+            e for e in queries.events(session, request_id) if e.kind == "request-cancelled"
         ]
     assert cancelled.detail == "by email, sender authenticated (dmarc=pass)"
     dkim = {"Authentication-Results": "mx.bot.test; dkim=pass header.d=example.com"}
@@ -308,7 +308,7 @@ def test_the_verdict_is_in_the_event_log(bot: Mailbot, mail: MailFactory) -> Non
     assert event.actor_email == ALICE
     send(bot, mail(ALICE, "x", f"CONFIRM {token_in(asked)}"))
     with transaction(bot.engine) as session:
-        kinds = {e.kind: e.detail for e in store.events(session, request_id)}
+        kinds = {e.kind: e.detail for e in queries.events(session, request_id)}
     assert kinds["request-cancelled"] == f"by email, confirmed by {ALICE}"
 
 

@@ -17,12 +17,12 @@ from factories import (
 )
 from sqlmodel import select
 
-from mailbot import store
-from mailbot.db import transaction
 from mailbot.domain import Channel, Decision
 from mailbot.errors import BadToken, TokenUsed
-from mailbot.models import InboundMessage
 from mailbot.service import Mailbot
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import InboundRow
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -53,16 +53,16 @@ def error_code(mails: list[Sent]) -> str | None:
 
 def status_of(bot: Mailbot, request_id: str) -> str:
     with transaction(bot.engine) as session:
-        row = store.request_row(session, request_id)
+        row = queries.request_row(session, request_id)
         assert row is not None
         return row.status
 
 
 def tech_of(bot: Mailbot, service: str = "example.com") -> str:
     with transaction(bot.engine) as session:
-        row = store.service_row(session, service)
+        row = queries.service_row(session, service)
         assert row is not None
-        return store.service(session, row).holders[store.Role.TECH].email
+        return queries.service(session, row).holders[queries.Role.TECH].email
 
 
 def test_the_whole_story(bot: Mailbot, mail: MailFactory) -> None:
@@ -136,7 +136,7 @@ def test_each_bad_mail_gets_one_error_with_its_code(
     assert mails[0].to == sender
     assert code in mails[0].text
     with transaction(bot.engine) as session:
-        assert store.requests(session) == []
+        assert queries.requests(session) == []
 
 
 def test_error_mails_answer_in_the_senders_language(bot: Mailbot, mail: MailFactory) -> None:
@@ -168,9 +168,9 @@ def test_a_refusal_closes_the_request_and_kills_the_other_token(
     assert by_event(mails) == {"request-refused": [ALICE, CAROL]}
     assert status_of(bot, request_id) == "refused"
     with transaction(bot.engine) as session:
-        row = store.service_row(session, "example.com")
+        row = queries.service_row(session, "example.com")
         assert row is not None
-        assert store.service(session, row).holders[store.Role.BILLING].email == BILL
+        assert queries.service(session, row).holders[queries.Role.BILLING].email == BILL
     assert error_code(send(bot, mail(ALICE, "x", f"ACCEPT {tokens[ALICE]}"))) == "request-closed"
 
 
@@ -207,13 +207,13 @@ def test_an_unknown_new_contact_named_by_email_is_created(bot: Mailbot, mail: Ma
     _, tokens = open_tech_change(bot, mail, to="Newbie@Fresh.TEST")
     assert set(tokens) == {ALICE, "newbie@fresh.test"}
     with transaction(bot.engine) as session:
-        assert store.contact_by_email(session, "newbie@fresh.test") is not None
+        assert queries.contact_by_email(session, "newbie@fresh.test") is not None
 
 
 def test_a_failed_request_creates_no_contact(bot: Mailbot, mail: MailFactory) -> None:
     send(bot, mail(ALICE, "CHANGE unpaid.example", "tech: fresh@new.test"))
     with transaction(bot.engine) as session:
-        assert store.contact_by_email(session, "fresh@new.test") is None
+        assert queries.contact_by_email(session, "fresh@new.test") is None
 
 
 def reply_to_ask(
@@ -259,9 +259,9 @@ def test_a_token_speaks_for_its_contact_whoever_carries_it(bot: Mailbot, mail: M
     mails = send(bot, mail("desk@agency.test", "fwd", f"ACCEPT {tokens[CAROL]}"))
     assert by_event(mails) == {"validation-recorded": [CAROL]}
     with transaction(bot.engine) as session:
-        row = store.request_row(session, request_id)
+        row = queries.request_row(session, request_id)
         assert row is not None
-        validation = store.request(session, row).validations[1]
+        validation = queries.request(session, row).validations[1]
     assert validation.actor == "desk@agency.test"
 
 
@@ -293,7 +293,7 @@ def test_never_answers_robots_bounces_or_itself(
     raw = mail(sender, "Out of office", f"ACCEPT {tokens[CAROL]}", headers=headers)
     assert send(bot, raw, envelope_from=envelope_from) == []
     with transaction(bot.engine) as session:
-        inbound = session.exec(select(InboundMessage).order_by(InboundMessage.id.desc())).first()  # type: ignore[union-attr]
+        inbound = session.exec(select(InboundRow).order_by(InboundRow.id.desc())).first()  # type: ignore[union-attr]
         assert inbound is not None
         assert inbound.status == "ignored"
 
@@ -325,7 +325,7 @@ def test_every_transition_is_in_the_event_log(bot: Mailbot, mail: MailFactory) -
     send(bot, mail(ALICE, "x", f"ACCEPT {tokens[ALICE]}"))
     send(bot, mail(CAROL, "x", f"ACCEPT {tokens[CAROL]}"))
     with transaction(bot.engine) as session:
-        kinds = [e.kind for e in store.events(session, request_id)]
+        kinds = [e.kind for e in queries.events(session, request_id)]
     assert kinds == ["request-opened", "validation-accepted", "validation-accepted", "request-done"]
 
 

@@ -24,11 +24,11 @@ from mailbot.adapters.smtp_in import TRY_LATER
 from mailbot.adapters.smtp_out import SmtpTransport
 from mailbot.clock import FixedClock
 from mailbot.config import Settings
-from mailbot.db import transaction
 from mailbot.domain import Party
-from mailbot.mailer import Outgoing
-from mailbot.models import InboundMessage, OutboxRow
+from mailbot.outgoing.mailer import OutgoingMail
 from mailbot.service import Mailbot
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import InboundRow, OutboxRow
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_a_stored_but_unprocessed_message_is_processed_after_a_restart(
     with running(served):
         wait_for(lambda: maildir_count(served.settings.outgoing.maildir) == 3)
     with transaction(served.engine) as session:
-        assert session.get(InboundMessage, 1).status == "processed"  # type: ignore[union-attr]
+        assert session.get(InboundRow, 1).status == "processed"  # type: ignore[union-attr]
 
 
 def impatient_bot(tmp_path: Path, database_url: str) -> Mailbot:
@@ -196,7 +196,7 @@ def test_a_non_ascii_recipient_goes_with_smtputf8_or_fails_alone(
     port = free_port()
     settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": port})
     with transaction(bot.engine) as session:
-        help_mail = Outgoing("help", Party(email="josé@exämple.test"), context={"commands": ()})
+        help_mail = OutgoingMail("help", Party(email="josé@exämple.test"), context={"commands": ()})
         bot.mailer.queue(session, help_mail, None)
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
     relay = Smarthost()

@@ -15,9 +15,10 @@ from factories import ALICE, CAROL, MailFactory, outbox, token_in
 from sqlmodel import SQLModel
 from test_outbox import FlakyTransport
 
-from mailbot import store, tokens
-from mailbot.db import transaction
+from mailbot import tokens
 from mailbot.service import Mailbot
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
 
 
 def test_migrations_build_exactly_the_models(bot: Mailbot) -> None:
@@ -122,5 +123,5 @@ def test_simultaneous_last_decisions_close_the_request_once(
     assert events.count("request-done") == 3
     assert events.count("validation-recorded") == 1
     with transaction(bot.engine) as session:
-        rows = store.requests(session)
+        rows = queries.requests(session)
         assert [r.status for r in rows] == ["done"]

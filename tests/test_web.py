@@ -30,12 +30,13 @@ from factories import ALICE, BOB, CAROL, MailFactory, Sent, last_outbox_id, outb
 from starlette.requests import Request
 from webserver import running
 
-from mailbot import store, tokens
+from mailbot import tokens
 from mailbot.adapters.web import client_of, create_app
 from mailbot.clock import FixedClock
 from mailbot.config import Settings
-from mailbot.db import transaction
 from mailbot.service import Mailbot
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
 from mailbot.views import request_json
 
 MAILBOT = Path(sys.executable).parent / "mailbot"
@@ -195,7 +196,7 @@ def validation(state: dict[str, Any], email: str) -> dict[str, Any]:
 
 def request_state(bot: Mailbot, request_id: str) -> dict[str, Any]:
     with transaction(bot.engine) as session:
-        row = store.request_row(session, request_id)
+        row = queries.request_row(session, request_id)
         assert row is not None
         return request_json(session, row)
 
@@ -369,9 +370,9 @@ def test_the_last_held_acceptance_makes_the_change_effective(
     assert state["status"] == "done"
     assert {v["channel"] for v in state["validations"]} == {"web"}
     with transaction(bot.engine) as session:
-        row = store.service_row(session, "example.com")
+        row = queries.service_row(session, "example.com")
         assert row is not None
-        assert store.service(session, row).holders[store.Role.TECH].email == CAROL
+        assert queries.service(session, row).holders[queries.Role.TECH].email == CAROL
     assert "request-done" in {m.event for m in outbox(bot, after=before)}
     after_done = client.get(links[CAROL])
     assert_clean_page(after_done, 410)

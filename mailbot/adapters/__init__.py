@@ -5,7 +5,7 @@ from __future__ import annotations
 from mailbot.adapters.maildir_out import MaildirTransport
 from mailbot.adapters.smtp_out import SmtpTransport
 from mailbot.config import Settings
-from mailbot.outbox import Transport
+from mailbot.outgoing.outbox import Transport
 
 
 def outgoing_transport(settings: Settings) -> Transport:

@@ -25,11 +25,11 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailbot import redact
 from mailbot.adapters.connections import ConnectionLimiter
 from mailbot.config import SmtpSettings
-from mailbot.inbound import RawMessage
+from mailbot.mailparse import redact
 from mailbot.service import Mailbot
+from mailbot.service.inbound import RawMail
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ BATCH_LIMIT = 64
 
 @dataclass
 class _Pending:
-    message: RawMessage
+    message: RawMail
     stored: asyncio.Future[int] = field(repr=False)
 
 
@@ -71,7 +71,7 @@ class GroupCommitWriter:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
-    async def store(self, message: RawMessage) -> int:
+    async def store(self, message: RawMail) -> int:
         """The stored message's id, once its commit is durable."""
         pending = _Pending(message, asyncio.get_running_loop().create_future())
         await self.queue.put(pending)
@@ -137,7 +137,7 @@ class InboundHandler:
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
         raw = envelope.original_content or b""
-        message = RawMessage(
+        message = RawMail(
             raw=raw,
             source="smtp",
             recipients=tuple(envelope.rcpt_tos),

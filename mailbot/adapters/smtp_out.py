@@ -12,7 +12,7 @@ import smtplib
 import ssl
 
 from mailbot.config import OutgoingSettings
-from mailbot.outbox import PermanentFailure, TemporaryFailure
+from mailbot.outgoing.outbox import PermanentFailure, TemporaryFailure
 
 TIMEOUT_SECONDS = 30.0
 

@@ -49,7 +49,7 @@ from mailbot import tokens
 from mailbot.clock import Clock
 from mailbot.domain import Decision
 from mailbot.errors import BadToken, MailbotError, NotAuthorized, RequestClosed, TokenUsed
-from mailbot.render import LANGUAGES
+from mailbot.outgoing.render import LANGUAGES
 from mailbot.service import Mailbot, TokenPage
 from mailbot.views import RequestView
 

@@ -10,8 +10,7 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from mailbot import commands, mailparse, store, tokens, workflow
-from mailbot.db import transaction
+from mailbot import commands, mailparse, tokens, workflow
 from mailbot.domain import Channel, Decision, Request, Validation
 from mailbot.errors import (
     AmbiguousDecision,
@@ -19,13 +18,15 @@ from mailbot.errors import (
     NotAuthorized,
     TooManyAttempts,
 )
-from mailbot.inbound import Inbound
-from mailbot.models import (
-    ChangeRequest,
-    Contact,
+from mailbot.service.core import ServiceCore
+from mailbot.service.inbound import ReceivedMail
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import (
+    ContactRow,
+    RequestRow,
     ValidationRow,
 )
-from mailbot.service_core import ServiceCore
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ class TokenPage:
 
 
 class DecidingCases(ServiceCore):
-    def _decide_by_mail(self, session: Session, message: Inbound, command: commands.Command) -> str:
+    def _decide_by_mail(
+        self, session: Session, message: ReceivedMail, command: commands.Command
+    ) -> str:
         decision = commands.decision_of(command)
         validation = self._validation_for(session, message, command.argument)
         request = self._decide(
@@ -56,7 +59,9 @@ class DecidingCases(ServiceCore):
         )
         return f"{decision.value} recorded on {request.id}; request is {request.status.value}"
 
-    def _validation_for(self, session: Session, message: Inbound, argument: str) -> ValidationRow:
+    def _validation_for(
+        self, session: Session, message: ReceivedMail, argument: str
+    ) -> ValidationRow:
         """The validation a mail speaks for: by typed token, reply address, thread,
         or, failing those, the token of our own mail quoted below the answer.
 
@@ -78,7 +83,7 @@ class DecidingCases(ServiceCore):
             return self._validation_by_tokens(session, list(message.quoted_tokens), message.sender)
         if row is None:
             raise BadToken("no token and not a reply to a validation email")
-        contact = session.get(Contact, row.contact_id)
+        contact = session.get(ContactRow, row.contact_id)
         assert contact is not None
         if contact.email != message.sender:
             raise NotAuthorized(
@@ -91,7 +96,7 @@ class DecidingCases(ServiceCore):
         self, session: Session, typed: list[str], actor: str
     ) -> ValidationRow:
         since = self.clock.now() - timedelta(hours=1)
-        if store.recent_events(session, "error:bad-token", actor, since) >= (
+        if queries.recent_events(session, "error:bad-token", actor, since) >= (
             self.settings.policy.max_bad_tokens_per_hour
         ):
             raise TooManyAttempts("")
@@ -110,25 +115,25 @@ class DecidingCases(ServiceCore):
             raise AmbiguousDecision("tokens of several validations in one mail")
         return next(iter(found.values()))
 
-    def _validation_by_reply(self, session: Session, message: Inbound) -> ValidationRow | None:
+    def _validation_by_reply(self, session: Session, message: ReceivedMail) -> ValidationRow | None:
         for recipient in message.recipients:
             key = mailparse.plus_key(recipient, self.settings.bot.local_part)
             normalised = tokens.normalise_key(key) if key else None
             if (
                 normalised
-                and (found := store.token_by_reply_key(session, tokens.digest(normalised)))
+                and (found := queries.token_by_reply_key(session, tokens.digest(normalised)))
                 and found.used_at is None
             ):
                 return session.get(ValidationRow, found.validation_id)
-        sent = store.sent_mail(session, message.references)
+        sent = queries.sent_mail(session, message.references)
         if sent is None:
             return None
         if sent.validation_id is not None:
             return session.get(ValidationRow, sent.validation_id)
-        contact = store.contact_by_email(session, message.sender)
+        contact = queries.contact_by_email(session, message.sender)
         if sent.request_id is None or contact is None:
             return None
-        rows = store.validation_rows(session, sent.request_id)
+        rows = queries.validation_rows(session, sent.request_id)
         return next((v for v in rows if v.contact_id == contact.id), None)
 
     def _decide(
@@ -139,17 +144,17 @@ class DecidingCases(ServiceCore):
         channel: Channel,
         *,
         actor: str,
-        message: Inbound | None = None,
+        message: ReceivedMail | None = None,
     ) -> Request:
-        request_row = store.request_row(session, validation.request_id, for_update=True)
+        request_row = queries.request_row(session, validation.request_id, for_update=True)
         assert request_row is not None
         session.refresh(validation)
-        contact = session.get(Contact, validation.contact_id)
+        contact = session.get(ContactRow, validation.contact_id)
         assert contact is not None
         now = self.clock.now()
         transition = workflow.decide(
-            store.request(session, request_row),
-            contact=store.party(contact),
+            queries.request(session, request_row),
+            contact=queries.party(contact),
             decision=decision,
             channel=channel,
             now=now,
@@ -166,18 +171,18 @@ class DecidingCases(ServiceCore):
             return self._page_of(session, self._validation_by_token_only(session, typed))
 
     def _page_of(self, session: Session, validation: ValidationRow) -> TokenPage:
-        contact = session.get(Contact, validation.contact_id)
-        request_row = store.request_row(session, validation.request_id)
+        contact = session.get(ContactRow, validation.contact_id)
+        request_row = queries.request_row(session, validation.request_id)
         assert contact is not None
         assert request_row is not None
-        request = store.request(session, request_row)
-        own = request.validation_of(store.party(contact))
+        request = queries.request(session, request_row)
+        own = request.validation_of(queries.party(contact))
         assert own is not None
         return TokenPage(request, own)
 
     def _validation_by_token_only(self, session: Session, typed: str) -> ValidationRow:
         token = tokens.normalise(typed)
-        found = store.token_by_digest(session, tokens.digest(token)) if token else None
+        found = queries.token_by_digest(session, tokens.digest(token)) if token else None
         if found is None:
             raise BadToken("")
         validation = session.get(ValidationRow, found.validation_id)
@@ -192,7 +197,7 @@ class DecidingCases(ServiceCore):
         """A decision carried by a token alone (the link page)."""
         with transaction(self.engine) as session:
             validation = self._validation_by_token_only(session, typed)
-            contact = session.get(Contact, validation.contact_id)
+            contact = session.get(ContactRow, validation.contact_id)
             assert contact is not None
             return self._decide(
                 session, validation, decision, channel, actor=actor or contact.email
@@ -207,9 +212,9 @@ class DecidingCases(ServiceCore):
         with transaction(self.engine) as session:
             validation = self._validation_by_token_only(session, typed)
             request_row, contact = self._locked(session, validation)
-            party = store.party(contact)
+            party = queries.party(contact)
             transition = workflow.hold(
-                store.request(session, request_row),
+                queries.request(session, request_row),
                 contact=party,
                 decision=decision,
                 now=self.clock.now(),
@@ -230,13 +235,13 @@ class DecidingCases(ServiceCore):
             assert own is not None
             return TokenPage(transition.request, own)
 
-    def _locked(self, session: Session, validation: ValidationRow) -> tuple[ChangeRequest, Contact]:
+    def _locked(self, session: Session, validation: ValidationRow) -> tuple[RequestRow, ContactRow]:
         """The validation's request, locked, and its contact; the validation re-read
         under the lock, since another answer may have just changed it."""
-        request_row = store.request_row(session, validation.request_id, for_update=True)
+        request_row = queries.request_row(session, validation.request_id, for_update=True)
         assert request_row is not None
         session.refresh(validation)
-        contact = session.get(Contact, validation.contact_id)
+        contact = session.get(ContactRow, validation.contact_id)
         assert contact is not None
         return request_row, contact
 
@@ -250,8 +255,8 @@ class DecidingCases(ServiceCore):
         with transaction(self.engine) as session:
             validation = self._validation_by_undo(session, typed)
             request_row, contact = self._locked(session, validation)
-            party = store.party(contact)
-            transition = workflow.undo(store.request(session, request_row), contact=party)
+            party = queries.party(contact)
+            transition = workflow.undo(queries.request(session, request_row), contact=party)
             self._save_state(session, request_row, transition.request)
             self._log(
                 session,
@@ -267,7 +272,7 @@ class DecidingCases(ServiceCore):
 
     def _validation_by_undo(self, session: Session, typed: str) -> ValidationRow:
         token = tokens.normalise(typed)
-        found = store.validation_by_undo(session, tokens.digest(token)) if token else None
+        found = queries.validation_by_undo(session, tokens.digest(token)) if token else None
         if found is None:
             raise BadToken("")
         return found

@@ -24,24 +24,24 @@ from mailbot.domain import (
     Validation,
     ValidationStatus,
 )
-from mailbot.models import (
-    ChangeRequest,
-    Confirmation,
-    Contact,
+from mailbot.storage.tables import (
+    ConfirmationRow,
+    ContactRow,
     EventRow,
-    InboundMessage,
+    InboundRow,
     OutboxRow,
+    RequestRow,
     RoleChangeRow,
     ServiceRow,
+    TokenRow,
     ValidationRow,
-    ValidationToken,
 )
 
 SWEEP_BATCH = 500
 """At most this many due requests per sweep pass; the next pass takes the rest."""
 
 
-def party(contact: Contact) -> Party:
+def party(contact: ContactRow) -> Party:
     return Party(
         email=contact.email,
         name=contact.name,
@@ -52,16 +52,16 @@ def party(contact: Contact) -> Party:
     )
 
 
-def contact_by_email(session: Session, email: str) -> Contact | None:
-    return session.exec(select(Contact).where(Contact.email == email.lower())).first()
+def contact_by_email(session: Session, email: str) -> ContactRow | None:
+    return session.exec(select(ContactRow).where(ContactRow.email == email.lower())).first()
 
 
-def contact_by_handle(session: Session, handle: str) -> Contact | None:
-    return session.exec(select(Contact).where(Contact.handle == handle.upper())).first()
+def contact_by_handle(session: Session, handle: str) -> ContactRow | None:
+    return session.exec(select(ContactRow).where(ContactRow.handle == handle.upper())).first()
 
 
-def contacts_by_id(session: Session, ids: set[int]) -> dict[int, Contact]:
-    rows = session.exec(select(Contact).where(col(Contact.id).in_(ids))).all()
+def contacts_by_id(session: Session, ids: set[int]) -> dict[int, ContactRow]:
+    rows = session.exec(select(ContactRow).where(col(ContactRow.id).in_(ids))).all()
     return {row.id: row for row in rows if row.id is not None}
 
 
@@ -73,7 +73,7 @@ def service_row(session: Session, name: str, *, for_update: bool = False) -> Ser
 
 
 def service(
-    session: Session, row: ServiceRow, contacts: dict[int, Contact] | None = None
+    session: Session, row: ServiceRow, contacts: dict[int, ContactRow] | None = None
 ) -> Service:
     """The domain view of a service; ``contacts`` saves the query when already loaded."""
     if contacts is None:
@@ -93,22 +93,22 @@ def _holder_ids(row: ServiceRow) -> set[int]:
 def pending_roles(session: Session, service_id: int) -> frozenset[Role]:
     query = (
         select(RoleChangeRow.role)
-        .join(ChangeRequest, col(ChangeRequest.id) == RoleChangeRow.request_id)
-        .where(ChangeRequest.service_id == service_id, ChangeRequest.status == "pending")
+        .join(RequestRow, col(RequestRow.id) == RoleChangeRow.request_id)
+        .where(RequestRow.service_id == service_id, RequestRow.status == "pending")
     )
     return frozenset(Role(role) for role in session.exec(query).all())
 
 
 def request_row(
     session: Session, request_id: str, *, for_update: bool = False, skip_locked: bool = False
-) -> ChangeRequest | None:
-    query = select(ChangeRequest).where(ChangeRequest.id == request_id.upper())
+) -> RequestRow | None:
+    query = select(RequestRow).where(RequestRow.id == request_id.upper())
     if for_update:
         query = query.with_for_update(skip_locked=skip_locked)
     return session.exec(query).first()
 
 
-def request(session: Session, row: ChangeRequest) -> Request:
+def request(session: Session, row: RequestRow) -> Request:
     """The domain view of a stored request, with its service as it stands now."""
     service_record = session.get(ServiceRow, row.service_id)
     assert service_record is not None
@@ -146,7 +146,7 @@ def request(session: Session, row: ChangeRequest) -> Request:
     )
 
 
-def _validation(row: ValidationRow, contact: Contact) -> Validation:
+def _validation(row: ValidationRow, contact: ContactRow) -> Validation:
     return Validation(
         contact=party(contact),
         side=Side(row.side),
@@ -170,18 +170,18 @@ def validation_rows(session: Session, request_id: str) -> list[ValidationRow]:
     return list(session.exec(query).all())
 
 
-def token_by_digest(session: Session, digest: str) -> ValidationToken | None:
-    return session.exec(select(ValidationToken).where(ValidationToken.digest == digest)).first()
+def token_by_digest(session: Session, digest: str) -> TokenRow | None:
+    return session.exec(select(TokenRow).where(TokenRow.digest == digest)).first()
 
 
-def token_by_reply_key(session: Session, key_digest: str) -> ValidationToken | None:
-    query = select(ValidationToken).where(ValidationToken.reply_key_digest == key_digest)
+def token_by_reply_key(session: Session, key_digest: str) -> TokenRow | None:
+    query = select(TokenRow).where(TokenRow.reply_key_digest == key_digest)
     return session.exec(query).first()
 
 
-def live_tokens(session: Session, validation_id: int) -> list[ValidationToken]:
-    query = select(ValidationToken).where(
-        ValidationToken.validation_id == validation_id, col(ValidationToken.used_at).is_(None)
+def live_tokens(session: Session, validation_id: int) -> list[TokenRow]:
+    query = select(TokenRow).where(
+        TokenRow.validation_id == validation_id, col(TokenRow.used_at).is_(None)
     )
     return list(session.exec(query).all())
 
@@ -204,16 +204,14 @@ def requests(
     service: str | None = None,
     contact: str | None = None,
     limit: int = 500,
-) -> list[ChangeRequest]:
+) -> list[RequestRow]:
     """Requests newest first, filtered by status, service name and party's address."""
-    query = select(ChangeRequest).order_by(
-        col(ChangeRequest.created_at).desc(), col(ChangeRequest.id)
-    )
+    query = select(RequestRow).order_by(col(RequestRow.created_at).desc(), col(RequestRow.id))
     if status:
-        query = query.where(ChangeRequest.status == status)
+        query = query.where(RequestRow.status == status)
     if service:
         row = service_row(session, service)
-        query = query.where(ChangeRequest.service_id == (row.id if row else -1))
+        query = query.where(RequestRow.service_id == (row.id if row else -1))
     if contact:
         found = contact_by_email(session, contact)
         asked = select(ValidationRow.request_id).where(
@@ -221,8 +219,8 @@ def requests(
         )
         query = query.where(
             or_(
-                col(ChangeRequest.requester_email) == contact.lower(),
-                col(ChangeRequest.id).in_(asked),
+                col(RequestRow.requester_email) == contact.lower(),
+                col(RequestRow.id).in_(asked),
             )
         )
     return list(session.exec(query.limit(limit)).all())
@@ -236,9 +234,9 @@ def events(session: Session, request_id: str) -> list[EventRow]:
 def due_expiries(session: Session, now: datetime) -> list[str]:
     """Pending requests past their expiry (index: status, expires_at)."""
     query = (
-        select(ChangeRequest.id)
-        .where(ChangeRequest.status == "pending", col(ChangeRequest.expires_at) <= now)
-        .order_by(col(ChangeRequest.expires_at))
+        select(RequestRow.id)
+        .where(RequestRow.status == "pending", col(RequestRow.expires_at) <= now)
+        .order_by(col(RequestRow.expires_at))
         .limit(SWEEP_BATCH)
     )
     return list(session.exec(query).all())
@@ -273,16 +271,16 @@ def validation_by_undo(session: Session, digest: str) -> ValidationRow | None:
 
 def requests_of(
     session: Session, email: str, contact_id: int | None, limit: int
-) -> list[ChangeRequest]:
+) -> list[RequestRow]:
     """The requests someone opened or must validate: pending first, newest first."""
     asked = select(ValidationRow.request_id).where(ValidationRow.contact_id == contact_id)
     query = (
-        select(ChangeRequest)
-        .where(or_(col(ChangeRequest.requester_email) == email, col(ChangeRequest.id).in_(asked)))
+        select(RequestRow)
+        .where(or_(col(RequestRow.requester_email) == email, col(RequestRow.id).in_(asked)))
         .order_by(
-            col(ChangeRequest.status) != "pending",
-            col(ChangeRequest.created_at).desc(),
-            col(ChangeRequest.id),
+            col(RequestRow.status) != "pending",
+            col(RequestRow.created_at).desc(),
+            col(RequestRow.id),
         )
         .limit(limit)
     )
@@ -307,16 +305,16 @@ def recent_events(session: Session, kind: str, actor: str, since: datetime) -> i
     return int(session.exec(query).one())
 
 
-def inbound_by_keys(session: Session, keys: list[str]) -> dict[str, InboundMessage]:
-    query = select(InboundMessage).where(col(InboundMessage.dedup_key).in_(keys))
+def inbound_by_keys(session: Session, keys: list[str]) -> dict[str, InboundRow]:
+    query = select(InboundRow).where(col(InboundRow.dedup_key).in_(keys))
     return {row.dedup_key: row for row in session.exec(query).all()}
 
 
-def claim_inbound(session: Session, inbound_id: int) -> InboundMessage | None:
+def claim_inbound(session: Session, inbound_id: int) -> InboundRow | None:
     """Lock a received message for processing, unless another worker has it or had it."""
     query = (
-        select(InboundMessage)
-        .where(InboundMessage.id == inbound_id, InboundMessage.status == "received")
+        select(InboundRow)
+        .where(InboundRow.id == inbound_id, InboundRow.status == "received")
         .with_for_update(skip_locked=True)
     )
     return session.exec(query).first()
@@ -325,9 +323,9 @@ def claim_inbound(session: Session, inbound_id: int) -> InboundMessage | None:
 def unprocessed_inbound(session: Session, limit: int = 100, after: int = 0) -> list[int]:
     """Ids of stored messages not yet acted on, from ``after`` up (index: status, id)."""
     query = (
-        select(InboundMessage.id)
-        .where(InboundMessage.status == "received", col(InboundMessage.id) > after)
-        .order_by(col(InboundMessage.id))
+        select(InboundRow.id)
+        .where(InboundRow.status == "received", col(InboundRow.id) > after)
+        .order_by(col(InboundRow.id))
         .limit(limit)
     )
     return [i for i in session.exec(query).all() if i is not None]
@@ -335,15 +333,15 @@ def unprocessed_inbound(session: Session, limit: int = 100, after: int = 0) -> l
 
 def inbound_counts(session: Session) -> dict[str, int]:
     """How many stored messages are in each status."""
-    query = select(InboundMessage.status, func.count()).group_by(col(InboundMessage.status))
+    query = select(InboundRow.status, func.count()).group_by(col(InboundRow.status))
     return {status: int(count) for status, count in session.exec(query).all()}
 
 
-def inbound_overview(session: Session, status: str | None, limit: int) -> list[InboundMessage]:
+def inbound_overview(session: Session, status: str | None, limit: int) -> list[InboundRow]:
     """Stored messages, oldest first, optionally of one status."""
-    query = select(InboundMessage).order_by(col(InboundMessage.id)).limit(max(limit, 0))
+    query = select(InboundRow).order_by(col(InboundRow.id)).limit(max(limit, 0))
     if status:
-        query = query.where(InboundMessage.status == status)
+        query = query.where(InboundRow.status == status)
     return list(session.exec(query).all())
 
 
@@ -385,26 +383,26 @@ def due_outbox(session: Session, now: datetime, limit: int) -> list[OutboxRow]:
     return list(session.exec(query).all())
 
 
-def confirmation_by_digest(session: Session, digest: str) -> Confirmation | None:
-    query = select(Confirmation).where(Confirmation.digest == digest)
+def confirmation_by_digest(session: Session, digest: str) -> ConfirmationRow | None:
+    query = select(ConfirmationRow).where(ConfirmationRow.digest == digest)
     return session.exec(query.with_for_update()).first()
 
 
-def confirmation_by_reply_key(session: Session, key_digest: str) -> Confirmation | None:
-    query = select(Confirmation).where(Confirmation.reply_key_digest == key_digest)
+def confirmation_by_reply_key(session: Session, key_digest: str) -> ConfirmationRow | None:
+    query = select(ConfirmationRow).where(ConfirmationRow.reply_key_digest == key_digest)
     return session.exec(query.with_for_update()).first()
 
 
 def live_confirmation(
     session: Session, request_id: str, action: str, email: str, now: datetime
-) -> Confirmation | None:
+) -> ConfirmationRow | None:
     """A confirmation of the same action still awaited from the same address."""
-    query = select(Confirmation).where(
-        Confirmation.request_id == request_id,
-        Confirmation.email == email,
-        Confirmation.action == action,
-        col(Confirmation.used_at).is_(None),
-        Confirmation.expires_at > now,
+    query = select(ConfirmationRow).where(
+        ConfirmationRow.request_id == request_id,
+        ConfirmationRow.email == email,
+        ConfirmationRow.action == action,
+        col(ConfirmationRow.used_at).is_(None),
+        ConfirmationRow.expires_at > now,
     )
     return session.exec(query).first()
 

@@ -13,22 +13,22 @@ from datetime import datetime
 from functools import cached_property
 
 from mailbot import commands, mailparse
-from mailbot.authentication import FAIL, NONE, PASS, Verdict
-from mailbot.authentication import verdict as sender_verdict
-from mailbot.compose import bounced_message_id
 from mailbot.config import Settings
-from mailbot.models import InboundMessage
+from mailbot.mailparse.authentication import FAIL, NONE, PASS, Verdict
+from mailbot.mailparse.authentication import verdict as sender_verdict
+from mailbot.outgoing.compose import bounced_message_id
+from mailbot.storage.tables import InboundRow
 
 
 @dataclass(frozen=True)
-class Stored:
+class StoredMail:
     id: int
     duplicate: bool
     status: str
 
 
 @dataclass(frozen=True)
-class RawMessage:
+class RawMail:
     """A message as received, before anything is read from it but its Message-ID."""
 
     raw: bytes
@@ -60,8 +60,8 @@ class RawMessage:
             return (f"mid:{self.message_id}",)
         return (f"sha256:{hashlib.sha256(self.raw).hexdigest()}",)
 
-    def row(self, now: datetime) -> InboundMessage:
-        return InboundMessage(
+    def row(self, now: datetime) -> InboundRow:
+        return InboundRow(
             dedup_key=self.dedup_key,
             message_id=self.message_id,
             source=self.source,
@@ -131,7 +131,7 @@ def _fields(head: bytes) -> dict[str, list[bytes]]:
 
 
 @dataclass(frozen=True)
-class Inbound:
+class ReceivedMail:
     """A received message being processed: who speaks in it, and what they say.
 
     Usually the sender speaks. In mail from the agency mailbox or a trusted
@@ -141,7 +141,7 @@ class Inbound:
     """
 
     id: int
-    parsed: mailparse.ParsedMessage
+    parsed: mailparse.ParsedMail
     sender: str
     sender_name: str
     subject: str
@@ -170,7 +170,7 @@ class Inbound:
         return self.authentication.level == FAIL
 
 
-def speaker(row: InboundMessage, parsed: mailparse.ParsedMessage, settings: Settings) -> Inbound:
+def speaker(row: InboundRow, parsed: mailparse.ParsedMail, settings: Settings) -> ReceivedMail:
     """Who speaks in a received message, and what they say (see Inbound)."""
     assert row.id is not None
     assert parsed.sender is not None
@@ -184,7 +184,7 @@ def speaker(row: InboundMessage, parsed: mailparse.ParsedMessage, settings: Sett
         settings.smtp.authserv_id,
         parsed.sender.rpartition("@")[2],
     )
-    own = Inbound(
+    own = ReceivedMail(
         row.id,
         parsed,
         parsed.sender,
@@ -203,7 +203,7 @@ def speaker(row: InboundMessage, parsed: mailparse.ParsedMessage, settings: Sett
         return own
     if commands.has_command(parsed.forwarder_note):  # the forwarder speaks for itself
         return own
-    return Inbound(
+    return ReceivedMail(
         row.id,
         parsed,
         forwarded.sender,
@@ -220,7 +220,7 @@ def speaker(row: InboundMessage, parsed: mailparse.ParsedMessage, settings: Sett
 
 
 def ignore_reason(
-    parsed: mailparse.ParsedMessage, row: InboundMessage, settings: Settings
+    parsed: mailparse.ParsedMail, row: InboundRow, settings: Settings
 ) -> str | None:
     """Why a message must not be acted on or answered, or None when it may."""
     if row.envelope_from is not None and row.envelope_from.strip("<> ") == "":
@@ -261,6 +261,6 @@ def _robot_address(address: str) -> bool:
     return _ROBOT_LOCAL.match(address.strip("<> ").partition("@")[0]) is not None
 
 
-def _header(parsed: mailparse.ParsedMessage, name: str) -> str:
+def _header(parsed: mailparse.ParsedMail, name: str) -> str:
     wanted = name.lower()
     return next((v for k, v in parsed.headers.items() if k.lower() == wanted), "")

@@ -6,7 +6,7 @@ Yahoo's ``div.yahoo_quoted``, Outlook's ``div#divRplyFwdMsg`` and
 ``div#appendonsend`` (after which everything is the quoted original), Apple's
 ``div#AppleMailSignature``. Quoted regions come out prefixed with ``> ``,
 signatures after a ``-- `` line and Outlook's quote start after a line of
-underscores, so that the plain-text rules in ``mailparse_quotes`` apply
+underscores, so that the plain-text rules in ``quotes`` apply
 unchanged to HTML-only mail.
 """
 

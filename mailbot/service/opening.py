@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from mailbot import commands, store, tokens, workflow
+from mailbot import commands, tokens, workflow
 from mailbot.addresses import normalise_email
 from mailbot.domain import Party, Request, Role
 from mailbot.errors import (
@@ -16,32 +16,35 @@ from mailbot.errors import (
     UnknownContact,
     UnknownService,
 )
-from mailbot.inbound import Inbound
-from mailbot.models import (
-    ChangeRequest,
-    Contact,
+from mailbot.service.core import ServiceCore
+from mailbot.service.inbound import ReceivedMail
+from mailbot.storage import queries
+from mailbot.storage.tables import (
+    ContactRow,
+    RequestRow,
     RoleChangeRow,
     ValidationRow,
 )
-from mailbot.service_core import ServiceCore
 
 log = logging.getLogger(__name__)
 
 
 class OpeningCases(ServiceCore):
-    def _open_by_mail(self, session: Session, message: Inbound, command: commands.Command) -> str:
+    def _open_by_mail(
+        self, session: Session, message: ReceivedMail, command: commands.Command
+    ) -> str:
         change = commands.parse_change(command, message.new_text)
-        service_row = store.service_row(session, change.service, for_update=True)
+        service_row = queries.service_row(session, change.service, for_update=True)
         if service_row is None:
             raise UnknownService("", service=change.service)
         assert service_row.id is not None
-        service = store.service(session, service_row)
-        requester_contact = store.contact_by_email(session, message.sender)
+        service = queries.service(session, service_row)
+        requester_contact = queries.contact_by_email(session, message.sender)
         is_operator = self.settings.is_operator(message.sender)
         if requester_contact is None and not is_operator:
             raise NotAuthorized("", service=service.name)
         requester = (
-            store.party(requester_contact)
+            queries.party(requester_contact)
             if requester_contact is not None
             else Party(
                 email=message.sender,
@@ -59,7 +62,7 @@ class OpeningCases(ServiceCore):
             requester=requester,
             requester_is_operator=is_operator,
             wanted=wanted,
-            pending_roles=store.pending_roles(session, service_row.id),
+            pending_roles=queries.pending_roles(session, service_row.id),
             now=now,
             ttl=timedelta(days=self.settings.policy.request_ttl_days),
         )
@@ -82,29 +85,29 @@ class OpeningCases(ServiceCore):
             email = normalise_email(target)
             if email is None:
                 raise UnknownContact("", contact=target[:100], role=role.value)
-            contact = store.contact_by_email(session, email)
+            contact = queries.contact_by_email(session, email)
             if contact is None:
                 now = self.clock.now()
-                contact = Contact(
+                contact = ContactRow(
                     email=email, language=self.settings.bot.language, created_at=now, updated_at=now
                 )
                 session.add(contact)
                 session.flush()
-            return store.party(contact)
-        contact = store.contact_by_handle(session, target)
+            return queries.party(contact)
+        contact = queries.contact_by_handle(session, target)
         if contact is None:
             raise UnknownContact("", contact=target[:100], role=role.value)
-        return store.party(contact)
+        return queries.party(contact)
 
     def _new_request_id(self, session: Session) -> str:
         while True:
             candidate = f"CR-{tokens.new_key(8)}"
-            if store.request_row(session, candidate) is None:
+            if queries.request_row(session, candidate) is None:
                 return candidate
 
     def _save_new_request(self, session: Session, request: Request, service_id: int) -> None:
         session.add(
-            ChangeRequest(
+            RequestRow(
                 id=request.id,
                 service_id=service_id,
                 requester_email=request.requester.email,

@@ -17,27 +17,30 @@ from typing import NoReturn
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session
 
-from mailbot import commands, health, mailparse, redact, store, tokens
+from mailbot import commands, mailparse, tokens
 from mailbot.clock import Clock
-from mailbot.compose import bounced_message_id
 from mailbot.config import Settings
-from mailbot.db import make_engine, transaction
-from mailbot.deciding import DecidingCases, TokenPage
 from mailbot.errors import (
     MailbotError,
     UnknownCommand,
 )
-from mailbot.inbound import Inbound, RawMessage, Stored, ignore_reason, speaker
-from mailbot.lifecycle import LifecycleCases, SweepReport, UnknownRequest
-from mailbot.mailer import Outgoing
-from mailbot.models import (
-    Contact,
-    InboundMessage,
+from mailbot.mailparse import redact
+from mailbot.outgoing.compose import bounced_message_id
+from mailbot.outgoing.mailer import OutgoingMail
+from mailbot.outgoing.outbox import FlushReport, RetryPolicy, Transport, flush, hurry, requeue
+from mailbot.service import health
+from mailbot.service.deciding import DecidingCases, TokenPage
+from mailbot.service.inbound import RawMail, ReceivedMail, StoredMail, ignore_reason, speaker
+from mailbot.service.lifecycle import LifecycleCases, SweepReport, UnknownRequest
+from mailbot.service.opening import OpeningCases
+from mailbot.storage import queries
+from mailbot.storage.engine import make_engine, transaction
+from mailbot.storage.tables import (
+    ContactRow,
+    InboundRow,
     OutboxRow,
     ValidationRow,
 )
-from mailbot.opening import OpeningCases
-from mailbot.outbox import FlushReport, RetryPolicy, Transport, flush, hurry, requeue
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +108,11 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         source: str,
         recipients: tuple[str, ...] = (),
         envelope_from: str | None = None,
-    ) -> Stored:
+    ) -> StoredMail:
         """Commit the raw bytes, keyed so that the same message twice is stored once."""
-        return self.store_inbound_many([RawMessage(raw, source, recipients, envelope_from)])[0]
+        return self.store_inbound_many([RawMail(raw, source, recipients, envelope_from)])[0]
 
-    def store_inbound_many(self, messages: list[RawMessage]) -> list[Stored]:
+    def store_inbound_many(self, messages: list[RawMail]) -> list[StoredMail]:
         """Commit several raw messages at once: one durable commit for a whole batch."""
         try:
             with transaction(self.engine) as session:
@@ -120,37 +123,37 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
                     return self._store_batch(session, messages)
             return [self.store_inbound_many([m])[0] for m in messages]
 
-    def _store_batch(self, session: Session, messages: list[RawMessage]) -> list[Stored]:
-        results: list[Stored] = []
+    def _store_batch(self, session: Session, messages: list[RawMail]) -> list[StoredMail]:
+        results: list[StoredMail] = []
         known = self._stored_before(session, messages)
-        fresh: dict[str, InboundMessage] = {}
+        fresh: dict[str, InboundRow] = {}
         now = self.clock.now()
         for message in messages:
             key = message.dedup_key
             existing = fresh.get(key) or known.get(key)
             if existing is not None:
-                results.append(Stored(existing.id or 0, True, existing.status))
+                results.append(StoredMail(existing.id or 0, True, existing.status))
                 continue
             row = message.row(now)
             session.add(row)
             fresh[key] = row
-            results.append(Stored(0, False, row.status))
+            results.append(StoredMail(0, False, row.status))
         session.flush()
         return [
-            Stored(fresh[m.dedup_key].id or 0, r.duplicate, r.status) if not r.id else r
+            StoredMail(fresh[m.dedup_key].id or 0, r.duplicate, r.status) if not r.id else r
             for m, r in zip(messages, results, strict=True)
         ]
 
     @staticmethod
-    def _stored_before(session: Session, messages: list[RawMessage]) -> dict[str, InboundMessage]:
+    def _stored_before(session: Session, messages: list[RawMail]) -> dict[str, InboundRow]:
         """Rows already stored for these messages, by their ``dedup_key``. A row
         stored by an earlier version under a legacy key counts only if its raw
         message has the same content key."""
         keys = [m.dedup_key for m in messages]
         legacy = {key: m.dedup_key for m in messages for key in m.legacy_keys}
-        known = store.inbound_by_keys(session, [*keys, *legacy])
+        known = queries.inbound_by_keys(session, [*keys, *legacy])
         for key, row in list(known.items()):
-            if key in legacy and RawMessage(row.raw).dedup_key == legacy[key]:
+            if key in legacy and RawMail(row.raw).dedup_key == legacy[key]:
                 known[legacy[key]] = row
         return known
 
@@ -164,7 +167,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         message that keeps failing never holds back the others.
         """
         with transaction(self.engine) as session:
-            ids = store.unprocessed_inbound(session, limit + 1, after)
+            ids = queries.unprocessed_inbound(session, limit + 1, after)
         for inbound_id in ids[:limit]:
             try:
                 self.process_inbound(inbound_id)
@@ -194,7 +197,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         """Mark a message that cannot be processed ``failed``, keep it, and say so."""
         log.exception("message %d could not be processed", inbound_id)
         with transaction(self.engine) as session:
-            row = session.get(InboundMessage, inbound_id)
+            row = session.get(InboundRow, inbound_id)
             if row is not None and row.status == "received":
                 row.status = "failed"
                 row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
@@ -204,7 +207,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
 
     def _process_inbound(self, inbound_id: int) -> str:
         with transaction(self.engine) as session:
-            row = store.claim_inbound(session, inbound_id)
+            row = queries.claim_inbound(session, inbound_id)
             if row is None:
                 return "already processed"
             status, outcome = self._handle(session, row)
@@ -216,7 +219,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         log.info("message %d (%s): %s", inbound_id, row.message_id or "no Message-ID", outcome)
         return outcome
 
-    def _scrub(self, row: InboundMessage) -> None:
+    def _scrub(self, row: InboundRow) -> None:
         """Take tokens and reply keys out of a message once it is processed.
 
         Processing needs them (a reply key names the validation); afterwards
@@ -230,7 +233,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
             row.envelope_from = redact.address(row.envelope_from, local)
         row.outcome = redact.text(row.outcome, local)
 
-    def _handle(self, session: Session, row: InboundMessage) -> tuple[str, str]:
+    def _handle(self, session: Session, row: InboundRow) -> tuple[str, str]:
         assert row.id is not None
         parsed = mailparse.parse(row.raw)
         if parsed.bounce is not None:
@@ -262,7 +265,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
                 return "processed", f"error {error.code} sent to {message.sender}"
             return "processed", f"error {error.code}, not answered: rate limit"
 
-    def _command_of(self, session: Session, message: Inbound) -> commands.Command:
+    def _command_of(self, session: Session, message: ReceivedMail) -> commands.Command:
         """The mail's command; a mail without one sent to a confirmation's reply
         address confirms it (as replying to a confirmation mail does)."""
         try:
@@ -275,8 +278,8 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
     def _record_bounce(
         self,
         session: Session,
-        row: InboundMessage,
-        parsed: mailparse.ParsedMessage,
+        row: InboundRow,
+        parsed: mailparse.ParsedMail,
         bounce: mailparse.Bounce,
     ) -> str:
         """A permanent failure of a token mail marks its validation's delivery failed
@@ -290,11 +293,11 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         if validation is None or validation.delivery == "failed":
             return f"bounce of {sent.event} to {sent.to_email} noted"
         validation.delivery = "failed"
-        request_row = store.request_row(session, validation.request_id)
-        contact = session.get(Contact, validation.contact_id)
+        request_row = queries.request_row(session, validation.request_id)
+        contact = session.get(ContactRow, validation.contact_id)
         assert request_row is not None
         assert contact is not None
-        request = store.request(session, request_row)
+        request = queries.request(session, request_row)
         self._log(
             session,
             request.id,
@@ -307,12 +310,12 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         if request.pending:
             self.mailer.queue(
                 session,
-                Outgoing(
+                OutgoingMail(
                     "delivery-failed",
                     request.requester,
                     request,
                     context={
-                        "failed_contact": store.party(contact),
+                        "failed_contact": queries.party(contact),
                         "diagnostic": " ".join(bounce.diagnostic.split())[:300],
                     },
                 ),
@@ -323,8 +326,8 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
     def _bounced_mail(
         self,
         session: Session,
-        row: InboundMessage,
-        parsed: mailparse.ParsedMessage,
+        row: InboundRow,
+        parsed: mailparse.ParsedMail,
         bounce: mailparse.Bounce,
     ) -> OutboxRow | None:
         """Our mail that bounced: named by the VERP address it was sent with, or
@@ -337,13 +340,13 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
             bounce.original_envelope_from or "",
         )
         named = [bounced_message_id(a, bot.local_part, bot.domain) for a in addresses]
-        if found := store.sent_mail(session, tuple(filter(None, named))):
+        if found := queries.sent_mail(session, tuple(filter(None, named))):
             return found
         if bounce.original_message_id:
-            return store.sent_mail(session, (bounce.original_message_id,))
+            return queries.sent_mail(session, (bounce.original_message_id,))
         return None
 
-    def _dispatch(self, session: Session, message: Inbound, command: commands.Command) -> str:
+    def _dispatch(self, session: Session, message: ReceivedMail, command: commands.Command) -> str:
         if command.verb == "CHANGE":
             return self._open_by_mail(session, message, command)
         if command.verb in ("ACCEPT", "REFUSE"):
@@ -357,7 +360,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         if command.verb in ("CANCEL", "RESEND"):
             return self._steer_by_mail(session, message, command)
         row = self._party_request(session, message, command)
-        return self._answer(session, message, "status", {}, store.request(session, row))
+        return self._answer(session, message, "status", {}, queries.request(session, row))
 
     def flush_outbox(
         self, transport: Transport, keep_going: Callable[[], bool] = lambda: True
@@ -385,14 +388,14 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
     def inbound_counts(self) -> dict[str, int]:
         """Stored messages by status; ``received`` is the backlog not yet acted on."""
         with transaction(self.engine) as session:
-            return store.inbound_counts(session)
+            return queries.inbound_counts(session)
 
     def health(self) -> str | None:
         """Why mail cannot be taken now, or None when it can (``/healthz``)."""
         return health.problem(self.engine, self.settings)
 
 
-def _carries_token(message: Inbound, command: commands.Command) -> bool:
+def _carries_token(message: ReceivedMail, command: commands.Command) -> bool:
     """Whether a mail whose sender DMARC refutes still carries a credential: a token
     typed or quoted for a decision, a token typed for a confirmation."""
     typed = bool(message.tokens or mailparse.find_tokens(command.argument))
@@ -402,5 +405,5 @@ def _carries_token(message: Inbound, command: commands.Command) -> bool:
     return command.verb == "CONFIRM" and typed
 
 
-def _dmarc_fails(message: Inbound) -> str:
+def _dmarc_fails(message: ReceivedMail) -> str:
     return f"{message.sender}, whose DMARC fails"

@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from mailbot import store
 from mailbot.addresses import normalise_email
-from mailbot.db import transaction
 from mailbot.errors import ImportFileError
-from mailbot.models import Contact, ServiceRow
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import ContactRow, ServiceRow
 
 
 class _Strict(BaseModel):
@@ -125,7 +125,7 @@ def _upsert_contacts(session: Session, contacts: list[ContactIn], now: datetime)
     for item in contacts:
         row = _contact_for(session, item)
         if row is None:
-            row = Contact(created_at=now, updated_at=now, **item.model_dump())
+            row = ContactRow(created_at=now, updated_at=now, **item.model_dump())
             session.add(row)
             created += 1
         elif _assign(row, item.model_dump()):
@@ -135,15 +135,15 @@ def _upsert_contacts(session: Session, contacts: list[ContactIn], now: datetime)
     return created, updated
 
 
-def _contact_for(session: Session, item: ContactIn) -> Contact | None:
+def _contact_for(session: Session, item: ContactIn) -> ContactRow | None:
     """The stored contact this entry updates, if any.
 
     A contact first met by email (named as a new holder) has no handle yet and
     is adopted by the entry with its address; an address that belongs to
     another handle is a conflict, never silently moved.
     """
-    by_handle = store.contact_by_handle(session, item.handle)
-    by_email = store.contact_by_email(session, item.email)
+    by_handle = queries.contact_by_handle(session, item.handle)
+    by_email = queries.contact_by_email(session, item.email)
     if by_email is None or (by_handle is not None and by_email.id == by_handle.id):
         return by_handle
     if by_handle is None and by_email.handle is None:
@@ -164,7 +164,7 @@ def _upsert_services(session: Session, services: list[ServiceIn], now: datetime)
         }
         for role in ("admin", "tech", "billing"):
             values[f"{role}_id"] = _holder(session, item.name, role, getattr(item, role))
-        row = store.service_row(session, item.name)
+        row = queries.service_row(session, item.name)
         if row is None:
             session.add(ServiceRow(updated_at=now, **values))
             created += 1
@@ -177,9 +177,9 @@ def _upsert_services(session: Session, services: list[ServiceIn], now: datetime)
 
 def _holder(session: Session, service: str, role: str, reference: str) -> int:
     contact = (
-        store.contact_by_email(session, reference)
+        queries.contact_by_email(session, reference)
         if "@" in reference
-        else store.contact_by_handle(session, reference.strip())
+        else queries.contact_by_handle(session, reference.strip())
     )
     if contact is None or contact.id is None:
         raise ImportFileError(f"service {service}: {role} contact {reference!r} is not known")

@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from email.utils import parseaddr
 
-from mailbot import mailparse_quotes as quotes
-from mailbot.mailparse_mime import FORWARD_SUBJECT, strip_subject_prefixes
+from mailbot.mailparse import quotes
+from mailbot.mailparse.mime import FORWARD_SUBJECT, strip_subject_prefixes
 
 MAX_HEADER_LINES = 14
 

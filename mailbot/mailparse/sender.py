@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from email.header import decode_header
 from email.message import Message
 
-from mailbot import mailparse_mime as mime
+from mailbot.mailparse import mime
 
 MAX_ADDRESS_CHARS = 254
 """RFC 5321's longest usable path, less its brackets."""

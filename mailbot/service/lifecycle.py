@@ -11,8 +11,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from mailbot import commands, mailparse, store, tokens, workflow
-from mailbot.db import transaction
+from mailbot import commands, mailparse, tokens, workflow
 from mailbot.domain import Channel, Party, Request
 from mailbot.errors import (
     BadToken,
@@ -21,14 +20,16 @@ from mailbot.errors import (
     TokenUsed,
     TooManyAttempts,
 )
-from mailbot.inbound import Inbound
-from mailbot.mailer import Outgoing
-from mailbot.models import (
-    ChangeRequest,
-    Confirmation,
-    Contact,
+from mailbot.outgoing.mailer import OutgoingMail
+from mailbot.service.core import ServiceCore
+from mailbot.service.inbound import ReceivedMail
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import (
+    ConfirmationRow,
+    ContactRow,
+    RequestRow,
 )
-from mailbot.service_core import ServiceCore
 from mailbot.views import RequestView
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,15 @@ class ListEntry:
 
 
 class LifecycleCases(ServiceCore):
-    def _actor(self, session: Session, message: Inbound) -> tuple[Party, bool]:
+    def _actor(self, session: Session, message: ReceivedMail) -> tuple[Party, bool]:
         """The sender as a party, and whether they are an operator."""
-        contact = store.contact_by_email(session, message.sender)
-        party = store.party(contact) if contact else Party(email=message.sender)
+        contact = queries.contact_by_email(session, message.sender)
+        party = queries.party(contact) if contact else Party(email=message.sender)
         return party, self.settings.is_operator(message.sender)
 
     def _party_request(
-        self, session: Session, message: Inbound, command: commands.Command
-    ) -> ChangeRequest:
+        self, session: Session, message: ReceivedMail, command: commands.Command
+    ) -> RequestRow:
         """The request a command names, if the sender may see it.
 
         Anyone else gets the same answer as for an id that does not exist, so
@@ -80,21 +81,21 @@ class LifecycleCases(ServiceCore):
         """
         if not commands.is_request_id(command.argument):
             raise MalformedRequest("a request id looks like CR-7K2QX9MD", line=command.line)
-        row = store.request_row(session, command.argument.strip(), for_update=True)
+        row = queries.request_row(session, command.argument.strip(), for_update=True)
         if row is None or not self._may_follow(session, row, self._actor(session, message)):
             raise NotAuthorized("no such request among yours", line=command.line)
         return row
 
-    def _may_follow(self, session: Session, row: ChangeRequest, actor: tuple[Party, bool]) -> bool:
+    def _may_follow(self, session: Session, row: RequestRow, actor: tuple[Party, bool]) -> bool:
         """Operators, the request's parties and the service's admin may follow a request."""
-        request = store.request(session, row)
+        request = queries.request(session, row)
         party, operator = actor
         return operator or any(p.same_as(party) for p in (*request.parties, request.service.admin))
 
     def _answer(
         self,
         session: Session,
-        message: Inbound,
+        message: ReceivedMail,
         event: str,
         context: dict[str, Any],
         request: Request | None = None,
@@ -103,17 +104,17 @@ class LifecycleCases(ServiceCore):
         if self.mailer.answers_exhausted(session, message.sender):
             return f"{event} not sent: rate limit"
         party, _ = self._actor(session, message)
-        answer = Outgoing(event, party, request, context=context)
+        answer = OutgoingMail(event, party, request, context=context)
         if not self.mailer.queue(session, answer, message):
             return f"{event} not sent: held back (answers to unknown addresses)"
         return f"{event} sent to {message.sender}"
 
-    def _list_by_mail(self, session: Session, message: Inbound) -> str:
+    def _list_by_mail(self, session: Session, message: ReceivedMail) -> str:
         party, _ = self._actor(session, message)
-        rows = store.requests_of(session, party.email, party.id, LIST_LIMIT + 1)
+        rows = queries.requests_of(session, party.email, party.id, LIST_LIMIT + 1)
         entries = []
         for row in rows[:LIST_LIMIT]:
-            request = store.request(session, row)
+            request = queries.request(session, row)
             own = request.validation_of(party)
             entries.append(
                 ListEntry(
@@ -128,14 +129,14 @@ class LifecycleCases(ServiceCore):
     def _cancel(
         self,
         session: Session,
-        row: ChangeRequest,
+        row: RequestRow,
         actor: tuple[Party, bool],
-        message: Inbound | None,
+        message: ReceivedMail | None,
         how: str = "",
     ) -> str:
         by, operator = actor
         transition = workflow.cancel(
-            store.request(session, row), by=by, by_operator=operator, now=self.clock.now()
+            queries.request(session, row), by=by, by_operator=operator, now=self.clock.now()
         )
         self._save_state(session, row, transition.request)
         self._log(
@@ -152,16 +153,16 @@ class LifecycleCases(ServiceCore):
     def _resend(
         self,
         session: Session,
-        row: ChangeRequest,
+        row: RequestRow,
         actor: tuple[Party, bool],
-        message: Inbound | None,
+        message: ReceivedMail | None,
         how: str = "",
     ) -> str:
         by, operator = actor
         since = self.clock.now() - RESEND_INTERVAL
-        if store.recent_request_events(session, row.id, "tokens-resent", since):
+        if queries.recent_request_events(session, row.id, "tokens-resent", since):
             raise TooManyAttempts("tokens were resent less than an hour ago", request=row.id)
-        request = store.request(session, row)
+        request = queries.request(session, row)
         transition = workflow.resend(request, by=by, by_operator=operator)
         self._log(
             session,
@@ -177,7 +178,9 @@ class LifecycleCases(ServiceCore):
         self._carry_out(session, request, transition.effects, message)
         return f"fresh tokens sent for {row.id}"
 
-    def _steer_by_mail(self, session: Session, message: Inbound, command: commands.Command) -> str:
+    def _steer_by_mail(
+        self, session: Session, message: ReceivedMail, command: commands.Command
+    ) -> str:
         """CANCEL or RESEND by mail: at once when the sender is authenticated; otherwise
         only once the sender's address confirms it (a forged From cannot)."""
         row = self._party_request(session, message, command)
@@ -192,10 +195,10 @@ class LifecycleCases(ServiceCore):
     def _steer(
         self,
         session: Session,
-        row: ChangeRequest,
+        row: RequestRow,
         action: str,
         actor: tuple[Party, bool],
-        message: Inbound | None,
+        message: ReceivedMail | None,
         how: str,
     ) -> str:
         if action == "cancel":
@@ -203,26 +206,26 @@ class LifecycleCases(ServiceCore):
         return self._resend(session, row, actor, message, how)
 
     def _check_steer(
-        self, session: Session, row: ChangeRequest, action: str, actor: tuple[Party, bool]
+        self, session: Session, row: RequestRow, action: str, actor: tuple[Party, bool]
     ) -> None:
         """Raise now what the action would raise, rather than ask to confirm the impossible."""
         by, operator = actor
-        request = store.request(session, row)
+        request = queries.request(session, row)
         if action == "cancel":
             workflow.cancel(request, by=by, by_operator=operator, now=self.clock.now())
         else:
             workflow.resend(request, by=by, by_operator=operator)
 
     def _ask_confirmation(
-        self, session: Session, row: ChangeRequest, action: str, message: Inbound
+        self, session: Session, row: RequestRow, action: str, message: ReceivedMail
     ) -> str:
         """Mail the sender's address a single-use token that carries the action out."""
         now = self.clock.now()
-        if store.live_confirmation(session, row.id, action, message.sender, now):
+        if queries.live_confirmation(session, row.id, action, message.sender, now):
             return f"{action} of {row.id} already awaits confirmation by {message.sender}"
         token, key = tokens.new_token(), tokens.new_key(tokens.TOKEN_LENGTH)
         session.add(
-            Confirmation(
+            ConfirmationRow(
                 digest=tokens.digest(token),
                 reply_key_digest=tokens.digest(key),
                 request_id=row.id,
@@ -251,10 +254,10 @@ class LifecycleCases(ServiceCore):
             "reply_address": reply_address,
             "expires_at": now + CONFIRMATION_TTL,
         }
-        mail = Outgoing(
+        mail = OutgoingMail(
             "confirmation-requested",
             party,
-            store.request(session, row),
+            queries.request(session, row),
             context=context,
             reply_to=reply_address,
             carries_secret=True,
@@ -263,7 +266,7 @@ class LifecycleCases(ServiceCore):
         return f"{action} of {row.id} awaits confirmation by {message.sender} ({level})"
 
     def _confirm_by_mail(
-        self, session: Session, message: Inbound, command: commands.Command
+        self, session: Session, message: ReceivedMail, command: commands.Command
     ) -> str:
         """A confirmation token (typed, or the key of the reply address) carries out
         the CANCEL or RESEND it was sent for, once."""
@@ -274,10 +277,10 @@ class LifecycleCases(ServiceCore):
         if confirmation.expires_at <= now:
             raise BadToken("this confirmation expired: send the command again")
         confirmation.used_at = now
-        row = store.request_row(session, confirmation.request_id, for_update=True)
+        row = queries.request_row(session, confirmation.request_id, for_update=True)
         assert row is not None
-        contact = store.contact_by_email(session, confirmation.email)
-        by = store.party(contact) if contact else Party(email=confirmation.email)
+        contact = queries.contact_by_email(session, confirmation.email)
+        by = queries.party(contact) if contact else Party(email=confirmation.email)
         actor = (by, self.settings.is_operator(confirmation.email))
         if not self._may_follow(session, row, actor):
             raise NotAuthorized("no such request among yours", request=row.id)
@@ -285,14 +288,16 @@ class LifecycleCases(ServiceCore):
         done = self._steer(session, row, confirmation.action, actor, message, how)
         return f"{done} (confirmed)"
 
-    def _confirmation_for(self, session: Session, message: Inbound, argument: str) -> Confirmation:
+    def _confirmation_for(
+        self, session: Session, message: ReceivedMail, argument: str
+    ) -> ConfirmationRow:
         """By a typed token, whoever sends it; else by the reply address's key, from the
         address it was sent to (never for a sender whose DMARC fails)."""
         typed = [*mailparse.find_tokens(argument), *message.tokens]
         if typed:
             self._check_token_attempts(session, message.sender)
             for token in dict.fromkeys(typed):
-                if found := store.confirmation_by_digest(session, tokens.digest(token)):
+                if found := queries.confirmation_by_digest(session, tokens.digest(token)):
                     return found
             raise BadToken("no confirmation has this token")
         found = None if message.forged else self.confirmation_addressed(session, message)
@@ -305,21 +310,23 @@ class LifecycleCases(ServiceCore):
             )
         return found
 
-    def confirmation_addressed(self, session: Session, message: Inbound) -> Confirmation | None:
+    def confirmation_addressed(
+        self, session: Session, message: ReceivedMail
+    ) -> ConfirmationRow | None:
         """The confirmation whose reply address the message was sent to, if any."""
         for recipient in message.recipients:
             key = mailparse.plus_key(recipient, self.settings.bot.local_part)
             canonical = tokens.normalise(key) if key else None
             if canonical is None:
                 continue
-            if found := store.confirmation_by_reply_key(session, tokens.digest(canonical)):
+            if found := queries.confirmation_by_reply_key(session, tokens.digest(canonical)):
                 return found
         return None
 
     def _check_token_attempts(self, session: Session, actor: str) -> None:
         since = self.clock.now() - timedelta(hours=1)
         limit = self.settings.policy.max_bad_tokens_per_hour
-        if store.recent_events(session, "error:bad-token", actor, since) >= limit:
+        if queries.recent_events(session, "error:bad-token", actor, since) >= limit:
             raise TooManyAttempts("")
 
     def cancel_request(self, request_id: str) -> Request:
@@ -327,17 +334,17 @@ class LifecycleCases(ServiceCore):
         with transaction(self.engine) as session:
             row = self._request_for_operator(session, request_id)
             self._cancel(session, row, (Party(email=OPERATOR_ACTOR), True), None)
-            return store.request(session, row)
+            return queries.request(session, row)
 
     def resend_request(self, request_id: str) -> Request:
         """An operator re-issues tokens (``mailbot requests resend``)."""
         with transaction(self.engine) as session:
             row = self._request_for_operator(session, request_id)
             self._resend(session, row, (Party(email=OPERATOR_ACTOR), True), None)
-            return store.request(session, row)
+            return queries.request(session, row)
 
-    def _request_for_operator(self, session: Session, request_id: str) -> ChangeRequest:
-        row = store.request_row(session, request_id, for_update=True)
+    def _request_for_operator(self, session: Session, request_id: str) -> RequestRow:
+        row = queries.request_row(session, request_id, for_update=True)
         if row is None:
             raise UnknownRequest(f"no request {request_id}")
         return row
@@ -353,13 +360,13 @@ class LifecycleCases(ServiceCore):
         """
         now = now or self.clock.now()
         applied = sum(  # before expiry: a decision held in time counts
-            self._apply_held(request_id, now) for request_id in self._due(store.due_held, now)
+            self._apply_held(request_id, now) for request_id in self._due(queries.due_held, now)
         )
         expired = sum(
-            self._expire(request_id, now) for request_id in self._due(store.due_expiries, now)
+            self._expire(request_id, now) for request_id in self._due(queries.due_expiries, now)
         )
         reminded = sum(
-            self._remind(request_id, now) for request_id in self._due(store.due_reminders, now)
+            self._remind(request_id, now) for request_id in self._due(queries.due_reminders, now)
         )
         return SweepReport(expired=expired, reminded=reminded, applied=applied)
 
@@ -369,10 +376,10 @@ class LifecycleCases(ServiceCore):
 
     def _expire(self, request_id: str, now: datetime) -> int:
         with transaction(self.engine) as session:
-            row = store.request_row(session, request_id, for_update=True, skip_locked=True)
+            row = queries.request_row(session, request_id, for_update=True, skip_locked=True)
             if row is None:
                 return 0
-            transition = workflow.expire(store.request(session, row), now)
+            transition = workflow.expire(queries.request(session, row), now)
             if not transition.effects:
                 return 0
             self._save_state(session, row, transition.request)
@@ -382,11 +389,11 @@ class LifecycleCases(ServiceCore):
 
     def _remind(self, request_id: str, now: datetime) -> int:
         with transaction(self.engine) as session:
-            row = store.request_row(session, request_id, for_update=True, skip_locked=True)
+            row = queries.request_row(session, request_id, for_update=True, skip_locked=True)
             if row is None:
                 return 0
             transition = workflow.remind(
-                store.request(session, row), now, self.settings.policy.reminder_days
+                queries.request(session, row), now, self.settings.policy.reminder_days
             )
             self._save_state(session, row, transition.request)
             for effect in transition.effects:
@@ -405,20 +412,20 @@ class LifecycleCases(ServiceCore):
     def _apply_held(self, request_id: str, now: datetime) -> int:
         """Apply the held decisions of one request whose window has passed (the sweep)."""
         with transaction(self.engine) as session:
-            row = store.request_row(session, request_id, for_update=True, skip_locked=True)
+            row = queries.request_row(session, request_id, for_update=True, skip_locked=True)
             if row is None:
                 return 0
             applied = 0
-            for validation in store.validation_rows(session, row.id):
+            for validation in queries.validation_rows(session, row.id):
                 if validation.held_until is None or validation.held_until > now:
                     continue
-                contact = session.get(Contact, validation.contact_id)
+                contact = session.get(ContactRow, validation.contact_id)
                 assert contact is not None
-                request = store.request(session, row)
+                request = queries.request(session, row)
                 if not request.pending:  # closed meanwhile: nothing left to decide
                     validation.held_decision = validation.held_until = None
                     continue
-                transition = workflow.apply_held(request, contact=store.party(contact), now=now)
+                transition = workflow.apply_held(request, contact=queries.party(contact), now=now)
                 self._record_decision(
                     session,
                     row,

@@ -16,7 +16,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime as rfc5322_date
 
-from mailbot.render import RenderedMail
+from mailbot.outgoing.render import RenderedMail
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,18 @@
 Real mail is hostile and broken in every way a parser can imagine, so nothing
 here raises: headers that cannot be decoded read as absent or with
 replacement characters, and the work done on one message is bounded (see the
-limits in ``mailparse_mime``). The pieces:
+limits in ``mailparse.mime``). The pieces:
 
-- ``mailparse_mime``: bounded MIME walking, charsets, RFC 2047 headers;
-- ``mailparse_html``: HTML bodies to text, quotes and signatures marked;
-- ``mailparse_quotes``: the new text of a reply (quotes, attributions, header
+- ``mime``: bounded MIME walking, charsets, RFC 2047 headers;
+- ``htmltext``: HTML bodies to text, quotes and signatures marked;
+- ``quotes``: the new text of a reply (quotes, attributions, header
   blocks, signatures removed);
-- ``mailparse_forward``: inline forwards and who wrote the forwarded message;
-- ``mailparse_auto``: out-of-office replies, lists, challenge/response robots;
-- ``mailparse_bounce``: DSNs and free-text bounces, failed recipients;
-- ``mailparse_tokens``: validation tokens however they were typed.
+- ``forwards``: inline forwards and who wrote the forwarded message;
+- ``robots``: out-of-office replies, lists, challenge/response robots;
+- ``bounces``: DSNs and free-text bounces, failed recipients;
+- ``tokens``: validation tokens however they were typed;
+- ``sender``, ``authentication``: who sent it, and what the receiving MTA verified;
+- ``redact``: the stored copy with its tokens and reply keys blanked out.
 """
 
 from __future__ import annotations
@@ -24,16 +26,13 @@ from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
 
-from mailbot import mailparse_auto as auto
-from mailbot import mailparse_bounce as bounces
-from mailbot import mailparse_forward as forwards
-from mailbot import mailparse_mime as mime
-from mailbot import mailparse_quotes as quotes
-from mailbot.mailparse_bounce import Bounce
-from mailbot.mailparse_html import html_to_text
-from mailbot.mailparse_mime import strip_subject_prefixes
-from mailbot.mailparse_sender import sender_of
-from mailbot.mailparse_tokens import find_tokens
+from mailbot.mailparse import bounces, forwards, mime, quotes
+from mailbot.mailparse import robots as auto
+from mailbot.mailparse.bounces import Bounce
+from mailbot.mailparse.htmltext import html_to_text
+from mailbot.mailparse.mime import strip_subject_prefixes
+from mailbot.mailparse.sender import sender_of
+from mailbot.mailparse.tokens import find_tokens
 
 __all__ = [
     "Bounce",
@@ -75,7 +74,7 @@ class Forwarded:
 
 
 @dataclass(frozen=True)
-class ParsedMessage:
+class ParsedMail:
     message_id: str | None
     sender: str | None
     """The From address, lower-cased, or None when there is none usable."""
@@ -119,7 +118,7 @@ class ParsedMessage:
     """Every ``Authentication-Results`` header as sent, unfolded, top first (bounded)."""
 
 
-def parse(raw: bytes) -> ParsedMessage:
+def parse(raw: bytes) -> ParsedMail:
     """Read a raw RFC 5322 message; never raises, whatever the bytes."""
     try:
         return _parse(mime.load(raw), raw)
@@ -127,7 +126,7 @@ def parse(raw: bytes) -> ParsedMessage:
         return _degraded(raw, f"{type(error).__name__}: {error}"[:300])
 
 
-def _parse(message: Message, raw: bytes) -> ParsedMessage:
+def _parse(message: Message, raw: bytes) -> ParsedMail:
     strict = sender_of(message)
     sender_name, sender = strict.name, strict.address
     subject = _one_line(mime.header(message, "Subject"))[:MAX_SUBJECT_CHARS]
@@ -138,7 +137,7 @@ def _parse(message: Message, raw: bytes) -> ParsedMessage:
     mailing_list = auto.is_list(message)
     autoreply = bounce is None and auto.is_autoreply(message, subject, split.new)
     report = mime.content_type(message) == "multipart/report"
-    return ParsedMessage(
+    return ParsedMail(
         message_id=message_id_of(raw, message),
         sender=sender,
         sender_name=sender_name,
@@ -177,9 +176,9 @@ def _note(split: quotes.Split) -> str:
     return "" if split.bottom_posted else split.new
 
 
-def _degraded(raw: bytes, error: str) -> ParsedMessage:
+def _degraded(raw: bytes, error: str) -> ParsedMail:
     """What can still be said of a message the parser choked on: treat it as automatic."""
-    return ParsedMessage(
+    return ParsedMail(
         message_id=message_id_of(raw),
         sender=None,
         sender_name="",

@@ -11,21 +11,23 @@ import logging
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from mailbot import commands, redact, store, tokens, workflow
+from mailbot import commands, tokens, workflow
 from mailbot.clock import Clock, SystemClock
 from mailbot.config import Settings
 from mailbot.domain import Channel, Party, Request
 from mailbot.errors import (
     MailbotError,
 )
-from mailbot.inbound import Inbound
-from mailbot.mailer import Mailer, Outgoing
-from mailbot.models import (
-    ChangeRequest,
-    Contact,
+from mailbot.mailparse import redact
+from mailbot.outgoing.mailer import Mailer, OutgoingMail
+from mailbot.service.inbound import ReceivedMail
+from mailbot.storage import queries
+from mailbot.storage.tables import (
+    ContactRow,
     EventRow,
+    RequestRow,
+    TokenRow,
     ValidationRow,
-    ValidationToken,
 )
 
 log = logging.getLogger(__name__)
@@ -45,13 +47,13 @@ class ServiceCore:
         self.on_mail_queued = self.mailer.on_mail_queued
         """Called after a commit that queued mail (``serve`` flushes the outbox then)."""
 
-    def _save_state(self, session: Session, row: ChangeRequest, request: Request) -> None:
+    def _save_state(self, session: Session, row: RequestRow, request: Request) -> None:
         """Write a transition's new state back: request status and each validation."""
         row.status = request.status.value
         row.closed_at = request.closed_at
         contacts = {v.contact.id: v for v in request.validations}
         days = self.settings.policy.reminder_days
-        for stored in store.validation_rows(session, row.id):
+        for stored in queries.validation_rows(session, row.id):
             state = contacts[stored.contact_id]
             stored.status = state.status.value
             stored.channel = state.channel.value if state.channel else None
@@ -69,17 +71,17 @@ class ServiceCore:
     def _record_decision(
         self,
         session: Session,
-        request_row: ChangeRequest,
-        contact: Contact,
+        request_row: RequestRow,
+        contact: ContactRow,
         transition: workflow.Transition,
         channel: Channel,
         actor: str | None,
-        message: Inbound | None = None,
+        message: ReceivedMail | None = None,
         detail: str = "",
     ) -> Request:
         """Write a decision's transition back: state, event log and effects."""
         request = transition.request
-        decided = request.validation_of(store.party(contact))
+        decided = request.validation_of(queries.party(contact))
         assert decided is not None
         self._save_state(session, request_row, request)
         self._log(
@@ -108,7 +110,7 @@ class ServiceCore:
         session: Session,
         request: Request,
         effects: tuple[workflow.Effect, ...],
-        message: Inbound | None,
+        message: ReceivedMail | None,
     ) -> None:
         for effect in effects:
             if isinstance(effect, workflow.ApplyHolders):
@@ -123,11 +125,11 @@ class ServiceCore:
                 self._send_undo(session, request, effect)
             else:
                 for party in effect.recipients:
-                    mail = Outgoing(effect.event, party, request, context=dict(effect.about))
+                    mail = OutgoingMail(effect.event, party, request, context=dict(effect.about))
                     self.mailer.queue(session, mail, message)
 
     def _apply_holders(self, session: Session, effect: workflow.ApplyHolders) -> None:
-        row = store.service_row(session, effect.service, for_update=True)
+        row = queries.service_row(session, effect.service, for_update=True)
         assert row is not None
         for role, holder in effect.holders.items():
             assert holder.id is not None
@@ -136,13 +138,13 @@ class ServiceCore:
 
     def _validation_row(self, session: Session, request: Request, contact: Party) -> ValidationRow:
         return next(
-            v for v in store.validation_rows(session, request.id) if v.contact_id == contact.id
+            v for v in queries.validation_rows(session, request.id) if v.contact_id == contact.id
         )
 
     def _revoke_tokens(self, session: Session, request: Request, contact: Party) -> None:
         validation = self._validation_row(session, request, contact)
         assert validation.id is not None
-        for token in store.live_tokens(session, validation.id):
+        for token in queries.live_tokens(session, validation.id):
             token.used_at = self.clock.now()
 
     def _send_token(
@@ -150,7 +152,7 @@ class ServiceCore:
         session: Session,
         request: Request,
         contact: Party,
-        message: Inbound | None,
+        message: ReceivedMail | None,
         reminder: int | None = None,
     ) -> None:
         """A fresh token for the contact, in a validation mail or a reminder."""
@@ -158,7 +160,7 @@ class ServiceCore:
         assert validation.id is not None
         token, reply_key = tokens.new_token(), tokens.new_key()
         session.add(
-            ValidationToken(
+            TokenRow(
                 validation_id=validation.id,
                 digest=tokens.digest(token),
                 reply_key_digest=tokens.digest(reply_key),
@@ -170,7 +172,7 @@ class ServiceCore:
         side = request.validation_of(contact)
         self.mailer.queue(
             session,
-            Outgoing(
+            OutgoingMail(
                 "validation-requested" if reminder is None else "reminder",
                 contact,
                 request,
@@ -195,7 +197,7 @@ class ServiceCore:
         validation.undo_digest = tokens.digest(undo_token)
         self.mailer.queue(
             session,
-            Outgoing(
+            OutgoingMail(
                 "decision-held",
                 effect.contact,
                 request,
@@ -214,7 +216,7 @@ class ServiceCore:
     def _reject(
         self,
         session: Session,
-        message: Inbound,
+        message: ReceivedMail,
         error: MailbotError,
         command: commands.Command | None,
     ) -> bool:
@@ -226,7 +228,7 @@ class ServiceCore:
         A known sender is shown what was read from their mail, tokens and
         reply keys taken out; an unknown one gets a generic text (see Mailer).
         """
-        contact = store.contact_by_email(session, message.sender)
+        contact = queries.contact_by_email(session, message.sender)
         language = (
             contact.language
             if contact is not None
@@ -258,7 +260,7 @@ class ServiceCore:
         shown.code = error.code
         return self.mailer.queue(
             session,
-            Outgoing(
+            OutgoingMail(
                 "error",
                 to,
                 context={
@@ -273,7 +275,7 @@ class ServiceCore:
 
     def _existing_request(self, session: Session, request_id: str | None) -> str | None:
         """An error's request id for the event log, when it names a stored request."""
-        if request_id is None or store.request_row(session, request_id) is None:
+        if request_id is None or queries.request_row(session, request_id) is None:
             return None
         return request_id
 

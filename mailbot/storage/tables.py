@@ -38,7 +38,7 @@ def _when(*, nullable: bool = False, index: bool = False) -> Any:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
 
 
-class Contact(SQLModel, table=True):
+class ContactRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     handle: str | None = Field(default=None, max_length=64, unique=True)
     email: str = Field(max_length=320, unique=True)
@@ -62,7 +62,7 @@ class ServiceRow(SQLModel, table=True):
     updated_at: datetime = _when()
 
 
-class ChangeRequest(SQLModel, table=True):
+class RequestRow(SQLModel, table=True):
     __tablename__ = "change_request"
     __table_args__ = (
         sa.Index("ix_change_request_status_expires_at", "status", "expires_at"),
@@ -116,7 +116,7 @@ class ValidationRow(SQLModel, table=True):
     created_at: datetime = _when()
 
 
-class ValidationToken(SQLModel, table=True):
+class TokenRow(SQLModel, table=True):
     """A token's digest; several may exist per validation (resends, reminders)."""
 
     __tablename__ = "validation_token"
@@ -149,7 +149,7 @@ class EventRow(SQLModel, table=True):
     detail: str = Field(default="", sa_type=sa.Text)
 
 
-class InboundMessage(SQLModel, table=True):
+class InboundRow(SQLModel, table=True):
     """A received message, kept raw; ``dedup_key`` makes redelivery harmless."""
 
     __tablename__ = "inbound_message"
@@ -200,7 +200,7 @@ class OutboxRow(SQLModel, table=True):
     sent_at: datetime | None = _when(nullable=True)
 
 
-class Confirmation(SQLModel, table=True):
+class ConfirmationRow(SQLModel, table=True):
     """A CANCEL or RESEND by mail that waits for its sender's address to confirm it.
 
     The token and the reply key of the confirmation mail are kept only as

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from email.message import Message
 
-from mailbot import mailparse_mime as mime
+from mailbot.mailparse import mime
 
 _AUTOMATIC_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply", "auto-reply"})
 _AUTOREPLY_HEADERS = (

@@ -30,10 +30,10 @@ from typing import Protocol
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from mailbot import store
-from mailbot.db import transaction
 from mailbot.errors import NotRetryable
-from mailbot.models import OutboxRow, ValidationRow
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import OutboxRow, ValidationRow
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def flush(
 def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
     with transaction(engine) as session:
         claims = []
-        for row in store.due_outbox(session, now, limit):
+        for row in queries.due_outbox(session, now, limit):
             assert row.id is not None
             row.status = "sending"
             row.attempts += 1
@@ -163,7 +163,7 @@ def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
 def _release(engine: Engine, ids: list[int], now: datetime) -> None:
     """Hand back claims that were not tried: due at once, the attempt not counted."""
     with transaction(engine) as session:
-        for row in store.outbox_rows(session, ids):
+        for row in queries.outbox_rows(session, ids):
             if row.status == "sending":
                 row.status = "queued"
                 row.attempts = max(row.attempts - 1, 0)
@@ -254,7 +254,7 @@ def requeue(engine: Engine, ids: list[int] | None, now: datetime) -> list[Outbox
     """Queue dead mail again (``ids``, or every dead row when None) for a fresh
     queue lifetime, due now; returns the rows requeued."""
     with transaction(engine) as session:
-        rows = store.dead_outbox(session) if ids is None else store.outbox_rows(session, ids)
+        rows = queries.dead_outbox(session) if ids is None else queries.outbox_rows(session, ids)
         if ids is not None:
             _check_dead(ids, rows)
         requeued = [row for row in rows if row.status == "dead"]
@@ -282,7 +282,7 @@ def _check_dead(ids: list[int], rows: list[OutboxRow]) -> None:
 def hurry(engine: Engine, now: datetime) -> int:
     """Make every mail waiting in backoff due now; returns how many."""
     with transaction(engine) as session:
-        waiting = store.waiting_outbox(session, now)
+        waiting = queries.waiting_outbox(session, now)
         for row in waiting:
             row.next_attempt_at = now
         return len(waiting)

@@ -29,9 +29,9 @@ from email.utils import getaddresses, parseaddr
 
 from flufl.bounce import all_failures
 
-from mailbot import mailparse_auto as auto
-from mailbot import mailparse_mime as mime
-from mailbot.mailparse_html import html_to_text
+from mailbot.mailparse import mime
+from mailbot.mailparse import robots as auto
+from mailbot.mailparse.htmltext import html_to_text
 
 LIBRARY_DETECTORS = True
 """Ask ``flufl.bounce`` for recipients of non-standard bounces (switchable to measure it)."""

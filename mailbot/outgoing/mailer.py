@@ -15,14 +15,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from mailbot import store
 from mailbot.clock import Clock
-from mailbot.compose import Envelope, bounce_address, compose, new_message_id
 from mailbot.config import Settings
 from mailbot.domain import Party, Request
-from mailbot.inbound import Inbound
-from mailbot.models import EventRow, OutboxRow
-from mailbot.render import MAIL_CONTEXT, Renderer, make_environment
+from mailbot.outgoing.compose import Envelope, bounce_address, compose, new_message_id
+from mailbot.outgoing.render import MAIL_CONTEXT, Renderer, make_environment
+from mailbot.service.inbound import ReceivedMail
+from mailbot.storage import queries
+from mailbot.storage.tables import EventRow, OutboxRow
 from mailbot.views import RequestView
 
 ANSWER_EVENTS = ("error", "help", "status", "list")
@@ -33,7 +33,7 @@ quotes nothing of its mail (backscatter carries no spam)."""
 
 
 @dataclass
-class Outgoing:
+class OutgoingMail:
     """One mail to queue: who, what, and how it threads."""
 
     event: str
@@ -53,7 +53,7 @@ class Mailer:
         self.renderer = Renderer(make_environment(settings.bot.templates_dir))
         self.on_mail_queued: list[Callable[[], None]] = []
 
-    def queue(self, session: Session, mail: Outgoing, message: Inbound | None) -> bool:
+    def queue(self, session: Session, mail: OutgoingMail, message: ReceivedMail | None) -> bool:
         """Render ``mail`` and add it to the outbox, in the caller's transaction.
 
         Returns False when the mail is held back instead: mailbot writes to an
@@ -134,23 +134,23 @@ class Mailer:
         """
         if self.settings.is_operator(address):
             return True
-        contact = store.contact_by_email(session, address)
+        contact = queries.contact_by_email(session, address)
         if contact is None:
             return False
         if contact.handle is not None:
             return True
         assert contact.id is not None
-        return store.holds_a_role(session, contact.id) or store.has_decided(session, contact.id)
+        return queries.holds_a_role(session, contact.id) or queries.has_decided(session, contact.id)
 
-    def _held_back(self, session: Session, mail: Outgoing) -> str | None:
+    def _held_back(self, session: Session, mail: OutgoingMail) -> str | None:
         """Why a mail to an untrusted address must not go out today, or None."""
         since = self.clock.now() - timedelta(days=1)
         cap = self.settings.policy.max_unsolicited_per_day
-        if store.mails_to_mailbox_since(session, mail.to.email, since) >= cap:
+        if queries.mails_to_mailbox_since(session, mail.to.email, since) >= cap:
             return f"{cap} mails a day to an address that never answered"
         if (
             mail.event in ANSWER_EVENTS
-            and store.mails_to_mailbox_since(session, mail.to.email, since, ANSWER_EVENTS) >= 1
+            and queries.mails_to_mailbox_since(session, mail.to.email, since, ANSWER_EVENTS) >= 1
         ):
             return "one answer a day to an unknown address"
         return None
@@ -162,5 +162,5 @@ class Mailer:
     def answers_exhausted(self, session: Session, address: str) -> bool:
         """Whether ``address`` had its share of error and help answers this hour."""
         since = self.clock.now() - timedelta(hours=1)
-        sent = store.recent_answers(session, address, ANSWER_EVENTS, since)
+        sent = queries.recent_answers(session, address, ANSWER_EVENTS, since)
         return sent >= self.settings.policy.max_answers_per_hour

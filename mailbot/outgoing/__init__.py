@@ -1,0 +1,1 @@
+"""Mail mailbot sends: rendered from templates, composed, queued in the outbox."""

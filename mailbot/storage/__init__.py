@@ -1,0 +1,1 @@
+"""The database: tables, engine and the queries the service runs."""
