@@ -219,9 +219,7 @@ def speaker(row: InboundRow, parsed: mailparse.ParsedMail, settings: Settings) -
     )
 
 
-def ignore_reason(
-    parsed: mailparse.ParsedMail, row: InboundRow, settings: Settings
-) -> str | None:
+def ignore_reason(parsed: mailparse.ParsedMail, row: InboundRow, settings: Settings) -> str | None:
     """Why a message must not be acted on or answered, or None when it may."""
     if row.envelope_from is not None and row.envelope_from.strip("<> ") == "":
         return "null envelope sender (a bounce)"
