@@ -39,6 +39,8 @@ def _when(*, nullable: bool = False, index: bool = False) -> Any:
 
 
 class ContactRow(SQLModel, table=True):
+    __tablename__ = "contact"
+
     id: int | None = Field(default=None, primary_key=True)
     handle: str | None = Field(default=None, max_length=64, unique=True)
     email: str = Field(max_length=320, unique=True)
