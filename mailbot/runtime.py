@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy.exc import OperationalError
 
 from mailbot.adapters import outgoing_transport
 from mailbot.adapters.connections import (
@@ -44,7 +43,8 @@ from mailbot.adapters.smtp_in import GroupCommitWriter, InboundHandler, smtp_fac
 from mailbot.adapters.web import create_app
 from mailbot.adapters.web_protocol import WebLimits, limited_protocol
 from mailbot.config import Settings
-from mailbot.service import BacklogStalled, Mailbot
+from mailbot.errors import BacklogStalled, StorageUnavailable
+from mailbot.service import Mailbot
 from mailbot.storage import engine as db
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ class Runtime:
                 await asyncio.sleep(QUIET_SECONDS)
             try:
                 await self._blocking(self.work_thread, self.bot.process_inbound, inbound_id)
-            except OperationalError as exc:
+            except StorageUnavailable as exc:
                 log.warning("message %d stays stored, to retry: %s", inbound_id, _first_line(exc))
             except Exception:
                 log.exception("message %d could not be processed", inbound_id)

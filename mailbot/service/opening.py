@@ -16,8 +16,9 @@ from mailbot.errors import (
     UnknownContact,
     UnknownService,
 )
-from mailbot.service.core import ServiceCore
+from mailbot.service.context import ServiceContext
 from mailbot.service.inbound import ReceivedMail
+from mailbot.service.transitions import Event, Transitions
 from mailbot.storage import queries
 from mailbot.storage.tables import (
     ContactRow,
@@ -29,10 +30,17 @@ from mailbot.storage.tables import (
 log = logging.getLogger(__name__)
 
 
-class OpeningCases(ServiceCore):
-    def _open_by_mail(
-        self, session: Session, message: ReceivedMail, command: commands.Command
-    ) -> str:
+class Opening:
+    """CHANGE by mail: who may ask, who the role lines name, and the new request."""
+
+    def __init__(self, context: ServiceContext, transitions: Transitions) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.clock = context.clock
+        self.transitions = transitions
+
+    def by_mail(self, session: Session, message: ReceivedMail, command: commands.Command) -> str:
+        """Open the request a CHANGE mail asks for, and ask its validations."""
         change = commands.parse_change(command, message.new_text)
         service_row = queries.service_row(session, change.service, for_update=True)
         if service_row is None:
@@ -67,16 +75,9 @@ class OpeningCases(ServiceCore):
             ttl=timedelta(days=self.settings.policy.request_ttl_days),
         )
         request = transition.request
-        self._save_new_request(session, request, service_row.id)
-        self._log(
-            session,
-            request.id,
-            "request-opened",
-            actor=message.sender,
-            inbound_id=message.id,
-            detail=_changes_detail(request),
-        )
-        self._carry_out(session, request, transition.effects, message)
+        row = self._save_new_request(session, request, service_row.id)
+        opened = Event("request-opened", actor=message.sender, detail=_changes_detail(request))
+        self.transitions.commit(session, row, transition, [opened], message)
         return f"request {request.id} opened for {service.name}"
 
     def _contact_for(self, session: Session, target: str, role: Role) -> Party:
@@ -100,22 +101,23 @@ class OpeningCases(ServiceCore):
         return queries.party(contact)
 
     def _new_request_id(self, session: Session) -> str:
+        """A random id no stored request has."""
         while True:
             candidate = f"CR-{tokens.new_key(8)}"
             if queries.request_row(session, candidate) is None:
                 return candidate
 
-    def _save_new_request(self, session: Session, request: Request, service_id: int) -> None:
-        session.add(
-            RequestRow(
-                id=request.id,
-                service_id=service_id,
-                requester_email=request.requester.email,
-                requester_id=request.requester.id,
-                created_at=request.created_at,
-                expires_at=request.expires_at,
-            )
+    def _save_new_request(self, session: Session, request: Request, service_id: int) -> RequestRow:
+        """Insert the request, its role changes and its validations."""
+        row = RequestRow(
+            id=request.id,
+            service_id=service_id,
+            requester_email=request.requester.email,
+            requester_id=request.requester.id,
+            created_at=request.created_at,
+            expires_at=request.expires_at,
         )
+        session.add(row)
         session.flush()
         for change in request.changes:
             assert change.outgoing.id is not None
@@ -143,6 +145,7 @@ class OpeningCases(ServiceCore):
                 )
             )
         session.flush()
+        return row
 
 
 def _changes_detail(request: Request) -> str:
