@@ -17,6 +17,7 @@ from factories import (
 )
 from sqlmodel import select
 
+from mailbot import commands
 from mailbot.domain import Channel, Decision
 from mailbot.errors import BadToken, TokenUsed
 from mailbot.service import Mailbot
@@ -334,3 +335,27 @@ def test_a_new_admin_not_in_good_standing_is_refused(bot: Mailbot, mail: MailFac
     assert error_code(send(bot, mail(ALICE, "CHANGE example.com", f"admin: {DAVE}"))) == (
         "not-in-good-standing"
     )
+
+
+@pytest.mark.parametrize("sender", [BOB, ALICE], ids=["en", "fr"])
+def test_the_help_mail_lists_every_registered_verb(
+    bot: Mailbot, mail: MailFactory, sender: str
+) -> None:
+    """HELP is generated from the registry: each verb's English and French words
+    are in the answer, whichever language it is written in."""
+    mails = send(bot, mail(sender, "HELP"))
+    assert [m.event for m in mails] == ["help"]
+    text = " ".join(mails[0].text.split())
+    for verb in commands.VERBS:
+        for word in verb.words:
+            assert word in text, (verb.name, word)
+
+
+def test_every_registered_word_reaches_its_verb(bot: Mailbot, mail: MailFactory) -> None:
+    """Dispatch is the registry: every word of every verb is understood (whatever
+    the verb then says of a command without its argument); other words are not."""
+    for verb in commands.VERBS:
+        for word in verb.words:
+            outcome = bot.receive(mail(BOB, word.lower()))
+            assert "unknown-command" not in outcome, (word, outcome)
+    assert "unknown-command" in bot.receive(mail(BOB, "FROBNICATE"))
