@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 from factories import (
     ALICE,
     BILL,
@@ -19,11 +20,12 @@ from sqlmodel import select
 
 from mailbot import commands
 from mailbot.domain import Channel, Decision
-from mailbot.errors import BadToken, TokenUsed
+from mailbot.errors import BadToken, StorageUnavailable, TokenUsed
 from mailbot.service import Mailbot
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import InboundRow
+from mailbot.tokens import new_token
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -359,3 +361,20 @@ def test_every_registered_word_reaches_its_verb(bot: Mailbot, mail: MailFactory)
             outcome = bot.receive(mail(BOB, word.lower()))
             assert "unknown-command" not in outcome, (word, outcome)
     assert "unknown-command" in bot.receive(mail(BOB, "FROBNICATE"))
+
+
+def test_a_database_outage_is_the_services_own_error(bot: Mailbot, mail: MailFactory) -> None:
+    """Adapters see StorageUnavailable, never the database driver's errors."""
+    unreachable = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    down = Mailbot(bot.settings, unreachable, bot.clock)
+    try:
+        with pytest.raises(StorageUnavailable):
+            down.receive(mail(BOB, "HELP"))
+        with pytest.raises(StorageUnavailable):
+            down.process_inbound(1)
+        with pytest.raises(StorageUnavailable):
+            down.token_page(new_token())
+        with pytest.raises(StorageUnavailable):
+            down.sweep()
+    finally:
+        unreachable.dispose()

@@ -47,23 +47,10 @@ class Opening:
             raise UnknownService("", service=change.service)
         assert service_row.id is not None
         service = queries.service(session, service_row)
-        requester_contact = queries.contact_by_email(session, message.sender)
-        is_operator = self.settings.is_operator(message.sender)
-        if requester_contact is None and not is_operator:
-            raise NotAuthorized("", service=service.name)
-        requester = (
-            queries.party(requester_contact)
-            if requester_contact is not None
-            else Party(
-                email=message.sender,
-                name=message.sender_name,
-                language=self.settings.bot.language,
-            )
-        )
+        requester, is_operator = self._requester(session, message, service.name)
         wanted = {
             role: self._contact_for(session, target, role) for role, target in change.wanted.items()
         }
-        now = self.clock.now()
         transition = workflow.open_request(
             request_id=self._new_request_id(session),
             service=service,
@@ -71,7 +58,7 @@ class Opening:
             requester_is_operator=is_operator,
             wanted=wanted,
             pending_roles=queries.pending_roles(session, service_row.id),
-            now=now,
+            now=self.clock.now(),
             ttl=timedelta(days=self.settings.policy.request_ttl_days),
         )
         request = transition.request
@@ -79,6 +66,20 @@ class Opening:
         opened = Event("request-opened", actor=message.sender, detail=_changes_detail(request))
         self.transitions.commit(session, row, transition, [opened], message)
         return f"request {request.id} opened for {service.name}"
+
+    def _requester(
+        self, session: Session, message: ReceivedMail, service: str
+    ) -> tuple[Party, bool]:
+        """The sender, if a contact or an operator may ask at all (the workflow
+        decides what for), and whether they are an operator."""
+        contact = queries.contact_by_email(session, message.sender)
+        is_operator = self.settings.is_operator(message.sender)
+        if contact is not None:
+            return queries.party(contact), is_operator
+        if not is_operator:
+            raise NotAuthorized("", service=service)
+        language = self.settings.bot.language
+        return Party(email=message.sender, name=message.sender_name, language=language), True
 
     def _contact_for(self, session: Session, target: str, role: Role) -> Party:
         """The contact a role line names: a known handle or address, or a new address."""
