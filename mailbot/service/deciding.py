@@ -4,7 +4,6 @@ validation a mail or a token speaks for.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -23,8 +22,6 @@ from mailbot.storage.tables import (
     RequestRow,
     ValidationRow,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from datetime import timedelta
 
 from sqlmodel import Session
@@ -26,8 +25,6 @@ from mailbot.storage.tables import (
     RoleChangeRow,
     ValidationRow,
 )
-
-log = logging.getLogger(__name__)
 
 
 class Opening:
