@@ -45,7 +45,6 @@ from mailbot.adapters.web_protocol import WebLimits, limited_protocol
 from mailbot.config import Settings
 from mailbot.errors import BacklogStalled, StorageUnavailable
 from mailbot.service import Mailbot
-from mailbot.storage import engine as db
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(pool, partial(function, *args))
 
     async def run(self) -> None:
-        await self._blocking(self.work_thread, db.check_schema, self.bot.engine)
+        await self._blocking(self.work_thread, self.bot.check_schema)
         # Both ports are taken before anything starts, so that one in use is a
         # clean error (uvicorn would exit the process from inside its task).
         web_socket = _bind(self.settings.web.host, self.settings.web.port)

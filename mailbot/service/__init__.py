@@ -47,7 +47,7 @@ from mailbot.service.replies import Replies
 from mailbot.service.sweeping import Sweeping, SweepReport
 from mailbot.service.transitions import Transitions
 from mailbot.storage import queries
-from mailbot.storage.engine import make_engine, transaction
+from mailbot.storage.engine import check_schema, make_engine, transaction
 from mailbot.storage.tables import OutboxRow
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,11 @@ class Mailbot:
         """Stored messages by status; ``received`` is the backlog not yet acted on."""
         with transaction(self.engine) as session:
             return queries.inbound_counts(session)
+
+    def check_schema(self) -> None:
+        """Raise ``SchemaOutOfDate`` unless the database is at the newest migration
+        (``serve`` refuses to start on a database ``mailbot init`` has not upgraded)."""
+        check_schema(self.engine)
 
     def health(self) -> str | None:
         """Why mail cannot be taken now, or None when it can (``/healthz``)."""
