@@ -23,8 +23,16 @@ from mailbot import logs
 from mailbot.adapters import outgoing_transport
 from mailbot.clock import Clock, FixedClock
 from mailbot.config import Settings, load_settings
-from mailbot.errors import ConfigError, ImportFileError, MailbotError, NotRetryable
-from mailbot.service import Mailbot, ProcessingFailed, UnknownRequest
+from mailbot.errors import (
+    ConfigError,
+    ImportFileError,
+    MailbotError,
+    NotRetryable,
+    ProcessingFailed,
+    StorageUnavailable,
+    UnknownRequest,
+)
+from mailbot.service import Mailbot
 from mailbot.service.importer import apply_import, read_import_file
 from mailbot.storage import engine as db
 from mailbot.storage import queries
@@ -60,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EX_FAILED)
     except sqlalchemy.exc.OperationalError as exc:
         return _fail(f"database unavailable ({_where(settings)}): {exc.orig}", EX_TEMPFAIL)
+    except StorageUnavailable as exc:
+        return _fail(f"database unavailable ({_where(settings)}): {exc}", EX_TEMPFAIL)
 
 
 def _where(settings: Settings) -> str:
@@ -131,6 +141,7 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
                 _flush_quietly(bot, settings)
     except (
         sqlalchemy.exc.OperationalError,
+        StorageUnavailable,
         db.SchemaOutOfDate,
         db.DatabaseUnavailable,
     ) as exc:
@@ -229,7 +240,7 @@ def _flush_quietly(bot: Mailbot, settings: Settings) -> None:
     """Send what a command just queued; what cannot go now stays queued for later."""
     try:
         bot.flush_outbox(outgoing_transport(settings))
-    except (sqlalchemy.exc.OperationalError, OSError) as exc:
+    except (sqlalchemy.exc.OperationalError, StorageUnavailable, OSError) as exc:
         logging.getLogger(__name__).warning("mail stays queued: %s", exc)
 
 

@@ -84,3 +84,28 @@ class ImportFileError(Exception):
 
 class NotRetryable(Exception):
     """An outbox mail named for a retry is unknown or not dead; the message says which."""
+
+
+class UnknownRequest(LookupError):
+    """An operator named a request that does not exist."""
+
+
+class ProcessingFailed(Exception):
+    """A stored message whose processing failed; it is kept, marked ``failed``."""
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be reached or is locked: nothing was done, try again later.
+
+    The service raises it in place of the database driver's own errors, so that
+    adapters decide what an outage means (a 451, a message left in its folder, a
+    retry) without knowing which database or library is behind the service.
+    """
+
+
+class BacklogStalled(Exception):
+    """Acting on stored mail hit a database error at ``inbound_id``; it stays stored."""
+
+    def __init__(self, inbound_id: int, cause: Exception) -> None:
+        super().__init__(f"message {inbound_id}: {cause}")
+        self.inbound_id = inbound_id

@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy.exc import OperationalError
 
 from mailbot.adapters import outgoing_transport
 from mailbot.adapters.connections import (
@@ -44,8 +43,8 @@ from mailbot.adapters.smtp_in import GroupCommitWriter, InboundHandler, smtp_fac
 from mailbot.adapters.web import create_app
 from mailbot.adapters.web_protocol import WebLimits, limited_protocol
 from mailbot.config import Settings
-from mailbot.service import BacklogStalled, Mailbot
-from mailbot.storage import engine as db
+from mailbot.errors import BacklogStalled, StorageUnavailable
+from mailbot.service import Mailbot
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(pool, partial(function, *args))
 
     async def run(self) -> None:
-        await self._blocking(self.work_thread, db.check_schema, self.bot.engine)
+        await self._blocking(self.work_thread, self.bot.check_schema)
         # Both ports are taken before anything starts, so that one in use is a
         # clean error (uvicorn would exit the process from inside its task).
         web_socket = _bind(self.settings.web.host, self.settings.web.port)
@@ -233,7 +232,7 @@ class Runtime:
                 await asyncio.sleep(QUIET_SECONDS)
             try:
                 await self._blocking(self.work_thread, self.bot.process_inbound, inbound_id)
-            except OperationalError as exc:
+            except StorageUnavailable as exc:
                 log.warning("message %d stays stored, to retry: %s", inbound_id, _first_line(exc))
             except Exception:
                 log.exception("message %d could not be processed", inbound_id)

@@ -17,6 +17,7 @@ from factories import ALICE, CAROL, MailFactory, outbox, seed_world, token_in
 from imapclient import IMAPClient
 from servers import maildir_count, running, wait_for
 
+from mailbot import commands
 from mailbot.adapters.imap_in import ImapReader
 from mailbot.cli import main
 from mailbot.config import ImapSettings
@@ -109,7 +110,7 @@ def test_a_message_that_cannot_be_processed_goes_to_the_failed_folder(
     def broken(*args: object) -> str:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(bot, "_dispatch", broken)
+    monkeypatch.setattr(commands.Help, "handle", broken)
     dovecot_server.deliver(mail(ALICE, "HELP"))
     read_once(bot, dovecot_server)
     assert (count(client, "INBOX"), count(client, "mailbot-failed")) == (0, 1)

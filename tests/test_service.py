@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 from factories import (
     ALICE,
     BILL,
@@ -17,12 +18,14 @@ from factories import (
 )
 from sqlmodel import select
 
+from mailbot import commands
 from mailbot.domain import Channel, Decision
-from mailbot.errors import BadToken, TokenUsed
+from mailbot.errors import BadToken, StorageUnavailable, TokenUsed
 from mailbot.service import Mailbot
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import InboundRow
+from mailbot.tokens import new_token
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -334,3 +337,44 @@ def test_a_new_admin_not_in_good_standing_is_refused(bot: Mailbot, mail: MailFac
     assert error_code(send(bot, mail(ALICE, "CHANGE example.com", f"admin: {DAVE}"))) == (
         "not-in-good-standing"
     )
+
+
+@pytest.mark.parametrize("sender", [BOB, ALICE], ids=["en", "fr"])
+def test_the_help_mail_lists_every_registered_verb(
+    bot: Mailbot, mail: MailFactory, sender: str
+) -> None:
+    """HELP is generated from the registry: each verb's English and French words
+    are in the answer, whichever language it is written in."""
+    mails = send(bot, mail(sender, "HELP"))
+    assert [m.event for m in mails] == ["help"]
+    text = " ".join(mails[0].text.split())
+    for verb in commands.VERBS:
+        for word in verb.words:
+            assert word in text, (verb.name, word)
+
+
+def test_every_registered_word_reaches_its_verb(bot: Mailbot, mail: MailFactory) -> None:
+    """Dispatch is the registry: every word of every verb is understood (whatever
+    the verb then says of a command without its argument); other words are not."""
+    for verb in commands.VERBS:
+        for word in verb.words:
+            outcome = bot.receive(mail(BOB, word.lower()))
+            assert "unknown-command" not in outcome, (word, outcome)
+    assert "unknown-command" in bot.receive(mail(BOB, "FROBNICATE"))
+
+
+def test_a_database_outage_is_the_services_own_error(bot: Mailbot, mail: MailFactory) -> None:
+    """Adapters see StorageUnavailable, never the database driver's errors."""
+    unreachable = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    down = Mailbot(bot.settings, unreachable, bot.clock)
+    try:
+        with pytest.raises(StorageUnavailable):
+            down.receive(mail(BOB, "HELP"))
+        with pytest.raises(StorageUnavailable):
+            down.process_inbound(1)
+        with pytest.raises(StorageUnavailable):
+            down.token_page(new_token())
+        with pytest.raises(StorageUnavailable):
+            down.sweep()
+    finally:
+        unreachable.dispose()

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.imapclient import SocketTimeout
-from sqlalchemy.exc import OperationalError
 
 from mailbot.config import ImapSettings
-from mailbot.service import Mailbot, ProcessingFailed
+from mailbot.errors import ProcessingFailed, StorageUnavailable
+from mailbot.service import Mailbot
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ class ImapReader:
     def _handle(self, client: IMAPClient, uid: int, raw: bytes) -> int:
         try:
             outcome = self.bot.receive(raw, source="imap")
-        except OperationalError as exc:
-            log.warning("IMAP message %d left in place, database unavailable: %s", uid, exc.orig)
+        except StorageUnavailable as exc:
+            log.warning("IMAP message %d left in place, database unavailable: %s", uid, exc)
             return 0
         except ProcessingFailed as exc:
             log.error("IMAP message %d could not be processed: %s", uid, exc)

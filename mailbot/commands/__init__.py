@@ -1,169 +1,60 @@
-"""The email command language: a registry of verbs and the grammar that finds them.
+"""The email command language: one class per verb, the registry, and the grammar
+that finds a mail's command.
 
-A command is the subject, or the first line of the message's new text. Each
-verb is registered once with its French aliases; HELP is generated from the
-registry. Parsing returns plain data; the service decides what it means.
+A verb (``verbs``) declares its English and French words, its HELP line and
+its handler; the registry ``VERBS`` maps words to verbs, so that dispatch is a
+lookup and HELP lists what the registry holds. Handlers call the service
+through the ``UseCases`` Protocol (``base``); nothing here does I/O.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from dataclasses import dataclass
-
-from mailbot.domain import ROLE_WORDS, Decision, Role
-from mailbot.errors import AmbiguousDecision, MalformedRequest, UnknownCommand
-from mailbot.mailparse import strip_subject_prefixes
-
-
-@dataclass(frozen=True)
-class Verb:
-    name: str
-    aliases: tuple[str, ...]
-    arguments: str
-    description: str
-
-
-VERBS: tuple[Verb, ...] = (
-    Verb(
-        "CHANGE",
-        ("CHANGER",),
-        "<service> then lines <role>: <handle or email>",
-        "open a contact change request",
-    ),
-    Verb("ACCEPT", ("ACCEPTER", "VALIDER"), "[token]", "validate a request"),
-    Verb("REFUSE", ("REFUSER",), "[token]", "refuse a request"),
-    Verb("STATUS", ("STATUT",), "<request id>", "where a request stands"),
-    Verb("LIST", ("LISTE", "MES DEMANDES"), "", "your requests"),
-    Verb("CANCEL", ("ANNULER",), "<request id>", "withdraw a pending request"),
-    Verb("RESEND", ("RENVOYER",), "<request id>", "send fresh tokens to those still awaited"),
-    Verb("CONFIRM", ("CONFIRMER",), "<token>", "confirm a CANCEL or RESEND you sent by mail"),
-    Verb("HELP", ("AIDE",), "", "how to use mailbot"),
+from mailbot.commands.base import Command, UseCases, Verb
+from mailbot.commands.grammar import (
+    ChangeCommand,
+    decision_of,
+    find_command,
+    has_command,
+    is_request_id,
+    parse_change,
 )
-FRENCH_WORDS = frozenset(alias for verb in VERBS for alias in verb.aliases)
-_BY_WORD = {word: verb for verb in VERBS for word in (verb.name, *verb.aliases)}
-# Longest first, so that "MES DEMANDES" wins over a shorter word.
-_WORDS = sorted(_BY_WORD, key=len, reverse=True)
-_TAG = re.compile(r"^\s*\[[^\]]{1,40}\]\s*")  # "[EXTERNAL]", "[CR-7K2QX9MD]"
-_GREETING = re.compile(
-    r"^(bonjour|bonsoir|salut|hello|hi|hey|dear|hallo|madame|monsieur|good (morning|afternoon"
-    r"|evening))\b[^.!?:]{0,40}[,!.]?$",
-    re.IGNORECASE,
+from mailbot.commands.verbs import (
+    FRENCH_WORDS,
+    VERBS,
+    Accept,
+    Cancel,
+    Change,
+    Confirm,
+    Help,
+    ListRequests,
+    Refuse,
+    Resend,
+    Status,
+    dispatch,
+    verb_of,
 )
-_ROLE_LINE = re.compile(r"^\s*([^\W\d_][\w-]*)\s*:\s*(\S+)\s*$")
-_REQUEST_ID = re.compile(r"^CR-[0-9A-Z]{8}$")
-_OWN_TAG = re.compile(r"^\s*\[CR-[0-9A-Z]{8}\]")
-"""The tag mailbot's own subjects begin with: a mail that keeps it answers one of them."""
 
-
-@dataclass(frozen=True)
-class Command:
-    verb: str
-    """The canonical English verb, e.g. ``ACCEPT``."""
-    argument: str
-    """The rest of the command line, stripped."""
-    line: str
-    """The command line as written (for error mails)."""
-    french: bool
-
-
-@dataclass(frozen=True)
-class ChangeCommand:
-    service: str
-    wanted: dict[Role, str]
-    """Role -> the handle or email the sender named."""
-
-
-def find_command(subject: str, new_text: str) -> Command:
-    """The command of a mail: its subject, else the first line of its new text.
-
-    A reply or a forward ("Re:", "TR:"..., or mailbot's own ``[CR-...]`` tag
-    kept by a client that adds no prefix) carries the subject of the mail it
-    answers, which may read like a command ("Re: [CR-...] Change request
-    opened for example.com"): there the new text speaks first, and the subject
-    is a command only when the new text holds none. A decision in one place
-    and the opposite decision in another is ambiguous and refused rather than
-    guessed.
-    """
-    answering = strip_subject_prefixes(subject) != subject.strip() or bool(_OWN_TAG.match(subject))
-    in_subject = _command_in(_bare(subject))
-    lines = [line.strip() for line in new_text.splitlines() if line.strip()]
-    if len(lines) > 1 and _GREETING.match(lines[0]) and _command_in(lines[0]) is None:
-        lines = lines[1:]  # "Bonjour," then the command
-    in_body = _command_in(lines[0]) if lines else None
-    command = (in_body or in_subject) if answering else (in_subject or in_body)
-    if command is None:
-        raise UnknownCommand("", line=(lines[0] if lines else subject)[:200])
-    if command.verb in ("ACCEPT", "REFUSE"):
-        _check_single_decision(command, [*([] if answering else [subject]), *lines])
-    return command
-
-
-def _bare(subject: str) -> str:
-    """A subject without reply and forward prefixes, nor tags between them."""
-    while (bare := _TAG.sub("", strip_subject_prefixes(subject))) != subject:
-        subject = bare
-    return subject
-
-
-def has_command(text: str) -> bool:
-    """Whether the first line of ``text`` is a command (a forwarder's own note, say)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return bool(lines) and _command_in(lines[0]) is not None
-
-
-def _command_in(line: str) -> Command | None:
-    folded = _fold(line)
-    for word in _WORDS:
-        if folded == word or folded.startswith(word + " ") or _startswith_punct(folded, word):
-            verb = _BY_WORD[word]
-            argument = line.strip()[len(word) :].strip(" \t:,.!;")
-            return Command(verb.name, argument, line.strip()[:200], word in FRENCH_WORDS)
-    return None
-
-
-def _startswith_punct(folded: str, word: str) -> bool:
-    return folded.startswith(word) and len(folded) > len(word) and folded[len(word)] in ":,.!;"
-
-
-def _fold(text: str) -> str:
-    """Upper-case without accents or repeated spaces, for matching verbs."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return " ".join(plain.upper().split())
-
-
-def _check_single_decision(command: Command, lines: list[str]) -> None:
-    opposite = "REFUSE" if command.verb == "ACCEPT" else "ACCEPT"
-    for line in lines:
-        found = _command_in(_bare(line))
-        if found is not None and found.verb == opposite:
-            raise AmbiguousDecision("", line=line[:200])
-
-
-def decision_of(command: Command) -> Decision:
-    return Decision.ACCEPT if command.verb == "ACCEPT" else Decision.REFUSE
-
-
-def parse_change(command: Command, new_text: str) -> ChangeCommand:
-    """``CHANGE <service>`` plus its ``role: contact`` lines."""
-    service = command.argument.split()[0].lower().rstrip(".") if command.argument else ""
-    if not service or len(command.argument.split()) > 1:
-        raise MalformedRequest("", line=command.line)
-    wanted: dict[Role, str] = {}
-    for line in new_text.splitlines():
-        match = _ROLE_LINE.match(line)
-        if match is None:
-            continue
-        word, target = match.group(1).lower(), match.group(2).strip("<>,;")
-        role = ROLE_WORDS.get(_fold(word).lower())
-        if role is None or role in wanted:
-            raise MalformedRequest("", line=line.strip()[:200], service=service)
-        wanted[role] = target
-    if not wanted:
-        raise MalformedRequest("", service=service, line=command.line)
-    return ChangeCommand(service, wanted)
-
-
-def is_request_id(text: str) -> bool:
-    return bool(_REQUEST_ID.match(text.strip().upper()))
+__all__ = [
+    "FRENCH_WORDS",
+    "VERBS",
+    "Accept",
+    "Cancel",
+    "Change",
+    "ChangeCommand",
+    "Command",
+    "Confirm",
+    "Help",
+    "ListRequests",
+    "Refuse",
+    "Resend",
+    "Status",
+    "UseCases",
+    "Verb",
+    "decision_of",
+    "dispatch",
+    "find_command",
+    "has_command",
+    "is_request_id",
+    "parse_change",
+    "verb_of",
+]

@@ -4,7 +4,6 @@ validation a mail or a token speaks for.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -12,14 +11,10 @@ from sqlmodel import Session
 
 from mailbot import commands, mailparse, tokens, workflow
 from mailbot.domain import Channel, Decision, Request, Validation
-from mailbot.errors import (
-    AmbiguousDecision,
-    BadToken,
-    NotAuthorized,
-    TooManyAttempts,
-)
-from mailbot.service.core import ServiceCore
+from mailbot.errors import AmbiguousDecision, BadToken, NotAuthorized
+from mailbot.service.context import ServiceContext
 from mailbot.service.inbound import ReceivedMail
+from mailbot.service.transitions import Event, Transitions
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import (
@@ -27,8 +22,6 @@ from mailbot.storage.tables import (
     RequestRow,
     ValidationRow,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,13 +41,23 @@ class TokenPage:
         return self.usable and self.validation.held is not None
 
 
-class DecidingCases(ServiceCore):
-    def _decide_by_mail(
-        self, session: Session, message: ReceivedMail, command: commands.Command
+class Deciding:
+    """ACCEPT and REFUSE, by mail or on the link page, and the link page's held
+    decisions and their undo."""
+
+    def __init__(self, context: ServiceContext, transitions: Transitions) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.clock = context.clock
+        self.engine = context.engine
+        self.transitions = transitions
+
+    def by_mail(
+        self, session: Session, message: ReceivedMail, command: commands.Command, decision: Decision
     ) -> str:
-        decision = commands.decision_of(command)
+        """Record the decision of a mail on the validation it speaks for."""
         validation = self._validation_for(session, message, command.argument)
-        request = self._decide(
+        request = self.decide(
             session, validation, decision, Channel.EMAIL, actor=message.sender, message=message
         )
         return f"{decision.value} recorded on {request.id}; request is {request.status.value}"
@@ -95,11 +98,9 @@ class DecidingCases(ServiceCore):
     def _validation_by_tokens(
         self, session: Session, typed: list[str], actor: str
     ) -> ValidationRow:
-        since = self.clock.now() - timedelta(hours=1)
-        if queries.recent_events(session, "error:bad-token", actor, since) >= (
-            self.settings.policy.max_bad_tokens_per_hour
-        ):
-            raise TooManyAttempts("")
+        """The one validation the typed tokens name (words that merely look like
+        a token are skipped); refused to an address that guessed too often."""
+        self.context.check_token_attempts(session, actor)
         found: dict[int | None, ValidationRow] = {}
         last_error = BadToken("")
         for candidate in typed:  # what looks like a token may be words that do not match
@@ -116,6 +117,7 @@ class DecidingCases(ServiceCore):
         return next(iter(found.values()))
 
     def _validation_by_reply(self, session: Session, message: ReceivedMail) -> ValidationRow | None:
+        """By the reply address's key, else by the thread of our mail it answers."""
         for recipient in message.recipients:
             key = mailparse.plus_key(recipient, self.settings.bot.local_part)
             normalised = tokens.normalise_key(key) if key else None
@@ -136,7 +138,7 @@ class DecidingCases(ServiceCore):
         rows = queries.validation_rows(session, sent.request_id)
         return next((v for v in rows if v.contact_id == contact.id), None)
 
-    def _decide(
+    def decide(
         self,
         session: Session,
         validation: ValidationRow,
@@ -146,24 +148,19 @@ class DecidingCases(ServiceCore):
         actor: str,
         message: ReceivedMail | None = None,
     ) -> Request:
-        request_row = queries.request_row(session, validation.request_id, for_update=True)
-        assert request_row is not None
-        session.refresh(validation)
-        contact = session.get(ContactRow, validation.contact_id)
-        assert contact is not None
-        now = self.clock.now()
+        """Record a decision on ``validation``, under the lock of its request."""
+        request_row, contact = self._locked(session, validation)
         transition = workflow.decide(
             queries.request(session, request_row),
             contact=queries.party(contact),
             decision=decision,
             channel=channel,
-            now=now,
+            now=self.clock.now(),
             actor=actor,
         )
         detail = f"forwarded by {message.via}" if message and message.via else ""
-        return self._record_decision(
-            session, request_row, contact, transition, channel, actor, message, detail
-        )
+        events = decision_events(transition, contact, channel, actor, detail)
+        return self.transitions.commit(session, request_row, transition, events, message)
 
     def token_page(self, typed: str) -> TokenPage:
         """What a token's link shows; reads only (mail scanners open every link)."""
@@ -171,6 +168,7 @@ class DecidingCases(ServiceCore):
             return self._page_of(session, self._validation_by_token_only(session, typed))
 
     def _page_of(self, session: Session, validation: ValidationRow) -> TokenPage:
+        """The request and the validation's own state, as the link page shows them."""
         contact = session.get(ContactRow, validation.contact_id)
         request_row = queries.request_row(session, validation.request_id)
         assert contact is not None
@@ -181,6 +179,7 @@ class DecidingCases(ServiceCore):
         return TokenPage(request, own)
 
     def _validation_by_token_only(self, session: Session, typed: str) -> ValidationRow:
+        """The validation a token names, whoever carries it; a replaced token is refused."""
         token = tokens.normalise(typed)
         found = queries.token_by_digest(session, tokens.digest(token)) if token else None
         if found is None:
@@ -199,9 +198,7 @@ class DecidingCases(ServiceCore):
             validation = self._validation_by_token_only(session, typed)
             contact = session.get(ContactRow, validation.contact_id)
             assert contact is not None
-            return self._decide(
-                session, validation, decision, channel, actor=actor or contact.email
-            )
+            return self.decide(session, validation, decision, channel, actor=actor or contact.email)
 
     def hold_with_token(self, typed: str, decision: Decision) -> TokenPage:
         """A decision from the link page, held for ``[web] undo_minutes`` before it counts.
@@ -220,17 +217,14 @@ class DecidingCases(ServiceCore):
                 now=self.clock.now(),
                 window=timedelta(minutes=self.settings.web.undo_minutes),
             )
-            self._save_state(session, request_row, transition.request)
-            self._log(
-                session,
-                request_row.id,
+            held = Event(
                 "decision-held",
                 actor=contact.email,
                 contact_id=contact.id,
-                channel=Channel.WEB.value,
+                channel=Channel.WEB,
                 detail=decision.value,
             )
-            self._carry_out(session, transition.request, transition.effects, None)
+            self.transitions.commit(session, request_row, transition, [held])
             own = transition.request.validation_of(party)
             assert own is not None
             return TokenPage(transition.request, own)
@@ -257,22 +251,44 @@ class DecidingCases(ServiceCore):
             request_row, contact = self._locked(session, validation)
             party = queries.party(contact)
             transition = workflow.undo(queries.request(session, request_row), contact=party)
-            self._save_state(session, request_row, transition.request)
-            self._log(
-                session,
-                request_row.id,
-                "decision-undone",
-                actor=contact.email,
-                contact_id=contact.id,
-                channel=Channel.WEB.value,
+            undone = Event(
+                "decision-undone", actor=contact.email, contact_id=contact.id, channel=Channel.WEB
             )
+            self.transitions.commit(session, request_row, transition, [undone])
             own = transition.request.validation_of(party)
             assert own is not None
             return TokenPage(transition.request, own)
 
     def _validation_by_undo(self, session: Session, typed: str) -> ValidationRow:
+        """The validation an undo link names (its single-use token, by digest)."""
         token = tokens.normalise(typed)
         found = queries.validation_by_undo(session, tokens.digest(token)) if token else None
         if found is None:
             raise BadToken("")
         return found
+
+
+def decision_events(
+    transition: workflow.Transition,
+    contact: ContactRow,
+    channel: Channel,
+    actor: str | None,
+    detail: str = "",
+) -> list[Event]:
+    """What a decision writes in the log: the validation's new status and, when it
+    closed the request, the request's."""
+    request = transition.request
+    decided = request.validation_of(queries.party(contact))
+    assert decided is not None
+    events = [
+        Event(
+            f"validation-{decided.status.value}",
+            actor=actor,
+            contact_id=contact.id,
+            channel=channel,
+            detail=detail,
+        )
+    ]
+    if not request.pending:
+        events.append(Event(f"request-{request.status.value}", actor=actor))
+    return events

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from datetime import timedelta
 
 from sqlmodel import Session
@@ -16,8 +15,9 @@ from mailbot.errors import (
     UnknownContact,
     UnknownService,
 )
-from mailbot.service.core import ServiceCore
+from mailbot.service.context import ServiceContext
 from mailbot.service.inbound import ReceivedMail
+from mailbot.service.transitions import Event, Transitions
 from mailbot.storage import queries
 from mailbot.storage.tables import (
     ContactRow,
@@ -26,36 +26,28 @@ from mailbot.storage.tables import (
     ValidationRow,
 )
 
-log = logging.getLogger(__name__)
 
+class Opening:
+    """CHANGE by mail: who may ask, who the role lines name, and the new request."""
 
-class OpeningCases(ServiceCore):
-    def _open_by_mail(
-        self, session: Session, message: ReceivedMail, command: commands.Command
-    ) -> str:
+    def __init__(self, context: ServiceContext, transitions: Transitions) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.clock = context.clock
+        self.transitions = transitions
+
+    def by_mail(self, session: Session, message: ReceivedMail, command: commands.Command) -> str:
+        """Open the request a CHANGE mail asks for, and ask its validations."""
         change = commands.parse_change(command, message.new_text)
         service_row = queries.service_row(session, change.service, for_update=True)
         if service_row is None:
             raise UnknownService("", service=change.service)
         assert service_row.id is not None
         service = queries.service(session, service_row)
-        requester_contact = queries.contact_by_email(session, message.sender)
-        is_operator = self.settings.is_operator(message.sender)
-        if requester_contact is None and not is_operator:
-            raise NotAuthorized("", service=service.name)
-        requester = (
-            queries.party(requester_contact)
-            if requester_contact is not None
-            else Party(
-                email=message.sender,
-                name=message.sender_name,
-                language=self.settings.bot.language,
-            )
-        )
+        requester, is_operator = self._requester(session, message, service.name)
         wanted = {
             role: self._contact_for(session, target, role) for role, target in change.wanted.items()
         }
-        now = self.clock.now()
         transition = workflow.open_request(
             request_id=self._new_request_id(session),
             service=service,
@@ -63,21 +55,28 @@ class OpeningCases(ServiceCore):
             requester_is_operator=is_operator,
             wanted=wanted,
             pending_roles=queries.pending_roles(session, service_row.id),
-            now=now,
+            now=self.clock.now(),
             ttl=timedelta(days=self.settings.policy.request_ttl_days),
         )
         request = transition.request
-        self._save_new_request(session, request, service_row.id)
-        self._log(
-            session,
-            request.id,
-            "request-opened",
-            actor=message.sender,
-            inbound_id=message.id,
-            detail=_changes_detail(request),
-        )
-        self._carry_out(session, request, transition.effects, message)
+        row = self._save_new_request(session, request, service_row.id)
+        opened = Event("request-opened", actor=message.sender, detail=_changes_detail(request))
+        self.transitions.commit(session, row, transition, [opened], message)
         return f"request {request.id} opened for {service.name}"
+
+    def _requester(
+        self, session: Session, message: ReceivedMail, service: str
+    ) -> tuple[Party, bool]:
+        """The sender, if a contact or an operator may ask at all (the workflow
+        decides what for), and whether they are an operator."""
+        contact = queries.contact_by_email(session, message.sender)
+        is_operator = self.settings.is_operator(message.sender)
+        if contact is not None:
+            return queries.party(contact), is_operator
+        if not is_operator:
+            raise NotAuthorized("", service=service)
+        language = self.settings.bot.language
+        return Party(email=message.sender, name=message.sender_name, language=language), True
 
     def _contact_for(self, session: Session, target: str, role: Role) -> Party:
         """The contact a role line names: a known handle or address, or a new address."""
@@ -100,22 +99,23 @@ class OpeningCases(ServiceCore):
         return queries.party(contact)
 
     def _new_request_id(self, session: Session) -> str:
+        """A random id no stored request has."""
         while True:
             candidate = f"CR-{tokens.new_key(8)}"
             if queries.request_row(session, candidate) is None:
                 return candidate
 
-    def _save_new_request(self, session: Session, request: Request, service_id: int) -> None:
-        session.add(
-            RequestRow(
-                id=request.id,
-                service_id=service_id,
-                requester_email=request.requester.email,
-                requester_id=request.requester.id,
-                created_at=request.created_at,
-                expires_at=request.expires_at,
-            )
+    def _save_new_request(self, session: Session, request: Request, service_id: int) -> RequestRow:
+        """Insert the request, its role changes and its validations."""
+        row = RequestRow(
+            id=request.id,
+            service_id=service_id,
+            requester_email=request.requester.email,
+            requester_id=request.requester.id,
+            created_at=request.created_at,
+            expires_at=request.expires_at,
         )
+        session.add(row)
         session.flush()
         for change in request.changes:
             assert change.outgoing.id is not None
@@ -143,6 +143,7 @@ class OpeningCases(ServiceCore):
                 )
             )
         session.flush()
+        return row
 
 
 def _changes_detail(request: Request) -> str:

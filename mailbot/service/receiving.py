@@ -1,0 +1,240 @@
+"""Received mail, in flow order: store the raw bytes durably, then act on each
+stored message once (parse, ignore or answer, find its command, dispatch it to
+its verb), and the backlog pass that acts on what an outage left stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NoReturn
+
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlmodel import Session
+
+from mailbot import commands, mailparse
+from mailbot.errors import (
+    BacklogStalled,
+    MailbotError,
+    ProcessingFailed,
+    StorageUnavailable,
+    UnknownCommand,
+)
+from mailbot.mailparse import redact
+from mailbot.service.bounces import Bounces
+from mailbot.service.by_mail import MailUseCases
+from mailbot.service.context import OutagesTranslated, ServiceContext, is_outage
+from mailbot.service.inbound import RawMail, ReceivedMail, StoredMail, ignore_reason, speaker
+from mailbot.service.transitions import Event, Transitions
+from mailbot.storage import queries
+from mailbot.storage.engine import transaction
+from mailbot.storage.tables import InboundRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PendingPass:
+    """One pass over stored but unprocessed mail."""
+
+    seen: int
+    last_id: int
+    """The highest id looked at: where the next pass starts."""
+    more: bool
+    """Whether messages above ``last_id`` were waiting too."""
+
+
+class Receiving:
+    """Stores received mail, then acts on it: the way in for SMTP, IMAP and the CLI."""
+
+    def __init__(
+        self,
+        context: ServiceContext,
+        transitions: Transitions,
+        cases: MailUseCases,
+        bounces: Bounces,
+    ) -> None:
+        self.context = context
+        self.transitions = transitions
+        self.cases = cases
+        self.bounces = bounces
+
+    # -- storing ------------------------------------------------------------------
+
+    def store(self, messages: list[RawMail]) -> list[StoredMail]:
+        """Commit several raw messages at once: one durable commit for a whole batch."""
+        try:
+            with transaction(self.context.engine) as session:
+                return self._store_batch(session, messages)
+        except IntegrityError:  # stored at the same instant by another instance
+            if len(messages) == 1:
+                with transaction(self.context.engine) as session:
+                    return self._store_batch(session, messages)
+            return [self.store([m])[0] for m in messages]
+
+    def _store_batch(self, session: Session, messages: list[RawMail]) -> list[StoredMail]:
+        """Add the messages not stored before; a message seen twice is stored once."""
+        results: list[StoredMail] = []
+        known = _stored_before(session, messages)
+        fresh: dict[str, InboundRow] = {}
+        now = self.context.clock.now()
+        for message in messages:
+            key = message.dedup_key
+            existing = fresh.get(key) or known.get(key)
+            if existing is not None:
+                results.append(StoredMail(existing.id or 0, True, existing.status))
+                continue
+            row = message.row(now)
+            session.add(row)
+            fresh[key] = row
+            results.append(StoredMail(0, False, row.status))
+        session.flush()
+        return [
+            StoredMail(fresh[m.dedup_key].id or 0, r.duplicate, r.status) if not r.id else r
+            for m, r in zip(messages, results, strict=True)
+        ]
+
+    # -- acting on stored mail ----------------------------------------------------
+
+    def process_pending(self, after: int, limit: int) -> PendingPass:
+        """Act on up to ``limit`` messages stored but not yet processed (after a
+        crash, an outage, a full disk), those with ids above ``after``, in order.
+
+        A message that fails for good is marked ``failed`` and the pass goes on.
+        A database outage stops the pass with BacklogStalled: the message stays
+        ``received`` and the caller tries again later, from past it, so that a
+        message that keeps failing never holds back the others.
+        """
+        with transaction(self.context.engine) as session:
+            ids = queries.unprocessed_inbound(session, limit + 1, after)
+        for inbound_id in ids[:limit]:
+            try:
+                self.process(inbound_id)
+            except ProcessingFailed:
+                pass  # marked failed, kept for an operator
+            except StorageUnavailable as exc:
+                raise BacklogStalled(inbound_id, exc) from exc
+        last = ids[:limit][-1] if ids else after
+        return PendingPass(len(ids[:limit]), last, len(ids) > limit)
+
+    def process(self, inbound_id: int) -> str:
+        """Act on a stored message once. A database outage raises StorageUnavailable
+        (retry later); any other failure marks the message ``failed``, keeps it,
+        and raises ProcessingFailed so that the adapter can say so."""
+        with OutagesTranslated():  # marking it failed may meet the outage too
+            try:
+                return self._process(inbound_id)
+            except DBAPIError as exc:
+                if is_outage(exc):
+                    raise
+                self._processing_failed(inbound_id, exc)
+            except Exception as exc:
+                self._processing_failed(inbound_id, exc)
+
+    def _processing_failed(self, inbound_id: int, exc: Exception) -> NoReturn:
+        """Mark a message that cannot be processed ``failed``, keep it, and say so."""
+        log.exception("message %d could not be processed", inbound_id)
+        with transaction(self.context.engine) as session:
+            row = session.get(InboundRow, inbound_id)
+            if row is not None and row.status == "received":
+                row.status = "failed"
+                row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
+                row.processed_at = self.context.clock.now()
+                self._scrub(row)
+        raise ProcessingFailed(f"message {inbound_id}: {type(exc).__name__}") from exc
+
+    def _process(self, inbound_id: int) -> str:
+        """Claim the message, act on it and record the outcome, in one transaction."""
+        with transaction(self.context.engine) as session:
+            row = queries.claim_inbound(session, inbound_id)
+            if row is None:
+                return "already processed"
+            status, outcome = self._handle(session, row)
+            row.status = status
+            row.outcome = outcome
+            row.processed_at = self.context.clock.now()
+            self._scrub(row)
+            outcome = row.outcome
+        log.info("message %d (%s): %s", inbound_id, row.message_id or "no Message-ID", outcome)
+        return outcome
+
+    def _scrub(self, row: InboundRow) -> None:
+        """Take tokens and reply keys out of a message once it is processed.
+
+        Processing needs them (a reply key names the validation); afterwards
+        the stored copy, its recipients and its outcome keep ``[redacted]``
+        in their place, whatever the outcome was.
+        """
+        local = self.context.settings.bot.local_part
+        row.raw = redact.raw_message(row.raw, local)
+        row.recipients = redact.addresses(row.recipients, local)
+        if row.envelope_from:
+            row.envelope_from = redact.address(row.envelope_from, local)
+        row.outcome = redact.text(row.outcome, local)
+
+    def _handle(self, session: Session, row: InboundRow) -> tuple[str, str]:
+        """Parse the message and decide: a bounce, mail never acted on, or a command."""
+        assert row.id is not None
+        settings = self.context.settings
+        parsed = mailparse.parse(row.raw)
+        if parsed.bounce is not None:
+            return "processed", self.bounces.record(session, row, parsed, parsed.bounce)
+        if parsed.sender_problem:
+            return "ignored", f"ignored: sender refused: {parsed.sender_problem}"
+        if reason := ignore_reason(parsed, row, settings):
+            return "ignored", f"ignored: {reason}"
+        return self._act(session, speaker(row, parsed, settings))
+
+    def _act(self, session: Session, mail: ReceivedMail) -> tuple[str, str]:
+        """Find the mail's command and hand it to its verb; a failed command is
+        answered with an error mail (unless the sender is forged or had enough)."""
+        command: commands.Command | None = None
+        try:
+            with session.begin_nested():
+                command = self._command_of(session, mail)
+                if mail.forged and not _carries_credential(mail, command):
+                    return "ignored", f"ignored: {command.verb} from {_dmarc_fails(mail)}"
+                return "processed", commands.dispatch(self.cases.bound(session, mail), command)
+        except MailbotError as error:
+            if mail.forged:
+                detail = f"not answered: {mail.authentication.reason}"
+                event = Event(f"error:{error.code}", actor=mail.sender, detail=detail)
+                self.transitions.log(session, None, event, mail.id)
+                return "processed", f"error {error.code}, not answered: {_dmarc_fails(mail)}"
+            if self.cases.replies.reject(session, mail, error, command):
+                return "processed", f"error {error.code} sent to {mail.sender}"
+            return "processed", f"error {error.code}, not answered: rate limit"
+
+    def _command_of(self, session: Session, mail: ReceivedMail) -> commands.Command:
+        """The mail's command; a mail without one sent to a confirmation's reply
+        address confirms it (as replying to a confirmation mail does)."""
+        try:
+            return commands.find_command(mail.subject, mail.new_text)
+        except UnknownCommand:
+            if self.cases.confirming.addressed(session, mail) is None:
+                raise
+            return commands.Command("CONFIRM", "", "", french=False)
+
+
+def _stored_before(session: Session, messages: list[RawMail]) -> dict[str, InboundRow]:
+    """Rows already stored for these messages, by their ``dedup_key``. A row
+    stored by an earlier version under a legacy key counts only if its raw
+    message has the same content key."""
+    keys = [m.dedup_key for m in messages]
+    legacy = {key: m.dedup_key for m in messages for key in m.legacy_keys}
+    known = queries.inbound_by_keys(session, [*keys, *legacy])
+    for key, row in list(known.items()):
+        if key in legacy and RawMail(row.raw).dedup_key == legacy[key]:
+            known[legacy[key]] = row
+    return known
+
+
+def _carries_credential(mail: ReceivedMail, command: commands.Command) -> bool:
+    """Whether a mail whose sender DMARC refutes still carries a token its verb acts on."""
+    typed = bool(mail.tokens or mailparse.find_tokens(command.argument))
+    verb = commands.verb_of(command)
+    return verb.carries_credential(command, typed, bool(mail.quoted_tokens))
+
+
+def _dmarc_fails(mail: ReceivedMail) -> str:
+    return f"{mail.sender}, whose DMARC fails"
