@@ -26,7 +26,16 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import START
-from factories import ALICE, BOB, CAROL, MailFactory, Sent, last_outbox_id, outbox
+from factories import (
+    ALICE,
+    BOB,
+    CAROL,
+    MailFactory,
+    Sent,
+    last_outbox_id,
+    outbox,
+    request_state,
+)
 from starlette.requests import Request
 from webserver import running
 
@@ -37,7 +46,6 @@ from mailbot.config import Settings
 from mailbot.service import Mailbot
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
-from mailbot.views import request_json
 
 MAILBOT = Path(sys.executable).parent / "mailbot"
 WINDOW = timedelta(minutes=10)
@@ -192,13 +200,6 @@ def held_mail(bot: Mailbot, after: int, to: str) -> Sent:
 
 def validation(state: dict[str, Any], email: str) -> dict[str, Any]:
     return next(v for v in state["validations"] if v["email"] == email)
-
-
-def request_state(bot: Mailbot, request_id: str) -> dict[str, Any]:
-    with transaction(bot.engine) as session:
-        row = queries.request_row(session, request_id)
-        assert row is not None
-        return request_json(session, row)
 
 
 @contextmanager

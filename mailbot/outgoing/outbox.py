@@ -30,8 +30,9 @@ from typing import Protocol
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from mailbot.domain import Delivery, OutboxStatus
 from mailbot.errors import NotRetryable
-from mailbot.storage import queries
+from mailbot.storage import mail_queries
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import OutboxRow, ValidationRow
 
@@ -148,13 +149,13 @@ def flush(
 def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
     with transaction(engine) as session:
         claims = []
-        for row in queries.due_outbox(session, now, limit):
+        for row in mail_queries.due_outbox(session, now, limit):
             assert row.id is not None
-            row.status = "sending"
+            row.status = OutboxStatus.SENDING
             row.attempts += 1
             row.next_attempt_at = now + LEASE
             if row.payload is None:  # sent just before a crash, and already scrubbed
-                row.status = "sent"
+                row.status = OutboxStatus.SENT
                 continue
             claims.append(_Claim(row.id, row.envelope_from, row.to_email, row.payload))
         return claims
@@ -163,9 +164,9 @@ def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
 def _release(engine: Engine, ids: list[int], now: datetime) -> None:
     """Hand back claims that were not tried: due at once, the attempt not counted."""
     with transaction(engine) as session:
-        for row in queries.outbox_rows(session, ids):
-            if row.status == "sending":
-                row.status = "queued"
+        for row in mail_queries.outbox_rows(session, ids):
+            if row.status == OutboxStatus.SENDING:
+                row.status = OutboxStatus.QUEUED
                 row.attempts = max(row.attempts - 1, 0)
                 row.next_attempt_at = now
 
@@ -199,12 +200,12 @@ def _sent(engine: Engine, row_id: int, now: datetime) -> None:
     with transaction(engine) as session:
         row = session.get(OutboxRow, row_id)
         assert row is not None
-        row.status = "sent"
+        row.status = OutboxStatus.SENT
         row.sent_at = now
         row.last_error = None
         if row.carries_secret:
             row.payload = None
-        _set_delivery(session, row, "sent")
+        _set_delivery(session, row, Delivery.SENT)
         log.info("sent %s to %s (request %s)", row.event, row.to_email, row.request_id or "-")
 
 
@@ -225,10 +226,10 @@ def _failed(
         worn_out = policy.max_attempts is not None and row.attempts >= policy.max_attempts
         dead = permanent or worn_out or now >= give_up_at
         if dead:
-            row.status = "dead"
-            _set_delivery(session, row, "failed")
+            row.status = OutboxStatus.DEAD
+            _set_delivery(session, row, Delivery.FAILED)
         else:
-            row.status = "queued"
+            row.status = OutboxStatus.QUEUED
             wait = backoff(row.attempts, cap=policy.max_backoff)
             row.next_attempt_at = min(now + wait, give_up_at)
         log.warning(
@@ -242,11 +243,11 @@ def _failed(
     return "dead" if dead else "retry"
 
 
-def _set_delivery(session: Session, row: OutboxRow, delivery: str) -> None:
+def _set_delivery(session: Session, row: OutboxRow, delivery: Delivery) -> None:
     if row.validation_id is None:
         return
     validation = session.get(ValidationRow, row.validation_id)
-    if validation is not None and validation.delivery != "failed":
+    if validation is not None and validation.delivery != Delivery.FAILED:
         validation.delivery = delivery
 
 
@@ -254,18 +255,22 @@ def requeue(engine: Engine, ids: list[int] | None, now: datetime) -> list[Outbox
     """Queue dead mail again (``ids``, or every dead row when None) for a fresh
     queue lifetime, due now; returns the rows requeued."""
     with transaction(engine) as session:
-        rows = queries.dead_outbox(session) if ids is None else queries.outbox_rows(session, ids)
+        rows = (
+            mail_queries.dead_outbox(session)
+            if ids is None
+            else mail_queries.outbox_rows(session, ids)
+        )
         if ids is not None:
             _check_dead(ids, rows)
-        requeued = [row for row in rows if row.status == "dead"]
+        requeued = [row for row in rows if row.status == OutboxStatus.DEAD]
         for row in requeued:
-            row.status = "queued"
+            row.status = OutboxStatus.QUEUED
             row.attempts = 0
             row.queued_at = now
             row.next_attempt_at = now
             validation = session.get(ValidationRow, row.validation_id or 0)
-            if validation is not None and validation.delivery == "failed":
-                validation.delivery = "queued"
+            if validation is not None and validation.delivery == Delivery.FAILED:
+                validation.delivery = Delivery.QUEUED
         return requeued
 
 
@@ -275,14 +280,14 @@ def _check_dead(ids: list[int], rows: list[OutboxRow]) -> None:
     for row_id in ids:
         if row_id not in found:
             raise NotRetryable(f"no mail {row_id} in the outbox")
-        if found[row_id].status != "dead":
+        if found[row_id].status != OutboxStatus.DEAD:
             raise NotRetryable(f"mail {row_id} is {found[row_id].status}, not dead")
 
 
 def hurry(engine: Engine, now: datetime) -> int:
     """Make every mail waiting in backoff due now; returns how many."""
     with transaction(engine) as session:
-        waiting = queries.waiting_outbox(session, now)
+        waiting = mail_queries.waiting_outbox(session, now)
         for row in waiting:
             row.next_attempt_at = now
         return len(waiting)

@@ -20,6 +20,7 @@ from sqlmodel import Session
 from mailbot import commands, mailparse, tokens
 from mailbot.clock import Clock
 from mailbot.config import Settings
+from mailbot.domain import Delivery, InboundStatus
 from mailbot.errors import (
     MailbotError,
     UnknownCommand,
@@ -33,7 +34,7 @@ from mailbot.service.deciding import DecidingCases, TokenPage
 from mailbot.service.inbound import RawMail, ReceivedMail, StoredMail, ignore_reason, speaker
 from mailbot.service.lifecycle import LifecycleCases, SweepReport, UnknownRequest
 from mailbot.service.opening import OpeningCases
-from mailbot.storage import queries
+from mailbot.storage import mail_queries, queries
 from mailbot.storage.engine import make_engine, transaction
 from mailbot.storage.tables import (
     ContactRow,
@@ -97,7 +98,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         stored = self.store_inbound(
             raw, source=source, recipients=recipients, envelope_from=envelope_from
         )
-        if stored.duplicate and stored.status != "received":
+        if stored.duplicate and stored.status != InboundStatus.RECEIVED:
             return f"duplicate of message {stored.id}: nothing to do"
         return self.process_inbound(stored.id)
 
@@ -151,7 +152,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         message has the same content key."""
         keys = [m.dedup_key for m in messages]
         legacy = {key: m.dedup_key for m in messages for key in m.legacy_keys}
-        known = queries.inbound_by_keys(session, [*keys, *legacy])
+        known = mail_queries.inbound_by_keys(session, [*keys, *legacy])
         for key, row in list(known.items()):
             if key in legacy and RawMail(row.raw).dedup_key == legacy[key]:
                 known[legacy[key]] = row
@@ -167,7 +168,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         message that keeps failing never holds back the others.
         """
         with transaction(self.engine) as session:
-            ids = queries.unprocessed_inbound(session, limit + 1, after)
+            ids = mail_queries.unprocessed_inbound(session, limit + 1, after)
         for inbound_id in ids[:limit]:
             try:
                 self.process_inbound(inbound_id)
@@ -198,8 +199,8 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         log.exception("message %d could not be processed", inbound_id)
         with transaction(self.engine) as session:
             row = session.get(InboundRow, inbound_id)
-            if row is not None and row.status == "received":
-                row.status = "failed"
+            if row is not None and row.status == InboundStatus.RECEIVED:
+                row.status = InboundStatus.FAILED
                 row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
                 row.processed_at = self.clock.now()
                 self._scrub(row)
@@ -207,7 +208,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
 
     def _process_inbound(self, inbound_id: int) -> str:
         with transaction(self.engine) as session:
-            row = queries.claim_inbound(session, inbound_id)
+            row = mail_queries.claim_inbound(session, inbound_id)
             if row is None:
                 return "already processed"
             status, outcome = self._handle(session, row)
@@ -233,23 +234,26 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
             row.envelope_from = redact.address(row.envelope_from, local)
         row.outcome = redact.text(row.outcome, local)
 
-    def _handle(self, session: Session, row: InboundRow) -> tuple[str, str]:
+    def _handle(self, session: Session, row: InboundRow) -> tuple[InboundStatus, str]:
         assert row.id is not None
         parsed = mailparse.parse(row.raw)
         if parsed.bounce is not None:
-            return "processed", self._record_bounce(session, row, parsed, parsed.bounce)
+            return InboundStatus.PROCESSED, self._record_bounce(session, row, parsed, parsed.bounce)
         if parsed.sender_problem:
-            return "ignored", f"ignored: sender refused: {parsed.sender_problem}"
+            return InboundStatus.IGNORED, f"ignored: sender refused: {parsed.sender_problem}"
         if reason := ignore_reason(parsed, row, self.settings):
-            return "ignored", f"ignored: {reason}"
+            return InboundStatus.IGNORED, f"ignored: {reason}"
         message = speaker(row, parsed, self.settings)
         command: commands.Command | None = None
         try:
             with session.begin_nested():
                 command = self._command_of(session, message)
                 if message.forged and not _carries_token(message, command):
-                    return "ignored", f"ignored: {command.verb} from {_dmarc_fails(message)}"
-                return "processed", self._dispatch(session, message, command)
+                    return (
+                        InboundStatus.IGNORED,
+                        f"ignored: {command.verb} from {_dmarc_fails(message)}",
+                    )
+                return InboundStatus.PROCESSED, self._dispatch(session, message, command)
         except MailbotError as error:
             if message.forged:
                 self._log(
@@ -260,10 +264,13 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
                     inbound_id=message.id,
                     detail=f"not answered: {message.authentication.reason}",
                 )
-                return "processed", f"error {error.code}, not answered: {_dmarc_fails(message)}"
+                return (
+                    InboundStatus.PROCESSED,
+                    f"error {error.code}, not answered: {_dmarc_fails(message)}",
+                )
             if self._reject(session, message, error, command):
-                return "processed", f"error {error.code} sent to {message.sender}"
-            return "processed", f"error {error.code}, not answered: rate limit"
+                return InboundStatus.PROCESSED, f"error {error.code} sent to {message.sender}"
+            return InboundStatus.PROCESSED, f"error {error.code}, not answered: rate limit"
 
     def _command_of(self, session: Session, message: ReceivedMail) -> commands.Command:
         """The mail's command; a mail without one sent to a confirmation's reply
@@ -290,9 +297,9 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
         if sent is None:
             return "bounce ignored: not for a mail of ours"
         validation = session.get(ValidationRow, sent.validation_id) if sent.validation_id else None
-        if validation is None or validation.delivery == "failed":
+        if validation is None or validation.delivery == Delivery.FAILED:
             return f"bounce of {sent.event} to {sent.to_email} noted"
-        validation.delivery = "failed"
+        validation.delivery = Delivery.FAILED
         request_row = queries.request_row(session, validation.request_id)
         contact = session.get(ContactRow, validation.contact_id)
         assert request_row is not None
@@ -388,7 +395,7 @@ class Mailbot(OpeningCases, DecidingCases, LifecycleCases):
     def inbound_counts(self) -> dict[str, int]:
         """Stored messages by status; ``received`` is the backlog not yet acted on."""
         with transaction(self.engine) as session:
-            return queries.inbound_counts(session)
+            return mail_queries.inbound_counts(session)
 
     def health(self) -> str | None:
         """Why mail cannot be taken now, or None when it can (``/healthz``)."""

@@ -16,11 +16,14 @@ from mailbot.clock import Clock, SystemClock
 from mailbot.config import Settings
 from mailbot.domain import Channel, Party, Request
 from mailbot.errors import (
+    BadToken,
     MailbotError,
 )
 from mailbot.mailparse import redact
 from mailbot.outgoing.mailer import Mailer, OutgoingMail
 from mailbot.service.inbound import ReceivedMail
+from mailbot.service.limits import RateLimits
+from mailbot.service.reporting import Reporting
 from mailbot.storage import queries
 from mailbot.storage.tables import (
     ContactRow,
@@ -43,6 +46,8 @@ class ServiceCore:
         self.engine = engine
         self.clock = clock or SystemClock()
         self.mailer = Mailer(settings, self.clock)
+        self.limits = RateLimits(settings.policy, engine, self.clock)
+        self.reports = Reporting(settings, engine, self.clock)
         self.renderer = self.mailer.renderer
         self.on_mail_queued = self.mailer.on_mail_queued
         """Called after a commit that queued mail (``serve`` flushes the outbox then)."""
@@ -291,6 +296,8 @@ class ServiceCore:
         inbound_id: int | None = None,
         detail: str = "",
     ) -> None:
+        if kind == f"error:{BadToken.code}" and actor:
+            self.limits.bad_tokens.record(session, actor, self.clock.now())
         session.add(
             EventRow(
                 at=self.clock.now(),

@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlmodel import Session
 
 from mailbot import commands, mailparse, tokens, workflow
-from mailbot.domain import Channel, Decision, Request, Validation
+from mailbot.domain import Channel, Decision, Request, Validation, ValidationStatus
 from mailbot.errors import (
     AmbiguousDecision,
     BadToken,
@@ -95,10 +95,7 @@ class DecidingCases(ServiceCore):
     def _validation_by_tokens(
         self, session: Session, typed: list[str], actor: str
     ) -> ValidationRow:
-        since = self.clock.now() - timedelta(hours=1)
-        if queries.recent_events(session, "error:bad-token", actor, since) >= (
-            self.settings.policy.max_bad_tokens_per_hour
-        ):
+        if not self.limits.bad_tokens.allows(session, actor, self.clock.now()):
             raise TooManyAttempts("")
         found: dict[int | None, ValidationRow] = {}
         last_error = BadToken("")
@@ -187,7 +184,7 @@ class DecidingCases(ServiceCore):
             raise BadToken("")
         validation = session.get(ValidationRow, found.validation_id)
         assert validation is not None
-        if found.used_at is not None and validation.status == "pending":
+        if found.used_at is not None and validation.status == ValidationStatus.PENDING:
             raise BadToken("this token was replaced by a newer one: use the latest email")
         return validation
 

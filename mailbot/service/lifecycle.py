@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 
 LIST_LIMIT = 50
-RESEND_INTERVAL = timedelta(hours=1)
 CONFIRMATION_TTL = timedelta(days=2)
 """How long a CANCEL or RESEND by mail waits for its sender's address to confirm it."""
 OPERATOR_ACTOR = "operator@cli"
@@ -159,11 +158,11 @@ class LifecycleCases(ServiceCore):
         how: str = "",
     ) -> str:
         by, operator = actor
-        since = self.clock.now() - RESEND_INTERVAL
-        if queries.recent_request_events(session, row.id, "tokens-resent", since):
+        if not self.limits.resends.allows(session, row.id, self.clock.now()):
             raise TooManyAttempts("tokens were resent less than an hour ago", request=row.id)
         request = queries.request(session, row)
         transition = workflow.resend(request, by=by, by_operator=operator)
+        self.limits.resends.record(session, row.id, self.clock.now())
         self._log(
             session,
             row.id,
@@ -324,9 +323,7 @@ class LifecycleCases(ServiceCore):
         return None
 
     def _check_token_attempts(self, session: Session, actor: str) -> None:
-        since = self.clock.now() - timedelta(hours=1)
-        limit = self.settings.policy.max_bad_tokens_per_hour
-        if queries.recent_events(session, "error:bad-token", actor, since) >= limit:
+        if not self.limits.bad_tokens.allows(session, actor, self.clock.now()):
             raise TooManyAttempts("")
 
     def cancel_request(self, request_id: str) -> Request:
@@ -368,6 +365,7 @@ class LifecycleCases(ServiceCore):
         reminded = sum(
             self._remind(request_id, now) for request_id in self._due(queries.due_reminders, now)
         )
+        self.limits.forget(now)
         return SweepReport(expired=expired, reminded=reminded, applied=applied)
 
     def _due(self, query: Any, now: datetime) -> list[str]:
