@@ -934,6 +934,33 @@ def test_guessing_tokens_is_throttled_per_address(
     assert client.get(f"/v/{tokens.new_token()}").status_code == 404
 
 
+def test_two_instances_on_one_database_share_the_guess_limit(
+    bot: Mailbot, settings: Settings, clock: FixedClock, client: httpx.Client
+) -> None:
+    """As two processes would: two services with two engines, each serving its own app."""
+    other = Mailbot.from_settings(settings, clock)
+    try:
+        with (
+            running(create_app(other)) as base,
+            httpx.Client(base_url=base, timeout=10) as second,
+        ):
+            assert second.get(f"/v/{tokens.new_token()}").status_code == 404
+            for _ in range(19):
+                assert client.get(f"/v/{tokens.new_token()}").status_code == 404
+                clock.at += timedelta(seconds=1)
+            # The limit, reached through the first instance, holds on the second.
+            assert_clean_page(second.get(f"/v/{tokens.new_token()}"), 429)
+            assert_clean_page(client.get(f"/v/{tokens.new_token()}"), 429)
+            refused = second.post(f"/u/{tokens.new_token()}", data={"confirm": "undo"})
+            assert_clean_page(refused, 429)
+            assert 0 < int(refused.headers["retry-after"]) <= 600
+
+            clock.at += timedelta(minutes=10)
+            assert second.get(f"/v/{tokens.new_token()}").status_code == 404
+    finally:
+        other.engine.dispose()
+
+
 @pytest.mark.parametrize(
     ("host", "counted_as"),
     [
