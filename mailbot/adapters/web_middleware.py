@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mailbot.adapters.web")  # the link page logs under one name
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",

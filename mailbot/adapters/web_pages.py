@@ -15,7 +15,7 @@ from mailbot.outgoing.render import LANGUAGES
 from mailbot.service import Mailbot, TokenPage
 from mailbot.views import RequestView
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mailbot.adapters.web")  # the link page logs under one name
 
 
 class Pages:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Protocol
 
 from sqlalchemy.engine import Engine
@@ -61,6 +62,14 @@ class Transport(Protocol):
     flush calls when it is done."""
 
     def send(self, envelope_from: str, recipient: str, payload: bytes) -> None: ...
+
+
+class Attempt(StrEnum):
+    """What came of one try at sending a mail."""
+
+    SENT = "sent"
+    RETRY = "retry"
+    DEAD = "dead"
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,7 @@ def flush(
     """Send every due mail once; return what happened. ``keep_going`` is asked
     before each mail: once it says no, the mail in flight finishes and the
     claims not yet sent are released for the next flush."""
-    counts = {"sent": 0, "retry": 0, "dead": 0}
+    counts = dict.fromkeys(Attempt, 0)
     try:
         while limit > 0 and keep_going():
             claims = _claim(engine, clock(), min(BATCH, limit))
@@ -143,7 +152,7 @@ def flush(
         close = getattr(transport, "close", None)
         if callable(close):
             close()
-    return FlushReport(counts["sent"], counts["retry"], counts["dead"])
+    return FlushReport(counts[Attempt.SENT], counts[Attempt.RETRY], counts[Attempt.DEAD])
 
 
 def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
@@ -177,7 +186,7 @@ def _send_one(
     claim: _Claim,
     clock: Callable[[], datetime],
     policy: RetryPolicy,
-) -> str:
+) -> Attempt:
     """Try one mail; whatever happens, its row leaves ``sending`` in a commit of its own."""
     problem = address_problem(claim.recipient) or address_problem(claim.envelope_from)
     try:
@@ -193,7 +202,7 @@ def _send_one(
         error = str(exc) if isinstance(exc, TemporaryFailure) else f"{type(exc).__name__}: {exc}"
         return _failed(engine, claim.id, error, clock(), policy, permanent=False)
     _sent(engine, claim.id, clock())
-    return "sent"
+    return Attempt.SENT
 
 
 def _sent(engine: Engine, row_id: int, now: datetime) -> None:
@@ -217,7 +226,7 @@ def _failed(
     policy: RetryPolicy,
     *,
     permanent: bool,
-) -> str:
+) -> Attempt:
     with transaction(engine) as session:
         row = session.get(OutboxRow, row_id)
         assert row is not None
@@ -240,7 +249,7 @@ def _failed(
             row.attempts,
             error,
         )
-    return "dead" if dead else "retry"
+    return Attempt.DEAD if dead else Attempt.RETRY
 
 
 def _set_delivery(session: Session, row: OutboxRow, delivery: Delivery) -> None:
