@@ -99,6 +99,7 @@ def test_the_walk_sees_every_package() -> None:
         "service",
         "storage",
         "templates",  # data: the mails and pages
+        "web",  # adapters/web: the link page
     }
 
 

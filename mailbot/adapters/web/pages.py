@@ -9,8 +9,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from mailbot.adapters.web_checks import Nonces
-from mailbot.adapters.web_middleware import FALLBACK_500
+from mailbot.adapters.web.checks import Nonces
+from mailbot.adapters.web.middleware import FALLBACK_500
 from mailbot.outgoing.render import LANGUAGES
 from mailbot.service import Mailbot, TokenPage
 from mailbot.views import RequestView
