@@ -60,9 +60,29 @@ class Channel(StrEnum):
 
 
 class Delivery(StrEnum):
+    """Whether a validation's mail reached its contact, as far as mailbot knows."""
+
     QUEUED = "queued"
     SENT = "sent"
     FAILED = "failed"
+
+
+class InboundStatus(StrEnum):
+    """Where a stored received mail stands; ``received`` is the backlog not yet acted on."""
+
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    FAILED = "failed"
+
+
+class OutboxStatus(StrEnum):
+    """Where a queued mail stands; ``sending`` is a claim held by one sender."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEAD = "dead"
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from mailbot.adapters.connections import (
 from mailbot.adapters.imap_in import ImapReader
 from mailbot.adapters.smtp_in import GroupCommitWriter, InboundHandler, smtp_factory
 from mailbot.adapters.web import create_app
-from mailbot.adapters.web_protocol import WebLimits, limited_protocol
+from mailbot.adapters.web.protocol import WebLimits, limited_protocol
 from mailbot.config import Settings
 from mailbot.errors import BacklogStalled, StorageUnavailable
 from mailbot.service import Mailbot

@@ -1,16 +1,20 @@
-"""Read-only views of requests and services: for templates and for the CLI's JSON."""
+"""Read-only views of requests and services: for templates and for the CLI's JSON.
+
+The JSON shapes are pinned by DESIGN.md; the values come from the service's
+read side (``mailbot.service.reporting``), and nothing here reads the database.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session
+from mailbot.domain import Party, Request, RoleChange, Service, Validation
 
-from mailbot.domain import Party, Request, RoleChange, Validation
-from mailbot.storage import queries
-from mailbot.storage.tables import InboundRow, OutboxRow, RequestRow, ServiceRow
+if TYPE_CHECKING:  # the service imports this module: no import back at run time
+    from mailbot.service.reporting import InboundEntry, LoggedEvent, OutboxEntry, RequestReport
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def request_json(session: Session, row: RequestRow, *, events: bool = True) -> dict[str, Any]:
-    request = queries.request(session, row)
+def request_json(request: Request, events: Sequence[LoggedEvent] | None = None) -> dict[str, Any]:
+    """A request as ``requests list --json`` shows it; with ``events``, as ``requests show``."""
     data: dict[str, Any] = {
         "id": request.id,
         "service": request.service.name,
@@ -63,68 +67,73 @@ def request_json(session: Session, row: RequestRow, *, events: bool = True) -> d
             {"role": c.role.value, "from": c.outgoing.email, "to": c.incoming.email}
             for c in request.changes
         ],
-        "validations": [
-            {
-                "email": v.contact.email,
-                "side": v.side.value,
-                "status": v.status.value,
-                "channel": v.channel.value if v.channel else None,
-                "decided_at": _iso(v.decided_at),
-                "delivery": v.delivery.value,
-                "actor": v.actor,
-                "held": v.held.value if v.held else None,
-                "held_until": _iso(v.held_until),
-            }
-            for v in request.validations
-        ],
+        "validations": [_validation_json(v) for v in request.validations],
         "created_at": _iso(request.created_at),
         "expires_at": _iso(request.expires_at),
         "closed_at": _iso(request.closed_at),
     }
-    if events:
+    if events is not None:
         data["events"] = [
             {
                 "at": _iso(e.at),
                 "kind": e.kind,
-                "actor": e.actor_email,
+                "actor": e.actor,
                 "channel": e.channel,
                 "detail": e.detail,
             }
-            for e in queries.events(session, row.id)
+            for e in events
         ]
     return data
 
 
-def inbound_json(row: InboundRow) -> dict[str, Any]:
+def report_json(report: RequestReport) -> dict[str, Any]:
+    """A request with its event log (``requests show --json``)."""
+    return request_json(report.request, report.events)
+
+
+def _validation_json(v: Validation) -> dict[str, Any]:
     return {
-        "id": row.id,
-        "status": row.status,
-        "source": row.source,
-        "message_id": row.message_id,
-        "envelope_from": row.envelope_from,
-        "received_at": row.received_at.isoformat(),
-        "processed_at": row.processed_at.isoformat() if row.processed_at else None,
-        "outcome": row.outcome,
+        "email": v.contact.email,
+        "side": v.side.value,
+        "status": v.status.value,
+        "channel": v.channel.value if v.channel else None,
+        "decided_at": _iso(v.decided_at),
+        "delivery": v.delivery.value,
+        "actor": v.actor,
+        "held": v.held.value if v.held else None,
+        "held_until": _iso(v.held_until),
     }
 
 
-def outbox_json(row: OutboxRow) -> dict[str, Any]:
+def inbound_json(entry: InboundEntry) -> dict[str, Any]:
     return {
-        "id": row.id,
-        "status": row.status,
-        "event": row.event,
-        "to": row.to_email,
-        "request": row.request_id,
-        "message_id": row.message_id,
-        "attempts": row.attempts,
-        "next_attempt_at": _iso(row.next_attempt_at),
-        "sent_at": _iso(row.sent_at),
-        "last_error": row.last_error,
+        "id": entry.id,
+        "status": entry.status.value,
+        "source": entry.source,
+        "message_id": entry.message_id,
+        "envelope_from": entry.envelope_from,
+        "received_at": entry.received_at.isoformat(),
+        "processed_at": _iso(entry.processed_at),
+        "outcome": entry.outcome,
     }
 
 
-def service_json(session: Session, row: ServiceRow) -> dict[str, Any]:
-    service = queries.service(session, row)
+def outbox_json(entry: OutboxEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "status": entry.status.value,
+        "event": entry.event,
+        "to": entry.to,
+        "request": entry.request,
+        "message_id": entry.message_id,
+        "attempts": entry.attempts,
+        "next_attempt_at": _iso(entry.next_attempt_at),
+        "sent_at": _iso(entry.sent_at),
+        "last_error": entry.last_error,
+    }
+
+
+def service_json(service: Service) -> dict[str, Any]:
     return {
         "name": service.name,
         "kind": service.kind,

@@ -19,6 +19,7 @@ from mailbot.service import Mailbot
 from mailbot.service.importer import ImportFile, apply_import
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import OutboxRow
+from mailbot.views import report_json
 
 ALICE = "alice@example.com"  # admin of example.com, French speaker
 BOB = "bob@example.com"  # tech contact of example.com
@@ -139,6 +140,13 @@ class Sent:
         assert self.message is not None
         value = self.message[name]
         return None if value is None else str(value)
+
+
+def request_state(bot: Mailbot, request_id: str) -> dict[str, Any]:
+    """A request as ``mailbot requests show --json`` prints it, read through the service."""
+    report = bot.reports.request(request_id)
+    assert report is not None, request_id
+    return report_json(report)
 
 
 def outbox(bot: Mailbot, *, after: int = 0) -> list[Sent]:

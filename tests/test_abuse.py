@@ -19,6 +19,7 @@ from factories import (
     dmarc,
     maildir_messages,
     outbox,
+    request_state,
     send,
     token_in,
 )
@@ -30,7 +31,6 @@ from mailbot.service import Mailbot
 from mailbot.service.importer import ImportFile, apply_import
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
-from mailbot.views import request_json
 
 VICTIM = "victim@victim.test"
 SPAM = "CHEAP PILLS http://pills.example/buy"
@@ -73,10 +73,7 @@ def test_change_and_cancel_cycles_mail_a_stranger_at_most_three_times(
         len([m for m in to(delivered, ALICE) if m["X-Mailbot-Event"] == "request-cancelled"]) == 30
     )
     # What was held back is in the event log of the request it belonged to.
-    with transaction(bot.engine) as session:
-        row = queries.request_row(session, ids[-1])
-        assert row is not None
-        events = request_json(session, row)["events"]
+    events = request_state(bot, ids[-1])["events"]
     held = [e for e in events if e["kind"] == "mail-held"]
     assert held
     assert all(VICTIM in str(e) for e in held)
@@ -247,10 +244,8 @@ def test_a_reply_to_the_request_opened_mail_is_read_from_its_new_text(
         in_reply_to=opened.header("Message-ID"),
     )
     answers = send(bot, reply)
-    with transaction(bot.engine) as session:
-        row = queries.request_row(session, opened_request(mails))
-        assert row is not None
-        validations = {v["email"]: v["status"] for v in request_json(session, row)["validations"]}
+    state = request_state(bot, opened_request(mails))
+    validations = {v["email"]: v["status"] for v in state["validations"]}
     expected = "refused" if word.upper().startswith("REF") else "accepted"
     assert validations[opened.to] == expected
     assert "error" not in [m.event for m in answers]

@@ -20,16 +20,22 @@ from typing import Any
 
 import pytest
 from conftest import START, free_port, make_settings
-from factories import ALICE, CAROL, MailFactory, Sent, last_outbox_id, outbox, seed_world
+from factories import (
+    ALICE,
+    CAROL,
+    MailFactory,
+    Sent,
+    last_outbox_id,
+    outbox,
+    request_state,
+    seed_world,
+)
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from webserver import running
 
 from mailbot.adapters.web import create_app
 from mailbot.clock import FixedClock
 from mailbot.service import Mailbot
-from mailbot.storage import queries
-from mailbot.storage.engine import transaction
-from mailbot.views import request_json
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -92,10 +98,7 @@ def link_in(sent: Sent, base: str, kind: str) -> str:
 
 
 def carols(bot: Mailbot, request_id: str) -> dict[str, Any]:
-    with transaction(bot.engine) as session:
-        row = queries.request_row(session, request_id)
-        assert row is not None
-        validations = request_json(session, row)["validations"]
+    validations = request_state(bot, request_id)["validations"]
     return next(v for v in validations if v["email"] == CAROL)
 
 

@@ -6,10 +6,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
 from conftest import free_port
 from factories import ALICE, BOB, CAROL, STRANGER, WORLD, MailFactory
 
@@ -330,3 +334,31 @@ def test_outbox_list_shows_sent_and_dead_mail_with_the_last_error(
     text = ready("outbox", "list").out
     assert "dead" in text
     assert "last error" in text
+
+
+def test_init_upgrades_a_database_of_the_previous_version(
+    ready: Run, tmp_path: Path, database_url: str
+) -> None:
+    """A database left at the schema before rate limits moved into it keeps its
+    requests through ``mailbot init``, and the limits hold afterwards."""
+    process(ready, tmp_path, MailFactory()(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    (request,) = ready("requests", "list", "--json").json()
+    engine = sa.create_engine(database_url)
+    try:
+        with as_file(files("mailbot.migrations")) as migrations:
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(migrations))
+            config.set_main_option("sqlalchemy.url", database_url)
+            config.attributes["engine"] = engine
+            alembic_command.downgrade(config, "0006")
+    finally:
+        engine.dispose()
+    behind = ready("requests", "list")
+    assert (behind.code, "mailbot init" in behind.err) == (1, True)
+
+    upgraded = ready("init")
+    assert upgraded.code == 0
+    assert "schema revision 0007" in upgraded.out
+    assert ready("requests", "show", request["id"], "--json").json()["id"] == request["id"]
+    assert ready("requests", "resend", request["id"]).code == 0
+    assert ready("requests", "resend", request["id"]).code == 1  # once an hour

@@ -14,15 +14,13 @@ from factories import (
     STRANGER,
     MailFactory,
     Sent,
+    request_state,
     send,
     token_in,
 )
 
 from mailbot.config import Settings
 from mailbot.service import Mailbot
-from mailbot.storage import queries
-from mailbot.storage.engine import transaction
-from mailbot.views import request_json
 
 pytestmark = pytest.mark.usefixtures("world")
 AGENCY_BOX = "desk@agency.test"
@@ -42,10 +40,7 @@ def opened(bot: Mailbot, mail: MailFactory) -> tuple[str, dict[str, Sent]]:
 
 
 def validation(bot: Mailbot, request_id: str, email: str) -> dict[str, Any]:
-    with transaction(bot.engine) as session:
-        row = queries.request_row(session, request_id)
-        assert row is not None
-        data = request_json(session, row)
+    data = request_state(bot, request_id)
     return next(v for v in data["validations"] if v["email"] == email) | {
         "request": data["status"],
         "events": data["events"],

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import re
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from factories import ALICE, CAROL, MailFactory, outbox, token_in
+from factories import ALICE, CAROL, DAVE, MailFactory, outbox, send, token_in
 from sqlmodel import SQLModel
 from test_outbox import FlakyTransport
 
 from mailbot import tokens
+from mailbot.clock import FixedClock
+from mailbot.config import Settings
 from mailbot.service import Mailbot
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
@@ -125,3 +128,27 @@ def test_simultaneous_last_decisions_close_the_request_once(
     with transaction(bot.engine) as session:
         rows = queries.requests(session)
         assert [r.status for r in rows] == ["done"]
+
+
+@pytest.mark.usefixtures("world")
+def test_two_instances_share_the_wrong_token_limit(
+    bot: Mailbot, settings: Settings, clock: FixedClock, mail: MailFactory
+) -> None:
+    """Rate limits live in the database: wrong tokens counted by one instance count
+    for another on the same database, and the window slides with the clock."""
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    good = {m.to: token_in(m) for m in outbox(bot) if m.event == "validation-requested"}
+    other = Mailbot.from_settings(settings, clock)
+    try:
+        for _ in range(settings.policy.max_bad_tokens_per_hour):
+            answers = send(bot, mail(DAVE, "x", "ACCEPT 7KQ2-X9JM-4TRD-8WPA-3HNB"))
+            assert [a.header("X-Mailbot-Error") for a in answers] == ["bad-token"]
+        refused = send(other, mail(DAVE, "x", f"ACCEPT {good[CAROL]}"))
+        assert [a.header("X-Mailbot-Error") for a in refused] == ["too-many-attempts"]
+
+        clock.at += timedelta(hours=1)
+        other.sweep()  # forgets the attempts out of the window
+        wrong_again = send(other, mail(DAVE, "x", "ACCEPT 7KQ2-X9JM-4TRD-8WPA-3HNB"))
+        assert [a.header("X-Mailbot-Error") for a in wrong_again] == ["bad-token"]
+    finally:
+        other.engine.dispose()

@@ -26,7 +26,16 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import START
-from factories import ALICE, BOB, CAROL, MailFactory, Sent, last_outbox_id, outbox
+from factories import (
+    ALICE,
+    BOB,
+    CAROL,
+    MailFactory,
+    Sent,
+    last_outbox_id,
+    outbox,
+    request_state,
+)
 from starlette.requests import Request
 from webserver import running
 
@@ -37,7 +46,6 @@ from mailbot.config import Settings
 from mailbot.service import Mailbot
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
-from mailbot.views import request_json
 
 MAILBOT = Path(sys.executable).parent / "mailbot"
 WINDOW = timedelta(minutes=10)
@@ -192,13 +200,6 @@ def held_mail(bot: Mailbot, after: int, to: str) -> Sent:
 
 def validation(state: dict[str, Any], email: str) -> dict[str, Any]:
     return next(v for v in state["validations"] if v["email"] == email)
-
-
-def request_state(bot: Mailbot, request_id: str) -> dict[str, Any]:
-    with transaction(bot.engine) as session:
-        row = queries.request_row(session, request_id)
-        assert row is not None
-        return request_json(session, row)
 
 
 @contextmanager
@@ -931,6 +932,33 @@ def test_guessing_tokens_is_throttled_per_address(
     clock.at += timedelta(minutes=10)  # the window has passed
     assert_clean_page(client.get(links[CAROL]), 200)
     assert client.get(f"/v/{tokens.new_token()}").status_code == 404
+
+
+def test_two_instances_on_one_database_share_the_guess_limit(
+    bot: Mailbot, settings: Settings, clock: FixedClock, client: httpx.Client
+) -> None:
+    """As two processes would: two services with two engines, each serving its own app."""
+    other = Mailbot.from_settings(settings, clock)
+    try:
+        with (
+            running(create_app(other)) as base,
+            httpx.Client(base_url=base, timeout=10) as second,
+        ):
+            assert second.get(f"/v/{tokens.new_token()}").status_code == 404
+            for _ in range(19):
+                assert client.get(f"/v/{tokens.new_token()}").status_code == 404
+                clock.at += timedelta(seconds=1)
+            # The limit, reached through the first instance, holds on the second.
+            assert_clean_page(second.get(f"/v/{tokens.new_token()}"), 429)
+            assert_clean_page(client.get(f"/v/{tokens.new_token()}"), 429)
+            refused = second.post(f"/u/{tokens.new_token()}", data={"confirm": "undo"})
+            assert_clean_page(refused, 429)
+            assert 0 < int(refused.headers["retry-after"]) <= 600
+
+            clock.at += timedelta(minutes=10)
+            assert second.get(f"/v/{tokens.new_token()}").status_code == 404
+    finally:
+        other.engine.dispose()
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from mailbot.domain import Party, Request
 from mailbot.outgoing.compose import Envelope, bounce_address, compose, new_message_id
 from mailbot.outgoing.render import MAIL_CONTEXT, Renderer, make_environment
 from mailbot.service.inbound import ReceivedMail
-from mailbot.storage import queries
+from mailbot.storage import limits, mail_queries, queries
 from mailbot.storage.tables import EventRow, OutboxRow
 from mailbot.views import RequestView
 
@@ -52,6 +52,7 @@ class Mailer:
         self.clock = clock
         self.renderer = Renderer(make_environment(settings.bot.templates_dir))
         self.on_mail_queued: list[Callable[[], None]] = []
+        self.answers = limits.answers(settings.policy)
 
     def queue(self, session: Session, mail: OutgoingMail, message: ReceivedMail | None) -> bool:
         """Render ``mail`` and add it to the outbox, in the caller's transaction.
@@ -122,6 +123,8 @@ class Mailer:
                 created_at=envelope.date,
             )
         )
+        if mail.event in ANSWER_EVENTS:
+            self.answers.record(session, mail.to.email, envelope.date)
         return True
 
     def trusts(self, session: Session, address: str) -> bool:
@@ -146,11 +149,12 @@ class Mailer:
         """Why a mail to an untrusted address must not go out today, or None."""
         since = self.clock.now() - timedelta(days=1)
         cap = self.settings.policy.max_unsolicited_per_day
-        if queries.mails_to_mailbox_since(session, mail.to.email, since) >= cap:
+        if mail_queries.mails_to_mailbox_since(session, mail.to.email, since) >= cap:
             return f"{cap} mails a day to an address that never answered"
         if (
             mail.event in ANSWER_EVENTS
-            and queries.mails_to_mailbox_since(session, mail.to.email, since, ANSWER_EVENTS) >= 1
+            and mail_queries.mails_to_mailbox_since(session, mail.to.email, since, ANSWER_EVENTS)
+            >= 1
         ):
             return "one answer a day to an unknown address"
         return None
@@ -161,6 +165,4 @@ class Mailer:
 
     def answers_exhausted(self, session: Session, address: str) -> bool:
         """Whether ``address`` had its share of error and help answers this hour."""
-        since = self.clock.now() - timedelta(hours=1)
-        sent = queries.recent_answers(session, address, ANSWER_EVENTS, since)
-        return sent >= self.settings.policy.max_answers_per_hour
+        return not self.answers.allows(session, address, self.clock.now())

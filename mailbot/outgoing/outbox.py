@@ -25,13 +25,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Protocol
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from mailbot.domain import Delivery, OutboxStatus
 from mailbot.errors import NotRetryable
-from mailbot.storage import queries
+from mailbot.storage import mail_queries
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import OutboxRow, ValidationRow
 
@@ -60,6 +62,14 @@ class Transport(Protocol):
     flush calls when it is done."""
 
     def send(self, envelope_from: str, recipient: str, payload: bytes) -> None: ...
+
+
+class Attempt(StrEnum):
+    """What came of one try at sending a mail."""
+
+    SENT = "sent"
+    RETRY = "retry"
+    DEAD = "dead"
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,7 @@ def flush(
     """Send every due mail once; return what happened. ``keep_going`` is asked
     before each mail: once it says no, the mail in flight finishes and the
     claims not yet sent are released for the next flush."""
-    counts = {"sent": 0, "retry": 0, "dead": 0}
+    counts = dict.fromkeys(Attempt, 0)
     try:
         while limit > 0 and keep_going():
             claims = _claim(engine, clock(), min(BATCH, limit))
@@ -142,19 +152,19 @@ def flush(
         close = getattr(transport, "close", None)
         if callable(close):
             close()
-    return FlushReport(counts["sent"], counts["retry"], counts["dead"])
+    return FlushReport(counts[Attempt.SENT], counts[Attempt.RETRY], counts[Attempt.DEAD])
 
 
 def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
     with transaction(engine) as session:
         claims = []
-        for row in queries.due_outbox(session, now, limit):
+        for row in mail_queries.due_outbox(session, now, limit):
             assert row.id is not None
-            row.status = "sending"
+            row.status = OutboxStatus.SENDING
             row.attempts += 1
             row.next_attempt_at = now + LEASE
             if row.payload is None:  # sent just before a crash, and already scrubbed
-                row.status = "sent"
+                row.status = OutboxStatus.SENT
                 continue
             claims.append(_Claim(row.id, row.envelope_from, row.to_email, row.payload))
         return claims
@@ -163,9 +173,9 @@ def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
 def _release(engine: Engine, ids: list[int], now: datetime) -> None:
     """Hand back claims that were not tried: due at once, the attempt not counted."""
     with transaction(engine) as session:
-        for row in queries.outbox_rows(session, ids):
-            if row.status == "sending":
-                row.status = "queued"
+        for row in mail_queries.outbox_rows(session, ids):
+            if row.status == OutboxStatus.SENDING:
+                row.status = OutboxStatus.QUEUED
                 row.attempts = max(row.attempts - 1, 0)
                 row.next_attempt_at = now
 
@@ -176,7 +186,7 @@ def _send_one(
     claim: _Claim,
     clock: Callable[[], datetime],
     policy: RetryPolicy,
-) -> str:
+) -> Attempt:
     """Try one mail; whatever happens, its row leaves ``sending`` in a commit of its own."""
     problem = address_problem(claim.recipient) or address_problem(claim.envelope_from)
     try:
@@ -192,19 +202,19 @@ def _send_one(
         error = str(exc) if isinstance(exc, TemporaryFailure) else f"{type(exc).__name__}: {exc}"
         return _failed(engine, claim.id, error, clock(), policy, permanent=False)
     _sent(engine, claim.id, clock())
-    return "sent"
+    return Attempt.SENT
 
 
 def _sent(engine: Engine, row_id: int, now: datetime) -> None:
     with transaction(engine) as session:
         row = session.get(OutboxRow, row_id)
         assert row is not None
-        row.status = "sent"
+        row.status = OutboxStatus.SENT
         row.sent_at = now
         row.last_error = None
         if row.carries_secret:
             row.payload = None
-        _set_delivery(session, row, "sent")
+        _set_delivery(session, row, Delivery.SENT)
         log.info("sent %s to %s (request %s)", row.event, row.to_email, row.request_id or "-")
 
 
@@ -216,7 +226,7 @@ def _failed(
     policy: RetryPolicy,
     *,
     permanent: bool,
-) -> str:
+) -> Attempt:
     with transaction(engine) as session:
         row = session.get(OutboxRow, row_id)
         assert row is not None
@@ -225,10 +235,10 @@ def _failed(
         worn_out = policy.max_attempts is not None and row.attempts >= policy.max_attempts
         dead = permanent or worn_out or now >= give_up_at
         if dead:
-            row.status = "dead"
-            _set_delivery(session, row, "failed")
+            row.status = OutboxStatus.DEAD
+            _set_delivery(session, row, Delivery.FAILED)
         else:
-            row.status = "queued"
+            row.status = OutboxStatus.QUEUED
             wait = backoff(row.attempts, cap=policy.max_backoff)
             row.next_attempt_at = min(now + wait, give_up_at)
         log.warning(
@@ -239,14 +249,14 @@ def _failed(
             row.attempts,
             error,
         )
-    return "dead" if dead else "retry"
+    return Attempt.DEAD if dead else Attempt.RETRY
 
 
-def _set_delivery(session: Session, row: OutboxRow, delivery: str) -> None:
+def _set_delivery(session: Session, row: OutboxRow, delivery: Delivery) -> None:
     if row.validation_id is None:
         return
     validation = session.get(ValidationRow, row.validation_id)
-    if validation is not None and validation.delivery != "failed":
+    if validation is not None and validation.delivery != Delivery.FAILED:
         validation.delivery = delivery
 
 
@@ -254,18 +264,22 @@ def requeue(engine: Engine, ids: list[int] | None, now: datetime) -> list[Outbox
     """Queue dead mail again (``ids``, or every dead row when None) for a fresh
     queue lifetime, due now; returns the rows requeued."""
     with transaction(engine) as session:
-        rows = queries.dead_outbox(session) if ids is None else queries.outbox_rows(session, ids)
+        rows = (
+            mail_queries.dead_outbox(session)
+            if ids is None
+            else mail_queries.outbox_rows(session, ids)
+        )
         if ids is not None:
             _check_dead(ids, rows)
-        requeued = [row for row in rows if row.status == "dead"]
+        requeued = [row for row in rows if row.status == OutboxStatus.DEAD]
         for row in requeued:
-            row.status = "queued"
+            row.status = OutboxStatus.QUEUED
             row.attempts = 0
             row.queued_at = now
             row.next_attempt_at = now
             validation = session.get(ValidationRow, row.validation_id or 0)
-            if validation is not None and validation.delivery == "failed":
-                validation.delivery = "queued"
+            if validation is not None and validation.delivery == Delivery.FAILED:
+                validation.delivery = Delivery.QUEUED
         return requeued
 
 
@@ -275,14 +289,14 @@ def _check_dead(ids: list[int], rows: list[OutboxRow]) -> None:
     for row_id in ids:
         if row_id not in found:
             raise NotRetryable(f"no mail {row_id} in the outbox")
-        if found[row_id].status != "dead":
+        if found[row_id].status != OutboxStatus.DEAD:
             raise NotRetryable(f"mail {row_id} is {found[row_id].status}, not dead")
 
 
 def hurry(engine: Engine, now: datetime) -> int:
     """Make every mail waiting in backoff due now; returns how many."""
     with transaction(engine) as session:
-        waiting = queries.waiting_outbox(session, now)
+        waiting = mail_queries.waiting_outbox(session, now)
         for row in waiting:
             row.next_attempt_at = now
         return len(waiting)

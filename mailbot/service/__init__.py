@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from mailbot.clock import Clock, SystemClock
 from mailbot.config import Settings
-from mailbot.domain import Channel, Decision, Request
+from mailbot.domain import Channel, Decision, InboundStatus, Request
 from mailbot.errors import BacklogStalled, ProcessingFailed, UnknownRequest
 from mailbot.outgoing.mailer import Mailer
 from mailbot.outgoing.outbox import FlushReport, RetryPolicy, Transport, flush, hurry, requeue
@@ -44,10 +44,11 @@ from mailbot.service.inbound import RawMail, StoredMail
 from mailbot.service.opening import Opening
 from mailbot.service.receiving import PendingPass, Receiving
 from mailbot.service.replies import Replies
+from mailbot.service.reporting import Reporting
 from mailbot.service.sweeping import Sweeping, SweepReport
 from mailbot.service.transitions import Transitions
-from mailbot.storage import queries
-from mailbot.storage.engine import check_schema, make_engine, transaction
+from mailbot.storage.engine import check_schema, make_engine
+from mailbot.storage.limits import RateLimits
 from mailbot.storage.tables import OutboxRow
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,13 @@ class Mailbot:
         self.renderer = self.mailer.renderer
         self.on_mail_queued = self.mailer.on_mail_queued
         """Called after a commit that queued mail (``serve`` flushes the outbox then)."""
-        self.context = context = ServiceContext(settings, engine, self.clock, self.mailer)
+        self.limits = RateLimits(settings.policy, engine, self.clock)
+        """Counted in the database, so that every instance on it shares them."""
+        self.reports = Reporting(settings, engine, self.clock)
+        """The read side: what the CLI and the link page show."""
+        self.context = context = ServiceContext(
+            settings, engine, self.clock, self.mailer, self.limits
+        )
         transitions = Transitions(context, Effects(context))
         replies = Replies(context, transitions)
         self.opening = Opening(context, transitions)
@@ -104,7 +111,7 @@ class Mailbot:
         stored = self.store_inbound(
             raw, source=source, recipients=recipients, envelope_from=envelope_from
         )
-        if stored.duplicate and stored.status != "received":
+        if stored.duplicate and stored.status != InboundStatus.RECEIVED:
             return f"duplicate of message {stored.id}: nothing to do"
         return self.process_inbound(stored.id)
 
@@ -207,10 +214,9 @@ class Mailbot:
         return hurry(self.engine, self.clock.now())
 
     @translates_outages
-    def inbound_counts(self) -> dict[str, int]:
+    def inbound_counts(self) -> dict[InboundStatus, int]:
         """Stored messages by status; ``received`` is the backlog not yet acted on."""
-        with transaction(self.engine) as session:
-            return queries.inbound_counts(session)
+        return self.reports.inbound_counts()
 
     def check_schema(self) -> None:
         """Raise ``SchemaOutOfDate`` unless the database is at the newest migration

@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from mailbot import mailparse
+from mailbot.domain import Delivery
 from mailbot.outgoing.compose import bounced_message_id
 from mailbot.outgoing.mailer import OutgoingMail
 from mailbot.service.context import ServiceContext
@@ -36,9 +37,9 @@ class Bounces:
         if sent is None:
             return "bounce ignored: not for a mail of ours"
         validation = session.get(ValidationRow, sent.validation_id) if sent.validation_id else None
-        if validation is None or validation.delivery == "failed":
+        if validation is None or validation.delivery == Delivery.FAILED:
             return f"bounce of {sent.event} to {sent.to_email} noted"
-        validation.delivery = "failed"
+        validation.delivery = Delivery.FAILED
         request_row = queries.request_row(session, validation.request_id)
         contact = session.get(ContactRow, validation.contact_id)
         assert request_row is not None

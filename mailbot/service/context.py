@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from types import TracebackType
 from typing import ParamSpec, TypeVar
 
@@ -19,7 +18,7 @@ from mailbot.clock import Clock
 from mailbot.config import Settings
 from mailbot.errors import StorageUnavailable, TooManyAttempts
 from mailbot.outgoing.mailer import Mailer
-from mailbot.storage import queries
+from mailbot.storage.limits import RateLimits
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,13 +32,12 @@ class ServiceContext:
     engine: Engine
     clock: Clock
     mailer: Mailer
+    limits: RateLimits
 
     def check_token_attempts(self, session: Session, actor: str) -> None:
         """Refuse to look a token up for an address that guessed wrong too often
         this hour: a guesser learns nothing more, whatever they type."""
-        since = self.clock.now() - timedelta(hours=1)
-        limit = self.settings.policy.max_bad_tokens_per_hour
-        if queries.recent_events(session, "error:bad-token", actor, since) >= limit:
+        if not self.limits.bad_tokens.allows(session, actor, self.clock.now()):
             raise TooManyAttempts("")
 
     def reply_address(self, key: str) -> str:

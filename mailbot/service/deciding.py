@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlmodel import Session
 
 from mailbot import commands, mailparse, tokens, workflow
-from mailbot.domain import Channel, Decision, Request, Validation
+from mailbot.domain import Channel, Decision, Request, Validation, ValidationStatus
 from mailbot.errors import AmbiguousDecision, BadToken, NotAuthorized
 from mailbot.service.context import ServiceContext
 from mailbot.service.inbound import ReceivedMail
@@ -186,7 +186,7 @@ class Deciding:
             raise BadToken("")
         validation = session.get(ValidationRow, found.validation_id)
         assert validation is not None
-        if found.used_at is not None and validation.status == "pending":
+        if found.used_at is not None and validation.status == ValidationStatus.PENDING:
             raise BadToken("this token was replaced by a newer one: use the latest email")
         return validation
 

@@ -5,7 +5,6 @@ and an operator's cancel and resend from the CLI.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlmodel import Session
 
@@ -22,7 +21,6 @@ from mailbot.storage.tables import RequestRow
 from mailbot.views import RequestView
 
 LIST_LIMIT = 50
-RESEND_INTERVAL = timedelta(hours=1)
 OPERATOR_ACTOR = "operator@cli"
 """How the event log names an operator acting through the CLI."""
 OPERATOR = (Party(email=OPERATOR_ACTOR), True)
@@ -145,10 +143,10 @@ class Following:
     ) -> str:
         """Fresh tokens for those still awaited, at most once an hour per request."""
         by, operator = actor
-        since = self.clock.now() - RESEND_INTERVAL
-        if queries.recent_request_events(session, row.id, "tokens-resent", since):
+        if not self.context.limits.resends.allows(session, row.id, self.clock.now()):
             raise TooManyAttempts("tokens were resent less than an hour ago", request=row.id)
         transition = workflow.resend(queries.request(session, row), by=by, by_operator=operator)
+        self.context.limits.resends.record(session, row.id, self.clock.now())
         asked = [
             e.contact.email for e in transition.effects if isinstance(e, workflow.AskToValidate)
         ]

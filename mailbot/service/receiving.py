@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
 from mailbot import commands, mailparse
+from mailbot.domain import InboundStatus
 from mailbot.errors import (
     BacklogStalled,
     MailbotError,
@@ -26,7 +27,7 @@ from mailbot.service.by_mail import MailUseCases
 from mailbot.service.context import OutagesTranslated, ServiceContext, is_outage
 from mailbot.service.inbound import RawMail, ReceivedMail, StoredMail, ignore_reason, speaker
 from mailbot.service.transitions import Event, Transitions
-from mailbot.storage import queries
+from mailbot.storage import mail_queries
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import InboundRow
 
@@ -106,7 +107,7 @@ class Receiving:
         message that keeps failing never holds back the others.
         """
         with transaction(self.context.engine) as session:
-            ids = queries.unprocessed_inbound(session, limit + 1, after)
+            ids = mail_queries.unprocessed_inbound(session, limit + 1, after)
         for inbound_id in ids[:limit]:
             try:
                 self.process(inbound_id)
@@ -136,8 +137,8 @@ class Receiving:
         log.exception("message %d could not be processed", inbound_id)
         with transaction(self.context.engine) as session:
             row = session.get(InboundRow, inbound_id)
-            if row is not None and row.status == "received":
-                row.status = "failed"
+            if row is not None and row.status == InboundStatus.RECEIVED:
+                row.status = InboundStatus.FAILED
                 row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
                 row.processed_at = self.context.clock.now()
                 self._scrub(row)
@@ -146,7 +147,7 @@ class Receiving:
     def _process(self, inbound_id: int) -> str:
         """Claim the message, act on it and record the outcome, in one transaction."""
         with transaction(self.context.engine) as session:
-            row = queries.claim_inbound(session, inbound_id)
+            row = mail_queries.claim_inbound(session, inbound_id)
             if row is None:
                 return "already processed"
             status, outcome = self._handle(session, row)
@@ -172,20 +173,20 @@ class Receiving:
             row.envelope_from = redact.address(row.envelope_from, local)
         row.outcome = redact.text(row.outcome, local)
 
-    def _handle(self, session: Session, row: InboundRow) -> tuple[str, str]:
+    def _handle(self, session: Session, row: InboundRow) -> tuple[InboundStatus, str]:
         """Parse the message and decide: a bounce, mail never acted on, or a command."""
         assert row.id is not None
         settings = self.context.settings
         parsed = mailparse.parse(row.raw)
         if parsed.bounce is not None:
-            return "processed", self.bounces.record(session, row, parsed, parsed.bounce)
+            return InboundStatus.PROCESSED, self.bounces.record(session, row, parsed, parsed.bounce)
         if parsed.sender_problem:
-            return "ignored", f"ignored: sender refused: {parsed.sender_problem}"
+            return InboundStatus.IGNORED, f"ignored: sender refused: {parsed.sender_problem}"
         if reason := ignore_reason(parsed, row, settings):
-            return "ignored", f"ignored: {reason}"
+            return InboundStatus.IGNORED, f"ignored: {reason}"
         return self._act(session, speaker(row, parsed, settings))
 
-    def _act(self, session: Session, mail: ReceivedMail) -> tuple[str, str]:
+    def _act(self, session: Session, mail: ReceivedMail) -> tuple[InboundStatus, str]:
         """Find the mail's command and hand it to its verb; a failed command is
         answered with an error mail (unless the sender is forged or had enough)."""
         command: commands.Command | None = None
@@ -193,17 +194,25 @@ class Receiving:
             with session.begin_nested():
                 command = self._command_of(session, mail)
                 if mail.forged and not _carries_credential(mail, command):
-                    return "ignored", f"ignored: {command.verb} from {_dmarc_fails(mail)}"
-                return "processed", commands.dispatch(self.cases.bound(session, mail), command)
+                    return (
+                        InboundStatus.IGNORED,
+                        f"ignored: {command.verb} from {_dmarc_fails(mail)}",
+                    )
+                return InboundStatus.PROCESSED, commands.dispatch(
+                    self.cases.bound(session, mail), command
+                )
         except MailbotError as error:
             if mail.forged:
                 detail = f"not answered: {mail.authentication.reason}"
                 event = Event(f"error:{error.code}", actor=mail.sender, detail=detail)
                 self.transitions.log(session, None, event, mail.id)
-                return "processed", f"error {error.code}, not answered: {_dmarc_fails(mail)}"
+                return (
+                    InboundStatus.PROCESSED,
+                    f"error {error.code}, not answered: {_dmarc_fails(mail)}",
+                )
             if self.cases.replies.reject(session, mail, error, command):
-                return "processed", f"error {error.code} sent to {mail.sender}"
-            return "processed", f"error {error.code}, not answered: rate limit"
+                return InboundStatus.PROCESSED, f"error {error.code} sent to {mail.sender}"
+            return InboundStatus.PROCESSED, f"error {error.code}, not answered: rate limit"
 
     def _command_of(self, session: Session, mail: ReceivedMail) -> commands.Command:
         """The mail's command; a mail without one sent to a confirmation's reply
@@ -222,7 +231,7 @@ def _stored_before(session: Session, messages: list[RawMail]) -> dict[str, Inbou
     message has the same content key."""
     keys = [m.dedup_key for m in messages]
     legacy = {key: m.dedup_key for m in messages for key in m.legacy_keys}
-    known = queries.inbound_by_keys(session, [*keys, *legacy])
+    known = mail_queries.inbound_by_keys(session, [*keys, *legacy])
     for key, row in list(known.items()):
         if key in legacy and RawMail(row.raw).dedup_key == legacy[key]:
             known[legacy[key]] = row

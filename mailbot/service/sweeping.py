@@ -49,6 +49,7 @@ class Sweeping:
         applied = sum(self._apply_held(r, now) for r in self._due(queries.due_held, now))
         expired = sum(self._expire(r, now) for r in self._due(queries.due_expiries, now))
         reminded = sum(self._remind(r, now) for r in self._due(queries.due_reminders, now))
+        self.context.limits.forget(now)
         return SweepReport(expired=expired, reminded=reminded, applied=applied)
 
     def _due(self, query: DueQuery, now: datetime) -> list[str]:

@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from mailbot import workflow
 from mailbot.domain import Channel, Request
+from mailbot.errors import BadToken
 from mailbot.mailparse import redact
 from mailbot.service.context import ServiceContext
 from mailbot.service.effects import Effects
@@ -86,7 +87,10 @@ class Transitions:
         event: Event,
         inbound_id: int | None = None,
     ) -> None:
-        """Add ``event`` to the log, tokens and reply keys taken out of its detail."""
+        """Add ``event`` to the log, tokens and reply keys taken out of its detail.
+        A wrong token also counts toward its sender's limit."""
+        if event.kind == f"error:{BadToken.code}" and event.actor:
+            self.context.limits.bad_tokens.record(session, event.actor, self.context.clock.now())
         session.add(
             EventRow(
                 at=self.context.clock.now(),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, or_
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from mailbot.domain import (
@@ -28,7 +28,6 @@ from mailbot.storage.tables import (
     ConfirmationRow,
     ContactRow,
     EventRow,
-    InboundRow,
     OutboxRow,
     RequestRow,
     RoleChangeRow,
@@ -94,7 +93,7 @@ def pending_roles(session: Session, service_id: int) -> frozenset[Role]:
     query = (
         select(RoleChangeRow.role)
         .join(RequestRow, col(RequestRow.id) == RoleChangeRow.request_id)
-        .where(RequestRow.service_id == service_id, RequestRow.status == "pending")
+        .where(RequestRow.service_id == service_id, RequestRow.status == RequestStatus.PENDING)
     )
     return frozenset(Role(role) for role in session.exec(query).all())
 
@@ -235,7 +234,7 @@ def due_expiries(session: Session, now: datetime) -> list[str]:
     """Pending requests past their expiry (index: status, expires_at)."""
     query = (
         select(RequestRow.id)
-        .where(RequestRow.status == "pending", col(RequestRow.expires_at) <= now)
+        .where(RequestRow.status == RequestStatus.PENDING, col(RequestRow.expires_at) <= now)
         .order_by(col(RequestRow.expires_at))
         .limit(SWEEP_BATCH)
     )
@@ -278,107 +277,11 @@ def requests_of(
         select(RequestRow)
         .where(or_(col(RequestRow.requester_email) == email, col(RequestRow.id).in_(asked)))
         .order_by(
-            col(RequestRow.status) != "pending",
+            col(RequestRow.status) != RequestStatus.PENDING,
             col(RequestRow.created_at).desc(),
             col(RequestRow.id),
         )
         .limit(limit)
-    )
-    return list(session.exec(query).all())
-
-
-def recent_request_events(session: Session, request_id: str, kind: str, since: datetime) -> int:
-    query = (
-        select(func.count())
-        .select_from(EventRow)
-        .where(EventRow.request_id == request_id, EventRow.kind == kind, col(EventRow.at) >= since)
-    )
-    return int(session.exec(query).one())
-
-
-def recent_events(session: Session, kind: str, actor: str, since: datetime) -> int:
-    query = (
-        select(func.count())
-        .select_from(EventRow)
-        .where(EventRow.kind == kind, EventRow.actor_email == actor, col(EventRow.at) >= since)
-    )
-    return int(session.exec(query).one())
-
-
-def inbound_by_keys(session: Session, keys: list[str]) -> dict[str, InboundRow]:
-    query = select(InboundRow).where(col(InboundRow.dedup_key).in_(keys))
-    return {row.dedup_key: row for row in session.exec(query).all()}
-
-
-def claim_inbound(session: Session, inbound_id: int) -> InboundRow | None:
-    """Lock a received message for processing, unless another worker has it or had it."""
-    query = (
-        select(InboundRow)
-        .where(InboundRow.id == inbound_id, InboundRow.status == "received")
-        .with_for_update(skip_locked=True)
-    )
-    return session.exec(query).first()
-
-
-def unprocessed_inbound(session: Session, limit: int = 100, after: int = 0) -> list[int]:
-    """Ids of stored messages not yet acted on, from ``after`` up (index: status, id)."""
-    query = (
-        select(InboundRow.id)
-        .where(InboundRow.status == "received", col(InboundRow.id) > after)
-        .order_by(col(InboundRow.id))
-        .limit(limit)
-    )
-    return [i for i in session.exec(query).all() if i is not None]
-
-
-def inbound_counts(session: Session) -> dict[str, int]:
-    """How many stored messages are in each status."""
-    query = select(InboundRow.status, func.count()).group_by(col(InboundRow.status))
-    return {status: int(count) for status, count in session.exec(query).all()}
-
-
-def inbound_overview(session: Session, status: str | None, limit: int) -> list[InboundRow]:
-    """Stored messages, oldest first, optionally of one status."""
-    query = select(InboundRow).order_by(col(InboundRow.id)).limit(max(limit, 0))
-    if status:
-        query = query.where(InboundRow.status == status)
-    return list(session.exec(query).all())
-
-
-def outbox_overview(session: Session, sent_limit: int) -> list[OutboxRow]:
-    """Everything not yet sent (queued, being sent, dead), then the latest sent."""
-    unsent = select(OutboxRow).where(OutboxRow.status != "sent").order_by(col(OutboxRow.id))
-    sent = (
-        select(OutboxRow)
-        .where(OutboxRow.status == "sent")
-        .order_by(col(OutboxRow.id).desc())
-        .limit(max(sent_limit, 0))
-    )
-    return [*session.exec(unsent).all(), *session.exec(sent).all()]
-
-
-def recent_answers(session: Session, to: str, events: tuple[str, ...], since: datetime) -> int:
-    query = (
-        select(func.count())
-        .select_from(OutboxRow)
-        .where(
-            OutboxRow.to_email == to,
-            col(OutboxRow.created_at) >= since,
-            col(OutboxRow.event).in_(events),
-        )
-    )
-    return int(session.exec(query).one())
-
-
-def due_outbox(session: Session, now: datetime, limit: int) -> list[OutboxRow]:
-    query = (
-        select(OutboxRow)
-        .where(
-            col(OutboxRow.status).in_(("queued", "sending")), col(OutboxRow.next_attempt_at) <= now
-        )
-        .order_by(col(OutboxRow.next_attempt_at), col(OutboxRow.id))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
     )
     return list(session.exec(query).all())
 
@@ -407,24 +310,6 @@ def live_confirmation(
     return session.exec(query).first()
 
 
-def outbox_rows(session: Session, ids: list[int]) -> list[OutboxRow]:
-    query = select(OutboxRow).where(col(OutboxRow.id).in_(ids)).order_by(col(OutboxRow.id))
-    return list(session.exec(query).all())
-
-
-def dead_outbox(session: Session) -> list[OutboxRow]:
-    query = select(OutboxRow).where(OutboxRow.status == "dead").order_by(col(OutboxRow.id))
-    return list(session.exec(query).all())
-
-
-def waiting_outbox(session: Session, now: datetime) -> list[OutboxRow]:
-    """Queued mail waiting out a backoff (index: status, next_attempt_at)."""
-    query = select(OutboxRow).where(
-        OutboxRow.status == "queued", col(OutboxRow.next_attempt_at) > now
-    )
-    return list(session.exec(query).all())
-
-
 def holds_a_role(session: Session, contact_id: int) -> bool:
     query = select(ServiceRow.id).where(
         or_(
@@ -439,35 +324,6 @@ def holds_a_role(session: Session, contact_id: int) -> bool:
 def has_decided(session: Session, contact_id: int) -> bool:
     """Whether the contact ever decided a validation (which takes a token we sent)."""
     query = select(ValidationRow.id).where(
-        ValidationRow.contact_id == contact_id, ValidationRow.status != "pending"
+        ValidationRow.contact_id == contact_id, ValidationRow.status != ValidationStatus.PENDING
     )
     return session.exec(query.limit(1)).first() is not None
-
-
-def mails_to_mailbox_since(
-    session: Session, address: str, since: datetime, events: tuple[str, ...] = ()
-) -> int:
-    """Mails queued since then to the mailbox of ``address``: the address itself
-    and its ``+tag`` variants, which land in the same mailbox; only ``events``
-    when given."""
-    local, _, domain = address.partition("@")
-    base = local.partition("+")[0]
-    pattern = f"{_like_escaped(base)}+%@{_like_escaped(domain)}"
-    query = (
-        select(func.count())
-        .select_from(OutboxRow)
-        .where(
-            or_(
-                col(OutboxRow.to_email) == f"{base}@{domain}",
-                col(OutboxRow.to_email).like(pattern, escape="\\"),
-            ),
-            col(OutboxRow.created_at) >= since,
-        )
-    )
-    if events:
-        query = query.where(col(OutboxRow.event).in_(events))
-    return int(session.exec(query).one())
-
-
-def _like_escaped(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

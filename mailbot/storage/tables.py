@@ -13,6 +13,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
+from mailbot.domain import (
+    Delivery,
+    InboundStatus,
+    OutboxStatus,
+    RequestStatus,
+    ValidationStatus,
+)
+
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """Stores UTC; hands back aware datetimes even where SQLite forgets the zone."""
@@ -75,7 +83,7 @@ class RequestRow(SQLModel, table=True):
     service_id: int = Field(foreign_key="service.id")
     requester_email: str = Field(max_length=320, index=True)
     requester_id: int | None = Field(default=None, foreign_key="contact.id")
-    status: str = Field(default="pending", max_length=16)
+    status: str = Field(default=RequestStatus.PENDING, max_length=16)
     created_at: datetime = _when()
     expires_at: datetime = _when()
     closed_at: datetime | None = _when(nullable=True)
@@ -100,11 +108,11 @@ class ValidationRow(SQLModel, table=True):
     request_id: str = Field(foreign_key="change_request.id", max_length=16, index=True)
     contact_id: int = Field(foreign_key="contact.id", index=True)
     side: str = Field(max_length=8)
-    status: str = Field(default="pending", max_length=16)
+    status: str = Field(default=ValidationStatus.PENDING, max_length=16)
     channel: str | None = Field(default=None, max_length=8)
     decided_at: datetime | None = _when(nullable=True)
     actor_email: str | None = Field(default=None, max_length=320)
-    delivery: str = Field(default="queued", max_length=8)
+    delivery: str = Field(default=Delivery.QUEUED, max_length=8)
     reminders_sent: int = 0
     next_reminder_at: datetime | None = _when(nullable=True, index=True)
     """When this contact's next reminder falls due; None when none is (the sweep's index)."""
@@ -165,7 +173,7 @@ class InboundRow(SQLModel, table=True):
     recipients: str = Field(default="", sa_type=sa.Text)
     raw: bytes = Field(sa_type=sa.LargeBinary)
     received_at: datetime = _when()
-    status: str = Field(default="received", max_length=16)
+    status: str = Field(default=InboundStatus.RECEIVED, max_length=16)
     processed_at: datetime | None = _when(nullable=True)
     outcome: str = Field(default="", sa_type=sa.Text)
 
@@ -191,7 +199,7 @@ class OutboxRow(SQLModel, table=True):
     subject: str = Field(default="", max_length=998)
     payload: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
     carries_secret: bool = False
-    status: str = Field(default="queued", max_length=8)
+    status: str = Field(default=OutboxStatus.QUEUED, max_length=8)
     attempts: int = 0
     next_attempt_at: datetime = _when()
     last_error: str | None = Field(default=None, sa_type=sa.Text)
@@ -225,3 +233,19 @@ class ConfirmationRow(SQLModel, table=True):
     created_at: datetime = _when()
     expires_at: datetime = _when()
     used_at: datetime | None = _when(nullable=True)
+
+
+class RateHitRow(SQLModel, table=True):
+    """One counted attempt against a rate limit: an answer mailed, tokens resent, a
+    wrong token, a link-page guess. Kept in the database so that every instance on
+    it counts the same attempts; rows older than their limit's window are deleted."""
+
+    __tablename__ = "rate_hit"
+    __table_args__ = (sa.Index("ix_rate_hit_kind_key_at", "kind", "key", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)
+    """Which limit (``storage.limits.Limit``)."""
+    key: str = Field(max_length=320)
+    """What is counted: an address, a request id, a client network."""
+    at: datetime = _when(index=True)

@@ -1,0 +1,243 @@
+"""The command line: every command and action, its arguments, help text and example."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from mailbot.cli.acting import (
+    cmd_demo,
+    cmd_imap_check,
+    cmd_import,
+    cmd_init,
+    cmd_outbox_flush,
+    cmd_outbox_retry,
+    cmd_process,
+    cmd_requests_cancel,
+    cmd_requests_resend,
+    cmd_serve,
+    cmd_sweep,
+)
+from mailbot.cli.exits import EX_USAGE, Handler
+from mailbot.cli.reading import (
+    cmd_inbound_list,
+    cmd_outbox_list,
+    cmd_requests_list,
+    cmd_requests_show,
+    cmd_services_show,
+)
+from mailbot.domain import InboundStatus, RequestStatus
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line naming where to look for help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EX_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mailbot",
+        description="Email-driven approval of contact changes on domain names and services.",
+        epilog="Configuration: --config, else $MAILBOT_CONFIG, else ./mailbot.toml, else "
+        "built-in defaults; MAILBOT_<SECTION>__<KEY> overrides any key.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _command(commands, "init", cmd_init, "create or upgrade the database schema", "init")
+    command = _command(
+        commands,
+        "import",
+        cmd_import,
+        "upsert contacts and services from a JSON file",
+        "import customers.json",
+    )
+    command.add_argument("file", metavar="FILE")
+    _add_process(commands)
+    _add_requests(_group(commands, "requests", "list, show and steer change requests"))
+    _add_services(_group(commands, "services", "show services"))
+    _add_outbox(_group(commands, "outbox", "the queue of outgoing mail"))
+    _add_inbound(_group(commands, "inbound", "received mail and the backlog not yet acted on"))
+    imap = _group(commands, "imap", "the agency mailbox")
+    _command(
+        imap,
+        "check",
+        cmd_imap_check,
+        "connect with the [imap] settings and verify the folders",
+        "imap check",
+    )
+    command = _command(
+        commands,
+        "sweep",
+        cmd_sweep,
+        "send due reminders and expire stale requests, once",
+        "sweep --now 2026-03-05T09:00:00Z",
+    )
+    command.add_argument(
+        "--now",
+        metavar="ISO8601",
+        help="act as if the clock read this (default: now; UTC if no zone)",
+    )
+    _no_flush(command)
+    _command(
+        commands,
+        "serve",
+        cmd_serve,
+        "run the SMTP listener, link pages, scheduler and outbox sender",
+        "--config /etc/mailbot/mailbot.toml serve",
+    )
+    command = _command(
+        commands,
+        "demo",
+        cmd_demo,
+        "play a whole scenario end to end on a throwaway directory",
+        "demo",
+    )
+    command.add_argument("--keep", action="store_true", help="keep the demo directory")
+    return parser
+
+
+def _no_flush(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--no-flush",
+        action="store_true",
+        help="leave the mail this queues to `serve` or `outbox flush` (default: send it now)",
+    )
+
+
+def _group(commands: Any, name: str, help_text: str) -> Any:
+    """A command with actions of its own (``mailbot requests list`` ...)."""
+    group = commands.add_parser(name, help=help_text, description=help_text)
+    return group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def _command(
+    commands: Any, name: str, handler: Handler, help_text: str, example: str
+) -> argparse.ArgumentParser:
+    """One command or action, with its help text and an example."""
+    command: argparse.ArgumentParser = commands.add_parser(
+        name, help=help_text, description=help_text, epilog=f"example: mailbot {example}"
+    )
+    command.set_defaults(handler=handler)
+    return command
+
+
+def _add_process(commands: Any) -> None:
+    command = _command(
+        commands,
+        "process",
+        cmd_process,
+        "handle one raw RFC 5322 message as if received by SMTP",
+        "process --recipient changes@example.net < message.eml",
+    )
+    command.add_argument(
+        "file",
+        metavar="FILE",
+        nargs="?",
+        default="-",
+        help="the message file, or - for standard input (default)",
+    )
+    command.add_argument(
+        "--recipient",
+        metavar="ADDR",
+        action="append",
+        default=[],
+        help="envelope recipient (repeatable)",
+    )
+    command.add_argument("--sender", metavar="ADDR", help="envelope sender (empty for bounces)")
+    _no_flush(command)
+
+
+def _add_requests(actions: Any) -> None:
+    listing = _command(
+        actions,
+        "list",
+        cmd_requests_list,
+        "list requests, newest first",
+        "requests list --status pending",
+    )
+    listing.add_argument("--status", choices=[s.value for s in RequestStatus])
+    listing.add_argument("--service", metavar="NAME", help="only this service's requests")
+    listing.add_argument(
+        "--contact", metavar="EMAIL", help="only requests this address opened or must validate"
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    show = _command(
+        actions,
+        "show",
+        cmd_requests_show,
+        "one request with its validations and events",
+        "requests show CR-7K2QX9MD --json",
+    )
+    show.add_argument("id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
+    for name, handler, text in (
+        ("cancel", cmd_requests_cancel, "withdraw a pending request; every party is told"),
+        ("resend", cmd_requests_resend, "send fresh tokens to the contacts still awaited"),
+    ):
+        action = _command(actions, name, handler, text, f"requests {name} CR-7K2QX9MD")
+        action.add_argument("id", metavar="ID")
+
+
+def _add_services(actions: Any) -> None:
+    show = _command(
+        actions,
+        "show",
+        cmd_services_show,
+        "a service and its current role holders",
+        "services show example.com --json",
+    )
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def _add_outbox(actions: Any) -> None:
+    flush = _command(
+        actions, "flush", cmd_outbox_flush, "send what is due now", "outbox flush --all"
+    )
+    flush.add_argument(
+        "--all", action="store_true", help="also send mail waiting out a retry delay now"
+    )
+    retry = _command(
+        actions,
+        "retry",
+        cmd_outbox_retry,
+        "queue dead mail again, for a fresh queue lifetime, and send it",
+        "outbox retry 42   (or: mailbot outbox retry --dead)",
+    )
+    retry.add_argument("id", metavar="ID", type=int, nargs="?", help="the mail's id (outbox list)")
+    retry.add_argument("--dead", action="store_true", help="every dead mail")
+    _no_flush(retry)
+    listing = _command(
+        actions,
+        "list",
+        cmd_outbox_list,
+        "queued and dead mail, and the most recent sent, with the last error",
+        "outbox list --sent 50",
+    )
+    listing.add_argument(
+        "--sent",
+        type=int,
+        default=20,
+        metavar="N",
+        help="how many recently sent mails to show (default 20)",
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+
+
+def _add_inbound(actions: Any) -> None:
+    listing = _command(
+        actions,
+        "list",
+        cmd_inbound_list,
+        "stored messages, oldest first, and how many are in each status"
+        " (received: stored, not yet acted on)",
+        "inbound list --status received",
+    )
+    listing.add_argument("--status", choices=[s.value for s in InboundStatus])
+    listing.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="at most N messages (default 50)"
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON array")

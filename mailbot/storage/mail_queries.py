@@ -1,0 +1,131 @@
+"""Queries on the mail tables: received mail (``inbound_message``) and the outbox.
+
+Each runs on an indexed path; the rows are handed back as they are stored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, or_
+from sqlmodel import Session, col, select
+
+from mailbot.domain import InboundStatus, OutboxStatus
+from mailbot.storage.tables import InboundRow, OutboxRow
+
+
+def inbound_by_keys(session: Session, keys: list[str]) -> dict[str, InboundRow]:
+    query = select(InboundRow).where(col(InboundRow.dedup_key).in_(keys))
+    return {row.dedup_key: row for row in session.exec(query).all()}
+
+
+def claim_inbound(session: Session, inbound_id: int) -> InboundRow | None:
+    """Lock a received message for processing, unless another worker has it or had it."""
+    query = (
+        select(InboundRow)
+        .where(InboundRow.id == inbound_id, InboundRow.status == InboundStatus.RECEIVED)
+        .with_for_update(skip_locked=True)
+    )
+    return session.exec(query).first()
+
+
+def unprocessed_inbound(session: Session, limit: int = 100, after: int = 0) -> list[int]:
+    """Ids of stored messages not yet acted on, from ``after`` up (index: status, id)."""
+    query = (
+        select(InboundRow.id)
+        .where(InboundRow.status == InboundStatus.RECEIVED, col(InboundRow.id) > after)
+        .order_by(col(InboundRow.id))
+        .limit(limit)
+    )
+    return [i for i in session.exec(query).all() if i is not None]
+
+
+def inbound_counts(session: Session) -> dict[str, int]:
+    """How many stored messages are in each status."""
+    query = select(InboundRow.status, func.count()).group_by(col(InboundRow.status))
+    return {status: int(count) for status, count in session.exec(query).all()}
+
+
+def inbound_overview(session: Session, status: str | None, limit: int) -> list[InboundRow]:
+    """Stored messages, oldest first, optionally of one status."""
+    query = select(InboundRow).order_by(col(InboundRow.id)).limit(max(limit, 0))
+    if status:
+        query = query.where(InboundRow.status == status)
+    return list(session.exec(query).all())
+
+
+def outbox_overview(session: Session, sent_limit: int) -> list[OutboxRow]:
+    """Everything not yet sent (queued, being sent, dead), then the latest sent."""
+    unsent = (
+        select(OutboxRow).where(OutboxRow.status != OutboxStatus.SENT).order_by(col(OutboxRow.id))
+    )
+    sent = (
+        select(OutboxRow)
+        .where(OutboxRow.status == OutboxStatus.SENT)
+        .order_by(col(OutboxRow.id).desc())
+        .limit(max(sent_limit, 0))
+    )
+    return [*session.exec(unsent).all(), *session.exec(sent).all()]
+
+
+def due_outbox(session: Session, now: datetime, limit: int) -> list[OutboxRow]:
+    query = (
+        select(OutboxRow)
+        .where(
+            col(OutboxRow.status).in_((OutboxStatus.QUEUED, OutboxStatus.SENDING)),
+            col(OutboxRow.next_attempt_at) <= now,
+        )
+        .order_by(col(OutboxRow.next_attempt_at), col(OutboxRow.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.exec(query).all())
+
+
+def outbox_rows(session: Session, ids: list[int]) -> list[OutboxRow]:
+    query = select(OutboxRow).where(col(OutboxRow.id).in_(ids)).order_by(col(OutboxRow.id))
+    return list(session.exec(query).all())
+
+
+def dead_outbox(session: Session) -> list[OutboxRow]:
+    query = (
+        select(OutboxRow).where(OutboxRow.status == OutboxStatus.DEAD).order_by(col(OutboxRow.id))
+    )
+    return list(session.exec(query).all())
+
+
+def waiting_outbox(session: Session, now: datetime) -> list[OutboxRow]:
+    """Queued mail waiting out a backoff (index: status, next_attempt_at)."""
+    query = select(OutboxRow).where(
+        OutboxRow.status == OutboxStatus.QUEUED, col(OutboxRow.next_attempt_at) > now
+    )
+    return list(session.exec(query).all())
+
+
+def mails_to_mailbox_since(
+    session: Session, address: str, since: datetime, events: tuple[str, ...] = ()
+) -> int:
+    """Mails queued since then to the mailbox of ``address``: the address itself
+    and its ``+tag`` variants, which land in the same mailbox; only ``events``
+    when given."""
+    local, _, domain = address.partition("@")
+    base = local.partition("+")[0]
+    pattern = f"{_like_escaped(base)}+%@{_like_escaped(domain)}"
+    query = (
+        select(func.count())
+        .select_from(OutboxRow)
+        .where(
+            or_(
+                col(OutboxRow.to_email) == f"{base}@{domain}",
+                col(OutboxRow.to_email).like(pattern, escape="\\"),
+            ),
+            col(OutboxRow.created_at) >= since,
+        )
+    )
+    if events:
+        query = query.where(col(OutboxRow.event).in_(events))
+    return int(session.exec(query).one())
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
