@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import START, free_port, make_settings
+from conftest import START, make_settings, reserve_port
 from factories import ALICE, CAROL, MailFactory, Sent, last_outbox_id, outbox, seed_world
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from webserver import running
@@ -65,7 +65,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def served(tmp_path: Path, database_url: str, clock: FixedClock) -> Iterator[tuple[Mailbot, str]]:
     """A bot whose ``base_url`` is the uvicorn serving its pages, and that URL."""
-    port = free_port()
+    port = reserve_port()
     settings = make_settings(tmp_path, database_url, bot={"base_url": f"http://127.0.0.1:{port}"})
     bot = Mailbot.from_settings(settings, clock)
     seed_world(bot)
