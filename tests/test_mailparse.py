@@ -456,6 +456,50 @@ def test_every_forward_prefix_marks_a_forward_and_is_stripped_from_its_subject(
     assert mailparse.strip_subject_prefixes(f"{prefix} Re: Validation") == "Validation"
 
 
+FORWARD_PREFIXES = [
+    "FW:", "Fwd:", "Fw-d:", "TR:", "TRS:", "WG:", "RV:", "ENC:", "VS:", "VB:", "Doorst:",
+    "PD:", "I:", "FS:", "RIF:", "Пер:", "Переслать:", "転送:", "转发:", "Fwd[2]:", "転送：",
+]  # fmt: skip
+REPLY_PREFIXES = ["Re:", "RE:", "AW:", "SV:", "Antw:", "Réf:", "Rép:", "Odp:", "YNT:", "Ответ:"]
+
+
+@pytest.mark.parametrize("prefix", FORWARD_PREFIXES)
+def test_what_counts_as_a_forward_is_what_is_stripped(prefix: str) -> None:
+    """One list: a prefix that makes a forward is never left on its subject."""
+    forwarded = mailparse.parse(mail(FORWARD_BLOCK, subject=f"{prefix} Validation")).forwarded
+    assert forwarded is not None
+    assert forwarded.subject == "Validation"
+    assert mailparse.strip_subject_prefixes(f"{prefix} Re: Validation") == "Validation"
+
+
+@pytest.mark.parametrize("prefix", REPLY_PREFIXES)
+def test_reply_prefixes_are_stripped_and_make_no_forward(prefix: str) -> None:
+    assert mailparse.strip_subject_prefixes(f"{prefix} Validation") == "Validation"
+    assert mailparse.parse(mail("Hello", subject=f"{prefix} Validation")).forwarded is None
+
+
+FORWARD_BLOCK = "See below.\n\nFrom: Carol <carol@agency.example>\nSent: Monday\nTo: Desk\n\nHi\n"
+
+
+@pytest.mark.parametrize(
+    ("subject", "verb", "argument"),
+    [
+        ("TRS: CHANGE example.com", "CHANGE", "example.com"),
+        ("転送: Re: ACCEPT", "ACCEPT", ""),
+        ("転送：Re：REFUSE", "REFUSE", ""),
+        ("I: RIF: PD: HELP", "HELP", ""),
+        ("Fwd: TR: WG: AW: SV: status example.com", "STATUS", "example.com"),
+        ("RIF: Re[3]: Fwd: CANCEL", "CANCEL", ""),
+    ],
+)
+def test_a_command_behind_forward_and_reply_prefixes_is_found(
+    subject: str, verb: str, argument: str
+) -> None:
+    parsed = mailparse.parse(mail("", subject=subject))
+    command = commands.find_command(parsed.subject, parsed.new_text)
+    assert (command.verb, command.argument) == (verb, argument)
+
+
 # -- robots ---------------------------------------------------------------------------------
 
 
@@ -719,8 +763,8 @@ def test_plus_key() -> None:
 
 
 def test_every_parsing_module_is_pure() -> None:
-    modules = sorted(Path(mailbot.__file__).parent.glob("mailparse*.py"))
-    assert len(modules) > 1
+    modules = sorted((Path(mailbot.__file__).parent / "mailparse").rglob("*.py"))
+    assert len(modules) > 10
     for path in modules:
         names = imports_of(path)
         forbidden = {n for n in names if any(n == x or n.startswith(x + ".") for x in IO_LIBRARIES)}

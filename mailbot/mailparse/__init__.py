@@ -30,8 +30,8 @@ from mailbot.mailparse import bounces, forwards, mime, quotes
 from mailbot.mailparse import robots as auto
 from mailbot.mailparse.bounces import Bounce
 from mailbot.mailparse.htmltext import html_to_text
-from mailbot.mailparse.mime import strip_subject_prefixes
 from mailbot.mailparse.sender import sender_of
+from mailbot.mailparse.subjects import strip_subject_prefixes
 from mailbot.mailparse.tokens import find_tokens
 
 __all__ = [
