@@ -105,6 +105,26 @@ def pg_start(bindir: Path, data: Path, log: Path, options: str) -> str | None:
         return (result.stdout + result.stderr + text.read()).decode(errors="replace")
 
 
+CORPUS = Path(
+    os.environ.get("MAILBOT_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus")
+)
+"""The shared corpus of real-world mail: ``$MAILBOT_CORPUS``, else ``../shared/corpus``
+beside the repository (where CI puts it)."""
+
+
+def has_corpus() -> bool:
+    return (CORPUS / "manifest.tsv").is_file()
+
+
+def require_corpus() -> None:
+    """Skip without the corpus; under ``CI=true``, where it must be, fail instead."""
+    if has_corpus():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"no corpus at {CORPUS} (manifest.tsv), and CI=true requires it")
+    pytest.skip(f"no corpus at {CORPUS}: set MAILBOT_CORPUS or put it at ../shared/corpus")
+
+
 def _pg_bin() -> Path | None:
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
     if candidates:

@@ -11,13 +11,13 @@ expected file.
 from __future__ import annotations
 
 import json
-import os
 import re
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CORPUS, require_corpus
 from test_architecture import IO_LIBRARIES, imports_of
 
 import mailbot
@@ -773,8 +773,6 @@ def test_every_parsing_module_is_pure() -> None:
 
 # -- the shared corpus ------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("MAILBOT_CORPUS", REPO.parent / "shared" / "corpus"))
 
 KNOWN_DISAGREEMENTS = {
     "alfonsrv-mail-parser-reply/reply/email_nl_1_2.txt": (
@@ -821,7 +819,12 @@ def same_text(found: str, wanted: str) -> bool:
     return norm(found) == norm(wanted)
 
 
-@pytest.mark.skipif(not (CORPUS / "manifest.tsv").is_file(), reason=f"no corpus at {CORPUS}")
+def test_the_corpus_is_there() -> None:
+    """Skips without the corpus, fails under CI=true: the cases below would be none."""
+    require_corpus()
+    assert corpus_cases()
+
+
 @pytest.mark.parametrize(("path", "expected_file"), corpus_cases())
 def test_corpus_message_is_understood(path: str, expected_file: str) -> None:
     expected: dict[str, Any] = json.loads((CORPUS / expected_file).read_text(encoding="utf-8"))
