@@ -43,6 +43,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WINDOW = timedelta(minutes=10)
+PATIENCE_MS = 120_000
+"""How long a page may take to load, or an expected text to appear, on a loaded
+machine (Playwright's defaults, 30 s and 5 s, are bounds on speed)."""
+expect.set_options(timeout=PATIENCE_MS)
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -55,7 +59,9 @@ def browser() -> Iterator[Browser]:
             pytest.fail(f"{CHROMIUM} not found, and CI=true requires it")
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=PATIENCE_MS
+        )
         try:
             yield launched
         finally:
@@ -79,6 +85,7 @@ def served(tmp_path: Path, database_url: str, clock: FixedClock) -> Iterator[tup
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
     made = browser.new_context(java_script_enabled=False)
+    made.set_default_timeout(PATIENCE_MS)
     try:
         yield made
     finally:
