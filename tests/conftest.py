@@ -96,7 +96,7 @@ def pg_start(bindir: Path, data: Path, log: Path, options: str) -> str | None:
     logged = log.stat().st_size if log.exists() else 0
     command = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "600"]
     result = subprocess.run(
-        _as_postgres([*command, "-o", options, "start"]), capture_output=True, check=False
+        as_postgres([*command, "-o", options, "start"]), capture_output=True, check=False
     )
     if result.returncode == 0:
         return None
@@ -125,7 +125,7 @@ def require_corpus() -> None:
     pytest.skip(f"no corpus at {CORPUS}: set MAILBOT_CORPUS or put it at ../shared/corpus")
 
 
-def _pg_bin() -> Path | None:
+def pg_bin() -> Path | None:
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
     if candidates:
         return candidates[0].parent
@@ -133,14 +133,14 @@ def _pg_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
-def _as_postgres(args: list[str]) -> list[str]:
+def as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL cluster in a temp dir on a free port, for this test session only."""
-    bindir = _pg_bin()
+    bindir = pg_bin()
     if bindir is None:
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL binaries not found, and CI=true requires them")
@@ -150,7 +150,7 @@ def postgres_server() -> Iterator[str]:
         shutil.chown(root, "postgres", "postgres")
     data = root / "data"
     subprocess.run(
-        _as_postgres(
+        as_postgres(
             [
                 str(bindir / "initdb"),
                 "-D",
@@ -181,9 +181,7 @@ def postgres_server() -> Iterator[str]:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
         subprocess.run(
-            _as_postgres(
-                [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
-            ),
+            as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
             check=False,
             capture_output=True,
         )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import _as_postgres, _pg_bin, on_a_free_port, pg_start, reserve_port
+from conftest import as_postgres, on_a_free_port, pg_bin, pg_start, reserve_port
 from factories import MailFactory
 from servers import wait_for
 from test_entrypoint import mailbot, start_serve
@@ -163,7 +163,7 @@ class Cluster:
     """A PostgreSQL cluster of this test's own, to stop and start at will."""
 
     def __init__(self, root: Path) -> None:
-        bindir = _pg_bin()
+        bindir = pg_bin()
         if bindir is None:
             pytest.skip("PostgreSQL binaries not found")
         self.bindir = bindir
@@ -171,7 +171,7 @@ class Cluster:
         self.data = root / "data"
         initdb = [str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"]
         initdb += ["-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
-        subprocess.run(_as_postgres(initdb), check=True, capture_output=True)
+        subprocess.run(as_postgres(initdb), check=True, capture_output=True)
         self.port = on_a_free_port(self._start_on)
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
@@ -186,12 +186,12 @@ class Cluster:
 
     def stop(self) -> None:
         command = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast"]
-        subprocess.run(_as_postgres([*command, "-w", "-t", "600", "stop"]), capture_output=True)
+        subprocess.run(as_postgres([*command, "-w", "-t", "600", "stop"]), capture_output=True)
 
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    if _pg_bin() is None and os.environ.get("CI") != "true":
+    if pg_bin() is None and os.environ.get("CI") != "true":
         pytest.skip("PostgreSQL binaries not found")
     root = Path(tempfile.mkdtemp(prefix="mailbot-outage-"))
     if os.geteuid() == 0:
