@@ -32,10 +32,18 @@ BODY = (
 )
 
 
+_held: list[socket.socket] = []
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port held until the benchmark ends: bound with SO_REUSEADDR but
+    not listening, so that no other program is handed it, while the server
+    started here (which binds with SO_REUSEADDR too) takes it over."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    _held.append(sock)
+    return int(sock.getsockname()[1])
 
 
 def wait_listening(port: int, timeout: float = 20) -> None:

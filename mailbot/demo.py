@@ -8,7 +8,9 @@ the link and press Accept, the Maildir to read what mailbot sent.
 
 from __future__ import annotations
 
+import contextlib
 import email
+import functools
 import json
 import re
 import shutil
@@ -21,7 +23,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -50,7 +52,10 @@ WORLD = {
         },
     ],
 }
-WAIT_SECONDS = 20.0
+WAIT_SECONDS = 120.0
+"""How long the demo waits for each step (the server to start, a mail to arrive)
+before it gives up: generous, so that a busy machine only makes it slower."""
+PORT_ATTEMPTS = 5
 UNDO_WINDOW = timedelta(minutes=10, seconds=1)
 """A little more than the default [web] undo_minutes: when a page answer counts."""
 
@@ -63,8 +68,8 @@ def run_demo(*, keep: bool = False) -> int:
     root = Path(tempfile.mkdtemp(prefix="mailbot-demo-"))
     server: subprocess.Popen[bytes] | None = None
     try:
-        config = _prepare(root)
-        server = _start_server(root, config)
+        _prepare(root)
+        server, config = _start_server(root)
         _story(root, config)
         return _stop_server(server)
     except DemoFailed as exc:
@@ -80,27 +85,23 @@ def run_demo(*, keep: bool = False) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _prepare(root: Path) -> dict[str, Any]:
-    config = {"smtp": _free_port(), "web": _free_port()}
+def _write_config(root: Path, config: dict[str, Any]) -> None:
     (root / "mailbot.toml").write_text(
         f'[bot]\naddress = "{BOT}"\nbase_url = "http://127.0.0.1:{config["web"]}"\n'
         f'[database]\nurl = "sqlite:///{root}/mailbot.db"\n'
         f"[smtp]\nport = {config['smtp']}\n[web]\nport = {config['web']}\n"
         f'[outgoing]\nmaildir = "{root}/sent"\n'
     )
+
+
+def _prepare(root: Path) -> None:
+    _write_config(root, {"smtp": 0, "web": 0})  # the ports are chosen when serving
     (root / "customers.json").write_text(json.dumps(WORLD))
     print("mailbot demo: changing the technical contact of example.com, by email\n")
     print(f"  example.com   admin: Alice <{ADMIN}>   tech: Bob <{TECH}>")
     print(f"  the agency    WebSenso <{AGENCY}>\n")
     _mailbot(root, "init")
     _mailbot(root, "import", "customers.json")
-    return config
 
 
 def _mailbot(root: Path, *args: str) -> str:
@@ -111,17 +112,44 @@ def _mailbot(root: Path, *args: str) -> str:
     return result.stdout
 
 
-def _start_server(root: Path, config: dict[str, Any]) -> subprocess.Popen[bytes]:
+def _start_server(root: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """``mailbot serve`` on two free loopback ports, and those ports.
+
+    Each port is held (bound, not listening) until the server takes it over, so
+    that no other program is handed it meanwhile; should one be in use all the
+    same, the server says so and is started again on others.
+    """
     command = [sys.executable, "-m", "mailbot", "--config", str(root / "mailbot.toml"), "serve"]
-    with (root / "serve.log").open("wb") as log:  # the child keeps its own copy
-        server = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    _wait(
-        lambda: _listening(config["smtp"]) and _listening(config["web"]), "mailbot serve to start"
-    )
-    print(
-        f"- mailbot serve is running (SMTP on port {config['smtp']}, web on port {config['web']})"
-    )
-    return server
+    for _ in range(PORT_ATTEMPTS):
+        with _held_port() as smtp, _held_port() as web:
+            config = {"smtp": smtp, "web": web}
+            _write_config(root, config)
+            with (root / "serve.log").open("wb") as log:  # the child keeps its own copy
+                server = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+            _wait(functools.partial(_settled, server, smtp, web), "mailbot serve to start")
+        if server.poll() is None:
+            print(f"- mailbot serve is running (SMTP on port {smtp}, web on port {web})")
+            return server, config
+        output = (root / "serve.log").read_text(errors="replace").strip()
+        if "cannot listen" not in output:
+            raise DemoFailed(f"mailbot serve: {output}")
+    raise DemoFailed(f"mailbot serve found no free port in {PORT_ATTEMPTS} attempts")
+
+
+@contextlib.contextmanager
+def _held_port() -> Iterator[int]:
+    """A loopback port the kernel picked, kept from other programs while the block
+    runs: bound with SO_REUSEADDR but not listening, so that ``mailbot serve``
+    (which binds with SO_REUSEADDR too) can take it over."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def _settled(server: subprocess.Popen[bytes], *ports: int) -> bool:
+    """Whether the server has either exited or opened all its ports."""
+    return server.poll() is not None or all(map(_listening, ports))
 
 
 def _listening(port: int) -> bool:
@@ -201,7 +229,7 @@ def _send(
     if in_reply_to:
         message["In-Reply-To"] = message["References"] = in_reply_to
     message.set_content(body)
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
         client.send_message(message)
 
 
@@ -263,13 +291,13 @@ class _Forms(HTMLParser):
 
 def _click_accept(link: str) -> str:
     """GET the page (which changes nothing), then submit its Accept form."""
-    with urllib.request.urlopen(link, timeout=10) as response:  # noqa: S310 (loopback http)
+    with urllib.request.urlopen(link, timeout=60) as response:  # noqa: S310 (loopback http)
         forms = _Forms()
         forms.feed(response.read().decode())
         shown = response.status
     forms.fields["decision"] = "accept"
     data = urllib.parse.urlencode(forms.fields).encode()
-    with urllib.request.urlopen(link, data=data, timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(link, data=data, timeout=60) as response:  # noqa: S310
         page = response.read().decode()
         answered = response.status
     heading = re.search(r"<h1[^>]*>(.*?)</h1>", page, re.S)
@@ -280,7 +308,7 @@ def _click_accept(link: str) -> str:
 def _stop_server(server: subprocess.Popen[bytes]) -> int:
     server.send_signal(signal.SIGTERM)
     try:
-        code = server.wait(timeout=15)
+        code = server.wait(timeout=WAIT_SECONDS)
     except subprocess.TimeoutExpired:
         raise DemoFailed("mailbot serve did not stop on SIGTERM") from None
     print(f"\n- mailbot serve stopped on SIGTERM (exit code {code}); the request is done.")

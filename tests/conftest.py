@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,102 @@ from mailbot.storage import engine as db
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_reserved: list[socket.socket] = []
 
 
-def _pg_bin() -> Path | None:
+def reserve_port() -> int:
+    """A loopback port that stays ours until the end of the test, for a server told
+    its port in advance (a settings file, a subprocess, ``base_url``).
+
+    The port is bound (not listening) with SO_REUSEADDR and held: the kernel
+    never hands it to another process's bind to port 0, while our own server,
+    which binds with SO_REUSEADDR too (asyncio, uvicorn, PostgreSQL, Dovecot
+    and ``mailbot serve`` all do), takes it over. No "close it and hope"
+    window; until a server listens there, connecting to it is refused.
+    """
+    sock = held_port()
+    _reserved.append(sock)
+    return int(sock.getsockname()[1])
+
+
+def held_port() -> socket.socket:
+    """The socket that holds a reserved port (see reserve_port), for a server that
+    outlives one test and may be restarted: close it when the server is gone."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+free_port = reserve_port
+"""The former name, for modules that still use it: the same reservation."""
+
+
+@pytest.fixture(autouse=True)
+def _release_reserved_ports() -> Iterator[None]:
+    """Ports reserved during a test are released when it ends (a session server's
+    own listening socket holds its port by then)."""
+    yield
+    while _reserved:
+        _reserved.pop().close()
+
+
+def address_in_use(output: str) -> bool:
+    """Whether a server's output says it could not bind its port (EADDRINUSE)."""
+    return "in use" in output.lower()
+
+
+def on_a_free_port(start: Callable[[int], str | None], attempts: int = 5) -> int:
+    """Start a server process on a reserved port, and on another one if it says
+    the address is in use; ``start(port)`` returns None once the server listens,
+    or its failure output. Returns the port it listens on."""
+    failure = ""
+    for _ in range(attempts):
+        port = reserve_port()
+        failure = start(port) or ""
+        if not failure:
+            return port
+        if not address_in_use(failure):
+            break
+    raise RuntimeError(f"the server did not start: {failure[-2000:]}")
+
+
+def pg_start(bindir: Path, data: Path, log: Path, options: str) -> str | None:
+    """``pg_ctl start`` (waiting for the server to accept connections, however slow
+    the machine); None once it runs, else what the server logged."""
+    logged = log.stat().st_size if log.exists() else 0
+    command = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "600"]
+    result = subprocess.run(
+        as_postgres([*command, "-o", options, "start"]), capture_output=True, check=False
+    )
+    if result.returncode == 0:
+        return None
+    with log.open("rb") as text:
+        text.seek(logged)
+        return (result.stdout + result.stderr + text.read()).decode(errors="replace")
+
+
+CORPUS = Path(
+    os.environ.get("MAILBOT_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus")
+)
+"""The shared corpus of real-world mail: ``$MAILBOT_CORPUS``, else ``../shared/corpus``
+beside the repository (where CI puts it)."""
+
+
+def has_corpus() -> bool:
+    return (CORPUS / "manifest.tsv").is_file()
+
+
+def require_corpus() -> None:
+    """Skip without the corpus; under ``CI=true``, where it must be, fail instead."""
+    if has_corpus():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"no corpus at {CORPUS} (manifest.tsv), and CI=true requires it")
+    pytest.skip(f"no corpus at {CORPUS}: set MAILBOT_CORPUS or put it at ../shared/corpus")
+
+
+def pg_bin() -> Path | None:
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
     if candidates:
         return candidates[0].parent
@@ -44,14 +133,14 @@ def _pg_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
-def _as_postgres(args: list[str]) -> list[str]:
+def as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL cluster in a temp dir on a free port, for this test session only."""
-    bindir = _pg_bin()
+    bindir = pg_bin()
     if bindir is None:
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL binaries not found, and CI=true requires them")
@@ -59,10 +148,9 @@ def postgres_server() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="mailbot-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    port = free_port()
     data = root / "data"
     subprocess.run(
-        _as_postgres(
+        as_postgres(
             [
                 str(bindir / "initdb"),
                 "-D",
@@ -80,36 +168,20 @@ def postgres_server() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    options = (
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(root / "log"),
-                "-w",
-                "-t",
-                "30",
-                "-o",
-                options,
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
+
+    def start(port: int) -> str | None:
+        options = (
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        return pg_start(bindir, data, root / "log", options)
+
+    port = on_a_free_port(start)
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
         subprocess.run(
-            _as_postgres(
-                [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
-            ),
+            as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
             check=False,
             capture_output=True,
         )
@@ -199,7 +271,7 @@ def served(tmp_path: Path, database_url: str) -> Iterator[Mailbot]:
     """A bot with the standard world and the real clock, on free ports, ready to be
     ``running`` (modules that need other settings define their own)."""
     settings = make_settings(
-        tmp_path, database_url, smtp={"port": free_port()}, web={"port": free_port()}
+        tmp_path, database_url, smtp={"port": reserve_port()}, web={"port": reserve_port()}
     )
     mailbot = Mailbot.from_settings(settings)
     seed_world(mailbot)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port
+from conftest import address_in_use, held_port
+from servers import wait_for
 
 USER = "agency@bot.test"
 PASSWORD = "secret-agency-password"
@@ -22,25 +24,48 @@ PASSWORD = "secret-agency-password"
 class Dovecot:
     root: Path
     port: int
+    hold: socket.socket
+    """Keeps ``port`` from other programs while the server is stopped."""
 
     @property
     def config(self) -> Path:
         return self.root / "dovecot.conf"
 
     def start(self) -> None:
+        """Start on ``port`` (held by the test session: no other program takes it)."""
+        failure = self.try_start()
+        if failure is not None:
+            raise RuntimeError(failure)
+
+    def try_start(self) -> str | None:
+        """Start, and wait until it listens; None then, else what it logged.
+
+        Dovecot binds its listeners before it forks into the background: a port
+        in use makes ``dovecot`` itself exit with an error.
+        """
+        logged = self.log.stat().st_size if self.log.exists() else 0
         # The daemon keeps whatever it inherits open: give it no pipe to hold.
-        subprocess.run(
+        started = subprocess.run(
             ["dovecot", "-c", str(self.config)],
-            check=True,
+            check=False,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if _listening(self.port) and (self.root / "run" / "master.pid").exists():
-                return
-            time.sleep(0.05)
-        raise RuntimeError((self.root / "dovecot.log").read_text())
+        if started.returncode == 0:
+            wait_for(lambda: _listening(self.port) or self._master_gone())
+            if _listening(self.port) and not self._master_gone():
+                return None
+        with self.log.open("rb") as log:
+            log.seek(logged)
+            return f"dovecot exited ({started.returncode}): {log.read().decode(errors='replace')}"
+
+    def _master_gone(self) -> bool:
+        pid_file = self.root / "run" / "master.pid"
+        return pid_file.exists() and not _alive(int(pid_file.read_text() or 0))
+
+    @property
+    def log(self) -> Path:
+        return self.root / "dovecot.log"
 
     def stop(self) -> None:
         pid_file = self.root / "run" / "master.pid"
@@ -48,11 +73,7 @@ class Dovecot:
             return
         pid = int(pid_file.read_text())
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        while _listening(self.port) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: not _alive(pid) and not _listening(self.port), timeout=120)
         pid_file.unlink(missing_ok=True)
 
     def deliver(self, raw: bytes, folder: str = "INBOX") -> None:
@@ -89,20 +110,34 @@ def _alive(pid: int) -> bool:
 
 
 def _listening(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def make_dovecot() -> Dovecot:
+    """A started Dovecot of its own, on a port it holds for as long as it lives; on
+    another port should the first one be in use all the same."""
     root = Path(tempfile.mkdtemp(prefix="mailbot-dovecot-"))
     root.chmod(0o755)  # dovecot's auth process (user dovecot) reads the passwd-file
-    port = free_port()
     for sub in ("run", "state", "mail"):
         (root / sub).mkdir()
     shutil.chown(root / "mail", 65534, 65534) if os.geteuid() == 0 else None
     (root / "users").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
+    failure = ""
+    for _ in range(5):
+        hold = held_port()
+        server = Dovecot(root, int(hold.getsockname()[1]), hold)
+        write_config(root, server.port)
+        failure = server.try_start() or ""
+        if not failure:
+            return server
+        hold.close()
+        if not address_in_use(failure):
+            break
+    raise RuntimeError(failure)
+
+
+def write_config(root: Path, port: int) -> None:
     (root / "dovecot.conf").write_text(f"""
 instance_name = mailbot-test-{port}
 base_dir = {root}/run
@@ -134,4 +169,3 @@ service imap-login {{
   }}
 }}
 """)
-    return Dovecot(root, port)

@@ -18,6 +18,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailbot.runtime import Runtime
 from mailbot.service import Mailbot
 
+START_TIMEOUT = 120.0
+"""How long a server may take to start or stop on a loaded machine: a bound on a
+wait, never on how fast something must be."""
+
 
 @contextmanager
 def running(bot: Mailbot) -> Iterator[Runtime]:
@@ -49,14 +53,15 @@ def running(bot: Mailbot) -> Iterator[Runtime]:
 
     thread = threading.Thread(target=main, name="mailbot-serve", daemon=True)
     thread.start()
-    started.wait(15)
+    if not started.wait(START_TIMEOUT):
+        raise AssertionError(f"serve did not start in {START_TIMEOUT:.0f} s")
     if failure:
         raise failure[0]
     try:
         yield runtime_box[0]
     finally:
         loop.call_soon_threadsafe(runtime_box[0].stopping.set)
-        thread.join(20)
+        thread.join(START_TIMEOUT)
         assert not thread.is_alive(), "serve did not stop"
         if failure:
             raise failure[0]
@@ -85,6 +90,8 @@ class Smarthost:
     refusal: str = "451 4.3.0 Try again later"
     received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     sessions: int = 0
+    port: int = 0
+    """Where it listens, once started by ``smarthost`` or ``relay``."""
 
     async def handle_EHLO(  # aiosmtpd's hook name
         self,
@@ -110,11 +117,38 @@ class Smarthost:
         return "250 2.0.0 OK"
 
 
+class RelayController(Controller):
+    """aiosmtpd's threaded server on a port the kernel picks (port 0): ``port``
+    is the one it got once started. Patient with a busy machine."""
+
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
+        super().__init__(
+            handler, hostname="127.0.0.1", port=0, ready_timeout=START_TIMEOUT, **kwargs
+        )
+
+    async def _create_server(self) -> asyncio.AbstractServer:  # aiosmtpd's hook
+        server = await self.loop.create_server(
+            self._factory_invoker, host=self.hostname, port=0, ssl=self.ssl_context
+        )
+        self.port = int(server.sockets[0].getsockname()[1])
+        return server
+
+
 @contextmanager
-def smarthost(port: int, **kwargs: Any) -> Iterator[Smarthost]:
+def smarthost(**kwargs: Any) -> Iterator[Smarthost]:
+    """A Smarthost (``Smarthost(**kwargs)``) listening on its own port, ``.port``."""
     handler = Smarthost(**kwargs)
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    with relay(handler):
+        yield handler
+
+
+@contextmanager
+def relay(handler: Smarthost, **smtp_options: Any) -> Iterator[Smarthost]:
+    """``handler`` served by a RelayController while the block runs; its port is
+    set on ``handler.port``."""
+    controller = RelayController(handler, **smtp_options)
     controller.start()
+    handler.port = controller.port
     try:
         yield handler
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import START, free_port, make_settings
+from conftest import START, make_settings, reserve_port
 from factories import (
     ALICE,
     CAROL,
@@ -49,6 +49,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WINDOW = timedelta(minutes=10)
+PATIENCE_MS = 120_000
+"""How long a page may take to load, or an expected text to appear, on a loaded
+machine (Playwright's defaults, 30 s and 5 s, are bounds on speed)."""
+expect.set_options(timeout=PATIENCE_MS)
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -61,7 +65,9 @@ def browser() -> Iterator[Browser]:
             pytest.fail(f"{CHROMIUM} not found, and CI=true requires it")
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=PATIENCE_MS
+        )
         try:
             yield launched
         finally:
@@ -71,7 +77,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def served(tmp_path: Path, database_url: str, clock: FixedClock) -> Iterator[tuple[Mailbot, str]]:
     """A bot whose ``base_url`` is the uvicorn serving its pages, and that URL."""
-    port = free_port()
+    port = reserve_port()
     settings = make_settings(tmp_path, database_url, bot={"base_url": f"http://127.0.0.1:{port}"})
     bot = Mailbot.from_settings(settings, clock)
     seed_world(bot)
@@ -85,6 +91,7 @@ def served(tmp_path: Path, database_url: str, clock: FixedClock) -> Iterator[tup
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
     made = browser.new_context(java_script_enabled=False)
+    made.set_default_timeout(PATIENCE_MS)
     try:
         yield made
     finally:

@@ -4,19 +4,20 @@ and every corpus forward format carrying a contact's ``ACCEPT <token>`` through
 the agency mailbox.
 
 The corpus is data beside the repository (``$MAILBOT_CORPUS``, default
-``../shared/corpus``); without it these tests skip.
+``../shared/corpus``); without it these tests skip, except under ``CI=true``,
+where they fail.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from email.message import EmailMessage
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import CORPUS, has_corpus, require_corpus
 from factories import ALICE, CAROL, MailFactory, Sent, outbox, send
 
 from mailbot.mailparse.quotes import first_cut
@@ -25,9 +26,7 @@ from mailbot.storage import queries
 from mailbot.storage.engine import transaction
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = Path(os.environ.get("MAILBOT_CORPUS", REPO.parent / "shared" / "corpus"))
 pytestmark = [
-    pytest.mark.skipif(not (CORPUS / "manifest.tsv").is_file(), reason=f"no corpus at {CORPUS}"),
     pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
     pytest.mark.usefixtures("world"),
 ]
@@ -45,8 +44,18 @@ def _bench() -> ModuleType:
     return module
 
 
-BENCH = _bench() if (CORPUS / "manifest.tsv").is_file() else None
+BENCH = _bench() if has_corpus() else None
 ENTRIES = BENCH.load_corpus(CORPUS) if BENCH else []
+
+
+@pytest.fixture(autouse=True)
+def _corpus() -> None:
+    require_corpus()
+
+
+def test_the_corpus_is_there() -> None:
+    """Fails under CI=true without the corpus (the tests below would have no cases)."""
+    assert ENTRIES
 
 
 def _quote_format(entry: object) -> tuple[list[str], str] | None:

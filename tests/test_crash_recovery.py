@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import _as_postgres, _pg_bin, free_port
+from conftest import as_postgres, on_a_free_port, pg_bin, pg_start, reserve_port
 from factories import MailFactory
 from servers import wait_for
-from test_entrypoint import MAILBOT, listening, mailbot
+from test_entrypoint import mailbot, start_serve
 
 BOT = "changes@bot.test"
 _TO = re.compile(rb"^To: (?:.*<)?([^<>\s]+@[^<>\s]+?)>?\s*$", re.MULTILINE)
@@ -102,16 +102,17 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def configure(workdir: Path, database_url: str) -> tuple[int, int]:
-    smtp_port, web_port = free_port(), free_port()
+def configure(workdir: Path, database_url: str) -> dict[str, int]:
+    """mailbot.toml and an initialised database; the ports ``start_serve`` listens on."""
+    ports = {"smtp": reserve_port(), "web": reserve_port()}
     (workdir / "mailbot.toml").write_text(
         f'[bot]\naddress = "{BOT}"\n'
         f'[database]\nurl = "{database_url}"\n'
-        f"[smtp]\nport = {smtp_port}\n[web]\nport = {web_port}\n"
+        f"[smtp]\nport = {ports['smtp']}\n[web]\nport = {ports['web']}\n"
         f'[outgoing]\nmaildir = "{workdir / "sent"}"\n'
     )
     assert mailbot(workdir, "init").returncode == 0
-    return smtp_port, web_port
+    return ports
 
 
 @pytest.fixture
@@ -122,41 +123,33 @@ def serve(workdir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     for process in started:
         if process.poll() is None:
             process.kill()
-        process.wait(10)
+        process.wait()
 
 
-def start_serve(
-    workdir: Path, started: list[subprocess.Popen[bytes]], smtp_port: int
+def start(
+    workdir: Path, started: list[subprocess.Popen[bytes]], ports: dict[str, int]
 ) -> subprocess.Popen[bytes]:
-    with (workdir / f"serve-{len(started)}.log").open("wb") as log:
-        process = subprocess.Popen(
-            [str(MAILBOT), "serve"],
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")},
-        )
+    process = start_serve(workdir, workdir / f"serve-{len(started)}.log", ports)
     started.append(process)
-    wait_for(lambda: listening(smtp_port), timeout=60)
     return process
 
 
 def test_a_kill_during_a_burst_loses_nothing_and_repeats_nothing(
     workdir: Path, database_url: str, serve: list[subprocess.Popen[bytes]]
 ) -> None:
-    smtp_port, _ = configure(workdir, database_url)
-    first = start_serve(workdir, serve, smtp_port)
-    burst = Burst(smtp_port, "k")
+    ports = configure(workdir, database_url)
+    first = start(workdir, serve, ports)
+    burst = Burst(ports["smtp"], "k")
     burst.start(clients=4, per_client=100)
     # Acting on mail lags behind taking it in a burst: the kill leaves well over
     # a hundred acknowledged messages stored but not yet acted on.
     wait_for(lambda: len(burst.acked) >= 250, timeout=180)
     first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    first.wait()
     burst.join()
     acked = set(burst.acked)
     assert len(acked) >= 250
-    start_serve(workdir, serve, smtp_port)  # once; from here on, no more restarts
+    start(workdir, serve, ports)  # once; from here on, no more restarts
     wait_for(lambda: backlog(workdir) == [], timeout=120)
     counts = acted(workdir)
     assert {sender: counts[sender] for sender in acked} == dict.fromkeys(acked, 1)
@@ -169,39 +162,41 @@ def test_a_kill_during_a_burst_loses_nothing_and_repeats_nothing(
 class Cluster:
     """A PostgreSQL cluster of this test's own, to stop and start at will."""
 
-    def __init__(self, root: Path, port: int) -> None:
-        bindir = _pg_bin()
+    def __init__(self, root: Path) -> None:
+        bindir = pg_bin()
         if bindir is None:
             pytest.skip("PostgreSQL binaries not found")
-        self.ctl = str(bindir / "pg_ctl")
+        self.bindir = bindir
         self.root = root
-        self.port = port
         self.data = root / "data"
         initdb = [str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"]
         initdb += ["-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
-        subprocess.run(_as_postgres(initdb), check=True, capture_output=True)
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        subprocess.run(as_postgres(initdb), check=True, capture_output=True)
+        self.port = on_a_free_port(self._start_on)
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _start_on(self, port: int) -> str | None:
+        options = f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        return pg_start(self.bindir, self.data, self.root / "log", options)
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        command = [self.ctl, "-D", str(self.data), "-l", str(self.root / "log"), "-w"]
-        command += ["-t", "30", "-o", options, "start"]
-        subprocess.run(_as_postgres(command), check=True, capture_output=True)
+        """Start again on its port (held by this test: no other program takes it)."""
+        failure = self._start_on(self.port)
+        assert failure is None, failure
 
     def stop(self) -> None:
-        command = [self.ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"]
-        subprocess.run(_as_postgres(command), check=False, capture_output=True)
+        command = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast"]
+        subprocess.run(as_postgres([*command, "-w", "-t", "600", "stop"]), capture_output=True)
 
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    if _pg_bin() is None and os.environ.get("CI") != "true":
+    if pg_bin() is None and os.environ.get("CI") != "true":
         pytest.skip("PostgreSQL binaries not found")
     root = Path(tempfile.mkdtemp(prefix="mailbot-outage-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    server = Cluster(root, free_port())
-    server.start()
+    server = Cluster(root)
     try:
         yield server
     finally:
@@ -211,7 +206,7 @@ def cluster() -> Iterator[Cluster]:
 
 def health(web_port: int) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=10) as answer:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=60) as answer:
             return int(answer.status)
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -220,9 +215,10 @@ def health(web_port: int) -> int:
 def test_a_database_outage_during_a_burst_is_caught_up_without_a_restart(
     workdir: Path, cluster: Cluster, serve: list[subprocess.Popen[bytes]]
 ) -> None:
-    smtp_port, web_port = configure(workdir, cluster.url)
-    process = start_serve(workdir, serve, smtp_port)
-    burst = Burst(smtp_port, "o")
+    ports = configure(workdir, cluster.url)
+    process = start(workdir, serve, ports)
+    burst = Burst(ports["smtp"], "o")
+    web_port = ports["web"]
     burst.start(clients=3, per_client=100)
     wait_for(lambda: len(burst.acked) >= 40, timeout=120)
     cluster.stop()

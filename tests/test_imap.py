@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, make_settings
+from conftest import make_settings, reserve_port
 from dovecot import PASSWORD, USER, Dovecot, make_dovecot
 from factories import ALICE, CAROL, MailFactory, outbox, seed_world, token_in
 from imapclient import IMAPClient
 from servers import maildir_count, running, wait_for
 
-from mailbot import commands
 from mailbot.adapters.imap_in import ImapReader
 from mailbot.cli import main
 from mailbot.config import ImapSettings
@@ -35,9 +34,9 @@ def dovecot_server() -> Iterator[Dovecot]:
             pytest.fail("dovecot not found, and CI=true requires it")
         pytest.skip("dovecot not found")
     server = make_dovecot()
-    server.start()
     yield server
     server.stop()
+    server.hold.close()
     shutil.rmtree(server.root, ignore_errors=True)
 
 
@@ -76,13 +75,33 @@ def count(imap: IMAPClient, folder: str) -> int:
 
 def read_once(bot: Mailbot, server: Dovecot) -> int:
     """One pass of the reader over the mailbox, as after each IDLE wake-up."""
-    reader = ImapReader(imap_settings(server), bot, threading.Event())
+    settings = imap_settings(server)
+    reader = ImapReader(settings, bot, threading.Event())
     imap = reader.connect()
     try:
-        reader._select(imap)
+        imap.select_folder(settings.folder)
         return reader.catch_up(imap)
     finally:
         imap.logout()
+
+
+def refuse_outgoing_mail(bot: Mailbot, database_url: str) -> None:
+    """Make the database refuse every new outbox row, as a corrupt table or a
+    constraint added by hand would: an error that is not an outage."""
+    if database_url.startswith("sqlite"):
+        statements = [
+            "CREATE TRIGGER refuse BEFORE INSERT ON outbox "
+            "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END"
+        ]
+    else:
+        statements = [
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION 'outbox refused'; END $$",
+            "CREATE TRIGGER refuse BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse()",
+        ]
+    with bot.engine.begin() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
 
 
 def open_request(bot: Mailbot, mail: MailFactory) -> dict[str, str]:
@@ -105,12 +124,9 @@ def test_a_message_that_cannot_be_processed_goes_to_the_failed_folder(
     mail: MailFactory,
     client: IMAPClient,
     dovecot_server: Dovecot,
-    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
 ) -> None:
-    def broken(*args: object) -> str:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(commands.Help, "handle", broken)
+    refuse_outgoing_mail(bot, database_url)  # answering HELP fails: a broken database
     dovecot_server.deliver(mail(ALICE, "HELP"))
     read_once(bot, dovecot_server)
     assert (count(client, "INBOX"), count(client, "mailbot-failed")) == (0, 1)
@@ -150,7 +166,7 @@ def test_mail_arriving_while_the_server_is_down_is_read_after_it_returns(
         fresh.logout()
     finally:
         stop.set()
-        thread.join(10)
+        thread.join(120)
     assert not thread.is_alive()
     with transaction(bot.engine) as session:
         assert [r.status for r in queries.requests(session)] == ["done"]
@@ -174,7 +190,11 @@ def test_serve_reads_the_agency_mailbox(
     """A customer's acceptance, forwarded by the agency into its mailbox, takes effect."""
     imap = imap_settings(dovecot_server).model_dump()
     settings = make_settings(
-        tmp_path, database_url, smtp={"port": free_port()}, web={"port": free_port()}, imap=imap
+        tmp_path,
+        database_url,
+        smtp={"port": reserve_port()},
+        web={"port": reserve_port()},
+        imap=imap,
     )
     served = Mailbot.from_settings(settings)
     try:

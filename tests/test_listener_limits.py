@@ -16,7 +16,6 @@ import re
 import resource
 import smtplib
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, make_settings
+from conftest import make_settings, reserve_port
 from factories import ALICE, CAROL, WORLD, MailFactory
 from servers import running, wait_for
 from sqlmodel import select
-from test_entrypoint import MAILBOT, listening, mailbot
+from test_entrypoint import mailbot, start_serve
 
 from mailbot.config import Settings, load_settings
 from mailbot.errors import ConfigError
@@ -48,8 +47,8 @@ def limited(tmp_path: Path, database_url: str) -> Iterator[Any]:
         settings = make_settings(
             tmp_path,
             database_url,
-            smtp={"port": free_port(), **(smtp or {})},
-            web={"port": free_port(), **(web or {})},
+            smtp={"port": reserve_port(), **(smtp or {})},
+            web={"port": reserve_port(), **(web or {})},
         )
         bot = Mailbot.from_settings(settings)
         bots.append(bot)
@@ -311,31 +310,23 @@ def _usual_limit() -> None:
 def serve_command(workdir: Path, config: str = "") -> Iterator[tuple[int, int, Path]]:
     """``mailbot serve`` as its own process with at most 1,024 open files, stopped
     by SIGTERM on exit; yields its SMTP and web ports and its log file."""
-    smtp_port, web_port = free_port(), free_port()
+    ports = {"smtp": reserve_port(), "web": reserve_port()}
     (workdir / "mailbot.toml").write_text(
-        f"[smtp]\nport = {smtp_port}\n[web]\nport = {web_port}\n{config}"
+        f"[smtp]\nport = {ports['smtp']}\n[web]\nport = {ports['web']}\n{config}"
     )
     (workdir / "world.json").write_text(json.dumps(WORLD))
     assert mailbot(workdir, "init").returncode == 0
     assert mailbot(workdir, "import", "world.json").returncode == 0
     log = workdir / "serve.log"
-    with log.open("wb") as output:
-        server = subprocess.Popen(
-            [str(MAILBOT), "serve"],
-            cwd=workdir,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_usual_limit,
-        )
-        try:
-            wait_for(lambda: listening(smtp_port) and listening(web_port), timeout=60)
-            yield smtp_port, web_port, log
-            server.terminate()
-            assert server.wait(timeout=30) == 0
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
+    server = start_serve(workdir, log, ports, preexec_fn=_usual_limit)
+    try:
+        yield ports["smtp"], ports["web"], log
+        server.terminate()
+        assert server.wait(timeout=120) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 def slow_clients(port: int, count: int, payload: bytes) -> list[socket.socket]:

@@ -11,13 +11,13 @@ expected file.
 from __future__ import annotations
 
 import json
-import os
 import re
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CORPUS, require_corpus
 from test_architecture import IO_LIBRARIES, imports_of
 
 import mailbot
@@ -456,6 +456,50 @@ def test_every_forward_prefix_marks_a_forward_and_is_stripped_from_its_subject(
     assert mailparse.strip_subject_prefixes(f"{prefix} Re: Validation") == "Validation"
 
 
+FORWARD_PREFIXES = [
+    "FW:", "Fwd:", "Fw-d:", "TR:", "TRS:", "WG:", "RV:", "ENC:", "VS:", "VB:", "Doorst:",
+    "PD:", "I:", "FS:", "RIF:", "Пер:", "Переслать:", "転送:", "转发:", "Fwd[2]:", "転送：",
+]  # fmt: skip
+REPLY_PREFIXES = ["Re:", "RE:", "AW:", "SV:", "Antw:", "Réf:", "Rép:", "Odp:", "YNT:", "Ответ:"]
+
+
+@pytest.mark.parametrize("prefix", FORWARD_PREFIXES)
+def test_what_counts_as_a_forward_is_what_is_stripped(prefix: str) -> None:
+    """One list: a prefix that makes a forward is never left on its subject."""
+    forwarded = mailparse.parse(mail(FORWARD_BLOCK, subject=f"{prefix} Validation")).forwarded
+    assert forwarded is not None
+    assert forwarded.subject == "Validation"
+    assert mailparse.strip_subject_prefixes(f"{prefix} Re: Validation") == "Validation"
+
+
+@pytest.mark.parametrize("prefix", REPLY_PREFIXES)
+def test_reply_prefixes_are_stripped_and_make_no_forward(prefix: str) -> None:
+    assert mailparse.strip_subject_prefixes(f"{prefix} Validation") == "Validation"
+    assert mailparse.parse(mail("Hello", subject=f"{prefix} Validation")).forwarded is None
+
+
+FORWARD_BLOCK = "See below.\n\nFrom: Carol <carol@agency.example>\nSent: Monday\nTo: Desk\n\nHi\n"
+
+
+@pytest.mark.parametrize(
+    ("subject", "verb", "argument"),
+    [
+        ("TRS: CHANGE example.com", "CHANGE", "example.com"),
+        ("転送: Re: ACCEPT", "ACCEPT", ""),
+        ("転送：Re：REFUSE", "REFUSE", ""),
+        ("I: RIF: PD: HELP", "HELP", ""),
+        ("Fwd: TR: WG: AW: SV: status example.com", "STATUS", "example.com"),
+        ("RIF: Re[3]: Fwd: CANCEL", "CANCEL", ""),
+    ],
+)
+def test_a_command_behind_forward_and_reply_prefixes_is_found(
+    subject: str, verb: str, argument: str
+) -> None:
+    parsed = mailparse.parse(mail("", subject=subject))
+    command = commands.find_command(parsed.subject, parsed.new_text)
+    assert (command.verb, command.argument) == (verb, argument)
+
+
 # -- robots ---------------------------------------------------------------------------------
 
 
@@ -719,8 +763,8 @@ def test_plus_key() -> None:
 
 
 def test_every_parsing_module_is_pure() -> None:
-    modules = sorted(Path(mailbot.__file__).parent.glob("mailparse*.py"))
-    assert len(modules) > 1
+    modules = sorted((Path(mailbot.__file__).parent / "mailparse").rglob("*.py"))
+    assert len(modules) > 10
     for path in modules:
         names = imports_of(path)
         forbidden = {n for n in names if any(n == x or n.startswith(x + ".") for x in IO_LIBRARIES)}
@@ -729,8 +773,6 @@ def test_every_parsing_module_is_pure() -> None:
 
 # -- the shared corpus ------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("MAILBOT_CORPUS", REPO.parent / "shared" / "corpus"))
 
 KNOWN_DISAGREEMENTS = {
     "alfonsrv-mail-parser-reply/reply/email_nl_1_2.txt": (
@@ -777,7 +819,12 @@ def same_text(found: str, wanted: str) -> bool:
     return norm(found) == norm(wanted)
 
 
-@pytest.mark.skipif(not (CORPUS / "manifest.tsv").is_file(), reason=f"no corpus at {CORPUS}")
+def test_the_corpus_is_there() -> None:
+    """Skips without the corpus, fails under CI=true: the cases below would be none."""
+    require_corpus()
+    assert corpus_cases()
+
+
 @pytest.mark.parametrize(("path", "expected_file"), corpus_cases())
 def test_corpus_message_is_understood(path: str, expected_file: str) -> None:
     expected: dict[str, Any] = json.loads((CORPUS / expected_file).read_text(encoding="utf-8"))

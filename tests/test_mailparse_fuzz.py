@@ -2,9 +2,11 @@
 
 Every example must parse without an exception *and* without falling back to
 the degraded reading (``parse_error``), which would hide a bug behind the
-safety net, and within ``CPU_LIMIT`` seconds of this process's CPU time: a
-budget that other work on a busy machine does not eat into, and that a
-super-linear blow-up on megabytes of input exceeds by far.
+safety net, and within ``CPU_LIMIT`` seconds of CPU time of the thread that
+parses (``time.thread_time``): a budget that neither other processes on a busy
+machine nor other threads of this one eat into, and that a super-linear
+blow-up on megabytes of input exceeds by far. How fast parsing is, is
+measured by ``benchmarks/mail_understanding.py``, not here.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ SNIPPETS = st.sampled_from(
 
 
 def parse_quickly(raw: bytes) -> mailparse.ParsedMail:
-    started = time.process_time()
+    started = time.thread_time()
     parsed = mailparse.parse(raw)
-    used = time.process_time() - started
+    used = time.thread_time() - started
     assert used < CPU_LIMIT, f"{used:.2f}s of CPU for {len(raw)} bytes"
     assert parsed.parse_error == "", parsed.parse_error
     assert len(parsed.text) <= mime.MAX_TEXT_CHARS

@@ -12,18 +12,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
-from conftest import free_port, make_settings
+from conftest import make_settings, reserve_port
 from factories import ALICE, BOB, CAROL, MailFactory, outbox, seed_world
 from servers import Smarthost, maildir_count, running, smarthost, wait_for
+from servers import relay as relay_with
 from sqlmodel import col, select
 
 from mailbot.adapters.smtp_in import TRY_LATER
 from mailbot.adapters.smtp_out import SmtpTransport
 from mailbot.clock import FixedClock
-from mailbot.config import Settings
+from mailbot.config import OutgoingSettings, Settings
 from mailbot.domain import Party
 from mailbot.outgoing.mailer import OutgoingMail
 from mailbot.service import Mailbot
@@ -37,8 +37,8 @@ def served(tmp_path: Path, database_url: str) -> Iterator[Mailbot]:
     settings = make_settings(
         tmp_path,
         database_url,
-        smtp={"port": free_port(), "max_message_bytes": 64 * 1024},
-        web={"port": free_port()},
+        smtp={"port": reserve_port(), "max_message_bytes": 64 * 1024},
+        web={"port": reserve_port()},
     )
     bot = Mailbot.from_settings(settings)
     seed_world(bot)
@@ -49,8 +49,13 @@ def served(tmp_path: Path, database_url: str) -> Iterator[Mailbot]:
 def smtp_send(
     settings: Settings, raw: bytes, sender: str = ALICE, to: str = "changes@bot.test"
 ) -> None:
-    with smtplib.SMTP(settings.smtp.host, settings.smtp.port, timeout=10) as client:
+    with smtplib.SMTP(settings.smtp.host, settings.smtp.port, timeout=60) as client:
         client.sendmail(sender, [to], raw)
+
+
+def relay_settings(bot: Mailbot, port: int) -> OutgoingSettings:
+    """``bot``'s outgoing settings, sending by SMTP to a relay on ``port``."""
+    return bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": port})
 
 
 def test_a_request_by_smtp_sends_its_mails_within_seconds(
@@ -109,8 +114,8 @@ def impatient_bot(tmp_path: Path, database_url: str) -> Mailbot:
     settings = make_settings(
         tmp_path,
         database_url,
-        smtp={"port": free_port()},
-        web={"port": free_port()},
+        smtp={"port": reserve_port()},
+        web={"port": reserve_port()},
         database={"busy_timeout_seconds": 0.2},
     )
     return Mailbot.from_settings(settings)
@@ -138,11 +143,9 @@ def test_a_message_that_cannot_be_stored_gets_451_and_nothing_internal(
 def test_outgoing_smtp_retries_a_refusing_smarthost_and_loses_nothing(
     bot: Mailbot, world: object, mail: MailFactory, clock: FixedClock
 ) -> None:
-    port = free_port()
-    settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": port})
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
-    with smarthost(port, refusals=4) as relay:
-        transport = SmtpTransport(settings)
+    with smarthost(refusals=4) as relay:
+        transport = SmtpTransport(relay_settings(bot, relay.port))
         for _ in range(6):
             bot.flush_outbox(transport)
             clock.at += timedelta(hours=3)
@@ -159,11 +162,9 @@ def test_outgoing_smtp_retries_a_refusing_smarthost_and_loses_nothing(
 def test_a_permanent_refusal_marks_the_mail_dead(
     bot: Mailbot, world: object, mail: MailFactory
 ) -> None:
-    port = free_port()
-    settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": port})
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
-    with smarthost(port, refusals=100, refusal="550 5.1.1 No such user") as relay:
-        report = bot.flush_outbox(SmtpTransport(settings))
+    with smarthost(refusals=100, refusal="550 5.1.1 No such user") as relay:
+        report = bot.flush_outbox(SmtpTransport(relay_settings(bot, relay.port)))
     assert report.dead == 3
     assert relay.received == []
     assert {m.row.status for m in outbox(bot)} == {"dead"}
@@ -173,7 +174,8 @@ def test_a_permanent_refusal_marks_the_mail_dead(
 def test_an_unreachable_smarthost_is_a_temporary_failure(
     bot: Mailbot, world: object, mail: MailFactory
 ) -> None:
-    settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": free_port()})
+    # A reserved port that nobody listens on: connections to it are refused.
+    settings = relay_settings(bot, reserve_port())
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
     report = bot.flush_outbox(SmtpTransport(settings))
     assert report.retried == 3
@@ -181,11 +183,9 @@ def test_an_unreachable_smarthost_is_a_temporary_failure(
 
 
 def test_one_flush_uses_one_smtp_session(bot: Mailbot, world: object, mail: MailFactory) -> None:
-    port = free_port()
-    settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": port})
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
-    with smarthost(port) as relay:
-        assert bot.flush_outbox(SmtpTransport(settings)).sent == 3
+    with smarthost() as relay:
+        assert bot.flush_outbox(SmtpTransport(relay_settings(bot, relay.port))).sent == 3
     assert (len(relay.received), relay.sessions) == (3, 1)
 
 
@@ -193,19 +193,12 @@ def test_one_flush_uses_one_smtp_session(bot: Mailbot, world: object, mail: Mail
 def test_a_non_ascii_recipient_goes_with_smtputf8_or_fails_alone(
     bot: Mailbot, world: object, mail: MailFactory, offered: bool
 ) -> None:
-    port = free_port()
-    settings = bot.settings.outgoing.model_copy(update={"transport": "smtp", "port": port})
     with transaction(bot.engine) as session:
         help_mail = OutgoingMail("help", Party(email="josé@exämple.test"), context={"commands": ()})
         bot.mailer.queue(session, help_mail, None)
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
-    relay = Smarthost()
-    controller = Controller(relay, hostname="127.0.0.1", port=port, enable_SMTPUTF8=offered)
-    controller.start()
-    try:
-        report = bot.flush_outbox(SmtpTransport(settings))
-    finally:
-        controller.stop()
+    with relay_with(Smarthost(), enable_SMTPUTF8=offered) as relay:
+        report = bot.flush_outbox(SmtpTransport(relay_settings(bot, relay.port)))
     recipients = sorted(rcpts[0] for _, rcpts, _ in relay.received)
     (row,) = [m.row for m in outbox(bot) if m.to != ALICE and m.to != CAROL]
     if offered:
@@ -288,7 +281,7 @@ def test_mail_that_met_a_locked_database_is_processed_once_it_is_free(
     for sender in senders:
         bot.store_inbound(mail(sender, "HELP"), source="smtp")
     path = database_url.removeprefix("sqlite:///")
-    locker = sqlite3.connect(path, isolation_level=None)
+    locker = sqlite3.connect(path, isolation_level=None, timeout=60)
     reader = sqlite3.connect(path, isolation_level=None)
 
     def waiting() -> int:
@@ -330,25 +323,21 @@ class SlowRelay(Smarthost):
 def test_stopping_finishes_the_mail_being_sent(
     tmp_path: Path, database_url: str, mail: MailFactory
 ) -> None:
-    relay_port = free_port()
-    settings = make_settings(
-        tmp_path,
-        database_url,
-        smtp={"port": free_port()},
-        web={"port": free_port()},
-        outgoing={"transport": "smtp", "port": relay_port},
-    )
-    bot = Mailbot.from_settings(settings)
-    relay = SlowRelay()
-    controller = Controller(relay, hostname="127.0.0.1", port=relay_port)
-    controller.start()
-    try:
-        with running(bot):
-            smtp_send(settings, mail(BOB, "HELP"), sender=BOB)
-            wait_for(lambda: relay.data_started)
-        # Stopped while the relay was still reading the mail: it was finished, not dropped.
-        assert [rcpts for _, rcpts, _ in relay.received] == [[BOB]]
-        assert [m.row.status for m in outbox(bot)] == ["sent"]
-    finally:
-        controller.stop()
-        bot.engine.dispose()
+    with relay_with(SlowRelay()) as relay:
+        settings = make_settings(
+            tmp_path,
+            database_url,
+            smtp={"port": reserve_port()},
+            web={"port": reserve_port()},
+            outgoing={"transport": "smtp", "port": relay.port},
+        )
+        bot = Mailbot.from_settings(settings)
+        try:
+            with running(bot):
+                smtp_send(settings, mail(BOB, "HELP"), sender=BOB)
+                wait_for(lambda: relay.data_started)
+            # Stopped while the relay was still reading the mail: it was finished, not dropped.
+            assert [rcpts for _, rcpts, _ in relay.received] == [[BOB]]
+            assert [m.row.status for m in outbox(bot)] == ["sent"]
+        finally:
+            bot.engine.dispose()

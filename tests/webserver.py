@@ -13,26 +13,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
-from conftest import free_port
 from starlette.types import ASGIApp
 
-START_TIMEOUT = 10.0
+START_TIMEOUT = 120.0
+"""How long uvicorn may take to start or stop on a loaded machine (a bound on a
+wait, not on speed)."""
 
 
 @contextmanager
 def running(app: ASGIApp, port: int | None = None) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (on ``port``, default a free one) while the block
-    runs; yields the base URL."""
-    port = port or free_port()
+    """Serve ``app`` on 127.0.0.1 while the block runs; yields the base URL.
+
+    Without ``port`` (or with 0) uvicorn binds a port the kernel picks, and the
+    URL names the one it got; a ``port`` given is one the test reserved."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="off"
+        app, host="127.0.0.1", port=port or 0, log_level="warning", ws="none", lifespan="off"
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     try:
         _wait_until_started(server, thread)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=START_TIMEOUT)

@@ -6,12 +6,14 @@ replacement characters, and the work done on one message is bounded (see the
 limits in ``mailparse.mime``). The pieces:
 
 - ``mime``: bounded MIME walking, charsets, RFC 2047 headers;
+- ``subjects``: the one list of reply and forward subject prefixes;
 - ``htmltext``: HTML bodies to text, quotes and signatures marked;
 - ``quotes``: the new text of a reply (quotes, attributions, header
   blocks, signatures removed);
 - ``forwards``: inline forwards and who wrote the forwarded message;
 - ``robots``: out-of-office replies, lists, challenge/response robots;
-- ``bounces``: DSNs and free-text bounces, failed recipients;
+- ``bounces``: which of our mails bounced and for whom: ``report`` reads RFC 3464
+  DSNs, ``freetext`` the others, ``returned`` the message they give back;
 - ``tokens``: validation tokens however they were typed;
 - ``sender``, ``authentication``: who sent it, and what the receiving MTA verified;
 - ``redact``: the stored copy with its tokens and reply keys blanked out.
@@ -30,8 +32,8 @@ from mailbot.mailparse import bounces, forwards, mime, quotes
 from mailbot.mailparse import robots as auto
 from mailbot.mailparse.bounces import Bounce
 from mailbot.mailparse.htmltext import html_to_text
-from mailbot.mailparse.mime import strip_subject_prefixes
 from mailbot.mailparse.sender import sender_of
+from mailbot.mailparse.subjects import strip_subject_prefixes
 from mailbot.mailparse.tokens import find_tokens
 
 __all__ = [

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 
 from mailbot.mailparse import quotes
-from mailbot.mailparse.mime import FORWARD_SUBJECT, strip_subject_prefixes
+from mailbot.mailparse.subjects import FORWARD_SUBJECT, strip_subject_prefixes
 
 MAX_HEADER_LINES = 14
 

@@ -32,26 +32,6 @@ MAX_TEXT_CHARS = 1_000_000
 MAX_HEADER_CHARS = 8_000
 """Characters of one header value kept."""
 
-REPLY_PREFIXES = r"re|aw|sv|antw|ref|réf|rép|rep|odp|ynt|ответ"
-"""What mail clients put before the subject of a reply, in their languages."""
-FORWARD_PREFIXES = r"fwd?|fw-d|tr|trs|wg|rv|enc|vs|vb|doorst|pd|i|fs|rif|пер|переслать|転送|转发"
-"""What mail clients put before the subject of a forward ("VS:" is both)."""
-_NUMBERED_COLON = r"\s*(?:\[\d+\])?\s*[:：]"
-SUBJECT_PREFIX = re.compile(
-    rf"^\s*(?:(?:{REPLY_PREFIXES}|{FORWARD_PREFIXES}){_NUMBERED_COLON}\s*)+", re.IGNORECASE
-)
-""""Re:", "TR:", "AW:", "SV:", "Fwd:"... as mail clients put them before a subject, repeated."""
-FORWARD_SUBJECT = re.compile(
-    rf"^\s*(?:\[[^\]]{{0,40}}\]\s*)?(?:{FORWARD_PREFIXES}){_NUMBERED_COLON}", re.IGNORECASE
-)
-"""A forward's subject, behind an optional list tag such as "[EXTERNAL]"."""
-
-
-def strip_subject_prefixes(subject: str) -> str:
-    """A subject without its reply and forward prefixes."""
-    return SUBJECT_PREFIX.sub("", subject).strip()
-
-
 _MBOX_FROM = re.compile(rb"\AFrom [^\r\n]*\r?\n")
 _LEADING_BLANK = re.compile(rb"\A(?:[ \t]*\r?\n)+")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from email.message import Message
 
-from mailbot.mailparse import mime
+from mailbot.mailparse import mime, subjects
 
 _AUTOMATIC_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply", "auto-reply"})
 _AUTOREPLY_HEADERS = (
@@ -99,5 +99,5 @@ def out_of_office_subject(subject: str) -> bool:
     Domain names and addresses are left out first: mailbot's own subjects name
     the service, and "vacation-rentals.example" must not read as a vacation.
     """
-    subject = mime.strip_subject_prefixes(_DOMAIN_LIKE.sub(" ", subject[:300]))
+    subject = subjects.strip_subject_prefixes(_DOMAIN_LIKE.sub(" ", subject[:300]))
     return bool(_OOO_SUBJECT.search(subject) or _OOO_SUBJECT_START.match(subject))
