@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import email
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -68,6 +70,17 @@ WORLD: dict[str, Any] = {
         },
     ],
 }
+
+
+@contextmanager
+def another_instance(bot: Mailbot) -> Iterator[Mailbot]:
+    """A second service on the same database, with an engine of its own, as a
+    second ``serve`` process would have."""
+    other = Mailbot.from_settings(bot.settings, bot.clock)
+    try:
+        yield other
+    finally:
+        other.engine.dispose()
 
 
 def seed_world(bot: Mailbot) -> dict[str, Any]:

@@ -86,6 +86,13 @@ def test_adapters_talk_to_the_service_not_to_storage(path: Path) -> None:
     assert not reaches(path, {"mailbot.storage", "sqlalchemy", "sqlmodel"}), label(path)
 
 
+@pytest.mark.parametrize("path", modules_of(["storage", "outgoing"]), ids=label)
+def test_data_flows_one_way(path: Path) -> None:
+    """Storage and outgoing mail serve the service; they never call back up into it."""
+    upward = {"mailbot.service", "mailbot.adapters", "mailbot.cli", "mailbot.runtime"}
+    assert not reaches(path, upward), f"{label(path)} imports {reaches(path, upward)}"
+
+
 def test_the_walk_sees_every_package() -> None:
     """A new package must be placed on purpose: in the core, an adapter, or the rest."""
     packages = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import START, make_settings
-from factories import ALICE, CAROL, MailFactory, maildir_messages
+from factories import ALICE, CAROL, MailFactory, another_instance, maildir_messages
 from sqlmodel import select
 
 from mailbot import commands
@@ -202,15 +202,16 @@ def test_two_senders_at_once_send_each_mail_once(bot: Mailbot, mail: MailFactory
     transport = FlakyTransport()
     barrier = threading.Barrier(2)
 
-    def run() -> None:
+    def run(instance: Mailbot) -> None:
         barrier.wait()
-        bot.flush_outbox(transport)
+        instance.flush_outbox(transport)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with another_instance(bot) as other:
+        threads = [threading.Thread(target=run, args=(b,)) for b in (bot, other)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     ids = [
         line
         for _, _, payload in transport.delivered

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from factories import ALICE, CAROL, DAVE, MailFactory, outbox, send, token_in
+from factories import ALICE, CAROL, DAVE, MailFactory, another_instance, outbox, send, token_in
 from sqlmodel import SQLModel
 from test_outbox import FlakyTransport
 
@@ -109,18 +109,20 @@ def test_simultaneous_last_decisions_close_the_request_once(
     barrier = threading.Barrier(len(messages))
     errors: list[BaseException] = []
 
-    def deliver(raw: bytes) -> None:
+    def deliver(instance: Mailbot, raw: bytes) -> None:
         barrier.wait()
         try:
-            bot.receive(raw)
+            instance.receive(raw)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=deliver, args=(raw,)) for raw in messages]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with another_instance(bot) as other:
+        pairs = zip((bot, other), messages, strict=True)
+        threads = [threading.Thread(target=deliver, args=pair) for pair in pairs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     assert errors == []
     events = [m.event for m in outbox(bot)]
     assert events.count("request-done") == 3

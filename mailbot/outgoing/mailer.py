@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -18,9 +18,9 @@ from sqlmodel import Session
 from mailbot.clock import Clock
 from mailbot.config import Settings
 from mailbot.domain import Party, Request
+from mailbot.mailparse import ParsedMail
 from mailbot.outgoing.compose import Envelope, bounce_address, compose, new_message_id
 from mailbot.outgoing.render import MAIL_CONTEXT, Renderer, make_environment
-from mailbot.service.inbound import ReceivedMail
 from mailbot.storage import limits, mail_queries, queries
 from mailbot.storage.tables import EventRow, OutboxRow
 from mailbot.views import RequestView
@@ -30,6 +30,20 @@ ANSWER_EVENTS = ("error", "help", "status", "list")
 STRANGER_CONTEXT: dict[str, Any] = {"generic": True, "original_subject": "", "command": ""}
 """What an answer to an untrusted address is rendered with: a generic text that
 quotes nothing of its mail (backscatter carries no spam)."""
+
+
+class Answered(Protocol):
+    """The received mail an outgoing one answers, threaded under it when it goes
+    back to that mail's sender (the service's ``ReceivedMail`` is one)."""
+
+    @property
+    def sender(self) -> str: ...
+
+    @property
+    def message_id(self) -> str | None: ...
+
+    @property
+    def parsed(self) -> ParsedMail: ...
 
 
 @dataclass
@@ -54,7 +68,7 @@ class Mailer:
         self.on_mail_queued: list[Callable[[], None]] = []
         self.answers = limits.answers(settings.policy)
 
-    def queue(self, session: Session, mail: OutgoingMail, message: ReceivedMail | None) -> bool:
+    def queue(self, session: Session, mail: OutgoingMail, message: Answered | None) -> bool:
         """Render ``mail`` and add it to the outbox, in the caller's transaction.
 
         Returns False when the mail is held back instead: mailbot writes to an

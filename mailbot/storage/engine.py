@@ -37,6 +37,12 @@ def make_engine(settings: DatabaseSettings) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
+READ_ONLY = "mailbot_read_only"
+"""Execution option of a connection that only reads: on SQLite it begins a
+deferred transaction, which WAL lets run beside a writer (the schema check at
+start-up does not wait for another process's write lock)."""
+
+
 def _sqlite_engine(url: sa.URL, busy_timeout: float) -> Engine:
     """SQLite tuned for a mail server: durable commits and one writer at a time.
 
@@ -72,7 +78,8 @@ def _sqlite_engine(url: sa.URL, busy_timeout: float) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reading = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     _writers[engine] = (threading.Lock(), busy_timeout)
     return engine
@@ -130,7 +137,7 @@ def check_schema(engine: Engine) -> None:
     with _alembic_config(engine) as config:
         head = ScriptDirectory.from_config(config).get_current_head()
     try:
-        with engine.connect() as connection:
+        with engine.connect().execution_options(**{READ_ONLY: True}) as connection:
             current = MigrationContext.configure(connection).get_current_revision()
     except sa.exc.OperationalError as exc:
         raise SchemaOutOfDate(f"cannot open the database: {exc.orig}") from None

@@ -55,16 +55,10 @@ class LinkPages(Pages):
 
     async def answer(self, request: Request) -> Response:
         """POST: check where it comes from and the nonce, then hold the decision."""
-        client = client_of(request)
-        if (wait := await run_in_threadpool(self.bot.limits.guess_wait, client)) is not None:
-            return self.too_many(wait)
-        if cross_site(request, self.origin):
-            log.info("cross-site POST refused on the link page")
-            return self.error(403)
-        try:
-            form = await read_form(request)
-        except FormTooLarge:
-            return self.error(413)
+        checked = await self.posted_form(request, "the link page")
+        if isinstance(checked, Response):
+            return checked
+        client, form = checked
         typed = request.path_params["token"]
         return await run_in_threadpool(self.answer_sync, request, typed, client, form)
 
@@ -102,18 +96,26 @@ class LinkPages(Pages):
 
     async def undo(self, request: Request) -> Response:
         """POST of an undo link: the same checks as a decision, then withdraw it."""
+        checked = await self.posted_form(request, "an undo link")
+        if isinstance(checked, Response):
+            return checked
+        client, form = checked
+        typed = request.path_params["token"]
+        return await run_in_threadpool(self.undo_sync, request, typed, client, form)
+
+    async def posted_form(self, request: Request, where: str) -> tuple[str, Form] | Response:
+        """What every POST passes before its token is looked up: the client's
+        guesses, the origin of the form, and its size. Returns the client and form."""
         client = client_of(request)
         if (wait := await run_in_threadpool(self.bot.limits.guess_wait, client)) is not None:
             return self.too_many(wait)
         if cross_site(request, self.origin):
-            log.info("cross-site POST refused on an undo link")
+            log.info("cross-site POST refused on %s", where)
             return self.error(403)
         try:
-            form = await read_form(request)
+            return client, await read_form(request)
         except FormTooLarge:
             return self.error(413)
-        typed = request.path_params["token"]
-        return await run_in_threadpool(self.undo_sync, request, typed, client, form)
 
     def undo_sync(self, request: Request, typed: str, client: str, form: Form) -> Response:
         """The blocking part of an undo: token, state, nonce, the ticked box, then undo."""
