@@ -65,8 +65,12 @@ class Verb(ABC):
 
     ``name`` is the English word (the canonical verb of a Command), ``aliases``
     the French ones; ``arguments`` and ``description`` make its HELP line.
-    Adding a verb is a subclass, an entry in the registry and its templates.
+    Adding a verb is a subclass that names itself, and its templates: defining
+    it registers it (``registered``, in the order HELP lists them).
     """
+
+    registered: ClassVar[list[type[Verb]]] = []
+    """Every class that names a verb, in the order they were defined."""
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]]
@@ -74,6 +78,11 @@ class Verb(ABC):
     description: ClassVar[str]
     opposite: ClassVar[str | None] = None
     """A verb that must not appear in the same mail (ACCEPT beside REFUSE)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in vars(cls):  # a verb; a family of verbs such as ACCEPT/REFUSE names none
+            Verb.registered.append(cls)
 
     @property
     def words(self) -> tuple[str, ...]:

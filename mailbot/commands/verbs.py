@@ -112,18 +112,9 @@ class Help(Verb):
         return cases.help(VERBS)
 
 
-VERBS: tuple[Verb, ...] = (
-    Change(),
-    Accept(),
-    Refuse(),
-    Status(),
-    ListRequests(),
-    Cancel(),
-    Resend(),
-    Confirm(),
-    Help(),
-)
-"""The registry: every verb mailbot understands, in the order HELP lists them."""
+VERBS: tuple[Verb, ...] = tuple(verb() for verb in Verb.registered)
+"""The registry: every verb mailbot understands, in the order HELP lists them
+(the order of the classes above)."""
 
 BY_NAME = {verb.name: verb for verb in VERBS}
 BY_WORD = {word: verb for verb in VERBS for word in verb.words}
