@@ -38,8 +38,8 @@ from mailbot.mailparse.tokens import find_tokens
 
 __all__ = [
     "Bounce",
-    "Forwarded",
-    "ParsedMessage",
+    "ForwardedMail",
+    "ParsedMail",
     "find_tokens",
     "html_to_text",
     "message_id_of",
@@ -55,7 +55,7 @@ MAX_SUBJECT_CHARS = 1_000
 
 
 @dataclass(frozen=True)
-class Forwarded:
+class ForwardedMail:
     """The message inside a forward: inline below a header block, or attached."""
 
     sender: str | None
@@ -100,7 +100,7 @@ class ParsedMail:
     """Canonical tokens written in the new text (candidates, to check against digests)."""
     tokens_in_quote: tuple[str, ...] = ()
     """Canonical tokens in the quoted part, e.g. mailbot's own token mail quoted back."""
-    forwarded: Forwarded | None = None
+    forwarded: ForwardedMail | None = None
     forwarder_note: str = ""
     """The forwarder's own words above a forward ("" when there is no forward)."""
     autoreply: bool = False
@@ -218,7 +218,7 @@ def body_text(message: Message) -> tuple[str, bool]:
     return plain or "", False
 
 
-def _forwarded(message: Message, split: quotes.Split, subject: str) -> Forwarded | None:
+def _forwarded(message: Message, split: quotes.Split, subject: str) -> ForwardedMail | None:
     """An attached ``message/rfc822`` wins over an inline forward (its headers are real).
 
     Only called for messages that are not bounces: a bounce's attached message
@@ -234,7 +234,7 @@ def _forwarded(message: Message, split: quotes.Split, subject: str) -> Forwarded
     if inline is None:
         return None
     own = quotes.split_reply(inline.body).new
-    return Forwarded(
+    return ForwardedMail(
         sender=inline.sender,
         sender_name=inline.sender_name,
         subject=inline.subject,
@@ -245,12 +245,12 @@ def _forwarded(message: Message, split: quotes.Split, subject: str) -> Forwarded
     )
 
 
-def _attached(inner: Message) -> Forwarded:
+def _attached(inner: Message) -> ForwardedMail:
     strict = sender_of(inner)
     name, address = strict.name, strict.address
     text, _ = body_text(inner)
     own = quotes.split_reply(text).new
-    return Forwarded(
+    return ForwardedMail(
         sender=address,
         sender_name=name,
         subject=_one_line(mime.header(inner, "Subject"))[:MAX_SUBJECT_CHARS],

@@ -45,7 +45,10 @@ _ATTRIBUTION_PERSON = re.compile(
 
 
 @dataclass(frozen=True)
-class InlineForward:
+class ForwardBlock:
+    """A forward found in a text body: the forwarder's note, the header block
+    of the forwarded message, and its text (``ForwardedMail`` is what comes of it)."""
+
     note: str
     """The forwarder's own words above the forwarded message."""
     sender: str | None
@@ -60,7 +63,7 @@ def has_forward_subject(subject: str) -> bool:
     return FORWARD_SUBJECT.match(subject) is not None
 
 
-def find(split: quotes.Split, subject: str) -> InlineForward | None:
+def find(split: quotes.Split, subject: str) -> ForwardBlock | None:
     """The inline forward in a split text body, if its first quoted matter is one."""
     lines, cut = list(split.lines), split.cut
     if cut is None:
@@ -96,7 +99,7 @@ def _marker_at(lines: list[str], cut: quotes.Cut) -> int | None:
 
 def _from_header_block(
     lines: list[str], start: int, note: str, subject: str
-) -> InlineForward | None:
+) -> ForwardBlock | None:
     """Parse "Key: value" lines from ``start``; the body follows the blank line after them."""
     depth, index = _first_content(lines, start)
     if index is None:
@@ -131,7 +134,7 @@ def _from_header_block(
     body = _body(lines[index:], depth)
     name, address = person(fields["from"])
     forwarded_subject = fields.get("subject") or strip_subject_prefixes(subject)
-    return InlineForward(note, address, name, forwarded_subject, fields.get("date", ""), body)
+    return ForwardBlock(note, address, name, forwarded_subject, fields.get("date", ""), body)
 
 
 def _continues(line: str, previous: str, last: str, fields: dict[str, str]) -> bool:
@@ -189,7 +192,7 @@ def _dedent(lines: list[str]) -> str:
 
 def _from_attribution(
     lines: list[str], cut: quotes.Cut, note: str, subject: str
-) -> InlineForward | None:
+) -> ForwardBlock | None:
     """Outlook for Mac forwards as "On <date>, "Name" <address> wrote:" + indented text."""
     window = " ".join(line.strip() for line in lines[cut.index : cut.index + cut.length])
     found = _ATTRIBUTION_PERSON.search(window)
@@ -202,7 +205,7 @@ def _from_attribution(
     date = window[: found.start()].strip(" ,")
     date = re.sub(r"^\S+\s+", "", date, count=1)
     date = re.sub(rf"[\s,]*(?:{quotes.VERBS})$", "", date, flags=re.IGNORECASE)
-    return InlineForward(note, address, name, strip_subject_prefixes(subject), date, body)
+    return ForwardBlock(note, address, name, strip_subject_prefixes(subject), date, body)
 
 
 def person(value: str) -> tuple[str, str | None]:

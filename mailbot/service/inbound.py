@@ -171,7 +171,7 @@ class ReceivedMail:
 
 
 def speaker(row: InboundRow, parsed: mailparse.ParsedMail, settings: Settings) -> ReceivedMail:
-    """Who speaks in a received message, and what they say (see Inbound)."""
+    """Who speaks in a received message, and what they say (see ReceivedMail)."""
     assert row.id is not None
     assert parsed.sender is not None
     recipients = (
