@@ -4,6 +4,7 @@ and answered with a page."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -162,21 +163,19 @@ class LinkPages(Pages):
 
     def lookup(self, typed: str, client: str) -> tuple[str, TokenPage] | Response:
         """The canonical token and its page, or a 404 that counts as a guess."""
-        token = tokens.normalise(typed)
-        if token is not None:
-            try:
-                return token, self.bot.token_page(token)
-            except BadToken:
-                pass
-        self.bot.limits.guess_missed(client)
-        return self.error(404)
+        return self.page_or_guess(typed, client, self.bot.token_page)
 
     def lookup_undo(self, typed: str, client: str) -> tuple[str, TokenPage] | Response:
         """The canonical undo token and what it stands for, or a 404 counted as a guess."""
+        return self.page_or_guess(typed, client, self.bot.undo_page)
+
+    def page_or_guess(
+        self, typed: str, client: str, page_of: Callable[[str], TokenPage]
+    ) -> tuple[str, TokenPage] | Response:
         token = tokens.normalise(typed)
         if token is not None:
             try:
-                return token, self.bot.undo_page(token)
+                return token, page_of(token)
             except BadToken:
                 pass
         self.bot.limits.guess_missed(client)
