@@ -41,10 +41,7 @@ class LinkPages(Pages):
 
     def show(self, request: Request) -> Response:
         """GET: the request and its form; reads only, so scanners change nothing."""
-        client = client_of(request)
-        if (wait := self.bot.limits.guess_wait(client)) is not None:
-            return self.too_many(wait)
-        found = self.lookup(request.path_params["token"], client)
+        found = self.unless_throttled(request, self.lookup)
         if isinstance(found, Response):
             return found
         token, page = found
@@ -86,10 +83,7 @@ class LinkPages(Pages):
 
     def show_undo(self, request: Request) -> Response:
         """GET of an undo link: what is held and a form to undo it; changes nothing."""
-        client = client_of(request)
-        if (wait := self.bot.limits.guess_wait(client)) is not None:
-            return self.too_many(wait)
-        found = self.lookup_undo(request.path_params["token"], client)
+        found = self.unless_throttled(request, self.lookup_undo)
         if isinstance(found, Response):
             return found
         token, page = found
@@ -160,6 +154,15 @@ class LinkPages(Pages):
         return PlainTextResponse("ok\n")
 
     # -- steps -------------------------------------------------------------------
+
+    def unless_throttled(
+        self, request: Request, lookup: Callable[[str, str], tuple[str, TokenPage] | Response]
+    ) -> tuple[str, TokenPage] | Response:
+        """A GET's token looked up, unless its client guessed too often lately."""
+        client = client_of(request)
+        if (wait := self.bot.limits.guess_wait(client)) is not None:
+            return self.too_many(wait)
+        return lookup(request.path_params["token"], client)
 
     def lookup(self, typed: str, client: str) -> tuple[str, TokenPage] | Response:
         """The canonical token and its page, or a 404 that counts as a guess."""
