@@ -9,7 +9,8 @@ limits in ``mailparse.mime``). The pieces:
 - ``subjects``: the one list of reply and forward subject prefixes;
 - ``htmltext``: HTML bodies to text, quotes and signatures marked;
 - ``quotes``: the new text of a reply (quotes, attributions, header
-  blocks, signatures removed);
+  blocks, signatures removed), on the ``lines`` of the text, with the rules of
+  ``attributions``, ``headerblocks`` and ``signatures``;
 - ``forwards``: inline forwards and who wrote the forwarded message;
 - ``robots``: out-of-office replies, lists, challenge/response robots;
 - ``bounces``: which of our mails bounced and for whom: ``report`` reads RFC 3464

@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from email.utils import parseaddr
 
-from mailbot.mailparse import quotes
+from mailbot.mailparse import attributions, headerblocks, quotes
+from mailbot.mailparse.lines import dequote, quote_depth
 from mailbot.mailparse.subjects import FORWARD_SUBJECT, strip_subject_prefixes
 
 MAX_HEADER_LINES = 14
@@ -75,7 +76,7 @@ def find(split: quotes.Split, subject: str) -> ForwardBlock | None:
     if not has_forward_subject(subject):
         return None
     if cut.kind == "header":
-        start = cut.index + (0 if quotes.header_key(lines[cut.index]) else 1)
+        start = cut.index + (0 if headerblocks.header_key(lines[cut.index]) else 1)
         return _from_header_block(lines, start, note, subject)
     if cut.kind == "separator":
         return _from_header_block(lines, cut.index + 1, note, subject)
@@ -91,9 +92,9 @@ def _marker_at(lines: list[str], cut: quotes.Cut) -> int | None:
     if cut.kind != "quote":
         return None
     for index in range(cut.index, min(cut.index + 4, len(lines))):
-        content = quotes.dequote(lines[index]).strip()
+        content = dequote(lines[index]).strip()
         if content:
-            return index if quotes.is_forward_marker(lines[index]) else None
+            return index if headerblocks.is_forward_marker(lines[index]) else None
     return None
 
 
@@ -115,7 +116,7 @@ def _from_header_block(
                 break
             index += 1
             continue
-        key = quotes.header_key(line)
+        key = headerblocks.header_key(line)
         if key is not None:
             last = _field(key)
             value = line.split(":", 1)[1] if ":" in line else line.split("：", 1)[-1]
@@ -152,7 +153,7 @@ def _continues(line: str, previous: str, last: str, fields: dict[str, str]) -> b
 
 def _field(key: str) -> str:
     key = key.lower()
-    if quotes.is_from_key(key):
+    if headerblocks.is_from_key(key):
         return "from"
     if key in _SUBJECT_KEYS:
         return "subject"
@@ -164,14 +165,14 @@ def _field(key: str) -> str:
 def _first_content(lines: list[str], start: int) -> tuple[int, int | None]:
     """Quote depth and index of the first non-blank line from ``start``."""
     for index in range(start, min(start + 4, len(lines))):
-        if quotes.dequote(lines[index]).strip():
-            return quotes.quote_depth(lines[index]), index
+        if dequote(lines[index]).strip():
+            return quote_depth(lines[index]), index
     return 0, None
 
 
 def _strip_depth(line: str, depth: int) -> str:
     for _ in range(depth):
-        stripped = quotes.dequote(line)
+        stripped = dequote(line)
         if stripped == line:
             break
         line = stripped
@@ -204,7 +205,7 @@ def _from_attribution(
     body = _body(lines[cut.index + cut.length :], 0)
     date = window[: found.start()].strip(" ,")
     date = re.sub(r"^\S+\s+", "", date, count=1)
-    date = re.sub(rf"[\s,]*(?:{quotes.VERBS})$", "", date, flags=re.IGNORECASE)
+    date = re.sub(rf"[\s,]*(?:{attributions.VERBS})$", "", date, flags=re.IGNORECASE)
     return ForwardBlock(note, address, name, strip_subject_prefixes(subject), date, body)
 
 

@@ -1,0 +1,37 @@
+"""The lines of a text body as every quote rule sees them.
+
+Quote, header-block, attribution and signature rules all work on the same
+normalised lines, bounded in number and in length so that hostile text costs
+linear time.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_LINES = 20_000
+"""Lines of a text examined; the rest is treated as quoted."""
+MAX_LINE_CHARS = 300
+"""Longer lines are never attributions or headers."""
+
+_INVISIBLE = re.compile("[\ufeff\u200b\u200c\u200d\u200e\u200f\u2060\u00ad]")
+QUOTED = re.compile(r"^[ \t]*>(?![ \t]*[:：][ \t]*$)")  # ">:" ends a wrapped attribution
+_QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?")
+RULE = re.compile(r"^\s*[-_=*]{5,}\s*$")
+"""A line drawn across: Outlook puts one above the original it quotes."""
+
+
+def normalise(text: str) -> list[str]:
+    """Lines with uniform line ends, no invisible characters, no-break spaces as spaces."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _INVISIBLE.sub("", text).replace("\u00a0", " ").replace("\u202f", " ")
+    return text.split("\n")[:MAX_LINES]
+
+
+def dequote(line: str) -> str:
+    return _QUOTE_PREFIX.sub("", line, count=1)
+
+
+def quote_depth(line: str) -> int:
+    found = _QUOTE_PREFIX.match(line)
+    return found.group().count(">") if found else 0
