@@ -88,6 +88,35 @@ def test_a_message_over_the_size_limit_is_refused_with_552(
     assert "552" in str(refused.value)
 
 
+def test_lines_longer_than_1000_octets_are_accepted_as_a_real_mta_accepts_them(
+    served: Mailbot, mail: MailFactory
+) -> None:
+    """A webmail's header line of 1,242 characters, a body line of 20,000: 250, and read."""
+    raw = mail(ALICE, "HELP", "HELP")
+    headers, _, body = raw.partition(b"\r\n\r\n")
+    long_header = b"X-Webmail-Trace: " + b"a=1; " * 245
+    long_body_line = b"x" * 20_000
+    raw = headers + b"\r\n" + long_header + b"\r\n\r\n" + body + long_body_line + b"\r\n"
+    assert len(long_header) > 1_200
+    with running(served):
+        smtp_send(served.settings, raw)
+        wait_for(lambda: maildir_count(served.settings.outgoing.maildir) == 1)
+    assert [m.event for m in outbox(served)] == ["help"]
+
+
+def test_a_line_longer_than_the_size_limit_is_refused_for_its_size_not_its_format(
+    served: Mailbot, mail: MailFactory
+) -> None:
+    raw = mail(ALICE, "HELP", "HELP") + b"y" * (100 * 1024) + b"\r\n"
+    settings = served.settings.smtp
+    with running(served), smtplib.SMTP(settings.host, settings.port, timeout=60) as client:
+        client.ehlo()
+        client.mail(ALICE)  # no SIZE= announced: the limit is met in DATA
+        client.rcpt("changes@bot.test")
+        code, _ = client.data(raw)
+    assert code == 552
+
+
 def test_the_same_message_twice_acts_once(served: Mailbot, mail: MailFactory) -> None:
     raw = mail(ALICE, "CHANGE example.com", f"tech: {CAROL}")
     with running(served):

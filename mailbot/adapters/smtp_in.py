@@ -9,7 +9,11 @@ parsing happens after the answer, off the SMTP path.
 Every limit a legitimate client could hit answers 4xx, so that it retries:
 too many connections (421, or the oldest idle session is closed to make
 room), too many recipients (452, the rest go in another transaction), a
-session past its lifetime (421). aiosmtpd closes a session silent for
+session past its lifetime (421). A message is never refused for its
+formatting: a line may be as long as the whole message may be (aiosmtpd's
+default of 1,000 octets would answer ``500 Line too long`` to mail that real
+MTAs relay every day, webmail bounces among them); the only bound is
+``[smtp] max_message_bytes``, answered ``552``. aiosmtpd closes a session silent for
 ``[smtp] timeout_seconds``; its timer restarts at each command only, so the
 whole message after DATA must also arrive within it.
 """
@@ -40,6 +44,8 @@ TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 SESSION_TOO_LONG = "421 4.4.2 Session too long, closing connection"
+TOO_BIG = "552 5.3.4 Message too big"
+_LINE_TOO_LONG = "500 Line too long"
 STORE_TIMEOUT_SECONDS = 30.0
 BATCH_LIMIT = 64
 
@@ -165,6 +171,8 @@ class LimitedSMTP(SMTP):
     def __init__(
         self, handler: InboundHandler, limiter: ConnectionLimiter, lifetime: float, **kwargs: Any
     ) -> None:
+        # A line may be as long as a message may be (the reader is made with this limit).
+        self.line_length_limit = kwargs.get("data_size_limit") or SMTP.line_length_limit
         super().__init__(handler, **kwargs)
         self.limiter = limiter
         self.lifetime = lifetime
@@ -214,6 +222,8 @@ class LimitedSMTP(SMTP):
         await super()._handle_client()
 
     async def push(self, status: AnyStr) -> None:
+        if self.receiving and _text(status).startswith(_LINE_TOO_LONG):
+            status = TOO_BIG  # type: ignore[assignment]  # such a line is over the size limit
         await super().push(status)
         self.last_reply = self.loop.time()
 
@@ -243,6 +253,10 @@ class LimitedSMTP(SMTP):
         if reply is not None:
             self.transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
         self.transport.close()
+
+
+def _text(status: str | bytes) -> str:
+    return status if isinstance(status, str) else status.decode("ascii", "replace")
 
 
 def smtp_factory(
