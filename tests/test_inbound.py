@@ -3,6 +3,8 @@ replies above a quoted token mail, robots, bounces, loops and floods."""
 
 from __future__ import annotations
 
+from email import message_from_bytes
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -115,6 +117,36 @@ def test_a_bare_answer_quoting_the_token_mail_uses_the_quoted_token(
     body = f"Accept\n\n{attribution}\n{quoted(asks[CAROL])}"
     mails = send(bot, mail(CAROL, "no thread, no plus address", body))
     assert [(m.event, m.to) for m in mails] == [("validation-recorded", CAROL)]
+
+
+def test_a_forwarded_reply_whose_token_is_only_in_its_quote_is_read_like_a_direct_one(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    request_id, asks = opened(bot, mail)
+    attribution = "On Mon, 2 Mar 2026 at 09:00, mailbot <changes@bot.test> wrote:"
+    reply = f"REFUSE\n\n{attribution}\n{quoted(asks[CAROL])}"
+    raw = gmail_forward(AGENCY_BOX, CAROL, "Re: validation", reply)
+    mails = send(bot, raw, source="imap")
+    assert {m.event for m in mails} == {"request-refused"}
+    found = validation(bot, request_id, CAROL)
+    assert found["status"] == "refused"
+    assert "forwarded by desk@agency.test" in [e["detail"] for e in found["events"]]
+
+
+def test_an_attached_forwarded_reply_is_matched_by_its_own_thread(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    request_id, asks = opened(bot, mail)
+    ask = asks[CAROL]
+    subject, thread = f"Re: {ask.header('Subject')}", ask.header("Message-ID")
+    answer = mail(CAROL, subject, "Accept", in_reply_to=thread)
+    forward = EmailMessage()
+    forward["From"], forward["To"], forward["Subject"] = AGENCY_BOX, "changes@bot.test", "Fwd: Re"
+    forward.set_content("See attached.")
+    forward.add_attachment(message_from_bytes(answer))
+    mails = send(bot, forward.as_bytes(), source="imap")
+    assert [(m.event, m.to) for m in mails] == [("validation-recorded", CAROL)]
+    assert validation(bot, request_id, CAROL)["status"] == "accepted"
 
 
 def test_tokens_of_two_validations_are_ambiguous(bot: Mailbot, mail: MailFactory) -> None:

@@ -70,6 +70,10 @@ class ForwardedMail:
     new_text: str
     """The forwarded message's own new text (its quotes and signature removed)."""
     tokens_in_new_text: tuple[str, ...] = ()
+    tokens_in_quote: tuple[str, ...] = ()
+    """Tokens in the forwarded message's own quote: a forwarded reply quoting our token mail."""
+    references: tuple[str, ...] = ()
+    """In-Reply-To then References of an attached message (inline forwards do not show them)."""
     attached: bool = False
     """Forwarded as a ``message/rfc822`` attachment rather than inline."""
     message_id: str | None = None
@@ -234,15 +238,16 @@ def _forwarded(message: Message, split: quotes.Split, subject: str) -> Forwarded
     inline = forwards.find(split, subject)
     if inline is None:
         return None
-    own = quotes.split_reply(inline.body).new
+    own = quotes.split_reply(inline.body)
     return ForwardedMail(
         sender=inline.sender,
         sender_name=inline.sender_name,
         subject=inline.subject,
         date=inline.date,
         text=inline.body,
-        new_text=own,
-        tokens_in_new_text=find_tokens(own),
+        new_text=own.new,
+        tokens_in_new_text=find_tokens(own.new),
+        tokens_in_quote=find_tokens(own.quoted),
     )
 
 
@@ -250,15 +255,17 @@ def _attached(inner: Message) -> ForwardedMail:
     strict = sender_of(inner)
     name, address = strict.name, strict.address
     text, _ = body_text(inner)
-    own = quotes.split_reply(text).new
+    own = quotes.split_reply(text)
     return ForwardedMail(
         sender=address,
         sender_name=name,
         subject=_one_line(mime.header(inner, "Subject"))[:MAX_SUBJECT_CHARS],
         date=_one_line(mime.header(inner, "Date"))[:200],
         text=text,
-        new_text=own,
-        tokens_in_new_text=find_tokens(own),
+        new_text=own.new,
+        tokens_in_new_text=find_tokens(own.new),
+        tokens_in_quote=find_tokens(own.quoted),
+        references=_references(inner),
         attached=True,
         message_id=message_id_of(b"", inner),
     )
