@@ -72,6 +72,25 @@ def test_a_request_through_the_installed_command_on_defaults(workdir: Path) -> N
     assert [r["status"] for r in listed] == ["pending"]
 
 
+def test_a_listing_read_by_a_reader_that_stops_early_ends_quietly(workdir: Path) -> None:
+    """``mailbot requests list --json | head -1``: no traceback when the pipe closes."""
+    assert mailbot(workdir, "init").returncode == 0
+    with Popen(
+        [str(MAILBOT), "requests", "list", "--json"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_environment(),
+    ) as reader_gone:
+        assert reader_gone.stdout is not None
+        assert reader_gone.stderr is not None
+        reader_gone.stdout.close()  # before anything is written
+        errors = reader_gone.stderr.read()
+        status = reader_gone.wait(60)
+    assert status == 128 + signal.SIGPIPE
+    assert errors == b""
+
+
 def test_environment_overrides_reach_the_command(workdir: Path, tmp_path: Path) -> None:
     result = mailbot(workdir, "init", env={"MAILBOT_DATABASE__URL": f"sqlite:///{tmp_path}/o.db"})
     assert result.returncode == 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from collections.abc import Sequence
 
 from mailbot import logs
@@ -22,10 +24,22 @@ from mailbot.cli.parser import build_parser
 __all__ = ["build_parser", "main"]
 
 
+EX_SIGPIPE = 128 + 13
+"""What a shell reports for a command whose reader went away (``... | head``)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args)
-    return run(args)
+    try:
+        status = run(args)
+        sys.stdout.flush()  # here, where a reader that went away can still be caught
+    except BrokenPipeError:
+        # Nobody reads what is left: say nothing more (no traceback, no second
+        # error when the interpreter flushes stdout at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_SIGPIPE
+    return status
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
