@@ -26,7 +26,7 @@ MAX_BLOCK_LINES = 24
 
 _LABEL_LINE = re.compile(
     rf"^\s*\**\s*(?P<label>{labels.ALL_LABELS})(?:\s*\([\w\s]{{1,12}}\))?\s*\**\s*"
-    r"(?:[:：]\s*\**|\t)(?P<value>.*)$",
+    r"(?:[:：]\s*\**|\t\s*|\s{2,}(?=\S))(?P<value>.*)$",
     re.IGNORECASE,
 )
 

@@ -54,7 +54,9 @@ _FORWARD_PHRASE = re.compile(_FORWARDED, re.IGNORECASE)
 
 FROM_KEYS = labels.FROM_LABELS
 OTHER_KEYS = labels.OTHER_LABELS
-_KEY = re.compile(rf"^\s*\**\s*(?P<key>{FROM_KEYS}|{OTHER_KEYS})\s*\**\s*[:：]", re.IGNORECASE)
+_KEY = re.compile(
+    rf"^\s*\**\s*(?P<key>{FROM_KEYS}|{OTHER_KEYS})\s*\**(?:\s*[:：]|[ ]*\t)", re.IGNORECASE
+)
 _FROM_KEY = re.compile(rf"^(?:{FROM_KEYS})$", re.IGNORECASE)
 
 
@@ -94,8 +96,10 @@ def header_block_at(lines: list[str], index: int) -> bool:
         if key is not None:
             keys.append(key)
     first = lines[index] if index < len(lines) else ""
-    if header_key(first) is not None and len(labels.split_inline(first)) >= 3:
-        return is_from_key(header_key(first) or "")
+    if header_key(first) is not None:
+        inline = [field for field, _ in labels.split_inline(first)]
+        if len(inline) >= 3:  # a block run together on one line by HTML-to-text
+            return "from" in inline
     if len(keys) < 2 or header_key(first) is None:
         return False
     return any(is_from_key(key) for key in keys)

@@ -54,7 +54,9 @@ _QUOTE_START_IDS = ("divrplyfwdmsg", "appendonsend", "stopspelling", "olk_src_bo
 _HIDDEN = re.compile(r"display\s*:\s*none", re.IGNORECASE)
 _STRAY_LT = re.compile(r"<(?![A-Za-z/!?])")
 _NOTABLE = frozenset({"id", "class", "style", "data-smartmail", "tabindex"})
-_HEADER_LINE = re.compile(rf"^\s*\**\s*(?:{labels.ALL_LABELS})\s*\**\s*[:：]", re.IGNORECASE)
+_HEADER_LINE = re.compile(
+    rf"^\s*\**\s*(?:{labels.ALL_LABELS})\s*\**(?:\s*[:：]|[ ]*\t)", re.IGNORECASE
+)
 _ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
 _SPACES = re.compile(r"[ \t\r\n\f\v\u00a0]+")
 
@@ -92,7 +94,7 @@ class _TextExtractor(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.block(tag)
         if tag in ("td", "th") and self.current:
-            self.write(" ")
+            self.write("\t")  # a table's cells stay apart: "From:<tab>value", "From<tab>value"
         if tag == "a":
             self.mailto = _mailto(attrs, self.length)
         notable = {name: value for name, value in attrs if name in _NOTABLE}
