@@ -24,6 +24,9 @@ from mailbot.mailparse.lines import MAX_LINE_CHARS, dequote
 MAX_BLOCK_LINES = 24
 """Lines a header block may span (labels and values on separate lines double it)."""
 
+WRAPPED_LINE_CHARS = 100
+"""A wrapped value's line is no longer than a client's wrapping width."""
+
 _LABEL_LINE = re.compile(
     rf"^\s*\**\s*(?P<label>{labels.ALL_LABELS})(?:\s*\([\w\s]{{1,12}}\))?\s*\**\s*"
     r"(?:[:：]\s*\**|\t\s*|\s{2,}(?=\S))(?P<value>.*)$",
@@ -88,7 +91,9 @@ def read(lines: list[str], start: int, depth: int) -> Block | None:
             pending = last if not pairs[-1][1] else None
         elif pending is not None:
             fields[pending], pending = line.strip(" *\t"), None
-        elif last is not None and _continues(line, previous, last, fields):
+        elif last is not None and (
+            _continues(line, previous, last, fields) or _between_labels(lines, index, depth, fields)
+        ):
             fields[last] = f"{fields[last]} {line.strip()}"
         elif last is not None:
             break
@@ -114,6 +119,15 @@ def _label_follows(lines: list[str], index: int, depth: int, fields: dict[str, s
             pairs = label_pairs(line)
             return bool(pairs) and pairs[0][0] not in fields
     return False
+
+
+def _between_labels(lines: list[str], index: int, depth: int, fields: dict[str, str]) -> bool:
+    """A short line right above the label of a field not seen yet: a value wrapped at the
+    client's line length (Thunderbird wraps a long subject without indenting it)."""
+    if len(lines[index]) > WRAPPED_LINE_CHARS or index + 1 >= len(lines):
+        return False
+    pairs = label_pairs(strip_depth(lines[index + 1], depth))
+    return bool(pairs) and pairs[0][0] not in fields
 
 
 def _continues(line: str, previous: str, last: str, fields: dict[str, str]) -> bool:

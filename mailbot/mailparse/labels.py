@@ -17,7 +17,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "from", "de", "von", "van", "da", "fra", "från", "fran", "od", "от", "отправитель",
         "lähettäjä", "lahettaja", "feladó", "felado", "kimden", "expéditeur", "expediteur",
         "remitente", "mittente", "afzender", "absender", "nadawca", "odesílatel",
-        "odesilatel", "发件人", "寄件者", "差出人", "보낸 사람", "de la",
+        "odesilatel", "remetente", "发件人", "寄件者", "差出人", "보낸 사람", "de la",
     ),
     "date": (
         "date", "sent", "sent at", "datum", "envoyé", "envoye", "envoyé le", "envoye le",
@@ -33,7 +33,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "cc": (
         "cc", "bcc", "cci", "ccn", "cco", "copie", "copie à", "copie a", "kopie", "kopia",
-        "kopi", "copia", "cópia", "копия", "抄送",
+        "kopi", "copia", "cópia", "копия", "抄送", "blindkopie", "copie cachée à",
+        "copie cachee a",
     ),
     "subject": (
         "subject", "objet", "sujet", "betreff", "asunto", "assunto", "oggetto", "onderwerp",
@@ -42,7 +43,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "reply-to": (
         "reply-to", "reply to", "répondre à", "repondre a", "antwort an", "responder a",
-        "rispondi a", "antwoord aan", "antwoord naar", "responder para",
+        "rispondi a", "antwoord aan", "antwoord naar", "responder para", "rispondi-a",
+        "antwoord-naar", "responder-para",
     ),
     "other": (
         "attachments", "pièces jointes", "pieces jointes", "anlagen", "anhänge",
