@@ -67,6 +67,9 @@ def find(split: quotes.Split, subject: str) -> ForwardBlock | None:
             return None
     note = "" if split.bottom_posted else split.new
     marker = _marker_at(lines, cut)
+    if marker is not None and (run_on := headerblocks.run_on_block(dequote(lines[marker]))):
+        lines[marker] = run_on  # "---- Forwarded message ----From: …" on one line
+        return _from_header_block(lines, marker, note, subject)
     if marker is not None:
         return _from_header_block(lines, marker + 1, note, subject) or _attribution_after(
             lines, marker + 1, note, subject
@@ -193,6 +196,7 @@ def person(value: str) -> tuple[str, str | None]:
     if value.count("<") > 1:
         value = _MAILTO_TWIN.sub("", value)
     value = _MAILTO_INSIDE.sub("<", value)
+    value = value.replace("<<", "<").replace(">>", ">")
     value = value.replace("«", '"').replace("»", '"').replace("*", "").strip()
     name, address = parseaddr(value)
     if "@" not in address:

@@ -34,6 +34,8 @@ _FORWARDED = (
     r"|mail transf[ée]r[ée]|e-?mail transf[ée]r[ée]|weitergeleitete (?:e-?)?mail"
     r"|correo reenviado|e-?mail inoltrata|mail inoltrata"
     r"|doorgestuurde? (?:e-?mail|bericht)|e-?mail encaminhado|mensagem reenviada"
+    r"|edelleenl[äa]hetetty viesti|p[řr]eposlan[áa] zpr[áa]va|wiadomo[śs][ćc] przes[łl]ana dalej"
+    r"|перенаправленное сообщение|mesaj redirec[țt]ionat"
 )
 _FORWARD_INTRO = re.compile(
     r"^\s*(?:begin forwarded message|d[ée]but du message r[ée]exp[ée]di[ée]"
@@ -42,6 +44,9 @@ _FORWARD_INTRO = re.compile(
     r"|inizio (?:del )?messaggio inoltrato|begin doorgestuurd bericht"
     r"|in[íi]cio da mensagem encaminhada|in[íi]cio da mensagem reenviada"
     r"|begin van doorgestuurd bericht|beginn der weitergeleiteten nachricht"
+    r"|d[ée]but du message transf[ée]r[ée]|start p[åa] videresendt besked|vidarebefordrat mejl"
+    r"|za[čc][áa]tek p[řr]epos[íi]lan[ée] zpr[áa]vy|pocz[ąa]tek przekazywanej wiadomo[śs]ci"
+    r"|tov[áa]bb[íi]tott lev[ée]l kezdete|videresendt melding|v[äa]litetty viesti alkaa"
     r"|начало переадресованного сообщения|videresendt besked|vidarebefordrat brev"
     rf"|{_FORWARDED})\s*[:：]?\s*$",
     re.IGNORECASE,
@@ -50,6 +55,12 @@ _SEPARATOR = re.compile(
     rf"^\s*[-_=~*]{{2,}}\s*(?P<phrase>{_ORIGINAL}|{_FORWARDED})\s*[:：]?\s*[-_=~*]*\s*$",
     re.IGNORECASE,
 )
+_SEPARATOR_HEAD = re.compile(
+    rf"^\s*[-_=~*]{{2,}}\s*(?P<phrase>{_ORIGINAL}|{_FORWARDED})\s*[:：]?\s*[-_=~*]{{2,}}"
+    r"(?P<rest>\s*\S.*)$",
+    re.IGNORECASE,
+)
+"""A separator with the header block run on after it, on the same line."""
 _FORWARD_PHRASE = re.compile(_FORWARDED, re.IGNORECASE)
 
 FROM_KEYS = labels.FROM_LABELS
@@ -64,10 +75,24 @@ def separator_kind(line: str) -> str | None:
     """``forward`` or ``separator`` when the line is one, else None."""
     if _FORWARD_INTRO.match(line):
         return "forward"
-    found = _SEPARATOR.match(line)
+    found = _SEPARATOR.match(line) or _run_on_separator(line)
     if found is None:
         return None
     return "forward" if _FORWARD_PHRASE.fullmatch(found.group("phrase")) else "separator"
+
+
+def _run_on_separator(line: str) -> re.Match[str] | None:
+    """A separator followed on its line by the header block (HTML turned into text)."""
+    found = _SEPARATOR_HEAD.match(line)
+    return found if found is not None and header_key(found.group("rest")) else None
+
+
+def run_on_block(line: str) -> str | None:
+    """The header block written on a separator's own line, if there is one."""
+    found = _SEPARATOR_HEAD.match(line) if len(line) <= MAX_LINE_CHARS else None
+    if found is None or header_key(found.group("rest")) is None:
+        return None
+    return found.group("rest").strip()
 
 
 def is_forward_marker(line: str) -> bool:
