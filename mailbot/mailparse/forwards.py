@@ -11,7 +11,14 @@ writes above a forwarded message:
   often with the whole forward quoted with ``>``;
 - Outlook: only the header block ("From: … Sent: … To: … Subject: …"), or
   even only an "On … wrote:" line; these look exactly like a reply's quote,
-  so they count as a forward only when the subject says so (FW:, TR:, WG:…).
+  so they count as a forward only when the subject says so (FW:, TR:, WG:…);
+- webmails (GMX, Zoho, Orange, Zimbra, Proton…): the same, with their own
+  separators ("----- Mail transféré -----", "==== Forwarded message ====") or
+  an intro line ("Message du 02/03/26 11:00").
+
+The block itself is read by ``fieldblocks`` whatever its layout (one field a
+line, a table, run together on one line) and language (``labels``). A
+forwarder's signature above the forward is looked past.
 """
 
 from __future__ import annotations
@@ -59,35 +66,43 @@ def has_forward_subject(subject: str) -> bool:
 def find(split: quotes.Split, subject: str) -> ForwardBlock | None:
     """The inline forward in a split text body, if its first quoted matter is one."""
     lines, cut = list(split.lines), split.cut
+    if cut is not None and cut.kind == "signature":
+        cut = _past_signature(lines, cut)
     if cut is None:
         return None
-    if cut.kind == "signature":
-        cut = _past_signature(lines, cut)
-        if cut is None:
-            return None
     note = "" if split.bottom_posted else split.new
     marker = _marker_at(lines, cut)
-    if marker is not None and (run_on := headerblocks.run_on_block(dequote(lines[marker]))):
-        lines[marker] = run_on  # "---- Forwarded message ----From: …" on one line
-        return _from_header_block(lines, marker, note, subject)
     if marker is not None:
-        return _from_header_block(lines, marker + 1, note, subject) or _attribution_after(
-            lines, marker + 1, note, subject
-        )
+        return _after_separator(lines, marker, note, subject)
     if not has_forward_subject(subject):
         return None
+    return _at_cut(lines, cut, note, subject)
+
+
+def _at_cut(lines: list[str], cut: quotes.Cut, note: str, subject: str) -> ForwardBlock | None:
+    """A forward that only its subject announces: read from where the quote starts."""
     if cut.kind == "header":
         start = cut.index + (0 if headerblocks.header_key(lines[cut.index]) else 1)
         return _from_header_block(lines, start, note, subject)
     if cut.kind == "separator":
-        return _from_header_block(lines, cut.index + 1, note, subject) or _attribution_after(
-            lines, cut.index + 1, note, subject
-        )
+        return _after_separator(lines, cut.index, note, subject)
     if cut.kind == "attribution":
         return _from_attribution(lines, cut, note, subject)
     if cut.kind == "quote":
         return _from_header_block(lines, cut.index, note, subject, intro=True)
     return None
+
+
+def _after_separator(lines: list[str], index: int, note: str, subject: str) -> ForwardBlock | None:
+    """The forward below a separator: its header block (on the separator's own line
+    when HTML-to-text ran them together), else an "On … wrote:" line (Proton)."""
+    run_on = headerblocks.run_on_block(dequote(lines[index]))
+    if run_on is not None:
+        lines[index] = run_on
+        return _from_header_block(lines, index, note, subject)
+    return _from_header_block(lines, index + 1, note, subject) or _attribution_after(
+        lines, index + 1, note, subject
+    )
 
 
 def _past_signature(lines: list[str], cut: quotes.Cut) -> quotes.Cut | None:

@@ -20,8 +20,8 @@ _ORIGINAL = (
     r"|opprinnelig melding|ursprungligt meddelande|alkuper[äa]inen viesti"
     r"|wiadomo[śs][ćc] oryginalna|p[ůu]vodn[íi] zpr[áa]va|исходное сообщение"
     r"|eredeti [üu]zenet|orijinal mesaj|原始邮件|原始郵件|元のメッセージ|reply message"
-    r"|mail original|urspr[üu]ngliche (?:e-?)?mail|e-?mail original|originalnachricht"
-    r"|origineel bericht|mensaje de origen|messaggio di origine"
+    r"|mail original|mail d.origine|urspr[üu]ngliche (?:e-?)?mail|e-?mail original"
+    r"|originalnachricht|origineel bericht|mensaje de origen|messaggio di origine"
 )
 _FORWARDED = (
     r"forwarded message|forwarded e-?mail|message transf[ée]r[ée]|message r[ée]exp[ée]di[ée]"
@@ -52,9 +52,11 @@ _FORWARD_INTRO = re.compile(
     re.IGNORECASE,
 )
 _SEPARATOR = re.compile(
-    rf"^\s*[-_=~*]{{2,}}\s*(?P<phrase>{_ORIGINAL}|{_FORWARDED})\s*[:：]?\s*[-_=~*]*\s*$",
+    rf"^\s*[-_=~*]{{2,}}\s*(?P<phrase>{_ORIGINAL}|{_FORWARDED})"
+    r"(?:\s+(?:from|de|von|van|da)\s+[^-]{1,120})?\s*[:：]?\s*[-_=~*]*\s*$",
     re.IGNORECASE,
 )
+"""A separator line; Mutt and Horde name the sender in it ("Forwarded message from …")."""
 _SEPARATOR_HEAD = re.compile(
     rf"^\s*[-_=~*]{{2,}}\s*(?P<phrase>{_ORIGINAL}|{_FORWARDED})\s*[:：]?\s*[-_=~*]{{2,}}"
     r"(?P<rest>\s*\S.*)$",
