@@ -79,22 +79,32 @@ def field_of(label: str) -> str | None:
     return _BY_LABEL.get(" ".join(label.lower().split()))
 
 
-def _capitalised(label: str) -> str:
-    """A label as written inside run-together text: its first letter a capital."""
-    first, rest = label[:1], re.escape(label[1:]).replace(r"\ ", r"\s")
-    return f"{re.escape(first.upper())}{rest}" if first.isalpha() else re.escape(label)
+MAX_LABEL_CHARS = max(len(label) for label in _BY_LABEL)
+MAX_INLINE_COLONS = 16
+"""Colons of a line looked at for a label before them."""
+_COLON = re.compile(r"[ \t]?[:：]")
+_GLUE = frozenset("@./-")
+"""A capital after these is inside an address or a name, not a label's start."""
 
 
-_MULTI = "|".join(
-    _capitalised(label) for label in sorted(_BY_LABEL, key=len, reverse=True) if len(label) > 1
-)
-INLINE = re.compile(rf"(?<![@./\-])(?:{_MULTI}|CC|(?<![A-Z])[AÀ])\s?[:：]")
-"""A label inside a line, where webmail HTML turned into text ran the fields together.
-
-Matched case-sensitively with a capital first letter, as every client writes
-its labels, so that ``…11:00 AMSubject:`` and ``Bob ClientTo:`` split but the
-words of a value do not.
-"""
+def _inline_labels(line: str) -> list[tuple[str, int, int]]:
+    """(field, start, end) of each "Label:" inside a line, the label capitalised as every
+    client writes it, even glued to the value before it ("…11:00 AMSubject:")."""
+    found: list[tuple[str, int, int]] = []
+    for count, colon in enumerate(_COLON.finditer(line)):
+        if count >= MAX_INLINE_COLONS:
+            break
+        end = colon.start()
+        for start in range(max(0, end - MAX_LABEL_CHARS), end):
+            if not line[start].isupper() or (start and line[start - 1] in _GLUE):
+                continue
+            if end - start == 1 and start and line[start - 1].isupper():
+                continue  # "…AMA:" is no Italian "A:"
+            field = _BY_LABEL.get(line[start:end].lower())
+            if field is not None:
+                found.append((field, start, colon.end()))
+                break
+    return found
 
 
 def split_inline(line: str) -> list[tuple[str, str]]:
@@ -105,12 +115,13 @@ def split_inline(line: str) -> list[tuple[str, str]]:
     """
     found: list[tuple[str, int, int]] = []
     seen: set[str] = set()
-    for match in INLINE.finditer(line[:MAX_INLINE_CHARS]):
-        field = field_of(match.group().rstrip(":：").strip())
-        if field is None or field in seen or (not found and match.start() > 4):
+    if line.count(":") + line.count("：") < 2:
+        return []
+    for field, start, end in _inline_labels(line[:MAX_INLINE_CHARS]):
+        if field in seen or (not found and start > 4):
             continue
         seen.add(field)
-        found.append((field, match.start(), match.end()))
+        found.append((field, start, end))
     pairs: list[tuple[str, str]] = []
     for position, (field, _, end) in enumerate(found):
         stop = found[position + 1][1] if position + 1 < len(found) else len(line)
