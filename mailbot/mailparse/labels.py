@@ -22,6 +22,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "date": (
         "date", "sent", "sent at", "datum", "envoyé", "envoye", "envoyé le", "envoye le",
         "gesendet", "fecha", "enviado", "enviada", "enviado el", "enviada el", "enviado em",
+        "enviada em",
         "inviato", "data", "verzonden", "verstuurd", "sendt", "skickat", "wysłano", "wyslano",
         "отправлено", "дата", "dato", "lähetetty", "lahetetty", "päivämäärä", "elküldve",
         "tarih", "gönderildi", "发送时间", "日期", "送信日時",
@@ -111,7 +112,7 @@ def split_inline(line: str) -> list[tuple[str, str]]:
     """The (field, value) pairs of a line holding several "Label: value" fields.
 
     A field seen twice is text of the value before it (a subject may say "Plan
-    A: go"); a line with fewer than two fields yields one pair or none.
+    A: go"); a line with fewer than two colons yields none.
     """
     found: list[tuple[str, int, int]] = []
     seen: set[str] = set()
