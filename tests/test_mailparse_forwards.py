@@ -101,3 +101,20 @@ def test_forward_fixture(row: Row) -> None:
         command = commands.find_command("", forwarded.new_text)
         assert command.verb == expected["forwarded_decision"]
         assert forwarded.tokens_in_new_text[:1] == tuple(expected["forwarded_tokens"][:1])
+
+
+def test_a_mailto_link_keeps_its_address_only_in_a_header_block() -> None:
+    """Outlook writes the forwarded sender as a link whose text is the name only; a link
+    in the text itself stays as written."""
+    html = (
+        '<p>Write to <a href="mailto:help@agency.example">our help desk</a>.</p>'
+        '<div><b>From:</b> <a href="mailto:bob@client.example">Bob Client</a><br>'
+        "<b>Sent:</b> Monday, March 2, 2026 11:00 AM<br><b>Subject:</b> Validation</div>"
+    )
+    assert mailparse.html_to_text(html).splitlines() == [
+        "Write to our help desk.",
+        "",
+        "From: Bob Client <bob@client.example>",
+        "Sent: Monday, March 2, 2026 11:00 AM",
+        "Subject: Validation",
+    ]
