@@ -11,7 +11,14 @@ writes above a forwarded message:
   often with the whole forward quoted with ``>``;
 - Outlook: only the header block ("From: … Sent: … To: … Subject: …"), or
   even only an "On … wrote:" line; these look exactly like a reply's quote,
-  so they count as a forward only when the subject says so (FW:, TR:, WG:…).
+  so they count as a forward only when the subject says so (FW:, TR:, WG:…);
+- webmails (GMX, Zoho, Orange, Zimbra, Proton…): the same, with their own
+  separators ("----- Mail transféré -----", "==== Forwarded message ====") or
+  an intro line ("Message du 02/03/26 11:00").
+
+The block itself is read by ``fieldblocks`` whatever its layout (one field a
+line, a table, run together on one line) and language (``labels``). A
+forwarder's signature above the forward is looked past.
 """
 
 from __future__ import annotations
@@ -20,24 +27,16 @@ import re
 from dataclasses import dataclass
 from email.utils import parseaddr
 
-from mailbot.mailparse import attributions, headerblocks, quotes
+from mailbot.mailparse import attributions, fieldblocks, headerblocks, quotes
 from mailbot.mailparse.lines import dequote, quote_depth
 from mailbot.mailparse.subjects import FORWARD_SUBJECT, strip_subject_prefixes
 
-MAX_HEADER_LINES = 14
+MAX_SIGNATURE_LINES = 30
+"""Lines of a forwarder's signature looked past for the forward below it."""
 
-_SUBJECT_KEYS = (
-    "subject", "objet", "sujet", "betreff", "asunto", "assunto", "oggetto", "onderwerp", "emne",
-    "ämne", "amne", "temat", "тема", "aihe", "tárgy", "targy", "konu", "主题", "件名",
-)  # fmt: skip
-_DATE_KEYS = (
-    "date", "sent", "sent at", "datum", "envoyé", "envoye", "envoyé le", "envoye le",
-    "gesendet", "fecha", "enviado", "enviada", "enviado el", "inviato", "data", "verzonden",
-    "sendt", "skickat", "wysłano", "wyslano", "отправлено", "дата", "dato", "lähetetty",
-    "lahetetty", "päivämäärä", "elküldve", "tarih", "gönderildi", "发送时间", "日期", "送信日時",
-)  # fmt: skip
 _ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 _MAILTO_TWIN = re.compile(r"<mailto:[^<>]*>|\[mailto:[^\]]*\]", re.IGNORECASE)
+_MAILTO_INSIDE = re.compile(r"<\s*mailto:", re.IGNORECASE)
 _MAILTO_BRACKET = re.compile(r"\[mailto:([^\]\s]+)\]", re.IGNORECASE)
 _ATTRIBUTION_PERSON = re.compile(
     r"(?P<name>[\"«“][^\"«»“”]{1,100}[\"»”]|[^,<>()\"]{1,100}?)\s*[<(\[]\s*"
@@ -67,21 +66,53 @@ def has_forward_subject(subject: str) -> bool:
 def find(split: quotes.Split, subject: str) -> ForwardBlock | None:
     """The inline forward in a split text body, if its first quoted matter is one."""
     lines, cut = list(split.lines), split.cut
+    if cut is not None and cut.kind == "signature":
+        cut = _past_signature(lines, cut)
     if cut is None:
         return None
     note = "" if split.bottom_posted else split.new
     marker = _marker_at(lines, cut)
     if marker is not None:
-        return _from_header_block(lines, marker + 1, note, subject)
+        return _after_separator(lines, marker, note, subject)
     if not has_forward_subject(subject):
         return None
+    return _at_cut(lines, cut, note, subject)
+
+
+def _at_cut(lines: list[str], cut: quotes.Cut, note: str, subject: str) -> ForwardBlock | None:
+    """A forward that only its subject announces: read from where the quote starts."""
     if cut.kind == "header":
         start = cut.index + (0 if headerblocks.header_key(lines[cut.index]) else 1)
         return _from_header_block(lines, start, note, subject)
     if cut.kind == "separator":
-        return _from_header_block(lines, cut.index + 1, note, subject)
+        return _after_separator(lines, cut.index, note, subject)
     if cut.kind == "attribution":
         return _from_attribution(lines, cut, note, subject)
+    if cut.kind == "quote":
+        return _from_header_block(lines, cut.index, note, subject, intro=True)
+    return None
+
+
+def _after_separator(lines: list[str], index: int, note: str, subject: str) -> ForwardBlock | None:
+    """The forward below a separator: its header block (on the separator's own line
+    when HTML-to-text ran them together), else an "On … wrote:" line (Proton)."""
+    run_on = headerblocks.run_on_block(dequote(lines[index]))
+    if run_on is not None:
+        lines[index] = run_on
+        return _from_header_block(lines, index, note, subject)
+    return _from_header_block(lines, index + 1, note, subject) or _attribution_after(
+        lines, index + 1, note, subject
+    )
+
+
+def _past_signature(lines: list[str], cut: quotes.Cut) -> quotes.Cut | None:
+    """The first cut below a forwarder's signature that is not part of it."""
+    index = cut.index + 1
+    while index < min(cut.index + MAX_SIGNATURE_LINES, len(lines)):
+        found = quotes.cut_at(lines, index)
+        if found is not None and found.kind != "signature":
+            return found
+        index += 1
     return None
 
 
@@ -99,67 +130,23 @@ def _marker_at(lines: list[str], cut: quotes.Cut) -> int | None:
 
 
 def _from_header_block(
-    lines: list[str], start: int, note: str, subject: str
+    lines: list[str], start: int, note: str, subject: str, *, intro: bool = False
 ) -> ForwardBlock | None:
-    """Parse "Key: value" lines from ``start``; the body follows the blank line after them."""
+    """The forward whose header block starts at ``start`` (or the line after an intro line,
+    such as Orange's "Message du 02/03/26 11:00"); its body follows the block."""
     depth, index = _first_content(lines, start)
     if index is None:
         return None
-    fields: dict[str, str] = {}
-    last: str | None = None
-    previous = ""
-    count = 0
-    while index < len(lines) and count < MAX_HEADER_LINES:
-        line = _strip_depth(lines[index], depth)
-        if not line.strip():
-            if fields:
-                break
-            index += 1
-            continue
-        key = headerblocks.header_key(line)
-        if key is not None:
-            last = _field(key)
-            value = line.split(":", 1)[1] if ":" in line else line.split("：", 1)[-1]
-            fields.setdefault(last, value.strip(" *\t"))
-        elif last is not None and _continues(line, previous, last, fields):
-            fields[last] = f"{fields[last]} {line.strip()}"
-        elif last is not None:
-            break
-        else:
-            return None
-        previous = line
-        count += 1
-        index += 1
-    if "from" not in fields:
+    block = fieldblocks.read(lines, index, depth)
+    if block is None and intro:
+        block = fieldblocks.read(lines, index + 1, depth)
+    if block is None:
         return None
-    body = _body(lines[index:], depth)
+    fields = block.fields
+    body = _body(lines[fieldblocks.body_start(lines, block.end, depth) :], depth)
     name, address = person(fields["from"])
     forwarded_subject = fields.get("subject") or strip_subject_prefixes(subject)
     return ForwardBlock(note, address, name, forwarded_subject, fields.get("date", ""), body)
-
-
-def _continues(line: str, previous: str, last: str, fields: dict[str, str]) -> bool:
-    """A wrapped header value: indented, an address on its own line, or after a long line.
-
-    Otherwise the line is the forwarded body itself, which some clients (Outlook's
-    HTML) start right below the headers without a blank line.
-    """
-    if line[:1] in (" ", "\t") or line.lstrip().startswith("<"):
-        return True
-    if last == "from" and "@" not in fields.get("from", ""):
-        return "@" in line
-    return len(previous) >= 60
-
-
-def _field(key: str) -> str:
-    key = key.lower()
-    if headerblocks.is_from_key(key):
-        return "from"
-    if key in _SUBJECT_KEYS:
-        return "subject"
-    if key in _DATE_KEYS:
-        return "date"
-    return key
 
 
 def _first_content(lines: list[str], start: int) -> tuple[int, int | None]:
@@ -170,17 +157,13 @@ def _first_content(lines: list[str], start: int) -> tuple[int, int | None]:
     return 0, None
 
 
-def _strip_depth(line: str, depth: int) -> str:
-    for _ in range(depth):
-        stripped = dequote(line)
-        if stripped == line:
-            break
-        line = stripped
-    return line
-
-
 def _body(lines: list[str], depth: int) -> str:
-    body = [_strip_depth(line, depth) for line in lines]
+    """The forwarded text, unquoted to the header block's depth, and one level further
+    when all of it is quoted below an unquoted block (Proton's HTML, some webmails)."""
+    body = [fieldblocks.strip_depth(line, depth) for line in lines]
+    depths = [quote_depth(line) for line in body if dequote(line).strip()]
+    if depths and min(depths) > 0:
+        body = [fieldblocks.strip_depth(line, min(depths)) for line in body]
     return _dedent(body).strip("\n").strip()
 
 
@@ -189,6 +172,19 @@ def _dedent(lines: list[str]) -> str:
     indents = [len(line) - len(line.lstrip(" ")) for line in lines if line.strip()]
     margin = min(indents) if indents else 0
     return "\n".join(line[margin:].rstrip() for line in lines)
+
+
+def _attribution_after(
+    lines: list[str], start: int, note: str, subject: str
+) -> ForwardBlock | None:
+    """A separator followed by "On <date>, <person> wrote:" (Proton, some webmails)."""
+    _, index = _first_content(lines, start)
+    if index is None:
+        return None
+    length = attributions.attribution_at(lines, index)
+    if length is None:
+        return None
+    return _from_attribution(lines, quotes.Cut(index, "attribution", length), note, subject)
 
 
 def _from_attribution(
@@ -214,6 +210,8 @@ def person(value: str) -> tuple[str, str | None]:
     value = _MAILTO_BRACKET.sub(r"<\1>", value)
     if value.count("<") > 1:
         value = _MAILTO_TWIN.sub("", value)
+    value = _MAILTO_INSIDE.sub("<", value)
+    value = value.replace("<<", "<").replace(">>", ">")
     value = value.replace("«", '"').replace("»", '"').replace("*", "").strip()
     name, address = parseaddr(value)
     if "@" not in address:

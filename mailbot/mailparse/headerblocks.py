@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from mailbot.mailparse import labels
 from mailbot.mailparse.lines import MAX_LINE_CHARS, dequote
 
 _ORIGINAL = (
@@ -19,6 +20,8 @@ _ORIGINAL = (
     r"|opprinnelig melding|ursprungligt meddelande|alkuper[äa]inen viesti"
     r"|wiadomo[śs][ćc] oryginalna|p[ůu]vodn[íi] zpr[áa]va|исходное сообщение"
     r"|eredeti [üu]zenet|orijinal mesaj|原始邮件|原始郵件|元のメッセージ|reply message"
+    r"|mail original|mail d.origine|urspr[üu]ngliche (?:e-?)?mail|e-?mail original"
+    r"|originalnachricht|origineel bericht|mensaje de origen|messaggio di origine"
 )
 _FORWARDED = (
     r"forwarded message|forwarded e-?mail|message transf[ée]r[ée]|message r[ée]exp[ée]di[ée]"
@@ -28,37 +31,45 @@ _FORWARDED = (
     r"|vidarebefordrat meddelande|przekazana wiadomo[śs][ćc]|пересылаемое сообщение"
     r"|пересланное сообщение|v[äa]litetty viesti|tov[áa]bb[íi]tott [üu]zenet"
     r"|iletilen mesaj|转发的邮件|轉寄的郵件|転送されたメッセージ"
+    r"|mail transf[ée]r[ée]|e-?mail transf[ée]r[ée]|weitergeleitete (?:e-?)?mail"
+    r"|correo reenviado|e-?mail inoltrata|mail inoltrata"
+    r"|doorgestuurde? (?:e-?mail|bericht)|e-?mail encaminhado|mensagem reenviada"
+    r"|edelleenl[äa]hetetty viesti|p[řr]eposlan[áa] zpr[áa]va|wiadomo[śs][ćc] przes[łl]ana dalej"
+    r"|перенаправленное сообщение|mesaj redirec[țt]ionat"
 )
 _FORWARD_INTRO = re.compile(
     r"^\s*(?:begin forwarded message|d[ée]but du message r[ée]exp[ée]di[ée]"
     r"|anfang der weitergeleiteten nachricht|inicio del mensaje reenviado"
     r"|comienzo del mensaje reenviado|in[íi]cio da mensagem reencaminhada"
-    r"|inizio messaggio inoltrato|begin doorgestuurd bericht"
+    r"|inizio (?:del )?messaggio inoltrato|begin doorgestuurd bericht"
+    r"|in[íi]cio da mensagem encaminhada|in[íi]cio da mensagem reenviada"
+    r"|begin van doorgestuurd bericht|beginn der weitergeleiteten nachricht"
+    r"|d[ée]but du message transf[ée]r[ée]|start p[åa] videresendt besked|vidarebefordrat mejl"
+    r"|za[čc][áa]tek p[řr]epos[íi]lan[ée] zpr[áa]vy|pocz[ąa]tek przekazywanej wiadomo[śs]ci"
+    r"|tov[áa]bb[íi]tott lev[ée]l kezdete|videresendt melding|v[äa]litetty viesti alkaa"
     r"|начало переадресованного сообщения|videresendt besked|vidarebefordrat brev"
-    r"|message transf[ée]r[ée]|forwarded message)\s*[:：]?\s*$",
+    rf"|{_FORWARDED})\s*[:：]?\s*$",
     re.IGNORECASE,
 )
 _SEPARATOR = re.compile(
-    rf"^\s*[-_=~*]{{2,}}\s*(?P<phrase>{_ORIGINAL}|{_FORWARDED})\s*[:：]?\s*[-_=~*]*\s*$",
+    rf"^\s*[-_=~*]{{2,}}\s*(?P<phrase>{_ORIGINAL}|{_FORWARDED})"
+    r"(?:\s+(?:from|de|von|van|da)\s+[^-]{1,120})?\s*[:：]?\s*[-_=~*]*\s*$",
     re.IGNORECASE,
 )
+"""A separator line; Mutt and Horde name the sender in it ("Forwarded message from …")."""
+_SEPARATOR_HEAD = re.compile(
+    rf"^\s*[-_=~*]{{2,}}\s*(?P<phrase>{_ORIGINAL}|{_FORWARDED})\s*[:：]?\s*[-_=~*]{{2,}}"
+    r"(?P<rest>\s*\S.*)$",
+    re.IGNORECASE,
+)
+"""A separator with the header block run on after it, on the same line."""
 _FORWARD_PHRASE = re.compile(_FORWARDED, re.IGNORECASE)
 
-FROM_KEYS = (
-    r"from|de|von|van|da|fra|fr[åa]n|od|от|отправитель|l[äa]hett[äa]j[äa]|felad[óo]|kimden"
-    r"|exp[ée]diteur|remitente|mittente|afzender|absender|nadawca|odes[íi]latel"
-    r"|发件人|寄件者|差出人|보낸 사람|de la"
+FROM_KEYS = labels.FROM_LABELS
+OTHER_KEYS = labels.OTHER_LABELS
+_KEY = re.compile(
+    rf"^\s*\**\s*(?P<key>{FROM_KEYS}|{OTHER_KEYS})\s*\**(?:\s*[:：]|[ ]*\t)", re.IGNORECASE
 )
-OTHER_KEYS = (
-    r"sent|date|to|subject|cc|bcc|reply-to|sent at|envoy[ée]|envoy[ée] le|[àa]|objet|sujet|pour|cci"
-    r"|r[ée]pondre [àa]|gesendet|datum|an|betreff|kopie|antwort an|verzonden|aan|onderwerp"
-    r"|inviato|oggetto|data|per|sendt|til|emne|kopi|dato|skickat|till|[äa]mne|kopia|wys[łl]ano"
-    r"|do|temat|отправлено|кому|тема|дата|копия|enviado|enviada|enviado el|para|asunto"
-    r"|assunto|fecha|cc[oó]|l[äa]hetetty|vastaanottaja|aihe|p[äa]iv[äa]m[äa][äa]r[äa]"
-    r"|elk[üu]ldve|c[íi]mzett|t[áa]rgy|g[öo]nderildi|kime|konu|tarih|发送时间|收件人|主题"
-    r"|日期|送信日時|宛先|件名"
-)
-_KEY = re.compile(rf"^\s*\**\s*(?P<key>{FROM_KEYS}|{OTHER_KEYS})\s*\**\s*[:：]", re.IGNORECASE)
 _FROM_KEY = re.compile(rf"^(?:{FROM_KEYS})$", re.IGNORECASE)
 
 
@@ -66,10 +77,24 @@ def separator_kind(line: str) -> str | None:
     """``forward`` or ``separator`` when the line is one, else None."""
     if _FORWARD_INTRO.match(line):
         return "forward"
-    found = _SEPARATOR.match(line)
+    found = _SEPARATOR.match(line) or _run_on_separator(line)
     if found is None:
         return None
     return "forward" if _FORWARD_PHRASE.fullmatch(found.group("phrase")) else "separator"
+
+
+def _run_on_separator(line: str) -> re.Match[str] | None:
+    """A separator followed on its line by the header block (HTML turned into text)."""
+    found = _SEPARATOR_HEAD.match(line)
+    return found if found is not None and header_key(found.group("rest")) else None
+
+
+def run_on_block(line: str) -> str | None:
+    """The header block written on a separator's own line, if there is one."""
+    found = _SEPARATOR_HEAD.match(line) if len(line) <= MAX_LINE_CHARS else None
+    if found is None or header_key(found.group("rest")) is None:
+        return None
+    return found.group("rest").strip()
 
 
 def is_forward_marker(line: str) -> bool:
@@ -97,7 +122,12 @@ def header_block_at(lines: list[str], index: int) -> bool:
         key = header_key(line)
         if key is not None:
             keys.append(key)
-    if len(keys) < 2 or header_key(lines[index]) is None:
+    first = lines[index] if index < len(lines) else ""
+    if header_key(first) is not None:
+        inline = [field for field, _ in labels.split_inline(first)]
+        if len(inline) >= 3:  # a block run together on one line by HTML-to-text
+            return "from" in inline
+    if len(keys) < 2 or header_key(first) is None:
         return False
     return any(is_from_key(key) for key in keys)
 

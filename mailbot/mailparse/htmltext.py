@@ -16,6 +16,8 @@ import re
 from contextlib import suppress
 from html.parser import HTMLParser
 
+from mailbot.mailparse import labels
+
 MAX_HTML_CHARS = 500_000
 """HTML read from one part; a reply's own words are at the top."""
 MAX_STACK = 400
@@ -23,6 +25,8 @@ MAX_QUOTE_MARKS = 10
 """Nested blockquotes deeper than this are marked as this deep (output stays linear)."""
 MAX_OUTPUT_CHARS = 1_000_000
 OUTLOOK_SEPARATOR = "_" * 32
+MAX_HEADER_LINE_CHARS = 300
+"""Longer lines are never a header block's "From:" line (see ``end_mailto``)."""
 
 _PARAGRAPHS = frozenset(
     {
@@ -50,6 +54,10 @@ _QUOTE_START_IDS = ("divrplyfwdmsg", "appendonsend", "stopspelling", "olk_src_bo
 _HIDDEN = re.compile(r"display\s*:\s*none", re.IGNORECASE)
 _STRAY_LT = re.compile(r"<(?![A-Za-z/!?])")
 _NOTABLE = frozenset({"id", "class", "style", "data-smartmail", "tabindex"})
+_HEADER_LINE = re.compile(
+    rf"^\s*\**\s*(?:{labels.ALL_LABELS})\s*\**(?:\s*[:：]|[ ]*\t)", re.IGNORECASE
+)
+_ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
 _SPACES = re.compile(r"[ \t\r\n\f\v\u00a0]+")
 
 
@@ -74,6 +82,10 @@ class _TextExtractor(HTMLParser):
         self.pre = 0
         self.depth = 0
         self.hidden = 0
+        self.length = 0
+        """Characters in ``current``."""
+        self.mailto: tuple[str, int] | None = None
+        """A mailto link being read: its address and where its text starts."""
 
     @property
     def skipping(self) -> bool:
@@ -82,7 +94,9 @@ class _TextExtractor(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.block(tag)
         if tag in ("td", "th") and self.current:
-            self.write(" ")
+            self.write("\t")  # a table's cells stay apart: "From:<tab>value", "From<tab>value"
+        if tag == "a":
+            self.mailto = _mailto(attrs, self.length)
         notable = {name: value for name, value in attrs if name in _NOTABLE}
         marker = _marker(tag, notable)
         if marker == "quote-start":
@@ -108,6 +122,8 @@ class _TextExtractor(HTMLParser):
             self.emit_line(OUTLOOK_SEPARATOR)
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self.mailto is not None:
+            self.end_mailto(*self.mailto)
         if tag == "pre" and self.pre:
             self.pre -= 1
         for index in range(len(self.stack) - 1, max(-1, len(self.stack) - 40), -1):
@@ -135,6 +151,16 @@ class _TextExtractor(HTMLParser):
             return
         self.write(_SPACES.sub(" ", data))
 
+    def end_mailto(self, address: str, start: int) -> None:
+        """In a header block's "From: <a href=mailto:…>Name</a>", keep the address the
+        link hides (Outlook writes the name only): "From: Name <address>"."""
+        self.mailto = None
+        if self.length > MAX_HEADER_LINE_CHARS:
+            return
+        line = "".join(self.current)
+        if "@" not in line[start:] and _HEADER_LINE.match(line) and not self.skipping:
+            self.write(f" <{address}>")
+
     def write(self, text: str) -> None:
         if not text:
             return
@@ -144,6 +170,7 @@ class _TextExtractor(HTMLParser):
             if not text:
                 return
         self.current.append(text)
+        self.length += len(text)
 
     def block(self, tag: str) -> None:
         """Line and paragraph breaks around block elements; ``<br>`` always breaks."""
@@ -161,6 +188,7 @@ class _TextExtractor(HTMLParser):
             depth = self.current_depth if self.current else self.depth
             self.lines.append((depth, "".join(self.current).rstrip()))
             self.current = []
+            self.length = 0
 
     def emit_line(self, text: str) -> None:
         self.newline()
@@ -190,6 +218,15 @@ def _defused(html: str) -> str:
     text = _STRAY_LT.sub("&lt;", "".join(pieces))
     last = text.rfind(">")
     return text[: last + 1] + text[last + 1 :].replace("<", "&lt;")
+
+
+def _mailto(attrs: list[tuple[str, str | None]], start: int) -> tuple[str, int] | None:
+    """The address of a ``mailto:`` link, and where its text starts in the line."""
+    href = next((value for name, value in attrs if name == "href"), None) or ""
+    if href[:7].lower() != "mailto:":
+        return None
+    address = href[7:].split("?", 1)[0].strip()
+    return (address, start) if _ADDRESS.fullmatch(address) else None
 
 
 def _marker(tag: str, attrs: dict[str, str | None]) -> str | None:
