@@ -1,7 +1,19 @@
 """Attributions: "On <date>, <person> wrote:" in its many languages.
 
+The shapes recognised, each in every language the verbs below cover:
+
+- lead word, date, person, verb: "On Mon, 2 Mar 2026 at 10:00, Name <addr> wrote:",
+  "Am 02.03.2026 um 10:00 schrieb Name:", "Op 2 mrt. 2026 om 10:00 heeft Name
+  het volgende geschreven:";
+- Gmail's date first, with no verb at all: "2026-03-02 10:00 GMT+01:00 Name <addr>:"
+  (or "... Name:");
+- person then verb, with no date: "Name <addr> wrote:", "Name (addr) schrieb am
+  Mo., 2. März 2026:", and the bare "Name wrote:" on a line of its own;
+- Zoho's framed "---- On <date> Name wrote ----".
+
 An attribution may be wrapped over up to ``WINDOW`` lines; every rule is
-bounded so that hostile text costs linear time.
+bounded so that hostile text costs linear time. Whatever follows one is the
+quote, marked with ``>`` or not.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ VERBS = (
     r"wrote|writes|a [ée]crit|[ée]crit|schrieb|escribi[óo]|ha scritto|scrisse|escreveu"
     r"|schreef|skrev|skriver|kirjoitti|napisa[łl]\(a\)|napisa[łl]a?|napsal\(a\)|napsala?"
     r"|написал\(а\)|написала?|писала?|έγραψε|yazd[ıi]|[íi]rta|a scris|写道|寫道|が書きました"
+    r"|het volgende geschreven|(?:folgendes )?geschrieben|geschreven"
 )
 _LEADS = r"on|le|am|el|il|in data|em|op|den|dne|w dniu|dnia|p[åa]|в|од"
 _VERB_COLON = re.compile(rf"(?:{VERBS})\s*[:：]\s*$", re.IGNORECASE)
@@ -26,6 +39,23 @@ _LEAD_VERB = re.compile(rf"^(?:{_LEADS})\s.*\b(?:{VERBS})\b.*[:：]\s*$", re.IGN
 _ADDRESS_COLON = re.compile(r"@[\w.-]+\s*>?\s*\)?\s*[:：]\s*$")
 _STRONG_START = re.compile(rf"^(?:(?:{_LEADS})\s|\W*\d|[^\W\d_]{{1,12}}\.?,?\s+\d)", re.IGNORECASE)
 _DIGIT = re.compile(r"\d")
+_DATE_FIRST = re.compile(
+    r"^\d{1,4}[-./]\d{1,2}[-./]\d{1,4},?\s+\d{1,2}[:h.]\d{2}\b[^:：]{0,40}?(?:[:：]\d{2})?"
+    r"(?:\s*(?:GMT|UTC)\s*[+-]\s*\d{1,2}(?::\d{2})?)?\s.{1,200}[:：]$",
+    re.IGNORECASE,
+)
+"""Gmail's date-first attribution: "2026-03-02 10:00 GMT+01:00 Name <addr>:"."""
+_ADDRESS_VERB = re.compile(
+    rf"@[\w.-]+\s*[>)\]]?\s*[>)\]]?\s*,?\s*(?:{VERBS})\b.{{0,80}}[:：]\s*$", re.IGNORECASE
+)
+"""A person's address then the verb: "Name <addr> wrote:", "Name <addr> schrieb am ...:"."""
+_NAME_VERB = re.compile(
+    rf"^[\"'«“]?[^\W\d_][\w.'’\"»”-]*(?:\s+[\w.'’\"«»“”()-]+){{0,5}}\s+(?:{VERBS})\s*[:：]$",
+    re.IGNORECASE,
+)
+"""A bare name and the verb, alone on a line: "Alice Martin wrote:"."""
+_FRAMED = re.compile(rf"^-{{2,}}\s*(?:{_LEADS})\s.*\b(?:{VERBS})\s*-{{2,}}$", re.IGNORECASE)
+"""Zoho's "---- On <date> Name wrote ----"."""
 
 
 def attribution_at(lines: list[str], index: int) -> int | None:
@@ -38,9 +68,11 @@ def attribution_at(lines: list[str], index: int) -> int | None:
     length = attribution_length(lines, index)
     if length is None:
         return None
+    weak = not _STRONG_START.match(lines[index].strip(" ->*"))
     for start in range(index + 1, index + length):
-        if _STRONG_START.match(lines[start].strip(" ->*")) and _is_attribution(
-            " ".join(line.strip() for line in lines[start : index + length])
+        strong = _STRONG_START.match(lines[start].strip(" ->*")) is not None
+        if (strong or weak) and _is_attribution(
+            " ".join(line.strip() for line in lines[start : index + length]), start == index + 1
         ):
             return None
     return length
@@ -53,7 +85,7 @@ def attribution_length(lines: list[str], index: int) -> int | None:
         if not line.strip() or len(line) > MAX_LINE_CHARS or QUOTED.match(line):
             return None
         parts.append(line.strip())
-        if _may_end_attribution(line) and _is_attribution(" ".join(parts)):
+        if _may_end_attribution(line) and _is_attribution(" ".join(parts), len(parts) == 1):
             return len(parts)
     return None
 
@@ -64,12 +96,27 @@ def _may_end_attribution(line: str) -> bool:
     return tail.endswith((":", "：")) or _VERB_END.search(tail[-40:]) is not None
 
 
-def _is_attribution(window: str) -> bool:
-    window = window.strip(" -\t*")
-    if len(window) > 2 * MAX_LINE_CHARS or not _DIGIT.search(window):
+def _is_attribution(window: str, one_line: bool = False) -> bool:
+    if len(window) > 2 * MAX_LINE_CHARS:
         return False
+    if _FRAMED.match(window.strip(" \t*")) and _DIGIT.search(window):
+        return True
+    window = window.strip(" -\t*")
+    if not _DIGIT.search(window):
+        return _undated(window, one_line)
     if _VERB_COLON.search(window) or _LEAD_VERB.match(window):
         return True
     if _VERB_END.search(window) and "@" in window:
         return True
-    return _ADDRESS_COLON.search(window) is not None and header_key(window) is None
+    if header_key(window) is not None:
+        return False
+    return any(rule.search(window) for rule in (_ADDRESS_COLON, _ADDRESS_VERB, _DATE_FIRST))
+
+
+def _undated(window: str, one_line: bool) -> bool:
+    """"Name <addr> wrote:", or a bare "Name wrote:" alone on its line."""
+    if header_key(window) is not None:
+        return False
+    return _ADDRESS_VERB.search(window) is not None or (
+        one_line and _NAME_VERB.match(window) is not None
+    )
