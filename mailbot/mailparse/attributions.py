@@ -114,7 +114,7 @@ def _is_attribution(window: str, one_line: bool = False) -> bool:
 
 
 def _undated(window: str, one_line: bool) -> bool:
-    """"Name <addr> wrote:", or a bare "Name wrote:" alone on its line."""
+    """ "Name <addr> wrote:", or a bare "Name wrote:" alone on its line."""
     if header_key(window) is not None:
         return False
     return _ADDRESS_VERB.search(window) is not None or (

@@ -14,14 +14,15 @@ _MOBILE = re.compile(
     r"|отправлено с|l[äa]hetetty|inviato dal|inviato con|enviado con|enviado com|verstuurd met"
     r"|verzonden via|von yahoo mail|diese nachricht wurde von meinem|holen sie sich outlook"
     r"|outlook f[üu]r (?:android|ios)|obtener outlook|descargar outlook|scarica outlook"
-    r"|baixar o outlook|baixe o outlook|obter o outlook|download outlook|outlook voor (?:android|ios)"
+    r"|baixar o outlook|baixe o outlook|obter o outlook|download outlook"
+    r"|outlook voor (?:android|ios)"
     r")\b(?P<rest>.*)$",
     re.IGNORECASE,
 )
 _SIGNATURE_DELIMITER = re.compile(r"^[ \t]*--[ \t]*$")
 _CLOSING = re.compile(
     r"^\s*(?:(?:best|kind|warm|warmest|many)\s+(?:regards|wishes)|regards|best|cheers|thanks"
-    r"|thank you|many thanks|sincerely|yours(?: sincerely| truly)?|cordialement"
+    r"|thank you|many thanks|sincerely|yours(?: sincerely| truly| faithfully)?|cordialement"
     r"|bien cordialement|tr[èe]s cordialement|bien [àa] (?:vous|toi)|salutations"
     r"|sinc[èe]res salutations|amiti[ée]s|bonne journ[ée]e|merci|mvh|med venlig hilsen"
     r"|venlig hilsen|hilsen|vennlig hilsen|med v[äa]nlig h[äa]lsning|v[äa]nliga h[äa]lsningar"
