@@ -86,3 +86,56 @@ def test_the_reply_is_read_as_its_sender_wrote_it(row: dict[str, str]) -> None:
             commands.find_command(parsed.subject, parsed.new_text)
     else:
         assert commands.find_command(parsed.subject, parsed.new_text).verb == expected["decision"]
+
+
+GREETINGS = [
+    "Bonjour,", "Bonjour Madame,", "Hello,", "Hi team,", "Dear Sir or Madam,", "Dear Mr. Smith,",
+    "Guten Tag,", "Hallo Herr Müller,", "Sehr geehrte Damen und Herren,", "Buenos días,",
+    "Hola Ana,", "Estimado Sr. García:", "Ciao,", "Buongiorno,", "Gentile dott. Rossi,",
+    "Goedemorgen,", "Beste Jan,", "Olá,", "Bom dia,", "Prezados,",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("greeting", GREETINGS)
+def test_the_command_is_the_first_line_that_is_not_a_greeting(greeting: str) -> None:
+    subject = "Re: [CR-7K2QX9MD] Validation requested"
+    assert commands.find_command(subject, f"{greeting}\n\nREFUSE").verb == "REFUSE"
+    assert commands.find_command(subject, f"{greeting}\nHi again,\nACCEPT").verb == "ACCEPT"
+    with pytest.raises(UnknownCommand):
+        commands.find_command(subject, f"{greeting}\n\nWho asked for this?\nACCEPT")
+
+
+def reply(body: str, subject: str = "Re: [CR-7K2QX9MD] Validation requested") -> bytes:
+    wrapped = EmailMessage()
+    wrapped["From"] = "agency@agency.example"
+    wrapped["To"] = "changes@mailbot.example"
+    wrapped["Subject"] = subject
+    wrapped.set_content(body)
+    return wrapped.as_bytes()
+
+
+def test_a_table_is_not_a_quote_marked_with_bars() -> None:
+    body = "ACCEPT\n\n| role | contact |\n| tech | Carol |\n"
+    assert mailparse.parse(reply(body)).new_text == body.strip()
+
+
+FORWARDED = (
+    "From: Bob Customer <bob@customer.example>\nSent: Monday, March 2, 2026 11:00\n"
+    "To: agency@agency.example\nSubject: RE: [CR-7K2QX9MD] Validation requested\n\n"
+    f"ACCEPT {TOKEN}\n"
+)
+
+
+@pytest.mark.parametrize(
+    "above",
+    [
+        "See below what the customer wrote:\n\n---------- Forwarded message ---------\n",
+        "FYI\n\n-----\nAgency Ltd\n+33 1 23 45 67 89\n\n",
+        "FYI\n\n________________________________\n",
+    ],
+)
+def test_words_or_a_rule_above_a_forward_leave_the_forward_found(above: str) -> None:
+    parsed = mailparse.parse(reply(above + FORWARDED, subject="FW: Validation requested"))
+    assert parsed.forwarded is not None
+    assert parsed.forwarded.sender == "bob@customer.example"
+    assert parsed.forwarded.tokens_in_new_text == (TOKEN,)

@@ -25,6 +25,8 @@ from mailbot.mailparse.lines import MAX_LINE_CHARS, QUOTED
 
 WINDOW = 4
 """Lines an attribution may be wrapped over."""
+VERB_TAIL = 200
+"""Characters at the end of an attribution where an address and the verb after it are sought."""
 
 VERBS = (
     r"wrote|writes|a [ée]crit|[ée]crit|schrieb|escribi[óo]|ha scritto|scrisse|escreveu"
@@ -40,9 +42,7 @@ _ADDRESS_COLON = re.compile(r"@[\w.-]+\s*>?\s*\)?\s*[:：]\s*$")
 _STRONG_START = re.compile(rf"^(?:(?:{_LEADS})\s|\W*\d|[^\W\d_]{{1,12}}\.?,?\s+\d)", re.IGNORECASE)
 _DIGIT = re.compile(r"\d")
 _DATE_FIRST = re.compile(
-    r"^\d{1,4}[-./]\d{1,2}[-./]\d{1,4},?\s+\d{1,2}[:h.]\d{2}\b[^:：]{0,40}?(?:[:：]\d{2})?"
-    r"(?:\s*(?:GMT|UTC)\s*[+-]\s*\d{1,2}(?::\d{2})?)?\s.{1,200}[:：]$",
-    re.IGNORECASE,
+    r"^\d{1,4}[-./]\d{1,2}[-./]\d{1,4},?\s+\d{1,2}[:h.]\d{2}\b.{1,200}[:：]$", re.IGNORECASE
 )
 """Gmail's date-first attribution: "2026-03-02 10:00 GMT+01:00 Name <addr>:"."""
 _ADDRESS_VERB = re.compile(
@@ -110,13 +110,20 @@ def _is_attribution(window: str, one_line: bool = False) -> bool:
         return True
     if header_key(window) is not None:
         return False
-    return any(rule.search(window) for rule in (_ADDRESS_COLON, _ADDRESS_VERB, _DATE_FIRST))
+    return (
+        _ADDRESS_COLON.search(window) is not None
+        or _DATE_FIRST.match(window) is not None
+        or (_address_then_verb(window))
+    )
 
 
 def _undated(window: str, one_line: bool) -> bool:
     """ "Name <addr> wrote:", or a bare "Name wrote:" alone on its line."""
-    if header_key(window) is not None:
+    if not window.endswith((":", "：")) or header_key(window) is not None:
         return False
-    return _ADDRESS_VERB.search(window) is not None or (
-        one_line and _NAME_VERB.match(window) is not None
-    )
+    return _address_then_verb(window) or (one_line and _NAME_VERB.match(window) is not None)
+
+
+def _address_then_verb(window: str) -> bool:
+    """The verb follows the address closely: only the window's tail is searched."""
+    return window.endswith((":", "：")) and _ADDRESS_VERB.search(window[-VERB_TAIL:]) is not None

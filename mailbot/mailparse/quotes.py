@@ -41,7 +41,8 @@ LOOKAHEAD = 3
 """Lines looked at below a rule or a framed line for what it introduces."""
 _FRAMED_LINE = re.compile(r"^\s*[-_=~*]{3,}\s*[^-_=~*\s][^-_=~*]{0,60}?\s*[-_=~*]{3,}\s*$")
 """A few words between dashes: "----- Mail original -----", "-------- Messaggio --------"."""
-_MAY_HOLD_FORWARD = ("forward", "separator", "header")
+MAX_SIGNATURE_LINES = 10
+"""Lines between a rule and a header block that may be a forwarder's signature."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,8 @@ def first_cut(lines: list[str], start: int = 0) -> Cut | None:
     """The first line from which everything is quoted, forwarded or signature.
 
     A rule line above unmarked text gives way to a later cut that may hold a
-    forward (a separator or a header block below the forwarder's signature,
-    say), so that forwards are still found; otherwise it is the cut.
+    forward (a forward marker, or a separator or a header block a signature
+    below it), so that forwards are still found; otherwise it is the cut.
     """
     rule: Cut | None = None
     for index in range(start, len(lines)):
@@ -99,7 +100,7 @@ def first_cut(lines: list[str], start: int = 0) -> Cut | None:
         if found.kind == "rule":
             rule = rule or found
             continue
-        if rule is None or _may_hold_forward(lines, found):
+        if rule is None or _may_hold_forward(lines, found, rule):
             return found
         return rule
     return rule
@@ -124,7 +125,9 @@ def cut_at(lines: list[str], index: int) -> Cut | None:
     if _FRAMED_LINE.match(line) and _introduces_quote(lines, index + 1):
         return Cut(index, "separator")
     length = attribution_at(lines, index)
-    return None if length is None else Cut(index, "attribution", length)
+    if length is None or _introduces_block(lines, index + length):
+        return None
+    return Cut(index, "attribution", length)
 
 
 def _next_content(lines: list[str], index: int) -> int | None:
@@ -159,15 +162,28 @@ def _introduces_quote(lines: list[str], index: int) -> bool:
     return headerblocks.header_block_at(lines, below) or attribution_at(lines, below) is not None
 
 
+def _introduces_block(lines: list[str], index: int) -> bool:
+    """A separator or a header block right below: "... wrote:" was someone's own words
+    introducing it (a forwarder's "see what the customer wrote:"), and the block is the cut."""
+    below = _next_content(lines, index)
+    if below is None or len(lines[below]) > MAX_LINE_CHARS:
+        return False
+    line = lines[below]
+    return bool(headerblocks.separator_kind(line)) or headerblocks.header_block_at(lines, below)
+
+
 def _bar_block(lines: list[str], index: int) -> bool:
     """``|`` marks a quote when the next line is marked too (one bar line may be prose)."""
     below = _next_content(lines, index + 1)
     return below is not None and below <= index + 2 and is_bar_quoted(lines[below])
 
 
-def _may_hold_forward(lines: list[str], cut: Cut) -> bool:
-    if cut.kind in _MAY_HOLD_FORWARD:
+def _may_hold_forward(lines: list[str], cut: Cut, rule: Cut) -> bool:
+    """A forward marker, or a header block a few lines (a signature) below the rule."""
+    if cut.kind == "forward":
         return True
+    if cut.kind in ("separator", "header"):
+        return cut.index - rule.index <= MAX_SIGNATURE_LINES
     if cut.kind != "quote":
         return False
     below = _next_content(lines, cut.index)
