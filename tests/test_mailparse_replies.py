@@ -139,3 +139,11 @@ def test_words_or_a_rule_above_a_forward_leave_the_forward_found(above: str) -> 
     assert parsed.forwarded is not None
     assert parsed.forwarded.sender == "bob@customer.example"
     assert parsed.forwarded.tokens_in_new_text == (TOKEN,)
+
+
+def test_a_rule_in_a_long_signature_above_a_forward_leaves_the_forward_found() -> None:
+    signature = "Agency Ltd\n" + "\n".join(f"Disclaimer line {n}" for n in range(12)) + "\n\n"
+    body = "FYI\n\n-----\n" + signature + "________________________________\n" + FORWARDED
+    parsed = mailparse.parse(reply(body, subject="FW: Validation requested"))
+    assert parsed.forwarded is not None
+    assert parsed.forwarded.sender == "bob@customer.example"

@@ -42,18 +42,24 @@ _ADDRESS_COLON = re.compile(r"@[\w.-]+\s*>?\s*\)?\s*[:：]\s*$")
 _STRONG_START = re.compile(rf"^(?:(?:{_LEADS})\s|\W*\d|[^\W\d_]{{1,12}}\.?,?\s+\d)", re.IGNORECASE)
 _DIGIT = re.compile(r"\d")
 _DATE_FIRST = re.compile(
-    r"^\d{1,4}[-./]\d{1,2}[-./]\d{1,4},?\s+\d{1,2}[:h.]\d{2}\b.{1,200}[:：]$", re.IGNORECASE
+    r"^(?:\d{1,4}[-./]\d{1,2}[-./]\d{1,4}|\d{4}年\d{1,2}月\d{1,2}日\S{0,5}),?\s*\d{1,2}[:h.]\d{2}\b"
+    r".{1,200}[:：]$",
+    re.IGNORECASE,
 )
 """Gmail's date-first attribution: "2026-03-02 10:00 GMT+01:00 Name <addr>:"."""
 _ADDRESS_VERB = re.compile(
     rf"@[\w.-]+\s*[>)\]]?\s*[>)\]]?\s*,?\s*(?:{VERBS})\b.{{0,80}}[:：]\s*$", re.IGNORECASE
 )
 """A person's address then the verb: "Name <addr> wrote:", "Name <addr> schrieb am ...:"."""
-_NAME_VERB = re.compile(
-    rf"^[\"'«“]?[^\W\d_][\w.'’\"»”-]*(?:\s+[\w.'’\"«»“”()-]+){{0,5}}\s+(?:{VERBS})\s*[:：]$",
+_NAME = r"[\"'«“]?[^\W\d_][\w.'’\"»”/-]*(?:\s+[\w.'’\"«»“”()/@-]+){0,5}"
+"""A name of a few words, as an attribution starts with it."""
+_NAME_VERB = re.compile(rf"^{_NAME}\s+(?:{VERBS})\s*[:：]$", re.IGNORECASE)
+"""A bare name and the verb, alone on a line: "Alice Martin wrote:"."""
+_NAME_VERB_DATE = re.compile(
+    rf"^{_NAME}\s+(?:{VERBS})\s+(?:on|am|le|el|il|op|em|sur|den|at)\s.{{0,60}}\d.{{0,40}}[:：]$",
     re.IGNORECASE,
 )
-"""A bare name and the verb, alone on a line: "Alice Martin wrote:"."""
+"""Lotus Notes' name, verb, then date: "Alice Martin/ACME wrote on 02/03/2026 10:00:"."""
 _FRAMED = re.compile(rf"^-{{2,}}\s*(?:{_LEADS})\s.*\b(?:{VERBS})\s*-{{2,}}$", re.IGNORECASE)
 """Zoho's "---- On <date> Name wrote ----"."""
 
@@ -72,7 +78,8 @@ def attribution_at(lines: list[str], index: int) -> int | None:
     for start in range(index + 1, index + length):
         strong = _STRONG_START.match(lines[start].strip(" ->*")) is not None
         if (strong or weak) and _is_attribution(
-            " ".join(line.strip() for line in lines[start : index + length]), start == index + 1
+            " ".join(line.strip() for line in lines[start : index + length]),
+            start == index + length - 1,
         ):
             return None
     return length
@@ -105,6 +112,8 @@ def _is_attribution(window: str, one_line: bool = False) -> bool:
     if not _DIGIT.search(window):
         return _undated(window, one_line)
     if _VERB_COLON.search(window) or _LEAD_VERB.match(window):
+        return True
+    if one_line and _NAME_VERB_DATE.match(window):
         return True
     if _VERB_END.search(window) and "@" in window:
         return True

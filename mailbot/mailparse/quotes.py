@@ -41,8 +41,6 @@ LOOKAHEAD = 3
 """Lines looked at below a rule or a framed line for what it introduces."""
 _FRAMED_LINE = re.compile(r"^\s*[-_=~*]{3,}\s*[^-_=~*\s][^-_=~*]{0,60}?\s*[-_=~*]{3,}\s*$")
 """A few words between dashes: "----- Mail original -----", "-------- Messaggio --------"."""
-MAX_SIGNATURE_LINES = 10
-"""Lines between a rule and a header block that may be a forwarder's signature."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +87,9 @@ def first_cut(lines: list[str], start: int = 0) -> Cut | None:
     """The first line from which everything is quoted, forwarded or signature.
 
     A rule line above unmarked text gives way to a later cut that may hold a
-    forward (a forward marker, or a separator or a header block a signature
-    below it), so that forwards are still found; otherwise it is the cut.
+    forward (a forward marker, a separator or a header block: a forwarder's
+    signature may hold a rule), so that forwards are still found; otherwise
+    it is the cut.
     """
     rule: Cut | None = None
     for index in range(start, len(lines)):
@@ -100,7 +99,7 @@ def first_cut(lines: list[str], start: int = 0) -> Cut | None:
         if found.kind == "rule":
             rule = rule or found
             continue
-        if rule is None or _may_hold_forward(lines, found, rule):
+        if rule is None or _may_hold_forward(lines, found):
             return found
         return rule
     return rule
@@ -178,12 +177,10 @@ def _bar_block(lines: list[str], index: int) -> bool:
     return below is not None and below <= index + 2 and is_bar_quoted(lines[below])
 
 
-def _may_hold_forward(lines: list[str], cut: Cut, rule: Cut) -> bool:
-    """A forward marker, or a header block a few lines (a signature) below the rule."""
-    if cut.kind == "forward":
+def _may_hold_forward(lines: list[str], cut: Cut) -> bool:
+    """A forward marker, a separator or a header block (below a forwarder's signature)."""
+    if cut.kind in ("forward", "separator", "header"):
         return True
-    if cut.kind in ("separator", "header"):
-        return cut.index - rule.index <= MAX_SIGNATURE_LINES
     if cut.kind != "quote":
         return False
     below = _next_content(lines, cut.index)
