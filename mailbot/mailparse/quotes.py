@@ -141,11 +141,11 @@ def _below_rule(lines: list[str], index: int) -> Cut | None:
 
     When a quote, a separator or an attribution follows, that line is the cut.
     """
+    if headerblocks.header_block_after(lines, index + 1):
+        return Cut(index, "header")
     below = _next_content(lines, index + 1)
     if below is None:
         return None
-    if headerblocks.header_block_at(lines, below):
-        return Cut(index, "header")
     line = lines[below]
     if is_quoted(line) or len(line) > MAX_LINE_CHARS or RULE.match(line):
         return None
