@@ -22,10 +22,18 @@ from mailbot.mailparse import strip_subject_prefixes
 _WORDS = sorted(BY_WORD, key=len, reverse=True)
 _TAG = re.compile(r"^\s*\[[^\]]{1,40}\]\s*")  # "[EXTERNAL]", "[CR-7K2QX9MD]"
 _GREETING = re.compile(
-    r"^(bonjour|bonsoir|salut|hello|hi|hey|dear|hallo|madame|monsieur|good (morning|afternoon"
-    r"|evening))\b[^.!?:]{0,40}[,!.]?$",
+    r"^(?:bonjour|bonsoir|salut|coucou|cher|ch[èe]re|chers|ch[èe]res|madame|monsieur|mesdames"
+    r"|messieurs|hello|hi|hey|hiya|dear|greetings|good (?:morning|afternoon|evening|day)"
+    r"|morning|afternoon|hallo|hall[öo]chen|guten (?:morgen|tag|abend)|moin|servus"
+    r"|gr[üu](?:ß|ss) gott|gr[üu](?:ß|ss) dich|liebe|lieber|sehr geehrte[rs]?|hola|buen d[íi]a"
+    r"|buenos d[íi]as|buenas(?: tardes| noches)?|estimad[oa]s?|querid[oa]s?|ciao|salve"
+    r"|buongiorno|buon ?pomeriggio|buonasera|gentile|gentili|egregi[oa]|car[oa]|cari"
+    r"|goedemorgen|goedemiddag|goedenavond|goedendag|dag|hoi|beste|geachte|ol[áa]|oi"
+    r"|bom dia|boa tarde|boa noite|prezad[oa]s?)\b[^!?:]{0,40}[,!.:]?$",
     re.IGNORECASE,
 )
+"""A greeting on a line of its own ("Bonjour,", "Hallo Herr Müller,", "Beste Jan,")."""
+MAX_GREETING_LINES = 2
 _ROLE_LINE = re.compile(r"^\s*([^\W\d_][\w-]*)\s*:\s*(\S+)\s*$")
 _REQUEST_ID = re.compile(r"^CR-[0-9A-Z]{8}$")
 _OWN_TAG = re.compile(r"^\s*\[CR-[0-9A-Z]{8}\]")
@@ -52,9 +60,7 @@ def find_command(subject: str, new_text: str) -> Command:
     """
     answering = strip_subject_prefixes(subject) != subject.strip() or bool(_OWN_TAG.match(subject))
     in_subject = _command_in(_bare(subject))
-    lines = [line.strip() for line in new_text.splitlines() if line.strip()]
-    if len(lines) > 1 and _GREETING.match(lines[0]) and _command_in(lines[0]) is None:
-        lines = lines[1:]  # "Bonjour," then the command
+    lines = _without_greeting([line.strip() for line in new_text.splitlines() if line.strip()])
     in_body = _command_in(lines[0]) if lines else None
     command = (in_body or in_subject) if answering else (in_subject or in_body)
     if command is None:
@@ -62,6 +68,14 @@ def find_command(subject: str, new_text: str) -> Command:
     if (opposite := BY_NAME[command.verb].opposite) is not None:
         _check_single_decision(opposite, [*([] if answering else [subject]), *lines])
     return command
+
+
+def _without_greeting(lines: list[str]) -> list[str]:
+    """The lines from the first one that is not a greeting ("Bonjour," then the command)."""
+    for _ in range(MAX_GREETING_LINES):
+        if len(lines) > 1 and _GREETING.match(lines[0]) and _command_in(lines[0]) is None:
+            lines = lines[1:]
+    return lines
 
 
 def _bare(subject: str) -> str:

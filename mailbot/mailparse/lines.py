@@ -19,6 +19,8 @@ QUOTED = re.compile(r"^[ \t]*>(?![ \t]*[:：][ \t]*$)")  # ">:" ends a wrapped a
 _QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?")
 RULE = re.compile(r"^\s*[-_=*]{5,}\s*$")
 """A line drawn across: Outlook puts one above the original it quotes."""
+_BAR = re.compile(r"^[ \t]*\|")
+_BAR_REST = re.compile(r"^[ \t|>]")
 
 
 def normalise(text: str) -> list[str]:
@@ -35,3 +37,23 @@ def dequote(line: str) -> str:
 def quote_depth(line: str) -> int:
     found = _QUOTE_PREFIX.match(line)
     return found.group().count(">") if found else 0
+
+
+def is_quoted(line: str) -> bool:
+    """A line quoted with ``>``, or with ``|`` as some clients do ("| text", "|").
+
+    A table row ("| a | b |") ends with a bar too and is not a quote.
+    """
+    if QUOTED.match(line):
+        return True
+    found = _BAR.match(line)
+    if found is None:
+        return False
+    rest = line[found.end() :]
+    if not rest.strip(" \t|>"):
+        return True
+    return _BAR_REST.match(rest) is not None and not rest.rstrip().endswith("|")
+
+
+def is_bar_quoted(line: str) -> bool:
+    return is_quoted(line) and not QUOTED.match(line)

@@ -11,13 +11,18 @@ _MOBILE = re.compile(
     r"|envoy[ée] [àa] partir de|envoy[ée] avec|t[ée]l[ée]charger outlook|obtenir outlook"
     r"|gesendet von|gesendet mit|von meinem|enviado desde|enviado de|enviado do|inviato da"
     r"|verzonden met|verzonden vanaf|verstuurd vanaf|skickat fr[åa]n|sendt fra|wys[łl]ane z"
-    r"|отправлено с|l[äa]hetetty)\b(?P<rest>.*)$",
+    r"|отправлено с|l[äa]hetetty|inviato dal|inviato con|enviado con|enviado com|verstuurd met"
+    r"|verzonden via|von yahoo mail|diese nachricht wurde von meinem|holen sie sich outlook"
+    r"|outlook f[üu]r (?:android|ios)|obtener outlook|descargar outlook|scarica outlook"
+    r"|baixar o outlook|baixe o outlook|obter o outlook|download outlook"
+    r"|outlook voor (?:android|ios)"
+    r")\b(?P<rest>.*)$",
     re.IGNORECASE,
 )
 _SIGNATURE_DELIMITER = re.compile(r"^[ \t]*--[ \t]*$")
 _CLOSING = re.compile(
     r"^\s*(?:(?:best|kind|warm|warmest|many)\s+(?:regards|wishes)|regards|best|cheers|thanks"
-    r"|thank you|many thanks|sincerely|yours(?: sincerely| truly)?|cordialement"
+    r"|thank you|many thanks|sincerely|yours(?: sincerely| truly| faithfully)?|cordialement"
     r"|bien cordialement|tr[èe]s cordialement|bien [àa] (?:vous|toi)|salutations"
     r"|sinc[èe]res salutations|amiti[ée]s|bonne journ[ée]e|merci|mvh|med venlig hilsen"
     r"|venlig hilsen|hilsen|vennlig hilsen|med v[äa]nlig h[äa]lsning|v[äa]nliga h[äa]lsningar"
@@ -26,7 +31,15 @@ _CLOSING = re.compile(
     r"|met vriendelijke groet(?:en)?|vriendelijke groet(?:en)?|groeten|saludos(?: cordiales)?"
     r"|un saludo|atentamente|cordiali saluti|distinti saluti|saluti|pozdrawiam|z powa[żz]aniem"
     r"|с уважением|atenciosamente|abra[çc]os|cumprimentos|yst[äa]v[äa]llisin terveisin"
-    r"|terveisin)\s*[,.!]*\s*$",
+    r"|terveisin|all the best|best wishes|take care|thanks (?:a lot|again|in advance)"
+    r"|thank you very much|cdlt|bien [àa] vous|[àa] bient[ôo]t|belle journ[ée]e"
+    r"|bonne (?:soir[ée]e|fin de journ[ée]e)|merci (?:d'avance|beaucoup|bien)"
+    r"|salutations distingu[ée]es|mfg|herzliche gr[üu](?:ß|ss)e|sch[öo]ne gr[üu](?:ß|ss)e"
+    r"|gr[üu](?:ß|ss)e|danke(?: sch[öo]n)?|vielen dank|besten dank|saludos cordiales"
+    r"|un (?:fuerte )?abrazo|abrazos|gracias|muchas gracias|atte|cordialmente|un saluto"
+    r"|buona giornata|grazie(?: mille)?|a presto|groetjes|hartelijke groet(?:en)?|mvg"
+    r"|bedankt|dank je wel|alvast bedankt|obrigad[oa]|abra[çc]o|att|um abra[çc]o"
+    r"|(?:com os )?melhores cumprimentos|at[ée] breve)\s*[,.!]*\s*$",
     re.IGNORECASE,
 )
 MAX_CLOSING_TAIL = 8
