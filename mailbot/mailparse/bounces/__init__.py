@@ -57,7 +57,9 @@ def detect(
         return report.from_report(found, original)
     if successful:
         return None
-    if not freetext.looks_like_bounce(message, sender, sender_name, subject, diagnostic, attached):
+    if not freetext.looks_like_bounce(
+        message, sender, sender_name, subject, diagnostic, original, attached
+    ):
         return None
     library = library_view or message if LIBRARY_DETECTORS else None
     return freetext.from_text(message, sender, subject, diagnostic, original, library)
