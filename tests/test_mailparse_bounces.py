@@ -163,3 +163,19 @@ def test_a_report_naming_nobody_is_about_the_sole_addressee_of_the_returned_mail
     assert one.recipients == ("only@one.example",)
     assert several is not None
     assert several.recipients == ()
+
+
+def test_a_report_that_returns_nothing_still_names_the_mail_it_answers() -> None:
+    raw = (
+        b"From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\r\n"
+        b"To: changes+bounce-ab12@mailbot.example\r\n"
+        b"In-Reply-To: <ab12@mailbot.example>\r\n"
+        b"Subject: Delivery Status Notification (Failure)\r\n\r\n"
+        b"** Address not found **\r\n\r\n"
+        b"Your message wasn't delivered to gone@away.example because the address couldn't "
+        b"be found, or is unable to receive mail.\r\n"
+    )
+    bounce = mailparse.parse(raw).bounce
+    assert bounce is not None
+    assert bounce.recipients == ("gone@away.example",)
+    assert bounce.original_message_id == "ab12@mailbot.example"

@@ -22,6 +22,7 @@ sender, which is what lets mailbot find which of its own mails bounced.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from email.message import Message
 
 from mailbot.mailparse import robots
@@ -54,7 +55,7 @@ def detect(
     original, attached = returned.original(message)
     found, successful = report.read(message)
     if found is not None:
-        return report.from_report(found, original)
+        return _naming_the_original(report.from_report(found, original), message)
     if successful:
         return None
     if not freetext.looks_like_bounce(
@@ -62,4 +63,13 @@ def detect(
     ):
         return None
     library = library_view or message if LIBRARY_DETECTORS else None
-    return freetext.from_text(message, sender, subject, diagnostic, original, library)
+    bounce = freetext.from_text(message, sender, subject, diagnostic, original, library)
+    return _naming_the_original(bounce, message)
+
+
+def _naming_the_original(bounce: Bounce, message: Message) -> Bounce:
+    """A report that returns nothing of the original may still name it: Exchange and
+    Gmail answer it (``In-Reply-To``), which is the Message-ID mailbot sent."""
+    if bounce.original_message_id is not None:
+        return bounce
+    return replace(bounce, original_message_id=returned.answered_id(message))

@@ -40,7 +40,8 @@ BOUNCE_SUBJECT = re.compile(
     r"|non remis|non distribu|non d[ée]livr[ée]|[ée]chec (?:de (?:la )?)?(?:remise|distribution)"
     r"|notification d'[ée]chec|remise diff[ée]r[ée]e|retourn[ée] [àa] l'exp[ée]diteur"
     r"|no se (?:pudo|puede) entregar|entrega retrasada|error (?:en la|de) entrega"
-    r"|non recapitat|onbestelbaar|olevererbar",
+    r"|non recapitat|impossibile recapitare|onbestelbaar|niet bezorgd|olevererbar"
+    r"|n[ãa]o (?:foi )?entregue|n[ãa]o foi poss[íi]vel entregar",
     re.IGNORECASE,
 )
 
@@ -48,7 +49,7 @@ FAILURE_TEXT = re.compile(
     r"could not be delivered|couldn'?t be delivered|was not delivered|wasn'?t delivered"
     r"|not been delivered|undeliverable|delivery (?:to the following recipients? )?(?:has )?failed"
     r"|failed permanently|permanent (?:fatal )?errors?|address(?:\(es\)|es)? failed"
-    r"|did not reach the following recipient|user unknown|unknown user|no such user"
+    r"|did not reach (?:the following recipient|some or all)|user unknown|unknown user|no such user"
     r"|mailbox (?:unavailable|is full|full)|quota exceeded|recipient address rejected"
     r"|host unknown|unrouteable|wasn'?t able to deliver|this is the (?:postfix program|mail system)"
     r"|delivery status notification|will be retried|will (?:continue to )?retry"
@@ -104,7 +105,8 @@ PERMANENT_TEXT = re.compile(
 
 RECIPIENT_INTRO = re.compile(
     r"following (?:recipients?|address(?:\(es\)|es)?)|recipient\(s\)|failed recipients"
-    r"|could not be delivered to|delivery to the following|recipients or groups"
+    r"|could not be delivered to|delivery to the following"
+    r"|recipients or (?:groups|distribution lists)"
     r"|was not delivered to|message has not yet been delivered is|address(?:es)? to which"
     r"|destinataires? ou groupes|destinataires? suivants?|adresses? suivantes?"
     r"|n'a pas [ée]t[ée] remis [àa]|empf[äa]nger oder gruppen"

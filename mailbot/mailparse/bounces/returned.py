@@ -101,3 +101,9 @@ def original_fields(original: Message | None, envelope_from: str | None) -> Orig
         sender=sender if "@" in sender else None,
         subject=short(mime.header(original, "Subject"), 300),
     )
+
+
+def answered_id(message: Message) -> str | None:
+    """The Message-ID a report says it answers (``In-Reply-To``), if exactly one."""
+    found = _MSGID.findall(mime.raw_header(message, "In-Reply-To"))
+    return found[0] if len(found) == 1 else None
