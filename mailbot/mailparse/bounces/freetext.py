@@ -45,7 +45,8 @@ def looks_like_bounce(
     ``attached``: the message carries a returned message as a MIME part (a
     person's reply may quote an "Original Message" inline, never attach one).
     An automatic reply (its subject says so) is never a bounce, whoever sends
-    it: a mailbox named postmaster may have an out-of-office too.
+    it: a mailbox named postmaster may have an out-of-office too; nor is a
+    notice that says the mail arrived and says nothing of a failure.
     """
     if subjects.SUBJECT_PREFIX.match(subject) or robots.out_of_office_subject(subject):
         return False
@@ -54,6 +55,8 @@ def looks_like_bounce(
     by_subject = phrases.BOUNCE_SUBJECT.search(subject) is not None
     text = diagnostic[:5_000]
     by_text = phrases.FAILURE_TEXT.search(text) or phrases.DELAY_NOTICE.search(text)
+    if not by_text and (phrases.DELIVERED.search(subject) or phrases.DELIVERED.search(text)):
+        return False
     if _from_a_server(message, sender, sender_name):
         return by_subject or bool(by_text) or attached
     null_path = mime.raw_header(message, "Return-Path").strip() == "<>"

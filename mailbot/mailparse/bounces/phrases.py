@@ -52,7 +52,7 @@ FAILURE_TEXT = re.compile(
     r"|did not reach (?:the following recipient|some or all)|user unknown|unknown user|no such user"
     r"|mailbox (?:unavailable|is full|full)|quota exceeded|recipient address rejected"
     r"|host unknown|unrouteable|wasn'?t able to deliver|this is the (?:postfix program|mail system)"
-    r"|delivery status notification|will be retried|will (?:continue to )?retry"
+    r"|will be retried|will (?:continue to )?retry"
     r"|not accepting mail|unable to deliver|delivery attempts|failed recipients"
     r"|cannot be delivered|can't be delivered|address not found|not listed in"
     r"|returned mail|delivery problem|message delayed|delayed \d+ hours"
@@ -67,6 +67,16 @@ FAILURE_TEXT = re.compile(
     re.IGNORECASE,
 )
 """A failure told in words (or a delay, which is a failure for now)."""
+
+DELIVERED = re.compile(
+    r"successfully (?:delivered|relayed)|(?:was|has been) delivered to"
+    r"|\((?:success|relayed|delivered)\)"
+    r"|delivery to (?:these|the following) recipients (?:or groups )?(?:is|was) complete"
+    r"|a [ée]t[ée] (?:remis|distribu[ée]|d[ée]livr[ée]) (?:aux|au|[àa])|erfolgreich zugestellt"
+    r"|se entreg[óo] (?:a|correctamente)|se ha entregado correctamente",
+    re.IGNORECASE,
+)
+"""A notice that mail arrived (a success DSN asked for, a relay notice): not a bounce."""
 
 DELAY_WORDS = re.compile(
     r"\bdelay(?:ed)?\b|not yet been delivered|will (?:continue to )?(?:be )?retr|still trying"
