@@ -38,7 +38,8 @@ BOUNCE_SUBJECT = re.compile(
     r"|user unknown|mailbox (?:unavailable|full)"
     r"|unzustellbar|nicht zustellbar|zustellung fehlgeschlagen|[üu]bermittlung verz[öo]gert"
     r"|non remis|non distribu|non d[ée]livr[ée]|[ée]chec (?:de (?:la )?)?(?:remise|distribution)"
-    r"|notification d'[ée]chec|remise diff[ée]r[ée]e|retourn[ée] [àa] l'exp[ée]diteur"
+    r"|notification d'[ée]chec|remise diff[ée]r[ée]e|courrier retard[ée]"
+    r"|retourn[ée] [àa] l'exp[ée]diteur"
     r"|no se (?:pudo|puede) entregar|entrega retrasada|error (?:en la|de) entrega"
     r"|non recapitat|impossibile recapitare|onbestelbaar|niet bezorgd|olevererbar"
     r"|n[ãa]o (?:foi )?entregue|n[ãa]o foi poss[íi]vel entregar",
@@ -56,13 +57,16 @@ FAILURE_TEXT = re.compile(
     r"|not accepting mail|unable to deliver|delivery attempts|failed recipients"
     r"|cannot be delivered|can't be delivered|address not found|not listed in"
     r"|returned mail|delivery problem|message delayed|delayed \d+ hours"
-    r"|n'a pas (?:pu )?[êe]tre (?:remis|distribu|d[ée]livr|transmis)"
-    r"|n'a pas [ée]t[ée] (?:remis|distribu)"
+    r"|n'a (?:pas )?pu [êe]tre (?:remis|distribu|d[ée]livr|transmis|livr|achemin)"
+    r"|n'a pas [ée]t[ée] (?:remis|distribu|d[ée]livr)"
+    r"|ne (?:peut|pourra) pas [êe]tre (?:remis|distribu)"
+    r"|impossible de (?:remettre|distribuer|d[ée]livrer|livrer|transmettre)"
     r"|a [ée]chou[ée]|ont [ée]chou[ée]|erreur (?:permanente|d[ée]finitive)|adresse introuvable"
-    r"|nicht (?:an alle empf[äa]nger )?zugestellt|ist fehlgeschlagen"
-    r"|permanenter fehler|adresse nicht gefunden"
-    r"|no se (?:pudo|ha podido|ha) entregad?o?|no se pudo entregar|error en la entrega"
-    r"|error permanente|no se ha encontrado la direcci[óo]n"
+    r"|nicht\b[^.\n]{0,60}\bzugestellt|konnte nicht (?:zugestellt|[üu]bermittelt|ausgeliefert)"
+    r"|ist fehlgeschlagen|permanenter fehler|adresse nicht gefunden"
+    r"|no (?:se )?(?:ha )?(?:pudo|podido|puede) (?:ser )?entrega|no se ha entregado"
+    r"|imposible entregar|error en la entrega|error permanente"
+    r"|no se ha encontrado la direcci[óo]n"
     r"|\b5\d\d[ -]#?5\.\d+\.\d+",
     re.IGNORECASE,
 )
@@ -80,7 +84,7 @@ DELIVERED = re.compile(
 
 DELAY_WORDS = re.compile(
     r"\bdelay(?:ed)?\b|not yet been delivered|will (?:continue to )?(?:be )?retr|still trying"
-    r"|remise diff[ée]r[ée]e|verz[öo]gert|retrasad",
+    r"|remise diff[ée]r[ée]e|retard[ée]|verz[öo]gert|retrasad",
     re.IGNORECASE,
 )
 """Weak delay words: they count when nothing in the report says it failed."""
@@ -92,7 +96,7 @@ DELAY_NOTICE = re.compile(
     r"|temporary problem delivering|delivery attempts will continue|will continue to be attempted"
     r"|message still undelivered after|delays in delivering your message"
     r"|pas encore [ée]t[ée] (?:remis|distribu|d[ée]livr)|tentatives de remise se poursuiv"
-    r"|la remise est diff[ée]r[ée]e|ceci est un avertissement"
+    r"|la remise est diff[ée]r[ée]e|ceci est un avertissement|nouvelles tentatives (?:seront|de)"
     r"|noch nicht zugestellt|nur eine warnung|weiterhin versucht|ist verz[öo]gert"
     r"|a[úu]n no se ha entregado|se seguir[áa] intentando|se ha retrasado",
     re.IGNORECASE,
