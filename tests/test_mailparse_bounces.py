@@ -179,3 +179,98 @@ def test_a_report_that_returns_nothing_still_names_the_mail_it_answers() -> None
     assert bounce is not None
     assert bounce.recipients == ("gone@away.example",)
     assert bounce.original_message_id == "ab12@mailbot.example"
+
+
+def report(sender: str, subject: str, body: str) -> bytes:
+    """A bare report to the VERP address: sender, subject and words only."""
+    head = f"From: {sender}\nTo: changes+bounce-ab12@mailbot.example\nSubject: {subject}\n\n"
+    return (head + body).replace("\n", "\r\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("sender", "subject", "body", "delayed"),
+    [
+        (
+            "postmaster@corp.example",
+            "Undeliverable: x",
+            "Delivery has failed to these recipients or distribution lists:\n\nJohn Smith\n"
+            "The recipient's e-mail address was not found.\n\nDiagnostic information for "
+            "administrators:\n\nGenerating server: ex.corp.example\n\njohn@corp.example\n"
+            "#550 5.1.1 RESOLVER.ADR.RecipNotFound; not found ##\n",
+            False,
+        ),
+        (
+            "System Administrator <postmaster@corp.example>",
+            "Undeliverable: x",
+            "Your message did not reach some or all of the intended recipients.\n\nThe following "
+            "recipient(s) could not be reached:\n\n      john@corp.example on 3/2/2026 10:00 AM\n"
+            "            <ex.corp.example #5.1.1>\n",
+            False,
+        ),
+        (
+            "MAILER-DAEMON@mx.firma.example (Mail Delivery System)",
+            "Unzustellbare Nachricht",
+            "Leider konnte Ihre Nachricht nicht an einen oder mehrere Empfänger\nzugestellt "
+            "werden.\n\n<john@corp.example>: host mx.corp.example sagte: 550 5.1.1 unbekannt\n",
+            False,
+        ),
+        (
+            "MAILER-DAEMON@mx.empresa.example",
+            "Mensaje no entregado",
+            "Su mensaje no pudo ser entregado a las siguientes direcciones.\nEste es un error "
+            "permanente.\n\n<john@corp.example>:\nno existe el buzón\n",
+            False,
+        ),
+        (
+            "MAILER-DAEMON@mx.firma.example",
+            "Verzögerte Nachricht",
+            "# DIES IST NUR EINE WARNUNG. SIE MÜSSEN IHRE NACHRICHT NICHT ERNEUT SENDEN. #\n\n"
+            "Ihre Nachricht konnte seit mehr als 4 Stunden nicht zugestellt werden.\n\n"
+            "<john@corp.example>: connect to mx.corp.example: Connection timed out\n",
+            True,
+        ),
+        (
+            "MAILER-DAEMON@mx.firme.example",
+            "Courrier retardé",
+            "# CECI EST UN AVERTISSEMENT SEULEMENT. #\n\nVotre message n'a pas pu être remis "
+            "depuis plus de 4 heures.\n\n<john@corp.example> : connexion expirée\n",
+            True,
+        ),
+    ],
+)
+def test_report_wordings(sender: str, subject: str, body: str, delayed: bool) -> None:
+    bounce = mailparse.parse(report(sender, subject, body)).bounce
+    assert bounce is not None
+    assert bounce.recipients == ("john@corp.example",)
+    assert bounce.delayed == delayed
+
+
+@pytest.mark.parametrize(
+    ("sender", "subject", "body"),
+    [
+        (
+            "postmaster@corp.example",
+            "Delivery Status Notification (Success)",
+            "This is an automatically generated Delivery Status Notification.\n\nYour message "
+            "has been successfully relayed to the following recipients.\n\n   john@corp.example\n",
+        ),
+        (
+            "postmaster@corp.example",
+            "Relayed: x",
+            "Delivery to these recipients or groups is complete, but no delivery notification "
+            "was sent by the destination server:\n\njohn@corp.example\n",
+        ),
+        (
+            "Postmaster <postmaster@corp.example>",
+            "Automatic reply: x",
+            "This mailbox is not monitored: mail sent here could not be delivered to a person.\n",
+        ),
+        (
+            "noreply@shop.example",
+            "Your order could not be delivered",
+            "Dear customer, your parcel could not be delivered. Track it here.\n",
+        ),
+    ],
+)
+def test_notices_that_are_not_bounces(sender: str, subject: str, body: str) -> None:
+    assert mailparse.parse(report(sender, subject, body)).bounce is None
