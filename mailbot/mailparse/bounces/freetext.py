@@ -1,7 +1,9 @@
-"""Bounces that are not RFC 3464 reports (qmail, Exim, Exchange 5.5, Yahoo,
-GroupWise…): recognised by who sends them and how they read, their
-recipients found by Mailman's ``flufl.bounce`` detectors, then by a generic
-fallback that takes the addresses standing next to a failure phrase."""
+"""Bounces that are not RFC 3464 reports: recognised by who sends them and how they
+read (the wordings are in ``phrases``), their recipients found by Mailman's
+``flufl.bounce`` detectors, then by rules on the report's layout: addresses
+that open a line or follow a recipient label, addresses listed under an intro
+or standing on a failure line, and, failing those, the one addressee of the
+returned message."""
 
 from __future__ import annotations
 
