@@ -1,7 +1,9 @@
-"""Bounces that are not RFC 3464 reports (qmail, Exim, Exchange 5.5, Yahoo,
-GroupWise…): recognised by who sends them and how they read, their
-recipients found by Mailman's ``flufl.bounce`` detectors, then by a generic
-fallback that takes the addresses standing next to a failure phrase."""
+"""Bounces that are not RFC 3464 reports: recognised by who sends them and how they
+read (the wordings are in ``phrases``), their recipients found by Mailman's
+``flufl.bounce`` detectors, then by rules on the report's layout: addresses
+that open a line or follow a recipient label, addresses listed under an intro
+or standing on a failure line, and, failing those, the one addressee of the
+returned message."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from email.utils import getaddresses
 
 from flufl.bounce import all_failures
 
-from mailbot.mailparse import mime, subjects
+from mailbot.mailparse import mime, robots, subjects
+from mailbot.mailparse.bounces import phrases
 from mailbot.mailparse.bounces.bounce import (
     ADDRESS,
     MAX_DIAGNOSTIC_CHARS,
@@ -23,67 +26,11 @@ from mailbot.mailparse.bounces.returned import original_fields
 
 _FAILURE_STATUS = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _WHOLE_ADDRESS = rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-])({ADDRESS.pattern})(?![\w-]|\.[\w-])"
-_LEADING_ADDRESS = re.compile(rf"^\s*<?{_WHOLE_ADDRESS}>?(?:\s|:|$)", re.IGNORECASE)
+_LEADING_ADDRESS = re.compile(rf"^\s*[<\"]?{_WHOLE_ADDRESS}[>\"]?(?:\s|:|\.\.\.|$)", re.IGNORECASE)
 _LISTED_ADDRESS = re.compile(rf"(?<!from )(?<!from <){_WHOLE_ADDRESS}", re.IGNORECASE)
+_FIELD_ADDRESS = re.compile(rf"{phrases.RECIPIENT_FIELD.pattern}{_WHOLE_ADDRESS}", re.IGNORECASE)
+_NDR_MARK = re.compile(r"^x-ms-exchange-message-is-ndr$", re.IGNORECASE)
 _PREFIXED = re.compile(r"^(?:smtp|rfc822|x400)[=:;]", re.IGNORECASE)
-_DAEMON_LOCAL = re.compile(
-    r"mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|mail[-_.]?delivery"
-    r"|mail[-_.]?service|mail[-_.]?administrator|smtp|mail[-_.]?system|^bounces?$|^mailer$",
-    re.IGNORECASE,
-)
-_DAEMON_NAME = re.compile(
-    r"mail delivery (?:system|subsystem|service)|mailer[- ]daemon|postmaster"
-    r"|mail administrator|system administrator|mail system|delivery status",
-    re.IGNORECASE,
-)
-_BOUNCE_SUBJECT = re.compile(
-    r"undeliver|undelivered|non[- ]?deliver|delivery (?:status|failure|failed|has failed|problem"
-    r"|notification|report|delayed|error)|mail delivery|failure notice|failed mail|returned mail"
-    r"|returned to sender|could not be delivered|couldn't be delivered|not (?:be )?delivered"
-    r"|mail system error|unzustellbar|nicht zustellbar|non remis|non distribuable"
-    r"|[ée]chec de (?:la )?(?:remise|distribution)|remise diff[ée]r[ée]e|no se pudo entregar"
-    r"|non recapitato|onbestelbaar|warning: message|delayed mail|user unknown"
-    r"|mailbox (?:unavailable|full)|delivery notification",
-    re.IGNORECASE,
-)
-_FAILURE_TEXT = re.compile(
-    r"could not be delivered|couldn'?t be delivered|was not delivered|not been delivered"
-    r"|undeliverable|delivery (?:to the following recipients? )?(?:has )?failed"
-    r"|failed permanently|permanent (?:fatal )?errors?|address(?:\(es\)|es)? failed"
-    r"|did not reach the following recipient|user unknown|unknown user|no such user"
-    r"|mailbox (?:unavailable|is full|full)|quota exceeded|recipient address rejected"
-    r"|host unknown|unrouteable|wasn'?t able to deliver|this is the (?:postfix program|mail system)"
-    r"|delivery status notification|will be retried|will (?:continue to )?retry"
-    r"|not accepting mail|unable to deliver|delivery attempts|failed recipients"
-    r"|cannot be delivered|can't be delivered"
-    r"|returned mail|delivery problem|message delayed|delayed \d+ hours"
-    r"|\b5\d\d[ -]#?5\.\d+\.\d+",
-    re.IGNORECASE,
-)
-_DELAY_TEXT = re.compile(
-    r"\bdelay(?:ed)?\b|not yet been delivered|will (?:continue to )?(?:be )?retr|still trying"
-    r"|remise diff[ée]r[ée]e|verz[öo]gert|retrasad",
-    re.IGNORECASE,
-)
-_PERMANENT_TEXT = re.compile(
-    r"failed permanently|permanent (?:fatal )?error|could not be delivered|has failed"
-    r"|address(?:\(es\)|es)? failed|giving up|gave up|\b5\.\d+\.\d+",
-    re.IGNORECASE,
-)
-_RECIPIENT_INTRO = re.compile(
-    r"following (?:recipients?|address(?:\(es\)|es)?)|recipient\(s\)|failed recipients"
-    r"|could not be delivered to|delivery to the following",
-    re.IGNORECASE,
-)
-_PHRASE_STATUS = (
-    (re.compile(r"unrouteable (?:mail )?domain|host unknown|domain not found", re.I), "5.1.2"),
-    (re.compile(r"user unknown|unknown user|no such user|does not exist|not recognized", re.I),
-     "5.1.1"),
-    (re.compile(r"could not initiate smtp conversation|connection (?:timed out|refused)", re.I),
-     "5.3.2"),
-    (re.compile(r"mailbox (?:is )?full|quota exceeded|over quota", re.I), "5.2.2"),
-    (re.compile(r"relay(?:ing)? denied|access denied|blocked|spam", re.I), "5.7.1"),
-)  # fmt: skip
 
 
 def looks_like_bounce(
@@ -92,26 +39,56 @@ def looks_like_bounce(
     sender_name: str,
     subject: str,
     diagnostic: str,
+    original: Message | None,
     attached: bool,
 ) -> bool:
     """Sent by a mail server about a failed delivery, not a person talking about one.
 
     ``attached``: the message carries a returned message as a MIME part (a
     person's reply may quote an "Original Message" inline, never attach one).
+    An automatic reply (its subject says so) is never a bounce, whoever sends
+    it: a mailbox named postmaster may have an out-of-office too; nor is a
+    notice that says the mail arrived and says nothing of a failure.
     """
-    if subjects.SUBJECT_PREFIX.match(subject):
+    if subjects.SUBJECT_PREFIX.match(subject) or robots.out_of_office_subject(subject):
         return False
     if mime.raw_header(message, "X-Failed-Recipients").strip():
         return True
-    local = (sender or "").partition("@")[0]
-    daemon = sender is None or bool(_DAEMON_LOCAL.search(local) or _DAEMON_NAME.search(sender_name))
+    by_subject = phrases.BOUNCE_SUBJECT.search(subject) is not None
+    text = diagnostic[:5_000]
+    by_text = phrases.FAILURE_TEXT.search(text) or phrases.DELAY_NOTICE.search(text)
+    if not by_text and (phrases.DELIVERED.search(subject) or phrases.DELIVERED.search(text)):
+        return False
+    if _from_a_server(message, sender, sender_name):
+        return by_subject or bool(by_text) or attached
     null_path = mime.raw_header(message, "Return-Path").strip() == "<>"
-    by_subject = _BOUNCE_SUBJECT.search(subject) is not None
-    by_text = _FAILURE_TEXT.search(diagnostic[:5_000]) is not None
-    if daemon:
-        return by_subject or by_text or attached
     automated = bool(mime.raw_header(message, "Auto-Submitted").strip())
-    return by_subject and (attached or null_path or (by_text and automated))
+    echoed = _returns_to_us(message, original)
+    return by_subject and (attached or null_path or echoed or (bool(by_text) and automated))
+
+
+def _from_a_server(message: Message, sender: str | None, sender_name: str) -> bool:
+    """Sent by a mail system: no sender, a daemon's address or name, or Exchange's
+    mark on its non-delivery reports."""
+    if sender is None or any(_NDR_MARK.match(name) for name in mime.header_names(message)):
+        return True
+    local = sender.partition("@")[0]
+    return bool(phrases.DAEMON_LOCAL.search(local) or phrases.DAEMON_NAME.search(sender_name))
+
+
+def _returns_to_us(message: Message, original: Message | None) -> bool:
+    """The returned message's envelope sender is where this message was delivered:
+    the bounce came back along the return path, as bounces do."""
+    if original is None:
+        return False
+    envelope = original_fields(original, None).envelope_from
+    return envelope is not None and envelope in _own_addresses(message)
+
+
+def _own_addresses(message: Message) -> set[str]:
+    names = ("To", "Delivered-To", "X-Original-To", "Envelope-To")
+    values = [mime.raw_header(message, name) for name in names]
+    return {a.lower() for _, a in getaddresses(values) if "@" in a}
 
 
 def from_text(
@@ -134,6 +111,8 @@ def from_text(
     recipients = [a for a in dict.fromkeys(failed_header + permanent + temporary) if a]
     if not recipients:
         recipients = _addresses_near_failures(diagnostic, excluded)
+    if not recipients:
+        recipients = _sole_original_recipient(original, excluded)
     delayed = _is_delay(subject, diagnostic, temporary, permanent)
     about = original_fields(original, None)
     return Bounce(
@@ -182,17 +161,18 @@ def _not_recipients(message: Message, sender: str | None, original: Message | No
 
 
 def _addresses_near_failures(diagnostic: str, excluded: set[str]) -> list[str]:
-    """Addresses that open a line (``<a@b>: reason``, or alone), stand on a failure
-    line, or are listed under "the following recipients"; never a "from" address."""
+    """Addresses that open a line (``<a@b>: reason``, ``"a@b":``, or alone), follow a
+    recipient label ("RCPT TO:", "Recipient Address:"), stand on a failure line,
+    or are listed under "the following recipients"; never a "from" address."""
     found: list[str] = []
     listing = 0
     for line in diagnostic.splitlines()[:300]:
-        if _RECIPIENT_INTRO.search(line):
+        if phrases.RECIPIENT_INTRO.search(line):
             listing = 6
-        leading = _LEADING_ADDRESS.match(line)
+        leading = _LEADING_ADDRESS.match(line) or _FIELD_ADDRESS.match(line)
         if leading is not None:
             found.append(leading.group(1))
-        elif listing > 0 or _FAILURE_TEXT.search(line) is not None:
+        elif listing > 0 or phrases.FAILURE_TEXT.search(line) is not None:
             found.extend(m.group(1) for m in _LISTED_ADDRESS.finditer(line))
         listing = max(0, listing - 1)
     cleaned = (_PREFIXED.sub("", address).lower() for address in found)
@@ -200,18 +180,39 @@ def _addresses_near_failures(diagnostic: str, excluded: set[str]) -> list[str]:
         dict.fromkeys(
             address
             for address in cleaned
-            if address not in excluded and not _DAEMON_LOCAL.search(address.partition("@")[0])
+            if address not in excluded
+            and not phrases.DAEMON_LOCAL.search(address.partition("@")[0])
         )
     )
 
 
+def _sole_original_recipient(original: Message | None, excluded: set[str]) -> list[str]:
+    """The one addressee of the returned message, for reports that name nobody in
+    their text (Google Workspace's "Message not delivered"): a returned message
+    sent to several people, or to a mailing list, says nothing about which
+    address failed."""
+    if original is None or robots.is_list(original):
+        return []
+    values = [mime.raw_header(original, name) for name in ("To", "Cc")]
+    addressees = {a.lower() for _, a in getaddresses(values) if "@" in a} - excluded
+    return list(addressees) if len(addressees) == 1 else []
+
+
 def _is_delay(subject: str, diagnostic: str, temporary: list[str], permanent: list[str]) -> bool:
+    """A delay warning, not a failure: the report says the server stopped trying
+    (never a delay), or that it is still trying (a delay), or else the detectors'
+    and the words' reading."""
+    text = diagnostic[:5_000]
+    if phrases.GIVEN_UP.search(text):
+        return False
+    if phrases.DELAY_NOTICE.search(subject) or phrases.DELAY_NOTICE.search(text):
+        return True
     if temporary and not permanent:
         return True
     if permanent:
         return False
-    delay_words = _DELAY_TEXT.search(subject) or _DELAY_TEXT.search(diagnostic[:5_000])
-    return bool(delay_words) and not _PERMANENT_TEXT.search(diagnostic[:5_000])
+    delay_words = phrases.DELAY_WORDS.search(subject) or phrases.DELAY_WORDS.search(text)
+    return bool(delay_words) and not phrases.PERMANENT_TEXT.search(text)
 
 
 def _text_statuses(diagnostic: str, delayed: bool) -> tuple[str, ...]:
@@ -219,7 +220,7 @@ def _text_statuses(diagnostic: str, delayed: bool) -> tuple[str, ...]:
     codes = [".".join(m.groups()) for m in _FAILURE_STATUS.finditer(text)]
     if codes:
         return tuple(dict.fromkeys(codes))
-    for pattern, code in _PHRASE_STATUS:
+    for pattern, code in phrases.PHRASE_STATUS:
         if pattern.search(diagnostic[:5_000]):
             return (("4" if delayed else "5") + code[1:],)
     return ()

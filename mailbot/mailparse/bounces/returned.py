@@ -16,12 +16,22 @@ from mailbot.mailparse.htmltext import html_to_text
 
 _MSGID = re.compile(r"<([^<>\s]{1,900})>")
 _ORIGINAL_MARKER = re.compile(
-    r"^\s*[-=*_ ]*(?:this is a copy of the message|original message|returned mail"
-    r"|original message (?:as received|follows)|undelivered message|below this line"
+    r"^\s*[-=*_ ]*(?:the )?(?:this is a copy of the message"
+    r"|original message\s*(?:headers?\b|follows?\b|as received|below|[-=*:]|$)"
+    r"|returned mail|undelivered message|below this line"
     r"|your message (?:follows|reads)|message headers follow|text of the message"
-    r"|unsent message below|headers of the original message|returned message)",
+    r"|unsent message below|headers of the original message|returned message"
+    r"|header of the original message"
+    r"|ceci est une copie du message|en-t[êe]tes (?:du|de) message d'origine|message d'origine"
+    r"|es folgen die kopfzeilen|urspr[üu]ngliche nachricht"
+    r"|encabezados de (?:l )?mensaje original|mensaje original"
+    r"|intestazioni originali del messaggio)",
     re.IGNORECASE,
 )
+"""The line after which a bounce pastes the returned message or its headers, in
+the MTAs' own wordings and in the languages Exchange, Exim and GMX translate it
+into; neither Office 365's "Original Message Details" summary nor Sendmail's
+"The original message was received at" is one."""
 
 
 def diagnostic_text(message: Message) -> str:
@@ -91,3 +101,9 @@ def original_fields(original: Message | None, envelope_from: str | None) -> Orig
         sender=sender if "@" in sender else None,
         subject=short(mime.header(original, "Subject"), 300),
     )
+
+
+def answered_id(message: Message) -> str | None:
+    """The Message-ID a report says it answers (``In-Reply-To``), if exactly one."""
+    found = _MSGID.findall(mime.raw_header(message, "In-Reply-To"))
+    return found[0] if len(found) == 1 else None
