@@ -1,0 +1,218 @@
+"""Judging mailbot: a decision read from a message, a corpus row scored by its category.
+
+Every judgement ends as one of three outcomes: right, wrong (a decision, a
+sender or recipients that are not the expected ones), or not understood (no
+answer: ignored, no forward found, no bounce found).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from mailbot import commands, mailparse
+from mailbot.errors import AmbiguousDecision, MailbotError
+from mailbot.mailparse import ParsedMail, bounces
+from mailbot.mailparse.tokens import find_tokens
+
+from .corpus import Entry
+
+RIGHT, WRONG, UNSURE = "right", "wrong", "not understood"
+OUTCOMES = (RIGHT, WRONG, UNSURE)
+CATEGORIES = ("reply", "forwarded", "autoreply", "bounce", "other")
+
+
+@dataclass
+class Tally:
+    total: int = 0
+    correct: int = 0
+    wrong_opposite: int = 0
+    wrong_token: int = 0
+    not_understood: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, outcome: str, label: str) -> None:
+        self.total += 1
+        if outcome == "correct":
+            self.correct += 1
+            return
+        if outcome == "opposite":
+            self.wrong_opposite += 1
+        elif outcome == "token":
+            self.wrong_token += 1
+        else:
+            self.not_understood += 1
+        self.reasons[outcome] += 1
+        self.failures.append(f"{outcome}: {label}")
+
+    def errors(self) -> str:
+        reasons = f" {dict(self.reasons)}" if self.reasons else ""
+        return (
+            f"wrong-opposite {self.wrong_opposite}, wrong token {self.wrong_token}, "
+            f"not understood {self.not_understood}{reasons}"
+        )
+
+
+def outcome(judged: str) -> str:
+    """right, wrong or not understood, from a detailed judgement."""
+    if judged in OUTCOMES:
+        return judged
+    if judged == "correct":
+        return RIGHT
+    return WRONG if judged in ("opposite", "token") else UNSURE
+
+
+def decide(subject: str, text: str, verb: str, token: str | None) -> str:
+    """The judgement of the decision found in a new text: mailbot's own command grammar."""
+    try:
+        command = commands.find_command(subject, text)
+    except AmbiguousDecision:
+        return "ambiguous"
+    except MailbotError:
+        return "unknown"
+    if command.verb != verb:
+        return "opposite" if command.verb in ("ACCEPT", "REFUSE") else "unknown"
+    found = find_tokens(text)
+    if token is not None and found[:1] != (token,):
+        return "token"
+    if token is None and found:
+        return "token"
+    return "correct"
+
+
+def judge(raw: bytes, verb: str, token: str | None, *, forwarded: bool = False) -> str:
+    """correct | opposite | token | ambiguous | unknown | automatic | no-forward."""
+    parsed = mailparse.parse(raw)
+    if parsed.automatic or parsed.bounce is not None:
+        return "automatic"
+    if not forwarded:
+        return decide(parsed.subject, parsed.new_text, verb, token)
+    if parsed.forwarded is None:
+        return "no-forward"
+    return decide("", parsed.forwarded.new_text, verb, token)
+
+
+@lru_cache(maxsize=512)
+def parsed(raw: bytes) -> ParsedMail:
+    """mailparse's reading of a corpus message (with its default bounce detectors)."""
+    return mailparse.parse(raw)
+
+
+# -- what a corpus row can be scored on ------------------------------------------------
+
+
+def unscorable(entry: Entry) -> str | None:
+    """Why a row cannot be scored, or None."""
+    if entry.category not in CATEGORIES:
+        return f"unknown category {entry.category!r}"
+    if parsed(entry.raw).parse_error:
+        return "message does not parse"
+    if entry.category == "reply":
+        return "HTML-only reply file" if entry.path.endswith(".html") else None
+    if entry.category == "other":
+        return None
+    if not entry.has_expected:
+        return f"{entry.category} without an expected file"
+    return _missing_field(entry.category, entry.expected)
+
+
+def _missing_field(category: str, expected: dict[str, Any]) -> str | None:
+    if category == "forwarded":
+        if not isinstance(expected.get("is_forwarded"), bool):
+            return "forward without is_forwarded"
+        if expected["is_forwarded"] and forwarded_from(expected) is None:
+            return "forward without forwarded_from address"
+    if category == "bounce":
+        if not isinstance(expected.get("is_bounce"), bool):
+            return "bounce without is_bounce"
+        if expected["is_bounce"] and bounced_recipients(expected) is None:
+            return "bounce without bounced_recipients"
+    if category == "autoreply" and expected.get("is_autoreply") is not True:
+        return "auto-reply without is_autoreply"
+    return None
+
+
+def forwarded_from(expected: dict[str, Any]) -> str | None:
+    """The expected original sender's address, if the expected file gives one."""
+    sender = expected.get("forwarded_from")
+    address = sender.get("address") if isinstance(sender, dict) else None
+    return address.strip().lower() if isinstance(address, str) and address.strip() else None
+
+
+def bounced_recipients(expected: dict[str, Any]) -> frozenset[str] | None:
+    """The expected failed recipients (none known: empty), if the expected file lists them."""
+    wanted = expected.get("bounced_recipients")
+    if not isinstance(wanted, list) or not all(isinstance(a, str) for a in wanted):
+        return None
+    return frozenset(a.strip().lower() for a in wanted)
+
+
+# -- mailbot on corpus rows ----------------------------------------------------------
+
+
+def mailbot_forward(entry: Entry) -> str:
+    """A forward attributed to its original sender; a non-forward left alone."""
+    found = parsed(entry.raw).forwarded
+    wanted = forwarded_from(entry.expected)
+    if wanted is None:  # is_forwarded false: must not be taken for a forward
+        return RIGHT if found is None else WRONG
+    if found is None:
+        return UNSURE
+    return RIGHT if (found.sender or "").lower() == wanted else WRONG
+
+
+def mailbot_bounce(entry: Entry) -> str:
+    """A bounce's failed recipients exactly; a non-bounce never taken for a bounce."""
+    bounce = parsed(entry.raw).bounce
+    wanted = bounced_recipients(entry.expected)
+    if wanted is None:
+        return RIGHT if bounce is None or not bounce.permanent else WRONG
+    if bounce is None:
+        return UNSURE
+    return RIGHT if set(bounce.recipients) == wanted else WRONG
+
+
+def mailbot_autoreply(entry: Entry) -> str:
+    """Auto-replies are ignored, and not taken for bounces."""
+    mail = parsed(entry.raw)
+    if mail.bounce is not None:
+        return WRONG
+    return RIGHT if mail.automatic else UNSURE
+
+
+def mailbot_other(entry: Entry) -> str:
+    """Anything else must not be taken for a bounce."""
+    return WRONG if parsed(entry.raw).bounce is not None else RIGHT
+
+
+# -- the existing measures -----------------------------------------------------------
+
+
+def bounce_recipients(entries: list[Entry], *, library: bool) -> tuple[int, int, int, list[str]]:
+    """(bounces, recognised, recipients exactly right where listed, failures)."""
+    previous = bounces.LIBRARY_DETECTORS
+    bounces.LIBRARY_DETECTORS = library
+    try:
+        total = recognised = right = 0
+        failures: list[str] = []
+        for entry in entries:
+            if entry.expected.get("is_bounce") is not True:
+                continue
+            total += 1
+            bounce = mailparse.parse(entry.raw).bounce
+            if bounce is None:
+                failures.append(f"not recognised: {entry.label}")
+                continue
+            recognised += 1
+            wanted = bounced_recipients(entry.expected)
+            if wanted is None or wanted == set(bounce.recipients):
+                right += 1
+            else:
+                wanted_list = sorted(wanted)
+                failures.append(f"recipients {bounce.recipients} != {wanted_list}: {entry.label}")
+        return total, recognised, right, failures
+    finally:
+        bounces.LIBRARY_DETECTORS = previous
