@@ -224,7 +224,11 @@ def _broken_corpora(parent: Path) -> None:
         {
             "en.txt": GMAIL_EN_FORWARD,
             "en.expected.json": json.dumps(
-                {"is_forwarded": True, "forwarded_from": {"address": "bob@client.example"}}
+                {
+                    "is_forwarded": True,
+                    "forwarded_from": {"address": "bob@client.example"},
+                    "forwarded_body": "Please find the quote attached.",
+                }
             ),
             "nl.txt": GMAIL_EN_FORWARD,
             "nl.expected.json": json.dumps({"is_forwarded": True, "forwarded_subject": "Quote"}),
@@ -266,6 +270,9 @@ def test_the_benchmark_counts_the_rows_it_cannot_score(tmp_path: Path) -> None:
     assert re.search(r"^ +Gmail +de +1/1 ", out, re.MULTILINE), out
     assert re.search(r"^ +Gmail +en +1/1 ", out, re.MULTILINE), out
     assert "Side by side on the same cases" in out
+    assert re.search(r"^ +reply: new text as expected +1 +1/0/0 ", out, re.MULTILINE), out
+    # the corpus forward carrying ACCEPT <token>, and the 4 HTML and 2 attached synthetic ones
+    assert re.search(r"^ +agency forward decisions +7 +7/0/0 ", out, re.MULTILINE), out
     libraries = (("email-reply-parser", "email_reply_parser"), ("quotequail", "quotequail"))
     for name, module in libraries:
         installed = importlib.util.find_spec(module) is not None

@@ -30,7 +30,8 @@ from .variants import Variant
 INSTALL = "pip install '.[bench]'"
 ADDRESS = re.compile(r"[^\s<>()\"',;:@]+@[^\s<>()\"',;:@]+\.[^\s<>()\"',;:@]+")
 
-RowJudge = Callable[[Entry], str]
+RowJudge = Callable[[Entry], str | None]
+"""An outcome for a corpus row, or None where the row says nothing this judge reads."""
 VariantJudge = Callable[[Variant], str]
 
 
@@ -67,6 +68,7 @@ def mailbot() -> Competitor:
     return Competitor(
         "mailbot",
         rows={
+            "reply": judging.mailbot_reply_text,
             "forwarded": judging.mailbot_forward,
             "bounce": judging.mailbot_bounce,
             "autoreply": judging.mailbot_autoreply,
@@ -91,7 +93,8 @@ def email_reply_parser() -> Competitor:
     def new_text(text: str, html: bool) -> str:
         return str(parse_reply(html_to_text(text) if html else text) or "")
 
-    return Competitor("email-reply-parser", reply=_reply_judge(new_text))
+    rows: dict[str, RowJudge] = {"reply": _text_judge(new_text)}
+    return Competitor("email-reply-parser", reply=_reply_judge(new_text), rows=rows)
 
 
 def _reply_judge(new_text: Callable[[str, bool], str]) -> VariantJudge:
@@ -104,6 +107,22 @@ def _reply_judge(new_text: Callable[[str, bool], str]) -> VariantJudge:
         except Exception:  # a library failing on a message: no answer
             return "library error"
         return judging.decide(subject, own, variant.verb, variant.token)
+
+    return judge
+
+
+def _text_judge(new_text: Callable[[str, bool], str]) -> RowJudge:
+    """A corpus reply's new text as a library cuts it, against the expected file."""
+
+    def judge(entry: Entry) -> str | None:
+        if not judging.text_expected(entry.expected):
+            return None
+        _, text, html = _reading(entry.raw)
+        try:
+            own = new_text(text, html)
+        except Exception:  # a library failing on a message: no answer
+            return UNSURE
+        return judging.text_judge(own, entry.expected)
 
     return judge
 
@@ -123,7 +142,10 @@ def quotequail() -> Competitor:
         "quotequail",
         reply=_reply_judge(new_text),
         agency=lambda v: _quotequail_agency(module, v),
-        rows={"forwarded": lambda e: _quotequail_forward(module, e)},
+        rows={
+            "reply": _text_judge(new_text),
+            "forwarded": lambda e: _quotequail_forward(module, e),
+        },
     )
 
 

@@ -7,6 +7,7 @@ answer: ignored, no forward found, no bounce found).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -111,7 +112,8 @@ def unscorable(entry: Entry) -> str | None:
     if parsed(entry.raw).parse_error:
         return "message does not parse"
     if entry.category == "reply":
-        return "HTML-only reply file" if entry.path.endswith(".html") else None
+        html_only = entry.path.endswith(".html") and not text_expected(entry.expected)
+        return "HTML-only reply without reply_text" if html_only else None
     if entry.category == "other":
         return None
     if not entry.has_expected:
@@ -150,7 +152,51 @@ def bounced_recipients(expected: dict[str, Any]) -> frozenset[str] | None:
     return frozenset(a.strip().lower() for a in wanted)
 
 
+TEXT_KEYS = ("reply_text", "reply_text_regex", "reply_text_contains", "reply_text_not_contains")
+
+
+def text_expected(expected: dict[str, Any]) -> bool:
+    """Whether the expected file says what a reply's new text is."""
+    return any(isinstance(expected.get(key), str | list) for key in TEXT_KEYS)
+
+
+def _normal(text: str) -> str:
+    """Whitespace aside: lines stripped, blank lines dropped."""
+    return "\n".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+def _listed(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if isinstance(item, str)]
+
+
+def text_judge(text: str, expected: dict[str, Any]) -> str:
+    """A reply's new text against its expected file, whitespace aside."""
+    wanted = expected.get("reply_text")
+    if isinstance(wanted, str) and _normal(text) != _normal(wanted):
+        return WRONG
+    pattern = expected.get("reply_text_regex")
+    if isinstance(pattern, str):
+        try:
+            if re.search(pattern, text.strip(), re.MULTILINE) is None:
+                return WRONG
+        except re.error:
+            pass  # a pattern Python cannot read: no judgement on it
+    own = _normal(text)
+    if not all(_normal(item) in own for item in _listed(expected.get("reply_text_contains"))):
+        return WRONG
+    banned = _listed(expected.get("reply_text_not_contains"))
+    return WRONG if any(_normal(item) in own for item in banned) else RIGHT
+
+
 # -- mailbot on corpus rows ----------------------------------------------------------
+
+
+def mailbot_reply_text(entry: Entry) -> str | None:
+    """The new text mailbot reads in a corpus reply, where the expected file gives it."""
+    if not text_expected(entry.expected):
+        return None
+    return text_judge(parsed(entry.raw).new_text, entry.expected)
 
 
 def mailbot_forward(entry: Entry) -> str:

@@ -11,7 +11,7 @@ from mailbot import mailparse
 
 from . import judging
 from .board import Board, comparison, coverage
-from .competitors import Competitor, libraries, mailbot
+from .competitors import libraries, mailbot
 from .corpus import Corpus, Entry, Unscorable, find_corpora, read_corpus
 from .judging import RIGHT, UNSURE, Tally, bounce_recipients, judge
 from .tokenmail import TokenMail, token_mail
@@ -25,6 +25,7 @@ from .variants import (
 
 M_REPLY = "reply decisions (corpus formats)"
 M_HTML = "reply decisions (HTML-only)"
+M_TEXT = "reply: new text as expected"
 M_AGENCY = "agency forward decisions"
 M_FORWARD = "forwarded: original sender"
 M_AUTO = "autoreply: ignored"
@@ -127,7 +128,19 @@ def decisions_report(
     both = replies.correct + html.correct
     wrong = replies.wrong_opposite + html.wrong_opposite
     print(f"  all: correct {percent(both, replies.total + html.total)}, wrong-opposite {wrong}")
+    texts_report(entries, board)
     return wrong
+
+
+def texts_report(entries: list[Entry], board: Board) -> None:
+    """Corpus replies whose expected file gives their new text: mailbot's reading of it."""
+    _score_rows(board, entries, "reply", M_TEXT)
+    judged = [(e, judging.mailbot_reply_text(e)) for e in entries if e.category == "reply"]
+    scored = [(e, result) for e, result in judged if result is not None]
+    right = sum(1 for _, result in scored if result == RIGHT)
+    print("  corpus replies, new text as expected (whitespace aside): ", end="")
+    print(percent(right, len(scored)))
+    show_failures([e.label for e, result in scored if result != RIGHT])
 
 
 # -- corpus rows ----------------------------------------------------------------------
@@ -143,15 +156,16 @@ def _score_rows(board: Board, entries: list[Entry], category: str, measure: str)
             chosen = M_NOT_BOUNCE
         for reader in board.readers:
             score = reader.row(category)
-            if score is not None:
-                board.add(chosen, reader.name, score(entry), entry)
+            judged = score(entry) if score is not None else None
+            if judged is not None:
+                board.add(chosen, reader.name, judged, entry)
 
 
 def forwards_report(
     entries: list[Entry], mail: TokenMail, generated: list[bytes], board: Board
 ) -> int:
     _score_rows(board, entries, "forwarded", M_FORWARD)
-    total, recognised, attributed, failures = _corpus_forwards(entries, board.readers[0])
+    total, recognised, attributed, failures = _corpus_forwards(entries)
     print("\nForwards")
     print(f"  corpus forwards recognised: {percent(recognised, total)}")
     print(f"  attributed to the right original sender: {percent(attributed, total)}")
@@ -166,10 +180,9 @@ def forwards_report(
     return agency.wrong_opposite
 
 
-def _corpus_forwards(entries: list[Entry], reader: Competitor) -> tuple[int, int, int, list[str]]:
+def _corpus_forwards(entries: list[Entry]) -> tuple[int, int, int, list[str]]:
     """(forwards, recognised, attributed to the right sender, failures) for mailbot."""
-    score = reader.row("forwarded")
-    assert score is not None
+    score = judging.mailbot_forward
     forwards = [
         e for e in entries if e.category == "forwarded" and e.expected.get("is_forwarded") is True
     ]

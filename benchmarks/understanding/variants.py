@@ -228,13 +228,9 @@ def agency_variants(entries: list[Entry], mail: TokenMail) -> Iterator[Variant]:
     """A customer's ``ACCEPT <token>`` forwarded by an agency, in every corpus format."""
     command = f"ACCEPT {tokens.group(mail.token)}"
     for entry in entries:
-        if (
-            not entry.expected.get("is_forwarded")
-            or entry.body is None
-            or FORWARD_LINE not in entry.body
-        ):
+        body = _with_command(entry, command) if entry.expected.get("is_forwarded") else None
+        if body is None:
             continue
-        body = entry.body.replace(FORWARD_LINE, command, 1)
         subject = str(entry.expected.get("input_subject", "Fwd: Integer consequat non purus"))
         raw = wrap(body, subject, sender="agency@agency.example")
         yield Variant(f"inline:{entry.label}", raw, "ACCEPT", mail.token, entry)
@@ -262,6 +258,30 @@ def _attached_forwards(mail: TokenMail, command: str) -> Iterator[Variant]:
         outer.add_attachment(reply)
         label = f"attached:{'with note' if note else 'bare'}"
         yield Variant(label, outer.as_bytes(), "ACCEPT", mail.token)
+
+
+def _with_command(entry: Entry, command: str) -> str | None:
+    """The forward's text with the forwarded message's first line replaced by ``command``.
+
+    That line is the corpus's placeholder sentence, else the first line of the
+    expected ``forwarded_body`` found below the original sender's address.
+    """
+    if entry.body is not None and FORWARD_LINE in entry.body:
+        return entry.body.replace(FORWARD_LINE, command, 1)
+    body, sender = entry.expected.get("forwarded_body"), entry.expected.get("forwarded_from")
+    address = sender.get("address") if isinstance(sender, dict) else None
+    if entry.path.endswith(".html") or not isinstance(body, str) or not isinstance(address, str):
+        return None
+    first = next((line.strip() for line in body.splitlines() if line.strip()), "")
+    lines = reply_text(entry).split("\n")
+    below = next((i for i, line in enumerate(lines) if address.lower() in line.lower()), None)
+    if not first or below is None:
+        return None
+    for index in range(below + 1, len(lines)):
+        if first in lines[index]:
+            lines[index] = lines[index].replace(first, command, 1)
+            return "\n".join(lines)
+    return None
 
 
 HTML_FORWARDS = {
