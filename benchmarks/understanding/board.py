@@ -35,12 +35,12 @@ class Board:
         if outcome != judged and outcome != RIGHT:
             self.kinds.setdefault(reader, Counter())[judged] += 1
         if entry is not None:
-            _, by_reader = self.rows.setdefault(entry.label, (entry, {}))
+            _, by_reader = self.rows.setdefault(entry.key, (entry, {}))
             by_reader.setdefault(reader, []).append(outcome)
 
-    def row_outcome(self, label: str, reader: str) -> str | None:
+    def row_outcome(self, key: str, reader: str) -> str | None:
         """A row is right when every case built from it is right; wrong if any is wrong."""
-        outcomes = self.rows[label][1].get(reader)
+        outcomes = self.rows[key][1].get(reader)
         if not outcomes:
             return None
         if WRONG in outcomes:
@@ -55,7 +55,7 @@ def comparison(board: Board) -> None:
     print(f"  {'measure':<36} {'cases':>6}  " + "".join(f"{n:<{CELL_WIDTH}}" for n in names))
     for measure, by_reader in board.measures.items():
         cases = sum(by_reader.get("mailbot", Counter()).values())
-        cells = [_cell(reader, by_reader.get(reader.name)) for reader in board.readers]
+        cells = [_cell(reader, measure, by_reader.get(reader.name)) for reader in board.readers]
         print(f"  {measure:<36} {cases:>6}  " + "".join(f"{c:<{CELL_WIDTH}}" for c in cells))
     for reader in board.readers:
         if reader.missing:
@@ -66,9 +66,9 @@ def comparison(board: Board) -> None:
     print(f"  ({KINDS})")
 
 
-def _cell(reader: Competitor, counts: Counter[str] | None) -> str:
+def _cell(reader: Competitor, measure: str, counts: Counter[str] | None) -> str:
     if reader.missing:
-        return "not installed"
+        return "not installed" if measure.startswith(reader.covers) else "-"
     if not counts:
         return "-"
     return "/".join(str(counts[outcome]) for outcome in OUTCOMES)
@@ -79,18 +79,18 @@ def coverage(board: Board) -> None:
     print("\nCoverage by client x language (right/total; a row is right when every case")
     print("built from it is right)")
     for category in CATEGORIES:
-        labels = [label for label, (e, _) in board.rows.items() if e.category == category]
-        if labels:
-            _category_table(board, category, labels)
+        keys = [key for key, (e, _) in board.rows.items() if e.category == category]
+        if keys:
+            _category_table(board, category, keys)
 
 
-def _category_table(board: Board, category: str, labels: list[str]) -> None:
-    readers = [r.name for r in board.readers if any(r.name in board.rows[x][1] for x in labels)]
+def _category_table(board: Board, category: str, keys: list[str]) -> None:
+    readers = [r.name for r in board.readers if any(r.name in board.rows[x][1] for x in keys)]
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for label in labels:
-        entry = board.rows[label][0]
-        groups[(entry.client, entry.language)].append(label)
-    print(f"  {category} ({len(labels)} rows)")
+    for key in keys:
+        entry = board.rows[key][0]
+        groups[(entry.client, entry.language)].append(key)
+    print(f"  {category} ({len(keys)} rows)")
     header = f"    {'client_or_mta':<{CLIENT_WIDTH}} {'lang':<6}"
     print(header + "".join(f"{name:<{CELL_WIDTH}}" for name in readers))
     for (client, language), members in sorted(groups.items()):
@@ -99,7 +99,7 @@ def _category_table(board: Board, category: str, labels: list[str]) -> None:
         print(line + "".join(f"{cell:<{CELL_WIDTH}}" for cell in cells))
 
 
-def _ratio(board: Board, labels: list[str], reader: str) -> str:
-    outcomes = [board.row_outcome(label, reader) for label in labels]
+def _ratio(board: Board, keys: list[str], reader: str) -> str:
+    outcomes = [board.row_outcome(key, reader) for key in keys]
     judged = [o for o in outcomes if o is not None]
     return f"{judged.count(RIGHT)}/{len(judged)}" if judged else "-"

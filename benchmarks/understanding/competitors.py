@@ -45,6 +45,8 @@ class Competitor:
     agency: VariantJudge | None = None
     rows: dict[str, RowJudge] | None = None
     """Category -> judge of a corpus row of that category."""
+    covers: tuple[str, ...] = ()
+    """How the names of the measures it takes part in begin (to show where it is missing)."""
 
     def row(self, category: str) -> RowJudge | None:
         return (self.rows or {}).get(category)
@@ -87,7 +89,7 @@ def libraries() -> list[Competitor]:
 def email_reply_parser() -> Competitor:
     module = _module("email_reply_parser")
     if module is None:
-        return Competitor("email-reply-parser", missing=INSTALL)
+        return Competitor("email-reply-parser", missing=INSTALL, covers=("reply",))
     parse_reply = module.EmailReplyParser.parse_reply
 
     def new_text(text: str, html: bool) -> str:
@@ -133,7 +135,8 @@ def _text_judge(new_text: Callable[[str, bool], str]) -> RowJudge:
 def quotequail() -> Competitor:
     module = _module("quotequail")
     if module is None:
-        return Competitor("quotequail", missing=INSTALL)
+        covers = ("reply", "agency", "forwarded")
+        return Competitor("quotequail", missing=INSTALL, covers=covers)
 
     def new_text(text: str, html: bool) -> str:
         return _quotequail_top(module, text, html)
@@ -199,7 +202,7 @@ def _quotequail_agency(module: Any, variant: Variant) -> str:
 def flufl_bounce() -> Competitor:
     module = _module("flufl.bounce")
     if module is None:
-        return Competitor("flufl.bounce", missing=INSTALL)
+        return Competitor("flufl.bounce", missing=INSTALL, covers=("bounce", "not taken"))
     logging.getLogger("flufl.bounce").disabled = True  # its detectors log their own crashes
     rows: dict[str, RowJudge] = {
         "bounce": lambda e: _flufl_row(module, e),

@@ -36,10 +36,16 @@ class Entry:
     corpus: str = ""
     """The corpus it comes from (its directory name), to tell corpora apart."""
     has_expected: bool = False
+    row: int = 0
+    """Its line in the manifest (a message may be listed on several rows)."""
 
     @property
     def label(self) -> str:
         return f"{self.corpus}/{self.path}" if self.corpus else self.path
+
+    @property
+    def key(self) -> str:
+        return f"{self.corpus}:{self.row}"
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,8 @@ def read_corpus(root: Path, name: str = "") -> Corpus:
     except OSError as error:
         corpus.unscorable.append(Unscorable(f"{name or root}/manifest.tsv", f"unreadable: {error}"))
         return corpus
-    for number, line in enumerate(lines.splitlines()[1:], start=2):
-        if not line.strip():
+    for number, line in enumerate(lines.splitlines(), start=1):
+        if not line.strip() or (number == 1 and line.lstrip("\ufeff").startswith("path\t")):
             continue
         loaded = _row(root, name, line, number)
         target = corpus.entries if isinstance(loaded, Entry) else corpus.unscorable
@@ -102,12 +108,13 @@ def _row(root: Path, name: str, line: str, number: int) -> Entry | Unscorable:
         return Unscorable(where, f"manifest row with {len(cells)} columns, not {len(COLUMNS)}")
     path, category, client, language, expected_file = (c.strip() for c in cells[:5])
     label = f"{name}/{path}" if name else path
+    where = f"{label} (manifest line {number})"
     expected = _expected(root, expected_file)
     if isinstance(expected, str):
-        return Unscorable(label, expected, category)
+        return Unscorable(where, expected, category)
     data = _message(root, path)
     if isinstance(data, str):
-        return Unscorable(label, data, category)
+        return Unscorable(where, data, category)
     body = None
     if path.endswith((".txt", ".html")):
         body = data.decode("utf-8", errors="replace")
@@ -115,7 +122,7 @@ def _row(root: Path, name: str, line: str, number: int) -> Entry | Unscorable:
         data = wrap(body, subject, html=path.endswith(".html"))
     return Entry(
         path, category, client or "-", language or "-", expected, data, body, name,
-        has_expected=expected_file not in ("", "-"),
+        has_expected=expected_file not in ("", "-"), row=number,
     )  # fmt: skip
 
 

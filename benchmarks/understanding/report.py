@@ -51,9 +51,7 @@ def run(paths: list[Path]) -> int:
         print(f"not a corpus: {problem}")
     if not roots:
         return 2
-    loaded, skipped = _load(roots)
-    set_aside = {s.label for s in skipped}
-    entries = [e for e in loaded if e.label not in set_aside]
+    loaded, entries, skipped = _load(roots)
     mails = {language: token_mail(language) for language in ("en", "fr")}
     board = Board([mailbot(), *libraries()])
     unscorable_report(skipped)
@@ -68,9 +66,10 @@ def run(paths: list[Path]) -> int:
     return 1 if wrong or false_bounces else 0
 
 
-def _load(roots: list[Path]) -> tuple[list[Entry], list[Unscorable]]:
-    """Every row loaded (the overall measures take them all), and those set aside."""
+def _load(roots: list[Path]) -> tuple[list[Entry], list[Entry], list[Unscorable]]:
+    """Every row loaded (the overall measures take them all), those scorable, the others."""
     names = [root.name for root in roots]
+    loaded: list[Entry] = []
     entries: list[Entry] = []
     skipped: list[Unscorable] = []
     for root in roots:
@@ -78,12 +77,15 @@ def _load(roots: list[Path]) -> tuple[list[Entry], list[Unscorable]]:
         corpus: Corpus = read_corpus(root, name)
         print(f"corpus: {root} ({len(corpus.entries)} messages)")
         skipped += corpus.unscorable
+        loaded += corpus.entries
         for entry in corpus.entries:
-            entries.append(entry)
             reason = judging.unscorable(entry)
-            if reason is not None:
-                skipped.append(Unscorable(entry.label, reason, entry.category))
-    return entries, skipped
+            if reason is None:
+                entries.append(entry)
+            else:
+                where = f"{entry.label} (manifest line {entry.row})"
+                skipped.append(Unscorable(where, reason, entry.category))
+    return loaded, entries, skipped
 
 
 def unscorable_report(skipped: list[Unscorable]) -> None:
