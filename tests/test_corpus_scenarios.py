@@ -206,7 +206,9 @@ def _broken_corpora(parent: Path) -> None:
         ],
         {
             "de.txt": GMAIL_DE_REPLY,
-            "de.expected.json": json.dumps({"reply_text": "Danke, passt so.", "compare": "trim()"}),
+            "de.expected.json": json.dumps(
+                {"reply_text": "Danke, passt so.", "compare": "trim()", "decision": None}
+            ),
             "invite.eml": OUT_OF_OFFICE.replace(b"Automatic reply", b"Invitation"),
             "bad.txt": "OK\n",
             "bad.expected.json": '{"reply_text": "OK",',
@@ -228,6 +230,7 @@ def _broken_corpora(parent: Path) -> None:
                     "is_forwarded": True,
                     "forwarded_from": {"address": "bob@client.example"},
                     "forwarded_body": "Please find the quote attached.",
+                    "forwarded_decision": None,
                 }
             ),
             "nl.txt": GMAIL_EN_FORWARD,
@@ -271,6 +274,8 @@ def test_the_benchmark_counts_the_rows_it_cannot_score(tmp_path: Path) -> None:
     assert re.search(r"^ +Gmail +en +1/1 ", out, re.MULTILINE), out
     assert "Side by side on the same cases" in out
     assert re.search(r"^ +reply: new text as expected +1 +1/0/0 ", out, re.MULTILINE), out
+    assert re.search(r"^ +reply: decision as expected +1 +1/0/0 ", out, re.MULTILINE), out
+    assert re.search(r"^ +forwarded: decision as expected +1 +1/0/0 ", out, re.MULTILINE), out
     # the corpus forward carrying ACCEPT <token>, and the 4 HTML and 2 attached synthetic ones
     assert re.search(r"^ +agency forward decisions +7 +7/0/0 ", out, re.MULTILINE), out
     libraries = (("email-reply-parser", "email_reply_parser"), ("quotequail", "quotequail"))

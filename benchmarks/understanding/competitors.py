@@ -24,7 +24,18 @@ from mailbot.mailparse.htmltext import html_to_text
 
 from . import judging
 from .corpus import Entry, as_message, reading
-from .judging import RIGHT, UNSURE, WRONG
+from .judging import (
+    M_AUTO,
+    M_BOUNCE,
+    M_DECISION,
+    M_FORWARD,
+    M_FWD_DECISION,
+    M_NOT_BOUNCE,
+    M_TEXT,
+    RIGHT,
+    UNSURE,
+    WRONG,
+)
 from .variants import Variant
 
 INSTALL = "pip install '.[bench]'"
@@ -44,12 +55,12 @@ class Competitor:
     reply: VariantJudge | None = None
     agency: VariantJudge | None = None
     rows: dict[str, RowJudge] | None = None
-    """Category -> judge of a corpus row of that category."""
+    """Measure -> judge of a corpus row on that measure."""
     covers: tuple[str, ...] = ()
     """How the names of the measures it takes part in begin (to show where it is missing)."""
 
-    def row(self, category: str) -> RowJudge | None:
-        return (self.rows or {}).get(category)
+    def row(self, measure: str) -> RowJudge | None:
+        return (self.rows or {}).get(measure)
 
 
 def _module(name: str) -> Any | None:
@@ -70,11 +81,13 @@ def mailbot() -> Competitor:
     return Competitor(
         "mailbot",
         rows={
-            "reply": judging.mailbot_reply_text,
-            "forwarded": judging.mailbot_forward,
-            "bounce": judging.mailbot_bounce,
-            "autoreply": judging.mailbot_autoreply,
-            "other": judging.mailbot_other,
+            M_TEXT: judging.mailbot_reply_text,
+            M_DECISION: judging.mailbot_reply_decision,
+            M_FORWARD: judging.mailbot_forward,
+            M_FWD_DECISION: judging.mailbot_forward_decision,
+            M_AUTO: judging.mailbot_autoreply,
+            M_BOUNCE: judging.mailbot_bounce,
+            M_NOT_BOUNCE: judging.mailbot_not_bounce,
         },
     )
 
@@ -95,7 +108,10 @@ def email_reply_parser() -> Competitor:
     def new_text(text: str, html: bool) -> str:
         return str(parse_reply(html_to_text(text) if html else text) or "")
 
-    rows: dict[str, RowJudge] = {"reply": _text_judge(new_text)}
+    rows: dict[str, RowJudge] = {
+        M_TEXT: _text_judge(new_text),
+        M_DECISION: _decision_judge(new_text),
+    }
     return Competitor("email-reply-parser", reply=_reply_judge(new_text), rows=rows)
 
 
@@ -109,6 +125,22 @@ def _reply_judge(new_text: Callable[[str, bool], str]) -> VariantJudge:
         except Exception:  # a library failing on a message: no answer
             return "library error"
         return judging.decide(subject, own, variant.verb, variant.token)
+
+    return judge
+
+
+def _decision_judge(new_text: Callable[[str, bool], str]) -> RowJudge:
+    """A corpus reply's decision, read from the new text a library cuts out of it."""
+
+    def judge(entry: Entry) -> str | None:
+        if not judging.says_decision(entry.expected):
+            return None
+        subject, text, html = _reading(entry.raw)
+        try:
+            own = new_text(text, html)
+        except Exception:  # a library failing on a message: no answer
+            return "library error"
+        return judging.expected_decision(subject, own, entry.expected)
 
     return judge
 
@@ -146,8 +178,10 @@ def quotequail() -> Competitor:
         reply=_reply_judge(new_text),
         agency=lambda v: _quotequail_agency(module, v),
         rows={
-            "reply": _text_judge(new_text),
-            "forwarded": lambda e: _quotequail_forward(module, e),
+            M_TEXT: _text_judge(new_text),
+            M_DECISION: _decision_judge(new_text),
+            M_FORWARD: lambda e: _quotequail_forward(module, e),
+            M_FWD_DECISION: lambda e: _quotequail_forward_decision(module, e),
         },
     )
 
@@ -187,13 +221,28 @@ def _quotequail_forward(module: Any, entry: Entry) -> str:
     return RIGHT if address and address.group().lower() == wanted else WRONG
 
 
+def _quotequail_forwarded_own(module: Any, found: dict[str, Any]) -> str:
+    """The forwarded message's own words: its text, its quote cut by quotequail."""
+    text = str(found.get("text", "") or html_to_text(str(found.get("html", ""))))
+    return _quotequail_top(module, text, False)
+
+
 def _quotequail_agency(module: Any, variant: Variant) -> str:
     found = _quotequail_unwrap(module, variant.raw)
     if found is None:
         return UNSURE
-    text = str(found.get("text", "") or html_to_text(str(found.get("html", ""))))
-    forwarded_own = _quotequail_top(module, text, False)
-    return judging.decide("", forwarded_own, variant.verb, variant.token)
+    own = _quotequail_forwarded_own(module, found)
+    return judging.decide("", own, variant.verb, variant.token)
+
+
+def _quotequail_forward_decision(module: Any, entry: Entry) -> str | None:
+    if not judging.says_decision(entry.expected, "forwarded_"):
+        return None
+    found = _quotequail_unwrap(module, entry.raw)
+    if found is None:
+        return "no-forward" if entry.expected["forwarded_decision"] is not None else RIGHT
+    own = _quotequail_forwarded_own(module, found)
+    return judging.expected_decision("", own, entry.expected, "forwarded_")
 
 
 # -- flufl.bounce ------------------------------------------------------------------
@@ -205,8 +254,8 @@ def flufl_bounce() -> Competitor:
         return Competitor("flufl.bounce", missing=INSTALL, covers=("bounce", "not taken"))
     logging.getLogger("flufl.bounce").disabled = True  # its detectors log their own crashes
     rows: dict[str, RowJudge] = {
-        "bounce": lambda e: _flufl_row(module, e),
-        "other": lambda e: _flufl_row(module, e),
+        M_BOUNCE: lambda e: _flufl_bounce(module, e),
+        M_NOT_BOUNCE: lambda e: _flufl_not_bounce(module, e),
     }
     return Competitor("flufl.bounce", rows=rows)
 
@@ -234,11 +283,16 @@ def _addresses(found: Any) -> set[str]:
     return out
 
 
-def _flufl_row(module: Any, entry: Entry) -> str:
+def _flufl_bounce(module: Any, entry: Entry) -> str:
     failures = _flufl_failures(module, entry.raw)
-    wanted = judging.bounced_recipients(entry.expected)
-    if wanted is None:  # not a bounce: no permanent failure may be found
-        return UNSURE if failures is None else (WRONG if failures[0] else RIGHT)
     if failures is None or not (failures[0] or failures[1]):
         return UNSURE
-    return RIGHT if (failures[0] or failures[1]) == wanted else WRONG
+    permanent, temporary = failures
+    return judging.kind_judge(entry.expected, bool(permanent), permanent or temporary)
+
+
+def _flufl_not_bounce(module: Any, entry: Entry) -> str:
+    failures = _flufl_failures(module, entry.raw)
+    if failures is None:
+        return UNSURE
+    return WRONG if failures[0] or failures[1] else RIGHT

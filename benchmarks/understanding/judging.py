@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from mailbot import commands, mailparse
+from mailbot import commands, mailparse, tokens
 from mailbot.errors import AmbiguousDecision, MailbotError
 from mailbot.mailparse import ParsedMail, bounces
 from mailbot.mailparse.tokens import find_tokens
@@ -23,6 +23,17 @@ from .corpus import Entry
 RIGHT, WRONG, UNSURE = "right", "wrong", "not understood"
 OUTCOMES = (RIGHT, WRONG, UNSURE)
 CATEGORIES = ("reply", "forwarded", "autoreply", "bounce", "other")
+
+M_REPLY = "reply decisions (corpus formats)"
+M_HTML = "reply decisions (HTML-only)"
+M_TEXT = "reply: new text as expected"
+M_DECISION = "reply: decision as expected"
+M_AGENCY = "agency forward decisions"
+M_FORWARD = "forwarded: original sender"
+M_FWD_DECISION = "forwarded: decision as expected"
+M_AUTO = "autoreply: ignored"
+M_BOUNCE = "bounce: failed recipients"
+M_NOT_BOUNCE = "not taken for a bounce"
 
 
 @dataclass
@@ -82,6 +93,44 @@ def decide(subject: str, text: str, verb: str, token: str | None) -> str:
     if token is None and found:
         return "token"
     return "correct"
+
+
+def expected_decision(subject: str, text: str, expected: dict[str, Any], prefix: str = "") -> str:
+    """The decision found in a corpus message's new text against its expected file.
+
+    ``expected[prefix + "decision"]`` is ACCEPT, REFUSE or null (no decision may
+    be read); ``expected[prefix + "tokens"]`` (or ``tokens_in_new_text``), where
+    given, are the tokens the new text must hold.
+    """
+    wanted = expected.get(prefix + "decision")
+    try:
+        verb: str | None = commands.find_command(subject, text).verb
+    except AmbiguousDecision:
+        verb = "ambiguous"
+    except MailbotError:
+        verb = None
+    decided = verb if verb in ("ACCEPT", "REFUSE") else None
+    if wanted is None:
+        return RIGHT if decided is None else "opposite"
+    if decided is None:
+        return verb if verb == "ambiguous" else "unknown"
+    if decided != wanted:
+        return "opposite"
+    listed = expected.get(prefix + "tokens" if prefix else "tokens_in_new_text")
+    if isinstance(listed, list) and find_tokens(text) != _canonical(listed):
+        return "token"
+    return "correct"
+
+
+def _canonical(listed: list[Any]) -> tuple[str, ...]:
+    found = (tokens.normalise(str(item)) for item in listed)
+    return tuple(token for token in found if token is not None)
+
+
+def says_decision(expected: dict[str, Any], prefix: str = "") -> bool:
+    """Whether the expected file says which decision (or none) the message carries."""
+    key = prefix + "decision"
+    return key in expected and (expected[key] is None or isinstance(expected[key], str))
 
 
 def judge(raw: bytes, verb: str, token: str | None, *, forwarded: bool = False) -> str:
@@ -192,6 +241,26 @@ def text_judge(text: str, expected: dict[str, Any]) -> str:
 # -- mailbot on corpus rows ----------------------------------------------------------
 
 
+def mailbot_reply_decision(entry: Entry) -> str | None:
+    """The decision mailbot reads in a corpus reply, where the expected file gives it."""
+    if not says_decision(entry.expected):
+        return None
+    mail = parsed(entry.raw)
+    if mail.automatic:
+        return "automatic" if entry.expected["decision"] is not None else RIGHT
+    return expected_decision(mail.subject, mail.new_text, entry.expected)
+
+
+def mailbot_forward_decision(entry: Entry) -> str | None:
+    """The decision mailbot reads in a forwarded message, where the expected file gives it."""
+    if not says_decision(entry.expected, "forwarded_"):
+        return None
+    found = parsed(entry.raw).forwarded
+    if found is None:
+        return "no-forward" if entry.expected["forwarded_decision"] is not None else RIGHT
+    return expected_decision("", found.new_text, entry.expected, "forwarded_")
+
+
 def mailbot_reply_text(entry: Entry) -> str | None:
     """The new text mailbot reads in a corpus reply, where the expected file gives it."""
     if not text_expected(entry.expected):
@@ -211,14 +280,27 @@ def mailbot_forward(entry: Entry) -> str:
 
 
 def mailbot_bounce(entry: Entry) -> str:
-    """A bounce's failed recipients exactly; a non-bounce never taken for a bounce."""
+    """A bounce's failed recipients exactly, and a delay kept a delay."""
     bounce = parsed(entry.raw).bounce
-    wanted = bounced_recipients(entry.expected)
-    if wanted is None:
-        return RIGHT if bounce is None or not bounce.permanent else WRONG
     if bounce is None:
         return UNSURE
-    return RIGHT if set(bounce.recipients) == wanted else WRONG
+    return kind_judge(entry.expected, bounce.permanent, set(bounce.recipients))
+
+
+def delay_expected(expected: dict[str, Any]) -> bool:
+    """Whether the expected file says the report is a delay, not a failure."""
+    kind = str(expected.get("bounce_kind", "")).lower()
+    return kind.startswith(("temporary", "delay")) or "delay" in kind
+
+
+def kind_judge(expected: dict[str, Any], permanent: bool, recipients: set[str]) -> str:
+    """A failure read as a delay is not understood; a delay read as a failure is wrong."""
+    delay = delay_expected(expected)
+    if permanent and delay:
+        return WRONG
+    if not permanent and not delay:
+        return UNSURE
+    return RIGHT if frozenset(recipients) == bounced_recipients(expected) else WRONG
 
 
 def mailbot_autoreply(entry: Entry) -> str:
@@ -229,8 +311,8 @@ def mailbot_autoreply(entry: Entry) -> str:
     return RIGHT if mail.automatic else UNSURE
 
 
-def mailbot_other(entry: Entry) -> str:
-    """Anything else must not be taken for a bounce."""
+def mailbot_not_bounce(entry: Entry) -> str:
+    """Anything but a bounce (or a delay) must not be taken for one."""
     return WRONG if parsed(entry.raw).bounce is not None else RIGHT
 
 

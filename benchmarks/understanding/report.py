@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from mailbot import mailparse
@@ -13,7 +14,23 @@ from . import judging
 from .board import Board, comparison, coverage
 from .competitors import libraries, mailbot
 from .corpus import Corpus, Entry, Unscorable, find_corpora, read_corpus
-from .judging import RIGHT, UNSURE, Tally, bounce_recipients, judge
+from .judging import (
+    M_AGENCY,
+    M_AUTO,
+    M_BOUNCE,
+    M_DECISION,
+    M_FORWARD,
+    M_FWD_DECISION,
+    M_HTML,
+    M_NOT_BOUNCE,
+    M_REPLY,
+    M_TEXT,
+    RIGHT,
+    UNSURE,
+    Tally,
+    bounce_recipients,
+    judge,
+)
 from .tokenmail import TokenMail, token_mail
 from .variants import (
     Variant,
@@ -22,15 +39,6 @@ from .variants import (
     html_variants,
     synthetic_autoreplies,
 )
-
-M_REPLY = "reply decisions (corpus formats)"
-M_HTML = "reply decisions (HTML-only)"
-M_TEXT = "reply: new text as expected"
-M_AGENCY = "agency forward decisions"
-M_FORWARD = "forwarded: original sender"
-M_AUTO = "autoreply: ignored"
-M_BOUNCE = "bounce: failed recipients"
-M_NOT_BOUNCE = "not taken for a bounce"
 
 
 def percent(part: int, whole: int) -> str:
@@ -130,48 +138,62 @@ def decisions_report(
     both = replies.correct + html.correct
     wrong = replies.wrong_opposite + html.wrong_opposite
     print(f"  all: correct {percent(both, replies.total + html.total)}, wrong-opposite {wrong}")
-    texts_report(entries, board)
-    return wrong
+    return wrong + own_words_report(entries, board)
 
 
-def texts_report(entries: list[Entry], board: Board) -> None:
-    """Corpus replies whose expected file gives their new text: mailbot's reading of it."""
-    _score_rows(board, entries, "reply", M_TEXT)
-    judged = [(e, judging.mailbot_reply_text(e)) for e in entries if e.category == "reply"]
-    scored = [(e, result) for e, result in judged if result is not None]
-    right = sum(1 for _, result in scored if result == RIGHT)
-    print("  corpus replies, new text as expected (whitespace aside): ", end="")
-    print(percent(right, len(scored)))
-    show_failures([e.label for e, result in scored if result != RIGHT])
+def own_words_report(entries: list[Entry], board: Board) -> int:
+    """Corpus replies whose expected file gives their new text or decision."""
+    _score_rows(board, entries, M_TEXT, "reply")
+    _score_rows(board, entries, M_DECISION, "reply")
+    replies = [e for e in entries if e.category == "reply"]
+    what = "corpus replies, new text as expected (whitespace aside)"
+    _own_line(what, replies, judging.mailbot_reply_text)
+    what = "corpus replies, their own decision and tokens as expected"
+    return _own_line(what, replies, judging.mailbot_reply_decision)
 
 
 # -- corpus rows ----------------------------------------------------------------------
 
 
-def _score_rows(board: Board, entries: list[Entry], category: str, measure: str) -> None:
-    """Every reader that reads this category, on every row of it."""
+def _score_rows(board: Board, entries: list[Entry], measure: str, *categories: str) -> None:
+    """Every reader that takes part in a measure, on every row of these categories."""
     for entry in entries:
-        if entry.category != category:
+        if entry.category not in categories:
             continue
-        chosen = measure
-        if category == "bounce" and entry.expected.get("is_bounce") is not True:
-            chosen = M_NOT_BOUNCE
+        bounce = entry.expected.get("is_bounce") is True
+        if bounce != (measure == M_BOUNCE) and entry.category == "bounce":
+            continue  # a bounce row says either "a bounce" or "not a bounce"
         for reader in board.readers:
-            score = reader.row(category)
+            score = reader.row(measure)
             judged = score(entry) if score is not None else None
             if judged is not None:
-                board.add(chosen, reader.name, judged, entry)
+                board.add(measure, reader.name, judged, entry)
+
+
+def _own_line(what: str, entries: list[Entry], score: Callable[[Entry], str | None]) -> int:
+    """mailbot on the rows that say what to expect: a line, the failures; wrong decisions."""
+    scored = [(e, result) for e in entries if (result := score(e)) is not None]
+    if not scored:
+        return 0
+    right = sum(1 for _, result in scored if result in (RIGHT, "correct"))
+    print(f"  {what}: {percent(right, len(scored))}")
+    show_failures([f"{r}: {e.label}" for e, r in scored if r not in (RIGHT, "correct")])
+    return sum(1 for _, result in scored if result == "opposite")
 
 
 def forwards_report(
     entries: list[Entry], mail: TokenMail, generated: list[bytes], board: Board
 ) -> int:
-    _score_rows(board, entries, "forwarded", M_FORWARD)
+    _score_rows(board, entries, M_FORWARD, "forwarded")
+    _score_rows(board, entries, M_FWD_DECISION, "forwarded")
     total, recognised, attributed, failures = _corpus_forwards(entries)
     print("\nForwards")
     print(f"  corpus forwards recognised: {percent(recognised, total)}")
     print(f"  attributed to the right original sender: {percent(attributed, total)}")
     show_failures(failures)
+    forwards = [e for e in entries if e.category == "forwarded"]
+    what = "corpus forwards, the forwarded message's decision and tokens as expected"
+    wrong = _own_line(what, forwards, judging.mailbot_forward_decision)
     agency = Tally()
     for variant in agency_variants(entries, mail):
         _score_variant(board, M_AGENCY, variant, agency, forwarded=True)
@@ -179,7 +201,7 @@ def forwards_report(
     print("  agency forwards of ACCEPT <token>, decision and token found in the forwarded")
     print(f"  message: correct {percent(agency.correct, agency.total)}, {agency.errors()}")
     show_failures(agency.failures)
-    return agency.wrong_opposite
+    return agency.wrong_opposite + wrong
 
 
 def _corpus_forwards(entries: list[Entry]) -> tuple[int, int, int, list[str]]:
@@ -202,7 +224,7 @@ def _corpus_forwards(entries: list[Entry]) -> tuple[int, int, int, list[str]]:
 
 
 def robots_report(loaded: list[Entry], entries: list[Entry], board: Board) -> None:
-    _score_rows(board, entries, "autoreply", M_AUTO)
+    _score_rows(board, entries, M_AUTO, "autoreply")
     robots = [(e.label, e.raw) for e in loaded if e.expected.get("is_autoreply")]
     robots += list(synthetic_autoreplies())
     parsed = [(label, mailparse.parse(raw)) for label, raw in robots]
@@ -217,8 +239,8 @@ def robots_report(loaded: list[Entry], entries: list[Entry], board: Board) -> No
 def bounces_report(
     loaded: list[Entry], entries: list[Entry], generated: list[bytes], board: Board
 ) -> int:
-    _score_rows(board, entries, "bounce", M_BOUNCE)
-    _score_rows(board, entries, "other", M_NOT_BOUNCE)
+    _score_rows(board, entries, M_BOUNCE, "bounce")
+    _score_rows(board, entries, M_NOT_BOUNCE, "bounce", "other")
     print("\nBounces")
     for library in (False, True):
         total, recognised, right, failures = bounce_recipients(loaded, library=library)

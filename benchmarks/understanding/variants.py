@@ -135,6 +135,9 @@ def decision_variants(entries: list[Entry], mails: dict[str, TokenMail]) -> Iter
 def _entry_variants(entry: Entry, mails: dict[str, TokenMail]) -> Iterator[Variant]:
     found = quote_format(entry)
     own, header, prefix = found if found is not None else DEFAULT_FORMAT
+    decides = isinstance(entry.expected.get("decision"), str) or bool(
+        entry.expected.get("tokens_in_new_text")
+    )
     for language, shared in mails.items():
         mail = shared.with_token(some_token())
         quoted = [
@@ -145,6 +148,8 @@ def _entry_variants(entry: Entry, mails: dict[str, TokenMail]) -> Iterator[Varia
         for template, verb, with_token in COMMANDS[language]:
             command = template.format(token=tokens.group(mail.token))
             for number, (extra, gap) in enumerate(SHAPES):
+                if extra != "alone" and decides:
+                    continue  # its own words would answer too: only the command alone
                 own_lines = own[:6] if extra else []
                 body = "\n".join([command, *gap, *own_lines, *gap, *header, "", *quoted])
                 encoding = ENCODINGS[number % len(ENCODINGS)]
