@@ -20,17 +20,28 @@ What is measured:
   ``commands.find_command(subject, new_text)``; the token must be the first of
   ``tokens_in_new_text`` (and none for a bare decision). The quote format is
   found from the expected files and a deliberately simple detector written
-  here, not from mailparse's own rules.
+  here, not from mailparse's own rules. A reply whose own words decide
+  (``decision`` or ``tokens_in_new_text`` in its expected file) is reused
+  with the command alone above its quote.
+- **Replies' own words**: where the expected file gives them, a reply's new
+  text (``reply_text``, ``_regex``, ``_contains``, ``_not_contains``; whitespace
+  aside) and the decision read from it (``decision``: ACCEPT, REFUSE or null;
+  ``tokens_in_new_text``).
 - **Forwards**: corpus forwards recognised and attributed to the right
   original sender; and agency forwards (each corpus forward format, plus
   ``message/rfc822`` attachments) whose forwarded message says ``ACCEPT
-  <token>``: decision and token found in ``forwarded.new_text``.
+  <token>``: decision and token found in ``forwarded.new_text`` (the corpus
+  forward's placeholder line, or the first line of its ``forwarded_body``,
+  gives way to the command). Where the expected file gives them, the
+  forwarded message's own decision (``forwarded_decision``,
+  ``forwarded_tokens``).
 - **Auto-replies**: corpus auto-replies and synthetic French/English
   out-of-office replies must all be ``automatic`` and never read as bounces.
 - **Bounces**: corpus bounces recognised, failed recipients exact where the
   expected file lists them (with and without flufl.bounce, to show what the
-  library adds); every other message (and every generated variant) must not
-  be taken for a bounce.
+  library adds); a report whose ``bounce_kind`` is a delay must stay a delay;
+  every other message (and every generated variant) must not be taken for a
+  bounce.
 - **Speed**: parse time per message, median and p99.
 - **Coverage**: per category, a line per client_or_mta x language of the
   manifests, with the rows right out of those scored.
