@@ -91,8 +91,10 @@ def read_corpus(root: Path, name: str = "") -> Corpus:
         if not line.strip() or (number == 1 and line.lstrip("\ufeff").startswith("path\t")):
             continue
         loaded = _row(root, name, line, number)
-        target = corpus.entries if isinstance(loaded, Entry) else corpus.unscorable
-        target.append(loaded)  # type: ignore[arg-type]
+        if isinstance(loaded, Entry):
+            corpus.entries.append(loaded)
+        else:
+            corpus.unscorable.append(loaded)
     return corpus
 
 

@@ -206,20 +206,20 @@ def forwards_report(
 
 def _corpus_forwards(entries: list[Entry]) -> tuple[int, int, int, list[str]]:
     """(forwards, recognised, attributed to the right sender, failures) for mailbot."""
-    score = judging.mailbot_forward
     forwards = [
         e for e in entries if e.category == "forwarded" and e.expected.get("is_forwarded") is True
     ]
-    outcomes = [(entry, score(entry)) for entry in forwards]
-    failures = [
-        f"not recognised: {e.label}"
-        if result == UNSURE
-        else f"wrong sender {judging.parsed(e.raw).forwarded.sender}: {e.label}"  # type: ignore[union-attr]
-        for e, result in outcomes
-        if result != RIGHT
-    ]
-    recognised = sum(1 for _, result in outcomes if result != UNSURE)
-    attributed = sum(1 for _, result in outcomes if result == RIGHT)
+    recognised = attributed = 0
+    failures: list[str] = []
+    for entry in forwards:
+        result = judging.mailbot_forward(entry)
+        found = judging.parsed(entry.raw).forwarded
+        recognised += result != UNSURE
+        attributed += result == RIGHT
+        if found is None:
+            failures.append(f"not recognised: {entry.label}")
+        elif result != RIGHT:
+            failures.append(f"wrong sender {found.sender}: {entry.label}")
     return len(forwards), recognised, attributed, failures
 
 
