@@ -24,9 +24,9 @@ What is measured:
   (``decision`` or ``tokens_in_new_text`` in its expected file) is reused
   with the command alone above its quote.
 - **Replies' own words**: where the expected file gives them, a reply's new
-  text (``reply_text``, ``_regex``, ``_contains``, ``_not_contains``; whitespace
-  aside) and the decision read from it (``decision``: ACCEPT, REFUSE or null;
-  ``tokens_in_new_text``).
+  text (``reply_text``, ``_regex``, ``_contains``, ``_not_contains``;
+  whitespace and rule lines aside) and the decision read from it
+  (``decision``: ACCEPT, REFUSE or null; ``tokens_in_new_text``).
 - **Forwards**: corpus forwards recognised and attributed to the right
   original sender; and agency forwards (each corpus forward format, plus
   ``message/rfc822`` attachments) whose forwarded message says ``ACCEPT

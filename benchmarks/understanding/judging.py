@@ -209,9 +209,13 @@ def text_expected(expected: dict[str, Any]) -> bool:
     return any(isinstance(expected.get(key), str | list) for key in TEXT_KEYS)
 
 
+_RULE = re.compile(r"^[-_=*~]+$")
+
+
 def _normal(text: str) -> str:
-    """Whitespace aside: lines stripped, blank lines dropped."""
-    return "\n".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    """The words written: lines stripped, blank lines and rule lines (``-----``) dropped."""
+    lines = (line.strip() for line in text.strip().splitlines())
+    return "\n".join(line for line in lines if line and not _RULE.match(line))
 
 
 def _listed(value: Any) -> list[str]:
@@ -220,7 +224,7 @@ def _listed(value: Any) -> list[str]:
 
 
 def text_judge(text: str, expected: dict[str, Any]) -> str:
-    """A reply's new text against its expected file, whitespace aside."""
+    """A reply's new text against its expected file, whitespace and rule lines aside."""
     wanted = expected.get("reply_text")
     if isinstance(wanted, str) and _normal(text) != _normal(wanted):
         return WRONG

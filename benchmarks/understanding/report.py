@@ -146,7 +146,7 @@ def own_words_report(entries: list[Entry], board: Board) -> int:
     _score_rows(board, entries, M_TEXT, "reply")
     _score_rows(board, entries, M_DECISION, "reply")
     replies = [e for e in entries if e.category == "reply"]
-    what = "corpus replies, new text as expected (whitespace aside)"
+    what = "corpus replies, new text as expected (whitespace and rule lines aside)"
     _own_line(what, replies, judging.mailbot_reply_text)
     what = "corpus replies, their own decision and tokens as expected"
     return _own_line(what, replies, judging.mailbot_reply_decision)
