@@ -119,6 +119,21 @@ def test_a_table_is_not_a_quote_marked_with_bars() -> None:
     assert mailparse.parse(reply(body)).new_text == body.strip()
 
 
+@pytest.mark.parametrize(
+    "attribution",
+    ["mailbot wrote:", "mailbot <changes@mailbot.example> a écrit :", "Alice Martin schrieb:"],
+)
+def test_a_command_right_above_an_undated_attribution_is_kept(attribution: str) -> None:
+    """No blank line between: the command with its token is not taken into the attribution."""
+    body = f"ACCEPT {TOKEN}\n{attribution}\n> Reply ACCEPT or REFUSE.\n"
+    assert mailparse.parse(reply(body)).new_text == f"ACCEPT {TOKEN}"
+
+
+def test_a_wrapped_dated_attribution_still_starts_on_its_first_line() -> None:
+    body = "REFUSE\n\nOn Mon, 2 Mar 2026 at 10:00,\nAlice Martin wrote:\n> ACCEPT it\n"
+    assert mailparse.parse(reply(body)).new_text == "REFUSE"
+
+
 FORWARDED = (
     "From: Bob Customer <bob@customer.example>\nSent: Monday, March 2, 2026 11:00\n"
     "To: agency@agency.example\nSubject: RE: [CR-7K2QX9MD] Validation requested\n\n"

@@ -150,7 +150,7 @@ def _entry_variants(entry: Entry, mails: dict[str, TokenMail]) -> Iterator[Varia
             for number, (extra, gap) in enumerate(SHAPES):
                 if extra != "alone" and decides:
                     continue  # its own words would answer too: only the command alone
-                own_lines = own[:6] if extra else []
+                own_lines = own[:6] if extra == "+own text" else []
                 body = "\n".join([command, *gap, *own_lines, *gap, *header, "", *quoted])
                 encoding = ENCODINGS[number % len(ENCODINGS)]
                 label = f"{entry.label} [{language}] {command.split()[0]} {extra} {encoding[0]}"

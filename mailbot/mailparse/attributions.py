@@ -60,6 +60,8 @@ _NAME_VERB_DATE = re.compile(
     re.IGNORECASE,
 )
 """Lotus Notes' name, verb, then date: "Alice Martin/ACME wrote on 02/03/2026 10:00:"."""
+_DATED = re.compile(r"\b\d{1,2}[:h]\d{2}\b|\b(?:19|20)\d{2}\b|\b\d{1,2}[./]\d{1,2}[./]\d{2,4}\b")
+"""A time, a year or a numeric date: what an attribution's first lines hold when it wraps."""
 _FRAMED = re.compile(rf"^-{{2,}}\s*(?:{_LEADS})\s.*\b(?:{VERBS})\s*-{{2,}}$", re.IGNORECASE)
 """Zoho's "---- On <date> Name wrote ----"."""
 
@@ -77,7 +79,8 @@ def attribution_at(lines: list[str], index: int) -> int | None:
     weak = not _STRONG_START.match(lines[index].strip(" ->*"))
     for start in range(index + 1, index + length):
         strong = _STRONG_START.match(lines[start].strip(" ->*")) is not None
-        if (strong or weak) and _is_attribution(
+        undated_above = not _DATED.search(" ".join(lines[index:start]))
+        if (strong or weak or undated_above) and _is_attribution(
             " ".join(line.strip() for line in lines[start : index + length]),
             start == index + length - 1,
         ):
