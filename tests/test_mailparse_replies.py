@@ -134,6 +134,19 @@ def test_a_wrapped_dated_attribution_still_starts_on_its_first_line() -> None:
     assert mailparse.parse(reply(body)).new_text == "REFUSE"
 
 
+def test_an_html_rule_above_the_unmarked_original_ends_the_new_text() -> None:
+    html = (
+        "<html><body><p>REFUSE</p><hr><p>Your personal validation token: "
+        f"{TOKEN}</p><p>reply ACCEPT or REFUSE as the first line</p></body></html>"
+    )
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "a@agency.example", "b@x.example", "Re: x"
+    message.set_content(html, subtype="html")
+    parsed = mailparse.parse(message.as_bytes())
+    assert parsed.new_text == "REFUSE"
+    assert parsed.tokens_in_quote == (TOKEN,)
+
+
 FORWARDED = (
     "From: Bob Customer <bob@customer.example>\nSent: Monday, March 2, 2026 11:00\n"
     "To: agency@agency.example\nSubject: RE: [CR-7K2QX9MD] Validation requested\n\n"

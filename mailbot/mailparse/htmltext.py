@@ -5,9 +5,9 @@ Gmail's ``blockquote.gmail_quote``, Thunderbird's ``blockquote type=cite``,
 Yahoo's ``div.yahoo_quoted``, Outlook's ``div#divRplyFwdMsg`` and
 ``div#appendonsend`` (after which everything is the quoted original), Apple's
 ``div#AppleMailSignature``. Quoted regions come out prefixed with ``> ``,
-signatures after a ``-- `` line and Outlook's quote start after a line of
-underscores, so that the plain-text rules in ``quotes`` apply
-unchanged to HTML-only mail.
+signatures after a ``-- `` line, and Outlook's quote start and every ``<hr>``
+(the rule a client draws above the original) as a line of underscores, so
+that the plain-text rules in ``quotes`` apply unchanged to HTML-only mail.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def _marker(tag: str, attrs: dict[str, str | None]) -> str | None:
         return "quote"
     if any(ident.startswith(prefix) for prefix in _QUOTE_START_IDS):
         return "quote-start"
-    if tag == "hr" and "tabindex" in attrs:
+    if tag == "hr":  # Outlook's, Zimbra's, any client's rule above the original
         return "quote-start"
     if any(name in classes for name in _QUOTE_CLASSES) or ident.startswith("yahoo_quoted"):
         return "quote"
