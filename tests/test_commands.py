@@ -24,6 +24,8 @@ from mailbot.errors import AmbiguousDecision, MalformedRequest, UnknownCommand
         ("SV: [EXTERNAL] AW: Antw: REFUSE", "", "REFUSE", ""),
         ("RV: x", "Bonjour,\n\nACCEPTER\n\nMarie", "ACCEPT", ""),
         ("x", "Hello Carol!\nREFUSE", "REFUSE", ""),
+        ("Re: x", "*ACCEPT 7KQ2-X9JM-4TRD-8WPA-3HNB*", "ACCEPT", "7KQ2-X9JM-4TRD-8WPA-3HNB"),
+        ("Re: x", "_REFUSER_", "REFUSE", ""),
     ],
 )
 def test_the_command_is_the_subject_or_the_first_line(

@@ -92,6 +92,7 @@ def has_command(text: str) -> bool:
 
 
 def _command_in(line: str) -> Command | None:
+    line = line.strip().strip("*_").strip()  # "*ACCEPT*": bold in a plain-text alternative
     folded = _fold(line)
     for word in _WORDS:
         if folded == word or folded.startswith(word + " ") or _startswith_punct(folded, word):
