@@ -87,6 +87,34 @@ def test_a_trusted_forwarder_by_smtp_is_read_like_the_mailbox(
     assert validation(bot, request_id, CAROL)["request"] == "refused"
 
 
+def outlook_forward_by_name(body: str) -> bytes:
+    """Outlook inside one organisation: the forwarded sender is a name, no address."""
+    text = (
+        "\n\n________________________________\nFrom: Carol Agency\n"
+        "Sent: Monday, March 2, 2026 9:00 AM\nTo: Desk\nSubject: RE: validation\n\n"
+        f"{body}\n"
+    )
+    return MailFactory()(AGENCY_BOX, "FW: RE: validation", text)
+
+
+def test_a_forward_hiding_its_senders_address_acts_by_its_token_alone(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    request_id, asks = opened(bot, mail)
+    mails = send(bot, outlook_forward_by_name(f"ACCEPT {token_in(asks[CAROL])}"))
+    assert [(m.event, m.to) for m in mails] == [("validation-recorded", CAROL)]
+    assert validation(bot, request_id, CAROL)["status"] == "accepted"
+
+
+def test_a_forward_hiding_its_senders_address_cannot_decide_without_a_token(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    request_id, _ = opened(bot, mail)
+    mails = send(bot, outlook_forward_by_name("ACCEPT"))
+    assert [(m.to, m.header("X-Mailbot-Error")) for m in mails] == [(AGENCY_BOX, "bad-token")]
+    assert validation(bot, request_id, CAROL)["status"] == "pending"
+
+
 def test_an_untrusted_forwarder_speaks_for_itself(bot: Mailbot, mail: MailFactory) -> None:
     _, asks = opened(bot, mail)
     raw = gmail_forward(

@@ -137,7 +137,10 @@ class ReceivedMail:
     Usually the sender speaks. In mail from the agency mailbox or a trusted
     forwarder whose own note holds no command, the forwarded message speaks:
     its sender is the actor and its new text the command, and ``via`` keeps
-    the forwarder's address for the event log.
+    the forwarder's address for the event log. A forward that hides its
+    sender's address (Outlook inside one organisation writes only the name)
+    speaks with the forwarder as actor: its token still works, since a token
+    is a credential on its own, but a bare reply is not the forwarder's to make.
     """
 
     id: int
@@ -199,14 +202,14 @@ def speaker(row: InboundRow, parsed: mailparse.ParsedMail, settings: Settings) -
     )
     forwarded = parsed.forwarded
     trusted = row.source == "imap" or parsed.sender in settings.policy.trusted_forwarders
-    if not trusted or forwarded is None or forwarded.sender is None:
+    if not trusted or forwarded is None:
         return own
     if commands.has_command(parsed.forwarder_note):  # the forwarder speaks for itself
         return own
     return ReceivedMail(
         row.id,
         parsed,
-        forwarded.sender,
+        forwarded.sender or parsed.sender,
         forwarded.sender_name,
         forwarded.subject,
         forwarded.new_text,
