@@ -202,6 +202,9 @@ def test_the_reviewers_scenario(ready: Run, tmp_path: Path) -> None:
     request_id = mails[0]["X-Mailbot-Request"]
     listed = ready("requests", "list", "--json").json()
     assert [r["id"] for r in listed] == [request_id]
+    text = ready("requests", "show", request_id).out
+    assert f"{request_id}  example.com  pending" in text
+    assert "closed" not in text  # an open request has no closing date to show
     shown = ready("requests", "show", request_id, "--json").json()
     assert {k: shown[k] for k in ("id", "service", "status")} == {
         "id": request_id,

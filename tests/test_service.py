@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
+from conftest import make_settings
 from factories import (
     ALICE,
     BILL,
@@ -13,6 +16,7 @@ from factories import (
     STRANGER,
     MailFactory,
     Sent,
+    seed_world,
     send,
     token_in,
 )
@@ -351,6 +355,20 @@ def test_the_help_mail_lists_every_registered_verb(
     for verb in commands.VERBS:
         for word in verb.words:
             assert word in text, (verb.name, word)
+
+
+def test_the_help_mail_speaks_of_the_bot_by_its_configured_name(
+    tmp_path: Path, database_url: str, mail: MailFactory
+) -> None:
+    settings = make_settings(tmp_path, database_url, bot={"name": "Registrar Desk"})
+    named = Mailbot.from_settings(settings)
+    try:
+        seed_world(named)
+        (answer,) = send(named, mail(BOB, "HELP"))
+        assert "Registrar Desk" in answer.text
+        assert "mailbot" not in answer.text.lower()
+    finally:
+        named.engine.dispose()
 
 
 def test_every_registered_word_reaches_its_verb(bot: Mailbot, mail: MailFactory) -> None:

@@ -47,9 +47,8 @@ def cmd_requests_show(args: argparse.Namespace, settings: Settings) -> int:
         print_json(item)
         return EX_OK
     print(f"{item['id']}  {item['service']}  {item['status']}  (requested by {item['requester']})")
-    print(
-        f"  created {item['created_at']}, expires {item['expires_at']}, closed {item['closed_at']}"
-    )
+    closed = f", closed {item['closed_at']}" if item["closed_at"] else ""
+    print(f"  created {item['created_at']}, expires {item['expires_at']}{closed}")
     for change in item["changes"]:
         print(f"  {change['role']}: {change['from']} -> {change['to']}")
     for v in item["validations"]:

@@ -56,7 +56,7 @@ class UseCases(Protocol):
         ...
 
     def help(self, verbs: Sequence[Verb]) -> str:
-        """Answer with how to use mailbot, listing ``verbs``."""
+        """Answer with how to use the bot, listing ``verbs``."""
         ...
 
 

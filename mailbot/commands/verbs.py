@@ -106,7 +106,7 @@ class Confirm(Verb):
 class Help(Verb):
     name = "HELP"
     aliases = ("AIDE",)
-    description = "how to use mailbot"
+    description = "how to use the bot"
 
     def handle(self, cases: UseCases, command: Command) -> str:
         return cases.help(VERBS)
