@@ -139,8 +139,12 @@ def test_resend_replaces_the_tokens_of_the_awaited(bot: Mailbot, mail: MailFacto
     fresh = token_in(mails[0])
     (error,) = send(bot, mail(CAROL, "x", f"ACCEPT {tokens[CAROL]}"))
     assert error.header("X-Mailbot-Error") == "bad-token"
-    (too_soon,) = send(bot, mail(ALICE, f"RENVOYER {request_id}", headers=dmarc(ALICE)))
+    (too_soon,) = send(bot, mail(ALICE, f"RESEND {request_id}", headers=dmarc(ALICE)))
     assert too_soon.header("X-Mailbot-Error") == "too-many-attempts"
+    said = " ".join(too_soon.text.split())  # Alice reads French
+    assert "déjà été renvoyés il y a moins d'une heure" in said  # the resend limit
+    assert "codes erronés" not in said  # not the wrong-token limit
+    assert "tokens were resent" not in said  # and no English detail
     send(bot, mail(CAROL, "x", f"ACCEPT {fresh}"))
     assert status(bot, request_id) == "done"
 

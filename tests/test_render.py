@@ -19,7 +19,7 @@ from mailbot.domain import (
     Validation,
     ValidationStatus,
 )
-from mailbot.errors import ERROR_CODES, MailbotError
+from mailbot.errors import ERROR_CODES, MailbotError, TooManyAttempts
 from mailbot.outgoing.render import MAIL_CONTEXT, Renderer, TemplateError, make_environment
 from mailbot.views import RequestView
 
@@ -132,6 +132,23 @@ def test_every_error_code_is_explained(renderer: Renderer, code: str, language: 
     assert code in mail.text
     assert code in mail.subject
     assert len(mail.text.split()) > 15, "an explanation, not just a code"
+
+
+@pytest.mark.parametrize(
+    ("language", "says"),
+    [("en", "already sent again less than an hour ago"), ("fr", "moins d'une heure")],
+)
+def test_the_resend_limit_is_explained_as_itself(
+    renderer: Renderer, language: str, says: str
+) -> None:
+    error = TooManyAttempts("tokens were resent", request="CR-7K2QX9MD", limit="resends")
+    mail = renderer.mail("error", language, context("error", request=None, error=error))
+    for part in (mail.text, mail.html):
+        said = " ".join(part.split()).replace("&#39;", "'")
+        assert says in said
+        assert "STATUS CR-7K2QX9MD" in said or "STATUT CR-7K2QX9MD" in said
+        assert "wrong tokens" not in said
+        assert "tokens were resent" not in said
 
 
 def test_french_mails_are_in_french(renderer: Renderer) -> None:

@@ -144,7 +144,9 @@ class Following:
         """Fresh tokens for those still awaited, at most once an hour per request."""
         by, operator = actor
         if not self.context.limits.resends.allows(session, row.id, self.clock.now()):
-            raise TooManyAttempts("tokens were resent less than an hour ago", request=row.id)
+            raise TooManyAttempts(
+                "tokens were resent less than an hour ago", request=row.id, limit="resends"
+            )
         transition = workflow.resend(queries.request(session, row), by=by, by_operator=operator)
         self.context.limits.resends.record(session, row.id, self.clock.now())
         asked = [
