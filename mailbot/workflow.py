@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from mailbot.domain import (
     Channel,
@@ -106,23 +107,22 @@ def open_request(
     """Open a change request, or raise the error that explains why not."""
     authority = _authority(service, requester, requester_is_operator, wanted)
     changes = _changes(service, wanted)
-    validations = _validations(authority, changes)
-    _check_standing(service, validations, changes)
-    if busy := sorted(set(wanted) & pending_roles):
-        raise DuplicateRequest(
-            "", service=service.name, roles=", ".join(role.value for role in busy)
-        )
     request = Request(
         id=request_id,
         service=service,
         requester=requester,
         changes=changes,
-        validations=validations,
+        validations=_validations(authority, changes),
         created_at=now,
         expires_at=now + ttl,
     )
+    _check_standing(service, requester, requester_is_operator, request)
+    if busy := sorted(set(wanted) & pending_roles):
+        raise DuplicateRequest(
+            "", service=service.name, roles=", ".join(role.value for role in busy)
+        )
     effects: list[Effect] = [Notify("request-opened", (requester,))]
-    effects += [AskToValidate(v.contact) for v in validations]
+    effects += [AskToValidate(v.contact) for v in request.validations]
     return Transition(request, tuple(effects))
 
 
@@ -280,26 +280,63 @@ def _validations(authority: Party, changes: tuple[RoleChange, ...]) -> tuple[Val
     )
 
 
-def _check_standing(
-    service: Service, validations: tuple[Validation, ...], changes: tuple[RoleChange, ...]
-) -> None:
+def _check_standing(service: Service, by: Party, operator: bool, request: Request) -> None:
+    """Refuse a request that involves a service or a contact not in good standing."""
     if not service.in_good_standing:
-        raise NotInGoodStanding("", service=service.name, subject=service.name)
-    involved = unique_parties([*(v.contact for v in validations), *(c.incoming for c in changes)])
-    for party in involved:
+        _not_in_good_standing(service, "service", service.admin, by, operator, "")
+    changes = request.changes
+    validating = (v.contact for v in request.validations)
+    for party in unique_parties([*validating, *(c.incoming for c in changes)]):
         if not party.in_good_standing:
-            raise NotInGoodStanding("", service=service.name, subject=party.email)
+            roles = ", ".join(c.role.value for c in changes if c.incoming.same_as(party))
+            _not_in_good_standing(service, "contact", party, by, operator, roles)
 
 
-def cancel(request: Request, *, by: Party, by_operator: bool, now: datetime) -> Transition:
-    """The requester, the service's admin or an operator withdraws a pending request."""
-    if not (by_operator or by.same_as(request.requester) or by.same_as(request.service.admin)):
+def _not_in_good_standing(
+    service: Service, standing: str, concerned: Party, requester: Party, operator: bool, roles: str
+) -> NoReturn:
+    """Raise the refusal, saying who may read its reason.
+
+    Unpaid invoices are the business of the account they belong to (the
+    service's, which is its admin's): ``reader`` is ``self`` when that is the
+    requester's own, ``operator`` for the registrar's staff, else ``other``,
+    and then the requester only reads that ``contact`` cannot take part now,
+    while ``contact`` is told why in a mail of their own.
+    """
+    reader = "self" if concerned.same_as(requester) else "operator" if operator else "other"
+    raise NotInGoodStanding(
+        f"{standing} not in good standing, {reader} told: {concerned.email}",
+        service=service.name,
+        standing=standing,
+        contact=concerned.email,
+        roles=roles,
+        reader=reader,
+    )
+
+
+def cancel(request: Request, *, by: Party | None, by_operator: bool, now: datetime) -> Transition:
+    """The requester, the service's admin or an operator withdraws a pending request.
+
+    ``by`` is None for the registrar's support acting outside mail (the CLI).
+    Whoever cancelled by mail is told it is done, even when they take no part
+    in the request (the admin, an operator); the others read who withdrew it,
+    or that the support did when an operator who takes no part in it did.
+    """
+    if by is None:
+        by_operator = True
+    elif not (by_operator or by.same_as(request.requester) or by.same_as(request.service.admin)):
         raise NotAuthorized("", request=request.id)
     if not request.pending:
         raise RequestClosed("", request=request.id, status=request.status.value)
     closed = replace(_without_holds(request), status=RequestStatus.CANCELLED, closed_at=now)
-    notice = Notify("request-cancelled", _everyone(request), {"cancelled_by": by})
-    return Transition(closed, (notice,))
+    others = tuple(p for p in _everyone(request) if by is None or not p.same_as(by))
+    involved = (*request.parties, request.service.admin)
+    outsider = by is not None and not any(p.same_as(by) for p in involved)
+    shown = None if by is None or (by_operator and outsider) else by
+    notices = [Notify("request-cancelled", others, {"cancelled_by": shown} if shown else {})]
+    if by is not None:
+        notices.insert(0, Notify("request-cancelled", (by,), {"cancelled_by": by}))
+    return Transition(closed, tuple(notices))
 
 
 def expire(request: Request, now: datetime) -> Transition:

@@ -35,6 +35,8 @@ _GREETING = re.compile(
 """A greeting on a line of its own ("Bonjour,", "Hallo Herr Müller,", "Beste Jan,")."""
 MAX_GREETING_LINES = 2
 _ROLE_LINE = re.compile(r"^\s*([^\W\d_][\w-]*)\s*:\s*(\S+)\s*$")
+_LOOSE_ROLE_LINE = re.compile(r"^\s*([^\W\d_][\w-]*)\s*:(.*)$")
+"""A line that starts like a role line, whatever follows the colon."""
 _REQUEST_ID = re.compile(r"^CR-[0-9A-Z]{8}$")
 _OWN_TAG = re.compile(r"^\s*\[CR-[0-9A-Z]{8}\]")
 """The tag mailbot's own subjects begin with: a mail that keeps it answers one of them."""
@@ -127,23 +129,44 @@ def decision_of(command: Command) -> Decision:
 
 
 def parse_change(command: Command, new_text: str) -> ChangeCommand:
-    """``CHANGE <service>`` plus its ``role: contact`` lines."""
-    service = command.argument.split()[0].lower().rstrip(".") if command.argument else ""
-    if not service or len(command.argument.split()) > 1:
-        raise MalformedRequest("", line=command.line)
+    """``CHANGE <service>`` plus its ``role: contact`` lines.
+
+    A malformed request names what is wrong in its ``reason``, so that the
+    error mail says it in the sender's language: no service, no role line,
+    an unknown or repeated role, or (when no role line could be read) a line
+    that starts with a role word but names no single contact.
+    """
+    words = command.argument.split()
+    if not words:
+        raise MalformedRequest("", line=command.line, reason="no-service")
+    service = words[0].lower().rstrip(".")
+    if len(words) > 1:
+        raise MalformedRequest("", line=command.line, reason="service-words")
     wanted: dict[Role, str] = {}
+    unreadable = ""
     for line in new_text.splitlines():
         match = _ROLE_LINE.match(line)
         if match is None:
+            unreadable = unreadable or _role_worded(line)
             continue
-        word, target = match.group(1).lower(), match.group(2).strip("<>,;")
-        role = ROLE_WORDS.get(_fold(word).lower())
+        role = ROLE_WORDS.get(_fold(match.group(1)).lower())
         if role is None or role in wanted:
-            raise MalformedRequest("", line=line.strip()[:200], service=service)
-        wanted[role] = target
+            reason = "role" if role is None else "twice"
+            raise MalformedRequest("", line=line.strip()[:200], service=service, reason=reason)
+        wanted[role] = match.group(2).strip("<>,;")
+    if unreadable and not wanted:
+        raise MalformedRequest("", line=unreadable, service=service, reason="contact")
     if not wanted:
-        raise MalformedRequest("", service=service, line=command.line)
+        raise MalformedRequest("", service=service, reason="no-role-line")
     return ChangeCommand(service, wanted)
+
+
+def _role_worded(line: str) -> str:
+    """The line, if it starts with a role word and a colon; else ""."""
+    loose = _LOOSE_ROLE_LINE.match(line)
+    if loose is None or ROLE_WORDS.get(_fold(loose.group(1)).lower()) is None:
+        return ""
+    return line.strip()[:200]
 
 
 def is_request_id(text: str) -> bool:

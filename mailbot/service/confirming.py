@@ -42,7 +42,7 @@ class Confirming:
         """CANCEL or RESEND by mail: at once when the sender is authenticated; otherwise
         only once the sender's address confirms it (a forged From cannot)."""
         row = self.following.party_request(session, message, command)
-        actor = self.following.replies.actor(session, message)
+        actor = self.following.replies.actor(session, message, command)
         if message.authenticated:
             how = f"by email, sender authenticated ({message.authentication.reason})"
             return self.following.steer(session, row, action, actor, message, how)
@@ -99,17 +99,24 @@ class Confirming:
         confirmation = self._confirmation_for(session, message, command.argument)
         now = self.clock.now()
         if confirmation.used_at is not None:
-            raise TokenUsed("this confirmation was already used", request=confirmation.request_id)
+            raise TokenUsed(
+                "this confirmation was already used",
+                request=confirmation.request_id,
+                reason="confirmation-used",
+            )
         if confirmation.expires_at <= now:
-            raise BadToken("this confirmation expired: send the command again")
+            raise BadToken(
+                "this confirmation expired: send the command again", reason="confirmation-expired"
+            )
         confirmation.used_at = now
         row = queries.request_row(session, confirmation.request_id, for_update=True)
         assert row is not None
         contact = queries.contact_by_email(session, confirmation.email)
-        by = queries.party(contact) if contact else Party(email=confirmation.email)
+        language = self.following.replies.language_of(command)
+        by = queries.party(contact) if contact else Party(confirmation.email, language=language)
         actor = (by, self.settings.is_operator(confirmation.email))
         if not self.following.may_follow(session, row, actor):
-            raise NotAuthorized("no such request among yours", request=row.id)
+            raise NotAuthorized("no such request among yours", request=row.id, reason="not-yours")
         how = f"by email, confirmed by {confirmation.email}"
         done = self.following.steer(session, row, confirmation.action, actor, message, how)
         return f"{done} (confirmed)"
@@ -125,14 +132,18 @@ class Confirming:
             for token in dict.fromkeys(typed):
                 if found := queries.confirmation_by_digest(session, tokens.digest(token)):
                     return found
-            raise BadToken("no confirmation has this token")
+            raise BadToken("no confirmation has this token", reason="confirmation-unknown")
         found = None if message.forged else self.addressed(session, message)
         if found is None:
-            raise BadToken("write CONFIRM and the token of the confirmation email")
+            raise BadToken(
+                "write CONFIRM and the token of the confirmation email",
+                reason="confirmation-missing",
+            )
         if found.email != message.sender:
             raise NotAuthorized(
                 "reply from the address the confirmation was sent to, or type its token",
                 request=found.request_id,
+                reason="confirmation-address",
             )
         return found
 

@@ -80,18 +80,21 @@ class Deciding:
                 return self._validation_by_tokens(
                     session, list(message.quoted_tokens), message.sender
                 )
-            raise BadToken("write the token: a reply without one is not enough here")
+            raise BadToken(
+                "write the token: a reply without one is not enough here", reason="token-needed"
+            )
         row = self._validation_by_reply(session, message)
         if row is None and message.quoted_tokens:
             return self._validation_by_tokens(session, list(message.quoted_tokens), message.sender)
         if row is None:
-            raise BadToken("no token and not a reply to a validation email")
+            raise BadToken("no token and not a reply to a validation email", reason="no-token")
         contact = session.get(ContactRow, row.contact_id)
         assert contact is not None
         if contact.email != message.sender:
             raise NotAuthorized(
                 "reply from the address the validation email was sent to, or include the token",
                 request=row.request_id,
+                reason="validation-address",
             )
         return row
 
@@ -113,7 +116,9 @@ class Deciding:
         if not found:
             raise last_error
         if len(found) > 1:
-            raise AmbiguousDecision("tokens of several validations in one mail")
+            raise AmbiguousDecision(
+                "tokens of several validations in one mail", reason="several-tokens"
+            )
         return next(iter(found.values()))
 
     def _validation_by_reply(self, session: Session, message: ReceivedMail) -> ValidationRow | None:
@@ -187,7 +192,10 @@ class Deciding:
         validation = session.get(ValidationRow, found.validation_id)
         assert validation is not None
         if found.used_at is not None and validation.status == ValidationStatus.PENDING:
-            raise BadToken("this token was replaced by a newer one: use the latest email")
+            raise BadToken(
+                "this token was replaced by a newer one: use the latest email",
+                reason="token-replaced",
+            )
         return validation
 
     def decide_with_token(

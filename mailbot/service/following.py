@@ -56,10 +56,14 @@ class Following:
         that request ids cannot be probed.
         """
         if not commands.is_request_id(command.argument):
-            raise MalformedRequest("a request id looks like CR-7K2QX9MD", line=command.line)
+            raise MalformedRequest(
+                "a request id looks like CR-7K2QX9MD", line=command.line, reason="request-id"
+            )
         row = queries.request_row(session, command.argument.strip(), for_update=True)
         if row is None or not self.may_follow(session, row, self.replies.actor(session, message)):
-            raise NotAuthorized("no such request among yours", line=command.line)
+            raise NotAuthorized(
+                "no such request among yours", line=command.line, reason="not-yours"
+            )
         return row
 
     def may_follow(self, session: Session, row: RequestRow, actor: Actor) -> bool:
@@ -121,17 +125,20 @@ class Following:
         self,
         session: Session,
         row: RequestRow,
-        actor: Actor,
+        actor: Actor | None,
         message: ReceivedMail | None,
         how: str,
     ) -> str:
-        by, operator = actor
+        """Cancel for ``actor``; None is an operator from the CLI, whom customers
+        read as the registrar's support (it has no mailbox to be told at)."""
+        by, operator = actor if actor is not None else (None, True)
         transition = workflow.cancel(
             queries.request(session, row), by=by, by_operator=operator, now=self.clock.now()
         )
-        cancelled = Event("request-cancelled", actor=by.email, detail=how)
+        who = by.email if by is not None else OPERATOR_ACTOR
+        cancelled = Event("request-cancelled", actor=who, detail=how)
         self.transitions.commit(session, row, transition, [cancelled], message)
-        return f"request {row.id} cancelled by {by.email}"
+        return f"request {row.id} cancelled by {who}"
 
     def _resend(
         self,
@@ -161,7 +168,7 @@ class Following:
         """An operator withdraws a request (``mailbot requests cancel``)."""
         with transaction(self.context.engine) as session:
             row = self._request_for_operator(session, request_id)
-            self._cancel(session, row, OPERATOR, None, "")
+            self._cancel(session, row, None, None, "")
             return queries.request(session, row)
 
     def resend_request(self, request_id: str) -> Request:

@@ -44,9 +44,10 @@ class Opening:
             raise UnknownService("", service=change.service)
         assert service_row.id is not None
         service = queries.service(session, service_row)
-        requester, is_operator = self._requester(session, message, service.name)
+        requester, is_operator = self._requester(session, message, service.name, command)
         wanted = {
-            role: self._contact_for(session, target, role) for role, target in change.wanted.items()
+            role: self._contact_for(session, target, role, requester.language)
+            for role, target in change.wanted.items()
         }
         transition = workflow.open_request(
             request_id=self._new_request_id(session),
@@ -65,21 +66,26 @@ class Opening:
         return f"request {request.id} opened for {service.name}"
 
     def _requester(
-        self, session: Session, message: ReceivedMail, service: str
+        self, session: Session, message: ReceivedMail, service: str, command: commands.Command
     ) -> tuple[Party, bool]:
         """The sender, if a contact or an operator may ask at all (the workflow
-        decides what for), and whether they are an operator."""
+        decides what for), and whether they are an operator. An operator who is
+        not a contact is written to in the language of their command."""
         contact = queries.contact_by_email(session, message.sender)
         is_operator = self.settings.is_operator(message.sender)
         if contact is not None:
             return queries.party(contact), is_operator
         if not is_operator:
             raise NotAuthorized("", service=service)
-        language = self.settings.bot.language
+        language = "fr" if command.french else self.settings.bot.language
         return Party(email=message.sender, name=message.sender_name, language=language), True
 
-    def _contact_for(self, session: Session, target: str, role: Role) -> Party:
-        """The contact a role line names: a known handle or address, or a new address."""
+    def _contact_for(self, session: Session, target: str, role: Role, language: str) -> Party:
+        """The contact a role line names: a known handle or address, or a new address.
+
+        A new address gets ``language``, the requester's: the person who names
+        them is the best guess of the language they read.
+        """
         if "@" in target:
             email = normalise_email(target)
             if email is None:
@@ -87,9 +93,7 @@ class Opening:
             contact = queries.contact_by_email(session, email)
             if contact is None:
                 now = self.clock.now()
-                contact = ContactRow(
-                    email=email, language=self.settings.bot.language, created_at=now, updated_at=now
-                )
+                contact = ContactRow(email=email, language=language, created_at=now, updated_at=now)
                 session.add(contact)
                 session.flush()
             return queries.party(contact)

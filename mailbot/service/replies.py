@@ -4,19 +4,23 @@ the error mail for a command that failed, both within the answer rate limit.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlmodel import Session
 
 from mailbot import commands
 from mailbot.domain import Party, Request
-from mailbot.errors import MailbotError
+from mailbot.errors import MailbotError, NotInGoodStanding
 from mailbot.mailparse import redact
 from mailbot.outgoing.mailer import OutgoingMail
 from mailbot.service.context import ServiceContext
 from mailbot.service.inbound import ReceivedMail
 from mailbot.service.transitions import Event, Transitions
-from mailbot.storage import queries
+from mailbot.storage import mail_queries, queries
+
+STANDING_EVENT = "good-standing-required"
+"""The mail that tells a contact their account blocked a request they were named in."""
 
 
 class Replies:
@@ -26,11 +30,25 @@ class Replies:
         self.context = context
         self.transitions = transitions
 
-    def actor(self, session: Session, mail: ReceivedMail) -> tuple[Party, bool]:
-        """The sender as a party, and whether they are an operator."""
+    def actor(
+        self, session: Session, mail: ReceivedMail, command: commands.Command | None = None
+    ) -> tuple[Party, bool]:
+        """The sender as a party, and whether they are an operator. A sender who
+        is not a contact is written to in the language of their command."""
         contact = queries.contact_by_email(session, mail.sender)
-        party = queries.party(contact) if contact else Party(email=mail.sender)
+        party = (
+            queries.party(contact)
+            if contact
+            else Party(email=mail.sender, language=self.language_of(command))
+        )
         return party, self.context.settings.is_operator(mail.sender)
+
+    def language_of(self, command: commands.Command | None) -> str:
+        """The language to write in to someone whose own language is unknown:
+        their command's, else the bot's default."""
+        if command is not None and command.french:
+            return "fr"
+        return self.context.settings.bot.language
 
     def answer(
         self,
@@ -83,19 +101,44 @@ class Replies:
         }
         to = self._addressee(session, mail, command)
         error_mail = OutgoingMail("error", to, context=context, error_code=error.code)
-        return self.context.mailer.queue(session, error_mail, mail)
+        if not self.context.mailer.queue(session, error_mail, mail):
+            return False
+        if isinstance(error, NotInGoodStanding) and error.context.get("reader") == "other":
+            self._tell_not_in_good_standing(session, error, to)
+        return True
+
+    def _tell_not_in_good_standing(
+        self, session: Session, error: NotInGoodStanding, requester: Party
+    ) -> None:
+        """Tell the contact whose account blocked a request why, privately.
+
+        Only a known contact (the one the refusal names), only when the
+        requester was answered (their own answer limit holds both), and at
+        most ``max_unsolicited_per_day`` such mails a day: naming someone in
+        requests is no way to flood their mailbox.
+        """
+        contact = queries.contact_by_email(session, error.context.get("contact", ""))
+        if contact is None:
+            return
+        since = self.context.clock.now() - timedelta(days=1)
+        sent = mail_queries.mails_to_mailbox_since(session, contact.email, since, (STANDING_EVENT,))
+        if sent >= self.context.settings.policy.max_unsolicited_per_day:
+            return
+        context = {
+            "service": error.context.get("service", ""),
+            "standing": error.context.get("standing", ""),
+            "roles": error.context.get("roles", ""),
+            "requester": requester,
+        }
+        notice = OutgoingMail(STANDING_EVENT, queries.party(contact), context=context)
+        self.context.mailer.queue(session, notice, None)
 
     def _addressee(
         self, session: Session, mail: ReceivedMail, command: commands.Command | None
     ) -> Party:
         """The sender, in their language: a contact's own, else the command's."""
         contact = queries.contact_by_email(session, mail.sender)
-        if contact is not None:
-            language = contact.language
-        elif command is not None and command.french:
-            language = "fr"
-        else:
-            language = self.context.settings.bot.language
+        language = contact.language if contact is not None else self.language_of(command)
         return Party(
             id=contact.id if contact else None,
             email=mail.sender,
