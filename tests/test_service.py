@@ -139,6 +139,10 @@ def test_each_bad_mail_gets_one_error_with_its_code(
     bot: Mailbot, mail: MailFactory, sender: str, subject: str, body: str, code: str
 ) -> None:
     mails = send(bot, mail(sender, subject, body))
+    # Besides the error, a contact not in good standing is told why in private.
+    private = [(m.event, m.to) for m in mails if m.to != sender]
+    assert private == ([("good-standing-required", DAVE)] if DAVE in body else [])
+    mails = [m for m in mails if m.to == sender]
     assert error_code(mails) == code
     assert mails[0].to == sender
     assert code in mails[0].text
@@ -338,9 +342,9 @@ def test_every_transition_is_in_the_event_log(bot: Mailbot, mail: MailFactory) -
 
 def test_a_new_admin_not_in_good_standing_is_refused(bot: Mailbot, mail: MailFactory) -> None:
     # A contact not in good standing may not even be the requester's new admin.
-    assert error_code(send(bot, mail(ALICE, "CHANGE example.com", f"admin: {DAVE}"))) == (
-        "not-in-good-standing"
-    )
+    mails = send(bot, mail(ALICE, "CHANGE example.com", f"admin: {DAVE}"))
+    assert error_code([m for m in mails if m.to == ALICE]) == "not-in-good-standing"
+    assert [(m.event, m.to) for m in mails if m.to != ALICE] == [("good-standing-required", DAVE)]
 
 
 @pytest.mark.parametrize("sender", [BOB, ALICE], ids=["en", "fr"])
