@@ -103,3 +103,28 @@ def test_every_verb_has_a_description_and_french_alias() -> None:
     for verb in commands.VERBS:
         assert verb.description
         assert verb.aliases
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "reason"),
+    [
+        ("CHANGE example.com", "Thanks!", "no-role-line"),
+        ("CHANGE example.com", "", "no-role-line"),
+        ("CHANGER", "technique: carol@agency.test", "no-service"),
+        ("CHANGE example.com please", "tech: carol@agency.test", "service-words"),
+        ("CHANGE example.com", "owner: carol@agency.test", "role"),
+        ("CHANGE example.com", "tech: a@x.test\ntechnique: b@x.test", "twice"),
+        ("CHANGE example.com", "tech: Carol Agency <carol@agency.test>", "contact"),
+    ],
+)
+def test_a_malformed_change_says_what_is_wrong(subject: str, body: str, reason: str) -> None:
+    command = commands.find_command(subject, body)
+    with pytest.raises(MalformedRequest) as raised:
+        commands.parse_change(command, body)
+    assert raised.value.context["reason"] == reason
+
+
+def test_a_line_that_only_looks_like_a_role_does_not_stop_a_readable_request() -> None:
+    body = "tech: carol@agency.test\nBilling: unchanged, thanks"
+    change = commands.parse_change(commands.find_command("CHANGE example.com", body), body)
+    assert change.wanted == {Role.TECH: "carol@agency.test"}

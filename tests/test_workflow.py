@@ -385,3 +385,100 @@ def test_a_contact_whose_answer_is_held_is_not_reminded() -> None:
     request = hold(open_().request, NEW).request
     transition = workflow.remind(request, NOW + timedelta(days=3), [3])
     assert [e.contact for e in transition.effects if isinstance(e, workflow.Remind)] == [ADMIN]
+
+
+def notices(transition: workflow.Transition) -> list[tuple[list[str], str | None]]:
+    """Each notice's recipients, and whom it names as having cancelled."""
+    return [
+        ([p.email for p in e.recipients], e.about["cancelled_by"].email if e.about else None)
+        for e in transition.effects
+        if isinstance(e, workflow.Notify)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("requester", "by", "operator", "expected"),
+    [
+        pytest.param(
+            ADMIN,
+            ADMIN,
+            False,
+            [([ADMIN.email], ADMIN.email), ([NEW.email], ADMIN.email)],
+            id="the requester is told apart",
+        ),
+        pytest.param(
+            TECH,
+            ADMIN,
+            False,
+            [([ADMIN.email], ADMIN.email), ([TECH.email, NEW.email], ADMIN.email)],
+            id="the admin takes no part but is told",
+        ),
+        pytest.param(
+            ADMIN,
+            OPERATOR,
+            True,
+            [([OPERATOR.email], OPERATOR.email), ([ADMIN.email, NEW.email], None)],
+            id="an operator by mail: customers read the support",
+        ),
+        pytest.param(
+            ADMIN, None, True, [([ADMIN.email, NEW.email], None)], id="the support from the CLI"
+        ),
+    ],
+)
+def test_whoever_cancels_is_told_and_customers_read_who(
+    requester: Party,
+    by: Party | None,
+    operator: bool,
+    expected: list[tuple[list[str], str | None]],
+) -> None:
+    request = open_(requester).request
+    assert notices(workflow.cancel(request, by=by, by_operator=operator, now=NOW)) == expected
+
+
+@pytest.mark.parametrize(
+    ("requester", "operator", "service", "wanted", "expected"),
+    [
+        pytest.param(
+            ADMIN,
+            False,
+            replace(SERVICE, in_good_standing=False),
+            {Role.TECH: NEW},
+            {"standing": "service", "contact": ADMIN.email, "reader": "self", "roles": ""},
+            id="the admin's own service",
+        ),
+        pytest.param(
+            TECH,
+            False,
+            replace(SERVICE, in_good_standing=False),
+            {Role.TECH: NEW},
+            {"standing": "service", "contact": ADMIN.email, "reader": "other", "roles": ""},
+            id="a tech contact is not told of the admin's account",
+        ),
+        pytest.param(
+            ADMIN,
+            False,
+            SERVICE,
+            {Role.TECH: replace(NEW, in_good_standing=False)},
+            {"standing": "contact", "contact": NEW.email, "reader": "other", "roles": "tech"},
+            id="another contact's account is theirs",
+        ),
+        pytest.param(
+            OPERATOR,
+            True,
+            SERVICE,
+            {Role.BILLING: replace(NEW, in_good_standing=False)},
+            {"standing": "contact", "contact": NEW.email, "reader": "operator", "roles": "billing"},
+            id="an operator reads it",
+        ),
+    ],
+)
+def test_a_refusal_for_standing_says_who_may_read_why(
+    requester: Party,
+    operator: bool,
+    service: Service,
+    wanted: dict[Role, Party],
+    expected: dict[str, str],
+) -> None:
+    with pytest.raises(NotInGoodStanding) as raised:
+        open_(requester, wanted, operator=operator, service=service)
+    assert {k: raised.value.context[k] for k in expected} == expected
