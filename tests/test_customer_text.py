@@ -312,9 +312,17 @@ def french_errors(bot: Mailbot, mail: MailFactory, clock: FixedClock) -> dict[st
     errors["too-many-attempts (tokens)"] = [
         m for m in send(bot, mail(ALICE, "x", "ACCEPTER 7KQ2-X9JM-4TRD-8WPA-3HND")) if m.to == ALICE
     ]
+    thread = to(resent, CAROL).header("Message-ID")
+    case("validation address", ALICE, "Re: validation", "ACCEPTER", in_reply_to=thread)
+    (ask,) = case("asked", ALICE, resend)  # unauthenticated: the sender confirms first
+    case("confirmed", ALICE, "x", f"CONFIRMER {token_in(ask)}")
+    case("confirmation used", ALICE, "x", f"CONFIRMER {token_in(ask)}")
+    (ask,) = case("asked again", ALICE, resend)
+    clock.at += timedelta(days=3)
+    case("confirmation expired", ALICE, "x", f"CONFIRMER {token_in(ask)}")
     case("cancelled", ALICE, f"ANNULER {request_id}", headers=dmarc(ALICE))
     case("request-closed", ALICE, f"ANNULER {request_id}", headers=dmarc(ALICE))
-    done = ("opened", "resent", "accepted", "cancelled")
+    done = ("opened", "resent", "accepted", "asked", "confirmed", "asked again", "cancelled")
     return {name: mails for name, mails in errors.items() if name not in done}
 
 
