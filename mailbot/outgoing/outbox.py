@@ -31,6 +31,7 @@ from typing import Protocol
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from mailbot import metrics
 from mailbot.domain import Delivery, OutboxStatus
 from mailbot.errors import NotRetryable
 from mailbot.storage import mail_queries
@@ -215,6 +216,7 @@ def _sent(engine: Engine, row_id: int, now: datetime) -> None:
         if row.carries_secret:
             row.payload = None
         _set_delivery(session, row, Delivery.SENT)
+        metrics.outgoing(row.event, "sent")
         log.info("sent %s to %s (request %s)", row.event, row.to_email, row.request_id or "-")
 
 
@@ -249,6 +251,7 @@ def _failed(
             row.attempts,
             error,
         )
+    metrics.outgoing(row.event, "dead" if dead else "retry")
     return Attempt.DEAD if dead else Attempt.RETRY
 
 

@@ -12,7 +12,7 @@ from typing import NoReturn
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
-from mailbot import commands, mailparse
+from mailbot import commands, mailparse, metrics
 from mailbot.domain import InboundStatus
 from mailbot.errors import (
     BacklogStalled,
@@ -90,6 +90,7 @@ class Receiving:
             fresh[key] = row
             results.append(StoredMail(0, False, row.status))
         session.flush()
+        metrics.inbound_duplicates(sum(result.duplicate for result in results))
         return [
             StoredMail(fresh[m.dedup_key].id or 0, r.duplicate, r.status) if not r.id else r
             for m, r in zip(messages, results, strict=True)
@@ -142,6 +143,7 @@ class Receiving:
                 row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
                 row.processed_at = self.context.clock.now()
                 self._scrub(row)
+        metrics.inbound_handled(InboundStatus.FAILED, None)
         raise ProcessingFailed(f"message {inbound_id}: {type(exc).__name__}") from exc
 
     def _process(self, inbound_id: int) -> str:
@@ -157,6 +159,7 @@ class Receiving:
             self._scrub(row)
             outcome = row.outcome
         log.info("message %d (%s): %s", inbound_id, row.message_id or "no Message-ID", outcome)
+        metrics.inbound_handled(row.status, (row.processed_at or row.received_at) - row.received_at)
         return outcome
 
     def _scrub(self, row: InboundRow) -> None:

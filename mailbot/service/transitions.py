@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session
 
-from mailbot import workflow
+from mailbot import metrics, workflow
 from mailbot.domain import Channel, Request
 from mailbot.errors import BadToken
 from mailbot.mailparse import redact
@@ -91,6 +91,7 @@ class Transitions:
         A wrong token also counts toward its sender's limit."""
         if event.kind == f"error:{BadToken.code}" and event.actor:
             self.context.limits.bad_tokens.record(session, event.actor, self.context.clock.now())
+            metrics.bad_token("email")
         session.add(
             EventRow(
                 at=self.context.clock.now(),
