@@ -161,6 +161,7 @@ class InboundHandler:
             envelope.mail_from or "",
             redact.addresses(",".join(envelope.rcpt_tos), self.writer.bot.settings.bot.local_part),
             len(raw),
+            extra={"inbound_id": inbound_id, "outcome": "stored"},
         )
         self.on_stored(inbound_id)
         return OK

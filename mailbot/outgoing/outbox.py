@@ -217,7 +217,13 @@ def _sent(engine: Engine, row_id: int, now: datetime) -> None:
             row.payload = None
         _set_delivery(session, row, Delivery.SENT)
         metrics.outgoing(row.event, "sent")
-        log.info("sent %s to %s (request %s)", row.event, row.to_email, row.request_id or "-")
+        log.info(
+            "sent %s to %s (request %s)",
+            row.event,
+            row.to_email,
+            row.request_id or "-",
+            extra={"request_id": row.request_id, "event": row.event, "outcome": "sent"},
+        )
 
 
 def _failed(
@@ -250,6 +256,11 @@ def _failed(
             row.to_email,
             row.attempts,
             error,
+            extra={
+                "request_id": row.request_id,
+                "event": row.event,
+                "outcome": "dead" if dead else "retry",
+            },
         )
     metrics.outgoing(row.event, "dead" if dead else "retry")
     return Attempt.DEAD if dead else Attempt.RETRY
