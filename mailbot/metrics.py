@@ -51,6 +51,7 @@ class _Instruments:
             ["code"],
             registry=registry,
         )
+        self.by_code: dict[str, Counter] = {}
         self.handled = Counter(
             "mailbot_inbound_handled",
             "Stored messages this process acted on, by outcome (processed, ignored, failed).",
@@ -107,9 +108,14 @@ def enable() -> CollectorRegistry:
 
 
 def smtp_reply(reply: str) -> None:
-    """One SMTP reply line; a multi-line reply counts once, at its last line."""
+    """One SMTP reply line; a multi-line reply counts once, at its last line.
+    A few per message: each code's counter is looked up once, then kept."""
     if _live is not None and reply[3:4] != "-":
-        _live.smtp_replies.labels(reply[:3]).inc()
+        code = reply[:3]
+        counter = _live.by_code.get(code)
+        if counter is None:
+            counter = _live.by_code.setdefault(code, _live.smtp_replies.labels(code))
+        counter.inc()
 
 
 def inbound_handled(outcome: str, waited: timedelta | None) -> None:

@@ -201,3 +201,11 @@ def test_json_logs_say_which_mail_and_request_and_never_the_token(tmp_path: Path
     )
     for secret in (token.group(1), token.group(1).replace("-", ""), reply_key):
         assert secret.lower() not in text.lower()
+
+
+def test_an_unknown_log_format_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "mailbot.toml").write_text('[log]\nformat = "xml"\n')
+    result = run_mailbot(tmp_path, "init")
+    assert result.returncode == 2
+    assert b"log.format" in result.stderr
+    assert len(result.stderr.splitlines()) == 1

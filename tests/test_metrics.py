@@ -4,9 +4,12 @@ refuses another for good."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import smtplib
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -227,3 +230,21 @@ def test_a_client_not_in_metrics_allow_gets_the_404_of_an_unknown_url(
     for response in refused:
         assert response.status_code == 404
         assert response.text == unknown.text
+
+
+def test_a_metrics_allow_that_is_not_an_address_is_a_one_line_error(tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")}
+    environment["MAILBOT_WEB__METRICS_ALLOW"] = '["127.0.0.1", "prometheus.internal"]'
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "mailbot"), "init"],
+        cwd=tmp_path,
+        capture_output=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith(
+        "mailbot: error: invalid configuration: web.metrics_allow"
+    )
+    assert len(result.stderr.splitlines()) == 1
