@@ -244,7 +244,8 @@ def test_a_metrics_allow_that_is_not_an_address_is_a_one_line_error(tmp_path: Pa
         check=False,
     )
     assert result.returncode == 2
-    assert result.stderr.decode().startswith(
-        "mailbot: error: invalid configuration: web.metrics_allow"
-    )
+    error = result.stderr.decode()
+    assert error.startswith("mailbot: error: invalid configuration: web.metrics_allow")
+    assert "must be IP addresses or networks" in error
+    assert "prometheus.internal" in error
     assert len(result.stderr.splitlines()) == 1
