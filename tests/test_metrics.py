@@ -184,6 +184,22 @@ def test_counters_follow_mail_in_and_out(served: Mailbot) -> None:
     assert grew(before, scrape(bot), "mailbot_smtp_replies_total", code="550") == 1
 
 
+def test_link_page_guesses_count_as_bad_tokens_until_the_client_is_throttled(
+    served: Mailbot,
+) -> None:
+    before = scrape(served)
+    base = web_url(served.settings)
+    statuses = []
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while 429 not in statuses and len(statuses) < 200:
+            guess = f"/v/{len(statuses):04d}-AAAA-BBBB-CCCC-DDDD"
+            statuses.append(client.get(guess).status_code)
+    assert statuses[-1] == 429
+    after = scrape(served)
+    assert grew(before, after, "mailbot_bad_tokens_total", channel="web") == statuses.count(404)
+    assert grew(before, after, "mailbot_throttled_total", limit="guesses") == 1
+
+
 def test_every_metric_is_documented(served: Mailbot) -> None:
     text = httpx.get(f"{web_url(served.settings)}/metrics", timeout=30).text
     for name in (
