@@ -8,6 +8,7 @@ below, which run on one machine with nothing else installed.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -152,6 +153,18 @@ class WebSettings(Section):
     undo_minutes: int = Field(default=10, ge=1, le=1440)
     """How long a decision made on the link page is held before it takes effect;
     the contact is mailed what was chosen, with a link that undoes it until then."""
+    metrics_allow: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    """Client addresses or networks (``10.0.0.0/8``) that may read ``/metrics``;
+    anyone else gets 404. Checked against the connection's own peer address,
+    never ``X-Forwarded-For``; a request that came through a proxy is refused."""
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        try:
+            return [str(ipaddress.ip_network(item.strip(), strict=False)) for item in value]
+        except ValueError as exc:
+            raise ValueError(f"must be IP addresses or networks: {exc}") from None
 
 
 class OutgoingSettings(Section):
@@ -232,6 +245,13 @@ class PolicySettings(Section):
         return sorted(set(value))
 
 
+class LogSettings(Section):
+    format: Literal["text", "json"] = "text"
+    """``text``: one readable line per record. ``json``: one JSON object per line
+    (time, level, logger, message, and ``inbound_id``, ``request_id``,
+    ``outcome``, ``event`` where known), tokens and reply keys redacted."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MAILBOT_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -244,6 +264,7 @@ class Settings(BaseSettings):
     outgoing: OutgoingSettings = OutgoingSettings()
     imap: ImapSettings = ImapSettings()
     policy: PolicySettings = PolicySettings()
+    log: LogSettings = LogSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,4 +1,5 @@
-"""Logging set-up: one line per record, and floods of identical records folded.
+"""Logging set-up: one line per record (text, or a JSON object with ``[log]
+format = "json"``), and floods of identical records folded.
 
 Under attack or a fault the same error can repeat thousands of times a second
 (a listener out of file descriptors, a client sending garbage in a loop), and
@@ -10,11 +11,14 @@ counted, and when the window is over one more line says how many there were.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 REPEAT_WINDOW_SECONDS = 60.0
 MAX_TRACKED = 1000
@@ -22,6 +26,12 @@ MAX_TRACKED = 1000
 SWEEP_SECONDS = 1.0
 NOISY_LOGGERS = ("apscheduler", "mail.log", "uvicorn.error", "flufl.bounce", "alembic")
 """Libraries that log every connection or job run at INFO."""
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CONTEXT_FIELDS = ("inbound_id", "request_id", "outcome", "event")
+"""What a record may say about the mail it concerns (``extra=`` of a log call),
+as fields of its own in JSON."""
+_REQUEST_NOTE = "mailbot.log.request_id"
 
 Key = tuple[str, int, str]
 
@@ -103,6 +113,39 @@ class RepeatFilter(logging.Filter):
             self.handler.handle(summary)
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, the context fields
+    the record carries, and the exception if any.
+
+    Log calls never pass a token, but a message or an exception may quote text
+    that came in by mail: every string goes through ``redact.text`` first, so
+    tokens, links to the link page and reply keys show ``[redacted]``.
+    """
+
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": self.redact(record.getMessage()),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value if isinstance(value, int) else self.redact(str(value))
+        if record.exc_info:
+            entry["exception"] = self.redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+_handler: logging.Handler | None = None
+"""The handler ``configure`` installed, whose format ``use_format`` sets."""
+
+
 def configure(level: int) -> None:
     """Root logging at ``level`` on stderr, with repeats folded.
 
@@ -110,10 +153,11 @@ def configure(level: int) -> None:
     handler yet: a program that embeds mailbot (or a test runner capturing
     logs) keeps its own handlers and level.
     """
+    global _handler
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        _handler = handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
         repeats = RepeatFilter(handler)
         handler.addFilter(repeats)
         atexit.register(repeats.flush)
@@ -121,3 +165,28 @@ def configure(level: int) -> None:
         root.setLevel(level)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def use_format(kind: str, bot_local_part: str) -> None:
+    """``[log] format`` once the settings are read: ``text`` or ``json`` lines on
+    the handler ``configure`` installed (an embedding program's are left alone)."""
+    if _handler is None:
+        return
+    if kind != "json":
+        _handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        return
+    from mailbot.mailparse import redact
+
+    _handler.setFormatter(JsonFormatter(lambda text: redact.text(text, bot_local_part)))
+
+
+def note_request(info: MutableMapping[str, Any], request_id: str | None) -> None:
+    """Remember the first request a unit of work concerns (in its session's
+    ``info``), for the line that logs its outcome."""
+    if request_id:
+        info.setdefault(_REQUEST_NOTE, request_id)
+
+
+def noted_request(info: MutableMapping[str, Any]) -> str | None:
+    found = info.get(_REQUEST_NOTE)
+    return found if isinstance(found, str) else None

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from mailbot import metrics
 from mailbot.adapters import outgoing_transport
 from mailbot.adapters.connections import (
     ACCEPT_BACKLOG,
@@ -77,6 +78,7 @@ class Runtime:
     def __init__(self, settings: Settings, bot: Mailbot | None = None) -> None:
         self.settings = settings
         self.bot = bot or Mailbot.from_settings(settings)
+        metrics.enable()  # this process's counters, read by /metrics
         self.store_thread = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.work_thread = ThreadPoolExecutor(1, thread_name_prefix="process")
         self.send_thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")

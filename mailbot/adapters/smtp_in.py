@@ -29,6 +29,7 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailbot import metrics
 from mailbot.adapters.connections import ConnectionLimiter
 from mailbot.config import SmtpSettings
 from mailbot.mailparse import redact
@@ -160,6 +161,7 @@ class InboundHandler:
             envelope.mail_from or "",
             redact.addresses(",".join(envelope.rcpt_tos), self.writer.bot.settings.bot.local_part),
             len(raw),
+            extra={"inbound_id": inbound_id, "outcome": "stored"},
         )
         self.on_stored(inbound_id)
         return OK
@@ -226,6 +228,7 @@ class LimitedSMTP(SMTP):
             status = TOO_BIG  # type: ignore[assignment]  # such a line is over the size limit
         await super().push(status)
         self.last_reply = self.loop.time()
+        metrics.smtp_reply(_text(status))
 
     async def smtp_DATA(self, arg: str) -> None:
         envelope = self.envelope
@@ -252,6 +255,7 @@ class LimitedSMTP(SMTP):
             return
         if reply is not None:
             self.transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
+            metrics.smtp_reply(reply)
         self.transport.close()
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from mailbot import logs
 from mailbot.config import Settings, load_settings
 from mailbot.errors import ConfigError, StorageUnavailable
 from mailbot.service import database
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     settings: Settings | None = None
     try:
         settings = load_settings(args.config)
+        logs.use_format(settings.log.format, settings.bot.local_part)
         handler: Handler = args.handler
         return handler(args, settings)
     except ConfigError as exc:

@@ -31,6 +31,7 @@ from typing import Protocol
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from mailbot import metrics
 from mailbot.domain import Delivery, OutboxStatus
 from mailbot.errors import NotRetryable
 from mailbot.storage import mail_queries
@@ -215,7 +216,14 @@ def _sent(engine: Engine, row_id: int, now: datetime) -> None:
         if row.carries_secret:
             row.payload = None
         _set_delivery(session, row, Delivery.SENT)
-        log.info("sent %s to %s (request %s)", row.event, row.to_email, row.request_id or "-")
+        metrics.outgoing(row.event, "sent")
+        log.info(
+            "sent %s to %s (request %s)",
+            row.event,
+            row.to_email,
+            row.request_id or "-",
+            extra={"request_id": row.request_id, "event": row.event, "outcome": "sent"},
+        )
 
 
 def _failed(
@@ -248,7 +256,13 @@ def _failed(
             row.to_email,
             row.attempts,
             error,
+            extra={
+                "request_id": row.request_id,
+                "event": row.event,
+                "outcome": "dead" if dead else "retry",
+            },
         )
+    metrics.outgoing(row.event, "dead" if dead else "retry")
     return Attempt.DEAD if dead else Attempt.RETRY
 
 

@@ -12,7 +12,7 @@ from typing import NoReturn
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
-from mailbot import commands, mailparse
+from mailbot import commands, logs, mailparse, metrics
 from mailbot.domain import InboundStatus
 from mailbot.errors import (
     BacklogStalled,
@@ -90,6 +90,7 @@ class Receiving:
             fresh[key] = row
             results.append(StoredMail(0, False, row.status))
         session.flush()
+        metrics.inbound_duplicates(sum(result.duplicate for result in results))
         return [
             StoredMail(fresh[m.dedup_key].id or 0, r.duplicate, r.status) if not r.id else r
             for m, r in zip(messages, results, strict=True)
@@ -134,7 +135,11 @@ class Receiving:
 
     def _processing_failed(self, inbound_id: int, exc: Exception) -> NoReturn:
         """Mark a message that cannot be processed ``failed``, keep it, and say so."""
-        log.exception("message %d could not be processed", inbound_id)
+        log.exception(
+            "message %d could not be processed",
+            inbound_id,
+            extra={"inbound_id": inbound_id, "outcome": InboundStatus.FAILED.value},
+        )
         with transaction(self.context.engine) as session:
             row = session.get(InboundRow, inbound_id)
             if row is not None and row.status == InboundStatus.RECEIVED:
@@ -142,6 +147,7 @@ class Receiving:
                 row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
                 row.processed_at = self.context.clock.now()
                 self._scrub(row)
+        metrics.inbound_handled(InboundStatus.FAILED, None)
         raise ProcessingFailed(f"message {inbound_id}: {type(exc).__name__}") from exc
 
     def _process(self, inbound_id: int) -> str:
@@ -156,7 +162,15 @@ class Receiving:
             row.processed_at = self.context.clock.now()
             self._scrub(row)
             outcome = row.outcome
-        log.info("message %d (%s): %s", inbound_id, row.message_id or "no Message-ID", outcome)
+            request_id = logs.noted_request(session.info)
+        log.info(
+            "message %d (%s): %s",
+            inbound_id,
+            row.message_id or "no Message-ID",
+            outcome,
+            extra={"inbound_id": inbound_id, "request_id": request_id, "outcome": row.status},
+        )
+        metrics.inbound_handled(row.status, (row.processed_at or row.received_at) - row.received_at)
         return outcome
 
     def _scrub(self, row: InboundRow) -> None:

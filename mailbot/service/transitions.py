@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session
 
-from mailbot import workflow
+from mailbot import logs, metrics, workflow
 from mailbot.domain import Channel, Request
 from mailbot.errors import BadToken
 from mailbot.mailparse import redact
@@ -89,8 +89,10 @@ class Transitions:
     ) -> None:
         """Add ``event`` to the log, tokens and reply keys taken out of its detail.
         A wrong token also counts toward its sender's limit."""
+        logs.note_request(session.info, request_id)
         if event.kind == f"error:{BadToken.code}" and event.actor:
             self.context.limits.bad_tokens.record(session, event.actor, self.context.clock.now())
+            metrics.bad_token("email")
         session.add(
             EventRow(
                 at=self.context.clock.now(),

@@ -17,6 +17,7 @@ from enum import StrEnum
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from mailbot import metrics
 from mailbot.clock import Clock
 from mailbot.config import PolicySettings
 from mailbot.storage import rate_hits
@@ -56,7 +57,10 @@ class RateLimit:
         return oldest + self.window - now
 
     def allows(self, session: Session, key: str, now: datetime) -> bool:
-        return self.wait(session, key, now) is None
+        allowed = self.wait(session, key, now) is None
+        if not allowed:
+            metrics.throttled(self.kind)
+        return allowed
 
     def record(self, session: Session, key: str, now: datetime) -> None:
         """Count one attempt of ``key``."""
@@ -88,11 +92,14 @@ class RateLimits:
         """Seconds until ``client`` may ask the link page again, or None when it may now."""
         with transaction(self.engine) as session:
             wait = self.guesses.wait(session, client, self.clock.now())
+        if wait is not None:
+            metrics.throttled(self.guesses.kind)
         return None if wait is None else max(1, math.ceil(wait.total_seconds()))
 
     def guess_missed(self, client: str) -> None:
         """Count one unknown token asked for by ``client``; say so when it hits the limit."""
         now = self.clock.now()
+        metrics.bad_token("web")
         with transaction(self.engine) as session:
             self.guesses.record(session, client, now)
             if self.guesses.wait(session, client, now) is not None:

@@ -21,8 +21,8 @@ endpoints, ``run_in_threadpool``) so that it never blocks the event loop.
 
 ``endpoints`` holds the handlers, ``checks`` what they check in a request
 (nonces, forms, origins, the client), ``pages`` what they answer with,
-``middleware`` what wraps every response, and ``protocol`` the HTTP server's
-own deadlines and caps.
+``middleware`` what wraps every response, ``protocol`` the HTTP server's
+own deadlines and caps, and ``scrape`` the metrics for ``[web] metrics_allow``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from starlette.routing import Route
 from mailbot.adapters.web.checks import client_of
 from mailbot.adapters.web.endpoints import LinkPages
 from mailbot.adapters.web.middleware import CatchAll, SecurityHeaders
+from mailbot.adapters.web.scrape import MetricsPage
 from mailbot.clock import Clock
 from mailbot.service import Mailbot
 
@@ -61,6 +62,7 @@ def create_app(bot: Mailbot, *, clock: Clock | None = None) -> Starlette:
             Route("/u/{token}", pages.show_undo, methods=["GET"], name="undo"),
             Route("/u/{token}", pages.undo, methods=["POST"]),
             Route("/healthz", pages.healthz, methods=["GET"]),
+            Route("/metrics", MetricsPage(bot)),
         ],
         middleware=[
             Middleware(SecurityHeaders),

@@ -131,7 +131,11 @@ class LinkPages(Pages):
             return self.error(404, language)
         except (TokenUsed, RequestClosed):
             return self.undo_form(request, token, self.bot.undo_page(token), 410)
-        log.info("held decision undone on %s", undone.request.id)
+        log.info(
+            "held decision undone on %s",
+            undone.request.id,
+            extra={"request_id": undone.request.id, "outcome": "undone"},
+        )
         return self.render(
             "undo",
             language,
@@ -199,5 +203,10 @@ class LinkPages(Pages):
         except MailbotError as error:
             log.info("web decision not held: %s", error.code)
             return self.error(400, language)
-        log.info("%s held on %s through the link page", decision.value, held.request.id)
+        log.info(
+            "%s held on %s through the link page",
+            decision.value,
+            held.request.id,
+            extra={"request_id": held.request.id, "outcome": f"{decision.value} held"},
+        )
         return self.held(held)

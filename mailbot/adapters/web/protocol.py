@@ -20,6 +20,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mailbot.adapters.connections import ConnectionLimiter
+from mailbot.adapters.web.scrape import KeepPeer
 
 BUSY_TEXT = b"Too many connections, try again soon"
 BUSY_RESPONSE = (
@@ -54,6 +55,7 @@ class LimitedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.app = KeepPeer(self.app)  # the socket's peer, before any proxy header
         self.deadline: asyncio.TimerHandle | None = None
         self.phase: str | None = None
         """``headers`` while waiting for a request, ``body`` while it arrives, None otherwise."""
