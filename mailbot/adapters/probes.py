@@ -44,7 +44,9 @@ def relay_check(settings: Settings, timeout: float) -> Check:
         done = _relay_session(out, sender, timeout)
     except _Refused as exc:
         return Check(FAIL, "relay", f"{where}: {exc}")
-    except smtplib.SMTPServerDisconnected:
+    except smtplib.SMTPServerDisconnected as exc:
+        if isinstance(exc.__context__, TimeoutError):  # smtplib's name for a silent relay
+            return Check(FAIL, "relay", f"{where}: no answer within {timeout:g} s")
         return Check(FAIL, "relay", f"{where}: the relay closed the connection: see its log")
     except ssl.SSLError as exc:
         return Check(

@@ -65,10 +65,12 @@ class Check:
 
 
 def worst(name: str, findings: list[tuple[Status, str]], fine: str) -> Check:
-    """One line for several findings: the worst status, the findings that set it."""
+    """One line for several findings: the worst status, then every finding, the
+    failures first."""
     for status in (FAIL, WARN):
-        if found := [text for level, text in findings if level == status]:
-            return Check(status, name, "; ".join(found))
+        if any(level == status for level, _ in findings):
+            ordered = sorted(findings, key=lambda finding: finding[0] != FAIL)
+            return Check(status, name, "; ".join(text for _, text in ordered))
     return Check(OK, name, fine)
 
 
@@ -114,6 +116,7 @@ def database_check(settings: Settings, timeout: float) -> Check:
     url = sa.make_url(settings.database.url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         path = Path(url.database)
+        where += "" if path.is_absolute() else f" ({path.absolute()})"
         if not path.is_file():
             return Check(FAIL, "database", f"{where}: no database file: run `mailbot init`")
         if problem := disk_problem(path.parent, 2 * settings.smtp.max_message_bytes):
@@ -218,15 +221,16 @@ def addresses_check(settings: Settings) -> Check:
 
 def _domain_findings(settings: Settings) -> list[tuple[Status, str]]:
     findings: list[tuple[Status, str]] = []
-    for entry in settings.smtp.domains:
-        if _NOT_A_DOMAIN.search(entry.strip()) or not entry.strip():
-            findings.append(
-                (
-                    FAIL,
-                    f"[smtp] domains: {entry!r} is not a domain name, so no recipient ever"
-                    " matches it: write the bare domain, like example.com",
-                )
+    malformed = [repr(d) for d in settings.smtp.domains if _NOT_A_DOMAIN.search(d) or not d]
+    if malformed:
+        findings.append(
+            (
+                FAIL,
+                f"[smtp] domains: {', '.join(malformed)}"
+                + (" is not a domain name" if len(malformed) == 1 else " are not domain names")
+                + ", so no recipient ever matches: write bare domains, like example.com",
             )
+        )
     domain = settings.bot.domain
     if settings.outgoing.transport == "smtp" and _unreachable(domain):
         findings.append(
