@@ -9,6 +9,7 @@ that failed and the setting to look at. Every wait is bounded by ``timeout``.
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import ssl
 from pathlib import Path
@@ -19,6 +20,7 @@ from mailbot.service.checks import FAIL, OK, SKIP, WARN, Check
 from mailbot.service.health import disk_problem
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+_SERVER_TIMINGS = re.compile(r"\s*\([0-9.]+ \+ [0-9.]+ (\+ [0-9.]+ )?secs\)")
 
 
 class _Refused(Exception):
@@ -185,7 +187,7 @@ def imap_check(settings: Settings, timeout: float) -> Check:
         lines = mailbox_report(imap, timeout)
     except LoginError as exc:
         return Check(
-            FAIL, "imap", f"{where}: login refused ({_text(str(exc))}): check [imap] password"
+            FAIL, "imap", f"{where}: login refused ({_imap_text(exc)}): check [imap] password"
         )
     except TimeoutError:
         return Check(FAIL, "imap", f"{where}: no answer within {timeout:g} s")
@@ -193,7 +195,7 @@ def imap_check(settings: Settings, timeout: float) -> Check:
         return Check(
             FAIL,
             "imap",
-            f"{where}: {_text(str(exc))}: check [imap] folder, done_folder and failed_folder",
+            f"{where}: {_imap_text(exc)}: check [imap] folder, done_folder and failed_folder",
         )
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
@@ -203,6 +205,13 @@ def imap_check(settings: Settings, timeout: float) -> Check:
             f"{where}: cannot connect: {reason}: check [imap] host, port, ssl and starttls",
         )
     return Check(OK, "imap", f"{where}: " + "; ".join(lines[1:3]))
+
+
+def _imap_text(exc: Exception) -> str:
+    """The server's words, without the bytes quoting and Dovecot's timings."""
+    said = exc.args[0] if exc.args else exc
+    text = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)
+    return _SERVER_TIMINGS.sub("", _text(text)).rstrip(".")
 
 
 # -- base_url ----------------------------------------------------------------------
