@@ -227,6 +227,31 @@ def empty_postgres(postgres_server: str) -> Iterator[str]:
         admin.dispose()
 
 
+def postgresql_read_only(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("read_only_postgres"))
+
+
+@pytest.fixture
+def read_only_postgres(postgres_server: str, postgres_template: str) -> Iterator[str]:
+    """A database at the newest schema, reached as a role that may only read it."""
+    name, role = f"check_read_only_{os.getpid()}", f"reader_{os.getpid()}"
+    admin = sa.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {postgres_template}")
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+    owner = sa.create_engine(f"{postgres_server}/{name}", isolation_level="AUTOCOMMIT")
+    with owner.connect() as connection:
+        connection.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    owner.dispose()
+    try:
+        yield with_password(f"{postgres_server}/{name}").replace("//postgres:", f"//{role}:")
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            connection.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        admin.dispose()
+
+
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A port that takes connections and never says a word."""
@@ -256,6 +281,14 @@ def setting(section: str, key: str, value: Any) -> Breakage:
     return breaks
 
 
+def addresses(address: str, domains: list[str]) -> Breakage:
+    def breaks(config: dict[str, dict[str, Any]], request: pytest.FixtureRequest) -> None:
+        config["bot"]["address"] = address
+        config["smtp"]["domains"] = domains
+
+    return breaks
+
+
 def closed_port(request: pytest.FixtureRequest) -> int:
     return reserve_port()  # held, never listening: connections are refused
 
@@ -277,6 +310,12 @@ FAILURES: dict[str, tuple[Breakage, str, str, tuple[str, ...]]] = {
         database(sqlite_behind),
         "database",
         "schema at 0001, behind",
+        (),
+    ),
+    "database-read-only-postgresql": (
+        database(postgresql_read_only),
+        "database",
+        "schema at head, but not writable: permission denied",
         (),
     ),
     "relay-port-closed": (
@@ -315,16 +354,12 @@ FAILURES: dict[str, tuple[Breakage, str, str, tuple[str, ...]]] = {
         "no answer from",
         (),
     ),
-    "bot-address-in-a-local-domain": (
-        setting("bot", "address", "changes@mailbot.localhost"),
+    "addresses-that-cannot-come-back": (
+        addresses("changes@mailbot.localhost", ["@agency.test"]),
         "addresses",
-        "[bot] address changes@mailbot.localhost is in mailbot.localhost",
-        (),
-    ),
-    "smtp-domains-entry-not-a-domain": (
-        setting("smtp", "domains", ["@agency.test"]),
-        "addresses",
-        "[smtp] domains: '@agency.test' is not a domain name",
+        "[smtp] domains: '@agency.test' is not a domain name, so no recipient ever matches:"
+        " write bare domains, like example.com; [bot] address changes@mailbot.localhost is"
+        " in mailbot.localhost, where no one elsewhere can send replies or bounces",
         (),
     ),
 }
