@@ -330,6 +330,12 @@ FAILURES: dict[str, tuple[Breakage, str, str, tuple[str, ...]]] = {
         "no answer within 1 s",
         ("--timeout", "1"),
     ),
+    "relay-without-starttls": (
+        setting("outgoing", "starttls", True),
+        "relay",
+        "the relay offers no STARTTLS",
+        (),
+    ),
     "relay-wrong-password": (
         setting("outgoing", "password", "not-the-relay-password"),
         "relay",

@@ -44,29 +44,8 @@ def relay_check(settings: Settings, timeout: float) -> Check:
     sender = bounce_address(settings.bot.local_part, settings.bot.domain, "check@localhost")
     try:
         done = _relay_session(out, sender, timeout)
-    except _Refused as exc:
-        return Check(FAIL, "relay", f"{where}: {exc}")
-    except smtplib.SMTPServerDisconnected as exc:
-        if isinstance(exc.__context__, TimeoutError):  # smtplib's name for a silent relay
-            return Check(FAIL, "relay", f"{where}: no answer within {timeout:g} s")
-        return Check(FAIL, "relay", f"{where}: the relay closed the connection: see its log")
-    except ssl.SSLError as exc:
-        return Check(
-            FAIL,
-            "relay",
-            f"{where}: TLS failed ({exc.reason or exc}): check [outgoing] ssl and starttls,"
-            " and the relay's certificate",
-        )
-    except TimeoutError:
-        return Check(FAIL, "relay", f"{where}: no answer within {timeout:g} s")
-    except (smtplib.SMTPException, OSError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return Check(
-            FAIL,
-            "relay",
-            f"{where}: cannot connect: {reason}: is the relay running?"
-            " check [outgoing] host and port",
-        )
+    except (_Refused, OSError) as exc:  # smtplib's errors are OSErrors too
+        return Check(FAIL, "relay", f"{where}: {_relay_failure(exc, timeout)}")
     detail = f"{where}: " + ", ".join(done)
     if out.username and not (out.ssl or out.starttls) and out.host not in _LOOPBACK_HOSTS:
         return Check(
@@ -76,6 +55,27 @@ def relay_check(settings: Settings, timeout: float) -> Check:
             " [outgoing] starttls = true or ssl = true",
         )
     return Check(OK, "relay", detail)
+
+
+def _relay_failure(exc: Exception, timeout: float) -> str:
+    """What went wrong in the relay session, and where to look."""
+    if isinstance(exc, _Refused):
+        return str(exc)
+    if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+        return f"no answer within {timeout:g} s"  # smtplib reports it as a disconnection
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return "the relay closed the connection: see its log"
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"the relay answered {exc.smtp_code} {_text(exc.smtp_error)}: see its log"
+    if isinstance(exc, ssl.SSLError):
+        return (
+            f"TLS failed ({exc.reason or exc}): check [outgoing] ssl and starttls,"
+            " and the relay's certificate"
+        )
+    if isinstance(exc, smtplib.SMTPException):
+        return f"{exc}: see the relay's log"
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return f"cannot connect: {reason}: is the relay running? check [outgoing] host and port"
 
 
 def _relay_session(out: OutgoingSettings, sender: str, timeout: float) -> list[str]:
