@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mailbot.config import OutgoingSettings, Settings
 from mailbot.outgoing.compose import bounce_address
-from mailbot.service.checks import FAIL, OK, SKIP, WARN, Check
+from mailbot.service.checks import FAIL, OK, SKIP, WARN, Check, free_margin
 from mailbot.service.health import disk_problem
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -143,7 +143,7 @@ def _text(reply: bytes | str) -> str:
 def maildir_check(settings: Settings) -> Check:
     """The Maildir can take a file: one is written in it and removed."""
     root = settings.outgoing.maildir.absolute()
-    if problem := disk_problem(root, 2 * settings.smtp.max_message_bytes):
+    if problem := disk_problem(root, free_margin(settings)):
         return Check(FAIL, "maildir", f"{problem}: check [outgoing] maildir")
     if not root.exists():
         return Check(OK, "maildir", f"{root} will be created by the first mail")

@@ -107,6 +107,12 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+def free_margin(settings: Settings) -> int:
+    """The free disk space ``/healthz`` asks for (``[database] min_free_bytes``)."""
+    margin = settings.database.min_free_bytes
+    return 2 * settings.smtp.max_message_bytes if margin is None else margin
+
+
 # -- database --------------------------------------------------------------------
 
 
@@ -119,11 +125,11 @@ def database_check(settings: Settings, timeout: float) -> Check:
         where += "" if path.is_absolute() else f" ({path.absolute()})"
         if not path.is_file():
             return Check(FAIL, "database", f"{where}: no database file: run `mailbot init`")
-        if problem := disk_problem(path.parent, 2 * settings.smtp.max_message_bytes):
+        if problem := disk_problem(path.parent, free_margin(settings)):
             return Check(FAIL, "database", f"{where}: {problem}")
     engine = _engine(settings, timeout)
     try:
-        return Check(*_schema_and_write(engine, where))
+        return _schema_and_write(engine, where)
     except sa.exc.DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0]
         return Check(FAIL, "database", f"{where}: cannot connect: {reason}: check [database] url")
@@ -143,25 +149,32 @@ def _engine(settings: Settings, timeout: float) -> Engine:
     )
 
 
-def _schema_and_write(engine: Engine, where: str) -> tuple[Status, str, str]:
+def _schema_and_write(engine: Engine, where: str) -> Check:
     with engine.connect().execution_options(**{db.READ_ONLY: True}) as connection:
         current = MigrationContext.configure(connection).get_current_revision()
     head, known = _revisions()
+    problem = _schema_problem(current, head, known) or _write_problem(engine)
+    if problem:
+        return Check(FAIL, "database", f"{where}: {problem}")
+    return Check(OK, "database", f"{where}: reachable, schema at head ({head}), writable")
+
+
+def _schema_problem(current: str | None, head: str | None, known: set[str]) -> str | None:
     if current is None:
-        return FAIL, "database", f"{where}: reachable, but it has no schema: run `mailbot init`"
-    if current != head and current in known:
-        return (
-            FAIL,
-            "database",
-            f"{where}: schema at {current}, behind {head}: run `mailbot init` to upgrade it",
-        )
-    if current != head:
-        return (
-            FAIL,
-            "database",
-            f"{where}: schema at {current}, which this mailbot does not know (newer than it?):"
-            " install the same mailbot version as the one that ran `mailbot init`",
-        )
+        return "reachable, but it has no schema: run `mailbot init`"
+    if current == head:
+        return None
+    if current in known:
+        return f"schema at {current}, behind {head}: run `mailbot init` to upgrade it"
+    return (
+        f"schema at {current}, which this mailbot does not know (newer than it?): install"
+        " the mailbot version that last ran `mailbot init`"
+    )
+
+
+def _write_problem(engine: Engine) -> str | None:
+    """A write that is rolled back: the file's permissions, a read-only replica or a
+    role without privileges all show here (SQLite takes its write lock for it)."""
     try:
         with engine.connect() as connection:
             transaction = connection.begin()
@@ -172,12 +185,10 @@ def _schema_and_write(engine: Engine, where: str) -> tuple[Status, str, str]:
     except sa.exc.DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0]
         return (
-            FAIL,
-            "database",
-            f"{where}: schema at head, but not writable: {reason}: check the owner and"
-            " permissions of the file or the database role's privileges",
+            f"schema at head, but not writable: {reason}: check the owner and permissions"
+            " of the file or the database role's privileges"
         )
-    return OK, "database", f"{where}: reachable, schema at head ({head}), writable"
+    return None
 
 
 def _revisions() -> tuple[str | None, set[str]]:
