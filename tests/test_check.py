@@ -401,3 +401,24 @@ def test_an_invalid_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("mailbot: error: invalid configuration in ")
     assert "outgoing.transport" in result.stderr
+
+
+def test_a_maildir_is_checked_instead_of_a_relay(
+    tmp_path: Path, sqlite_template: Path, config: dict[str, dict[str, Any]]
+) -> None:
+    shutil.copyfile(sqlite_template, tmp_path / "mailbot.db")
+    config["database"] = {"url": f"sqlite:///{tmp_path / 'mailbot.db'}"}
+    (tmp_path / "sent" / "tmp").mkdir(parents=True)
+    config["outgoing"] = {"transport": "maildir", "maildir": str(tmp_path / "sent")}
+    result = check(tmp_path, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lines_of(result)["maildir"] == ("ok", f"{tmp_path / 'sent'} writable")
+    assert list((tmp_path / "sent" / "tmp").iterdir()) == []  # the probe file is gone
+    config["outgoing"]["maildir"] = str(tmp_path / "mailbot.db" / "sent")
+    result = check(tmp_path, config)
+    assert result.returncode == 1
+    status, detail = lines_of(result)["maildir"]
+    assert (status, detail) == (
+        "FAIL",
+        f"{tmp_path / 'mailbot.db'} is not a directory: check [outgoing] maildir",
+    )
