@@ -51,45 +51,11 @@ class ImapReader:
     # -- connection ---------------------------------------------------------------
 
     def connect(self) -> IMAPClient:
-        settings = self.settings
-        client = IMAPClient(
-            settings.host,
-            port=settings.port,
-            ssl=settings.ssl,
-            ssl_context=ssl.create_default_context(),
-            timeout=SocketTimeout(connect=15, read=60),
-        )
-        try:
-            if settings.starttls and not settings.ssl:
-                client.starttls(ssl.create_default_context())
-            client.login(settings.username or "", settings.password or "")
-            for folder in (settings.done_folder, settings.failed_folder):
-                if not client.folder_exists(folder):
-                    client.create_folder(folder)
-        except BaseException:
-            _close(client)
-            raise
-        return client
+        return connect(self.settings)
 
     def check(self) -> list[str]:
         """What ``mailbot imap check`` reports: connection, capabilities, folders."""
-        client = self.connect()
-        try:
-            selected = client.select_folder(self.settings.folder, readonly=True)
-            capabilities = {c.decode() for c in client.capabilities()}
-            settings = self.settings
-            return [
-                f"connected to {settings.host}:{settings.port} as {settings.username}",
-                f"{self.settings.folder}: {selected[b'EXISTS']} message(s)",
-                f"done folder {self.settings.done_folder} and failed folder "
-                f"{self.settings.failed_folder} exist",
-                "IDLE: "
-                + ("yes" if "IDLE" in capabilities else "no, polling")
-                + "; MOVE: "
-                + ("yes" if "MOVE" in capabilities else "no, copy and expunge"),
-            ]
-        finally:
-            _close(client)
+        return mailbox_report(self.settings)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -188,6 +154,53 @@ class ImapReader:
             self.mailbox.failed_uids |= {uid}
             return 0
         return 1
+
+
+def connect(settings: ImapSettings, timeout: float | None = None) -> IMAPClient:
+    """Log in to the agency mailbox, creating the done and failed folders if missing.
+
+    ``timeout`` bounds the connection and every reply (default: 15 s to connect,
+    60 s per reply, for the long-running reader).
+    """
+    client = IMAPClient(
+        settings.host,
+        port=settings.port,
+        ssl=settings.ssl,
+        ssl_context=ssl.create_default_context(),
+        timeout=SocketTimeout(connect=timeout or 15, read=timeout or 60),
+    )
+    try:
+        if settings.starttls and not settings.ssl:
+            client.starttls(ssl.create_default_context())
+        client.login(settings.username or "", settings.password or "")
+        for folder in (settings.done_folder, settings.failed_folder):
+            if not client.folder_exists(folder):
+                client.create_folder(folder)
+    except BaseException:
+        _close(client)
+        raise
+    return client
+
+
+def mailbox_report(settings: ImapSettings, timeout: float | None = None) -> list[str]:
+    """Connect as the reader does and read the folder without changing it: the
+    connection, the folders and the server's capabilities, one line each. Raises
+    the connection's errors (``CONNECTION_ERRORS``)."""
+    client = connect(settings, timeout)
+    try:
+        selected = client.select_folder(settings.folder, readonly=True)
+        capabilities = {c.decode() for c in client.capabilities()}
+        return [
+            f"connected to {settings.host}:{settings.port} as {settings.username}",
+            f"{settings.folder}: {selected[b'EXISTS']} message(s)",
+            f"done folder {settings.done_folder} and failed folder {settings.failed_folder} exist",
+            "IDLE: "
+            + ("yes" if "IDLE" in capabilities else "no, polling")
+            + "; MOVE: "
+            + ("yes" if "MOVE" in capabilities else "no, copy and expunge"),
+        ]
+    finally:
+        _close(client)
 
 
 def _close(client: IMAPClient) -> None:

@@ -147,20 +147,14 @@ def cmd_outbox_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_imap_check(args: argparse.Namespace, settings: Settings) -> int:
-    import threading
-
-    from imapclient.exceptions import IMAPClientError
-
-    from mailbot.adapters.imap_in import ImapReader
+    from mailbot.adapters.imap_in import CONNECTION_ERRORS, mailbox_report
 
     if not settings.imap.host or not settings.imap.username:
         raise CommandFailed("set [imap] host and username first", EX_USAGE)
-    with open_bot(settings) as bot:
-        reader = ImapReader(settings.imap, bot, threading.Event())
-        try:
-            lines = reader.check()
-        except (IMAPClientError, OSError) as exc:
-            raise CommandFailed(f"IMAP check failed: {exc}") from None
+    try:
+        lines = mailbox_report(settings.imap)
+    except CONNECTION_ERRORS as exc:
+        raise CommandFailed(f"IMAP check failed: {exc}") from None
     print("\n".join(lines))
     if not settings.imap.enabled:
         print("note: [imap] enabled = false, so `mailbot serve` will not read this mailbox")

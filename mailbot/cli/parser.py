@@ -88,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
         "run the SMTP listener, link pages, scheduler and outbox sender",
         "--config /etc/mailbot/mailbot.toml serve",
     )
+    from mailbot.cli import checking  # light: each check imports its libraries when it runs
+
+    command = _command(
+        commands,
+        "check",
+        checking.cmd_check,
+        "check config, database, relay, agency mailbox, base_url and addresses;"
+        " one line each, exit 1 if any fails",
+        "--config /etc/mailbot/mailbot.toml check",
+    )
+    command.add_argument(
+        "--timeout",
+        type=checking.positive_seconds,
+        default=checking.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long each check waits for an answer (default {checking.DEFAULT_TIMEOUT:g})",
+    )
     command = _command(
         commands,
         "demo",
