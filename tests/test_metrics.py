@@ -149,6 +149,9 @@ def test_counters_follow_mail_in_and_out(served: Mailbot) -> None:
             value(s, "mailbot_outbox_dead") == 1
             and grew(before, s, "mailbot_outgoing_mails_total", result="sent") >= 1
             and grew(before, s, "mailbot_outgoing_mails_total", result="retry") >= 1
+            # counted just after the commit, possibly after the mail went out
+            and grew(before, s, "mailbot_inbound_handled_total", outcome="processed") >= 1
+            and grew(before, s, "mailbot_processing_latency_seconds_count") >= 1
         ),
     )
     processed = value(after, "mailbot_inbound_messages", status="processed")
@@ -173,7 +176,11 @@ def test_counters_follow_mail_in_and_out(served: Mailbot) -> None:
     wrong = MailFactory()(BOB, "ACCEPT", "ACCEPT 7K3M-9QX2-PL4T-ZZ8W-ABCD")
     smtp_send(bot, BOB, wrong)
     later = until(
-        bot, lambda s: value(s, "mailbot_inbound_messages", status="processed") > processed
+        bot,
+        lambda s: (
+            value(s, "mailbot_inbound_messages", status="processed") > processed
+            and grew(before, s, "mailbot_processing_latency_seconds_count") >= 2
+        ),
     )
     assert value(later, "mailbot_inbound_messages", status="processed") == processed + 1
     assert grew(before, later, "mailbot_bad_tokens_total", channel="email") == 1
