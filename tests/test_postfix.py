@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from conftest import reserve_port
@@ -44,6 +44,7 @@ from postfix import (
 from servers import RelayController
 from test_entrypoint import MAILBOT, clean_environment, listening
 
+T = TypeVar("T")
 ALICE = "alice@example.com"
 """Admin of every service here."""
 CAROL = "carol@agency.example"
@@ -116,7 +117,7 @@ class Deployment:
         with smtplib.SMTP("127.0.0.1", self.postfix.port, timeout=DEADLINE) as client:
             client.sendmail(sender, list(recipients), raw)
 
-    def wait(self, condition: Callable[[], Any], what: str) -> Any:
+    def wait(self, condition: Callable[[], T], what: str) -> T:
         """Poll until ``condition`` holds; on time-out, say what was awaited and show
         Postfix's log and queue."""
         deadline = time.monotonic() + DEADLINE
@@ -128,6 +129,15 @@ class Deployment:
             f"timed out waiting for {what}\n--- maillog:\n{self.postfix.maillog()}\n"
             f"--- queue:\n{self.postfix.queue()}\n--- serve.log:\n{self.serve_log()}"
         )
+
+    def logged(self, message_id: str, attempts: int) -> list[tuple[str, str]]:
+        """Postfix's delivery attempts for the message, once it has logged ``attempts``."""
+
+        def enough() -> list[tuple[str, str]]:
+            found = self.postfix.deliveries(message_id)
+            return found if len(found) >= attempts else []
+
+        return self.wait(enough, f"Postfix to log {attempts} delivery attempts of {message_id}")
 
     def serve_log(self) -> str:
         path = self.workdir / "serve.log"
@@ -389,13 +399,7 @@ def test_a_message_to_two_bot_addresses_is_acted_on_once_and_not_bounced(
         "the confirmation of Carol's answer",
     )
     message_id = str(email.message_from_bytes(answer)["Message-ID"])
-    delivered = smtp_route.wait(
-        lambda: (
-            len(smtp_route.postfix.deliveries(message_id)) == 2
-            and smtp_route.postfix.deliveries(message_id)
-        ),
-        "Postfix to log both deliveries",
-    )
+    delivered = smtp_route.logged(message_id, 2)
     assert sorted(delivered) == sorted([(BOT, "sent"), (address, "sent")]), (
         smtp_route.postfix.maillog(80)
     )
@@ -411,18 +415,11 @@ def test_a_message_delivered_twice_has_one_effect(smtp_route: Deployment) -> Non
     raw = change("twice.example", CAROL, message_id=message_id)
     smtp_route.send(raw, ALICE, BOT)
     smtp_route.send(raw, ALICE, BOT)
-    smtp_route.wait(
-        lambda: smtp_route.postfix.deliveries(message_id) == [(BOT, "sent"), (BOT, "sent")],
-        "both copies to be handed to mailbot",
-    )
+    assert smtp_route.logged(message_id, 2) == [(BOT, "sent"), (BOT, "sent")]
     smtp_route.wait(
         lambda: smtp_route.mail(CAROL, "validation-requested", "twice.example"),
         "the token mail",
     )
-    stored = [
-        m for m in smtp_route.json("inbound", "list") if m["message_id"] == "twice.1@client.example"
-    ]
-    assert [m["status"] for m in stored] == ["processed"]
     assert [r["service"] for r in smtp_route.json("requests", "list")].count("twice.example") == 1
     assert len(smtp_route.mail(CAROL, "validation-requested", "twice.example")) == 1
 
@@ -459,10 +456,7 @@ def test_the_pipe_route_acts_on_mail_and_sends_through_postfix(
 ) -> None:
     assert VERP.match(pipe_token_mail.sender), pipe_token_mail.sender
     assert "mx.example.net" in pipe_token_mail.header("Received"), "not relayed by Postfix"
-    pipe_route.wait(
-        lambda: pipe_route.postfix.deliveries(PIPE_REQUEST) == [(BOT, "sent")],
-        "Postfix to log the delivery",
-    )
+    assert pipe_route.logged(PIPE_REQUEST, 1) == [(BOT, "sent")]
     log = pipe_route.postfix.maillog(lines=0)
     assert re.search(rf"to=<{re.escape(BOT)}>, relay=mailbot, .*status=sent", log), log
 
@@ -474,13 +468,7 @@ def test_the_pipe_route_takes_a_message_to_two_bot_addresses_once(
     answer = reply(pipe_token_mail, CAROL, "ACCEPT\n", cc=BOT)
     message_id = str(email.message_from_bytes(answer)["Message-ID"])
     pipe_route.send(answer, CAROL, address, BOT)
-    delivered = pipe_route.wait(
-        lambda: (
-            len(pipe_route.postfix.deliveries(message_id)) == 2
-            and pipe_route.postfix.deliveries(message_id)
-        ),
-        "both recipients to be delivered",
-    )
+    delivered = pipe_route.logged(message_id, 2)
     assert sorted(delivered) == sorted([(BOT, "sent"), (address, "sent")])
     # `process` sends what it queued before it exits: all of it is in Postfix by now.
     pipe_route.wait(lambda: "Mail queue is empty" in pipe_route.postfix.queue(), "an empty queue")
@@ -513,10 +501,10 @@ def deferred_then_delivered(
     message_id = f"<{service}@client.example>"
     with outage:
         route.send(change(service, CAROL, message_id), ALICE, BOT)
-        [first] = route.wait(lambda: route.postfix.deliveries(message_id)[:1], "a delivery attempt")
+        first = route.logged(message_id, 1)[0]
         assert first == (BOT, "deferred"), route.postfix.maillog()
         queued = route.postfix.queue()
-        assert f"<{ALICE}>" in queued or ALICE in queued, queued
+        assert ALICE in queued, queued
         assert BOT in queued, queued
         assert "Traceback" not in queued, queued
     route.postfix.flush()
