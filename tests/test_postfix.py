@@ -354,6 +354,19 @@ def test_an_address_of_the_domain_that_is_not_the_bot_is_refused_by_postfix(
     assert b"User unknown in relay recipient table" in text
 
 
+def test_the_deploy_docs_check_from_the_postfix_machine_is_answered(
+    smtp_route: Deployment,
+) -> None:
+    """``printf 'Subject: HELP\\n\\nHELP\\n' | sendmail -f you@example.com changes@...``"""
+    sendmail = Path(str(POSTFIX)).parent / "sendmail"
+    etc = str(smtp_route.postfix.etc)
+    command = [str(sendmail), "-C", etc, "-f", "you@example.com", BOT]
+    subprocess.run(command, input=b"Subject: HELP\n\nHELP\n", check=True, timeout=60)
+    [answer] = smtp_route.wait(lambda: smtp_route.mail("you@example.com", "help"), "the answer")
+    assert "CHANGE" in answer.text()
+    assert VERP.match(answer.sender), answer.sender
+
+
 def test_an_answer_to_the_reply_address_is_recorded(smtp_route: Deployment) -> None:
     token_mail = open_request(smtp_route, "reply.example")
     address = reply_address(token_mail)
