@@ -35,13 +35,21 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 BOT = "changes@bot.example.net"
 """The bot's address in deploy/mailbot.toml and deploy/postfix/."""
 POSTFIX = shutil.which("postfix", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
+def tool(name: str) -> str:
+    """One of Postfix's commands (postmap, postqueue, sendmail), beside ``postfix``."""
+    return str(Path(str(POSTFIX)).parent / name)
+
+
 PIPE_USER = "nobody"
 """The pipe route's ``user=`` here: a user that is neither root nor Postfix's own."""
 
 BASE_MAIN_CF = """\
-# What a Debian machine's main.cf already holds, for a Postfix of its own in
-# {root}: loopback only, no local delivery, everything relayed to the capture
-# server, a log file (no syslog here), quick retries.
+# The machine's own settings, which deploy/postfix/main.cf is appended to: a
+# Postfix of its own in {root}, on the loopback interface, delivering nothing
+# locally and relaying all mail to the capture server (the Internet), logging
+# to a file (there is no syslog here), retrying deferred mail within seconds.
 compatibility_level = 3.6
 queue_directory = {root}/queue
 data_directory = {root}/data
@@ -113,7 +121,7 @@ class Internet:
         rcpt_options: list[str],
     ) -> str:
         if address.lower() in self.unknown:
-            return "550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -163,13 +171,18 @@ class Postfix:
     def queue(self) -> str:
         """``postqueue -p``: the mail it holds, and why."""
         result = subprocess.run(
-            ["postqueue", "-c", str(self.etc), "-p"], capture_output=True, text=True, check=False
+            [tool("postqueue"), "-c", str(self.etc), "-p"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         return result.stdout + result.stderr
 
     def flush(self) -> None:
         """``postqueue -f``: retry the deferred mail now."""
-        subprocess.run(["postqueue", "-c", str(self.etc), "-f"], capture_output=True, check=True)
+        subprocess.run(
+            [tool("postqueue"), "-c", str(self.etc), "-f"], capture_output=True, check=True
+        )
 
     def stop(self) -> None:
         """Stop it, and wait until its master process is gone."""
@@ -210,7 +223,7 @@ def start_postfix(
     transport = substitute(
         (DEPLOY / "postfix" / "transport").read_text(), {":2525": f":{mailbot_port}"}
     )
-    master_cf = (DEPLOY / "postfix" / "master.cf").read_text()
+    master_cf = ""  # the SMTP route needs nothing there
     if pipe is not None:
         command, config = pipe
         transport = re.sub(r"^(bot\.example\.net\s+smtp:)", r"#\1", transport, flags=re.M)
@@ -218,7 +231,7 @@ def start_postfix(
             transport, {"#bot.example.net    mailbot:": "bot.example.net    mailbot:"}
         )
         master_cf = substitute(
-            master_cf,
+            (DEPLOY / "postfix" / "master.cf").read_text(),
             {
                 "user=mailbot": f"user={PIPE_USER}",
                 "/opt/mailbot/venv/bin/mailbot": str(command),
@@ -232,7 +245,7 @@ def start_postfix(
     (etc / "main.cf").write_text(f"{base}\n{main_cf}")
     for table in ("transport", "recipients"):
         subprocess.run(
-            ["postmap", "-c", str(etc), str(etc / table)], check=True, capture_output=True
+            [tool("postmap"), "-c", str(etc), str(etc / table)], check=True, capture_output=True
         )
 
     def start(port: int) -> str | None:

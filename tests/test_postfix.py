@@ -40,6 +40,7 @@ from postfix import (
     mailbot_config,
     make_root,
     start_postfix,
+    tool,
 )
 from servers import RelayController
 from test_entrypoint import MAILBOT, clean_environment, listening
@@ -358,9 +359,8 @@ def test_the_deploy_docs_check_from_the_postfix_machine_is_answered(
     smtp_route: Deployment,
 ) -> None:
     """``printf 'Subject: HELP\\n\\nHELP\\n' | sendmail -f you@example.com changes@...``"""
-    sendmail = Path(str(POSTFIX)).parent / "sendmail"
     etc = str(smtp_route.postfix.etc)
-    command = [str(sendmail), "-C", etc, "-f", "you@example.com", BOT]
+    command = [tool("sendmail"), "-C", etc, "-f", "you@example.com", BOT]
     subprocess.run(command, input=b"Subject: HELP\n\nHELP\n", check=True, timeout=60)
     [answer] = smtp_route.wait(lambda: smtp_route.mail("you@example.com", "help"), "the answer")
     assert "CHANGE" in answer.text()
