@@ -17,6 +17,7 @@ import shutil
 import smtplib
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -101,6 +102,8 @@ class Deployment:
     workdir: Path
     listener: int = 0
     """The port of mailbot's SMTP listener, on the SMTP route."""
+    web: int = 0
+    """The port of its link pages and /healthz, on the SMTP route."""
     command: Path = MAILBOT
     as_user: dict[str, Any] = field(default_factory=dict)
     """Popen arguments that run mailbot as the pipe route's user, on that route."""
@@ -279,7 +282,7 @@ def set_up(
             assert result.returncode == 0, result.stderr
         postfix = starting.result()
     configure(postfix.port)
-    return Deployment(internet, postfix, config, state, listener, command, as_user)
+    return Deployment(internet, postfix, config, state, listener, web, command, as_user)
 
 
 def run(
@@ -341,6 +344,12 @@ def test_a_request_comes_in_through_postfix_and_its_token_mails_leave_through_it
         ALICE: "sent",
         CAROL: "sent",
     }
+
+
+def test_serve_behind_postfix_is_healthy(smtp_route: Deployment) -> None:
+    url = f"http://127.0.0.1:{smtp_route.web}/healthz"
+    with urllib.request.urlopen(url, timeout=DEADLINE) as answer:
+        assert (answer.status, answer.read()) == (200, b"ok\n")
 
 
 def test_an_address_of_the_domain_that_is_not_the_bot_is_refused_by_postfix(
