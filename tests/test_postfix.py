@@ -17,6 +17,7 @@ import shutil
 import smtplib
 import subprocess
 import time
+import tomllib
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -374,6 +375,18 @@ def test_the_deploy_docs_check_from_the_postfix_machine_is_answered(
     [answer] = smtp_route.wait(lambda: smtp_route.mail("you@example.com", "help"), "the answer")
     assert "CHANGE" in answer.text()
     assert VERP.match(answer.sender), answer.sender
+
+
+def test_a_message_too_big_for_mailbot_is_refused_by_postfix_itself(
+    smtp_route: Deployment,
+) -> None:
+    """Refused to its sender during the SMTP session, never accepted then bounced."""
+    limit = tomllib.loads(smtp_route.config.read_text())["smtp"]["max_message_bytes"]
+    raw = message(ALICE, BOT, "HELP", "x" * 76 + "\n") + b"x" * limit
+    with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        smtp_route.send(raw, ALICE, BOT)
+    assert refused.value.smtp_code == 552
+    assert b"size exceeds" in refused.value.smtp_error
 
 
 def test_an_answer_to_the_reply_address_is_recorded(smtp_route: Deployment) -> None:
