@@ -214,10 +214,10 @@ def smtp_route(internet: Internet) -> Iterator[Deployment]:
     root = make_root("mailbot-postfix-")
     smtp_port, web_port = reserve_port(), reserve_port()
     config, state = root / "mailbot.toml", root / "state"
-    state.mkdir()
     deployment: Deployment | None = None
     server: subprocess.Popen[bytes] | None = None
     try:
+        state.mkdir()
         deployment = set_up(internet, root, config, state, listener=smtp_port, web=web_port)
         with (state / "serve.log").open("wb") as log:
             server = subprocess.Popen(
@@ -467,10 +467,10 @@ def pipe_route(internet: Internet) -> Iterator[Deployment]:
     the database in a directory of the user's."""
     root = make_root("mailbot-postfix-pipe-")
     state = root / "state"  # /var/lib/mailbot
-    state.mkdir()
-    shutil.chown(state, PIPE_USER)
     deployment: Deployment | None = None
     try:
+        state.mkdir()
+        shutil.chown(state, PIPE_USER)
         pipe = (command_for_pipe_user(MAILBOT, root), as_pipe_user())
         deployment = set_up(internet, root, root / "mailbot.toml", state, pipe=pipe)
         yield deployment
