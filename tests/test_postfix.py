@@ -21,7 +21,7 @@ import tomllib
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -277,10 +277,15 @@ def set_up(
             listener,
             pipe=(command, config) if pipe else None,
         )
-        configure(0)  # no mail is sent before Postfix's port is known
-        for step in (["init"], ["import", str(_world(root))]):
-            result = run(command, config, state, as_user, *step)
-            assert result.returncode == 0, result.stderr
+        try:
+            configure(0)  # no mail is sent before Postfix's port is known
+            for step in (["init"], ["import", str(_world(root))]):
+                result = run(command, config, state, as_user, *step)
+                assert result.returncode == 0, result.stderr
+        except BaseException:
+            with suppress(Exception):  # a Postfix that did start is stopped
+                starting.result().stop()
+            raise
         postfix = starting.result()
     configure(postfix.port)
     return Deployment(internet, postfix, config, state, listener, web, command, as_user)
