@@ -1,13 +1,14 @@
 """A real Postfix in front of mailbot, set up from the files deploy/README.md tells an
 operator to copy, and an SMTP server standing in for the rest of the Internet.
 
-The Postfix configuration is a base of what a Debian machine already has (the
-package's master.cf; a main.cf with its own queue, log and loopback ports, and
-every outgoing mail relayed to the capture server) followed by
-``deploy/postfix/main.cf`` and ``master.cf`` as shipped. ``deploy/postfix/transport``,
-``recipients`` and ``deploy/mailbot.toml`` are copied with only their paths
-and ports replaced (``substitute`` checks that each replaced text is there):
-the domain, the routes and every setting are the ones an operator gets.
+Postfix's configuration is the machine's own (the package's master.cf; a
+main.cf with a queue, log and loopback port of its own, relaying every outgoing
+mail to the capture server) followed by ``deploy/postfix/main.cf`` as shipped,
+and for the pipe route by ``deploy/postfix/master.cf``. That file, ``transport``,
+``recipients`` and ``deploy/mailbot.toml`` are copied with only their paths,
+ports and the pipe's user replaced (``substitute`` checks that each replaced
+text is there): the domain, the routes and every setting are the ones an
+operator gets.
 """
 
 from __future__ import annotations
@@ -220,24 +221,7 @@ def start_postfix(
     (root / "data").mkdir()
     (root / "queue").mkdir()
     shutil.chown(root / "data", "postfix")
-    transport = substitute(
-        (DEPLOY / "postfix" / "transport").read_text(), {":2525": f":{mailbot_port}"}
-    )
-    master_cf = ""  # the SMTP route needs nothing there
-    if pipe is not None:
-        command, config = pipe
-        transport = re.sub(r"^(bot\.example\.net\s+smtp:)", r"#\1", transport, flags=re.M)
-        transport = substitute(
-            transport, {"#bot.example.net    mailbot:": "bot.example.net    mailbot:"}
-        )
-        master_cf = substitute(
-            (DEPLOY / "postfix" / "master.cf").read_text(),
-            {
-                "user=mailbot": f"user={PIPE_USER}",
-                "/opt/mailbot/venv/bin/mailbot": str(command),
-                "/etc/mailbot/mailbot.toml": str(config),
-            },
-        )
+    transport, master_cf = _routes(mailbot_port, pipe)
     (etc / "transport").write_text(transport)
     shutil.copyfile(DEPLOY / "postfix" / "recipients", etc / "recipients")
     main_cf = substitute((DEPLOY / "postfix" / "main.cf").read_text(), {"/etc/postfix/": f"{etc}/"})
@@ -259,6 +243,31 @@ def start_postfix(
 
     port = on_a_free_port(start)
     return Postfix(root, port)
+
+
+def _routes(mailbot_port: int, pipe: tuple[Path, Path] | None) -> tuple[str, str]:
+    """deploy/postfix/transport, and what is appended to master.cf: the SMTP route to
+    ``mailbot_port``, or the pipe route (the transport's other line, uncommented,
+    and master.cf's service with the test's user, command and config file)."""
+    transport = substitute(
+        (DEPLOY / "postfix" / "transport").read_text(), {":2525": f":{mailbot_port}"}
+    )
+    master_cf = ""  # the SMTP route needs nothing there
+    if pipe is not None:
+        command, config = pipe
+        transport = re.sub(r"^(bot\.example\.net\s+smtp:)", r"#\1", transport, flags=re.M)
+        transport = substitute(
+            transport, {"#bot.example.net    mailbot:": "bot.example.net    mailbot:"}
+        )
+        master_cf = substitute(
+            (DEPLOY / "postfix" / "master.cf").read_text(),
+            {
+                "user=mailbot": f"user={PIPE_USER}",
+                "/opt/mailbot/venv/bin/mailbot": str(command),
+                "/etc/mailbot/mailbot.toml": str(config),
+            },
+        )
+    return transport, master_cf
 
 
 def _debian_master_cf(port: int) -> str:
