@@ -128,8 +128,8 @@ def _check_schema(db: _Database) -> None:
     try:
         rows = db.run("SELECT version_num FROM alembic_version")
     except Exception as exc:  # no such table: never initialised
-        reason = _first_line(exc)
-        raise StorageUnavailable(f"the database has no schema ({reason}): run `mailbot init`") from None
+        reason = f"the database has no schema ({_first_line(exc)}): run `mailbot init`"
+        raise StorageUnavailable(reason) from None
     current = rows[0][0] if rows else None
     if head is not None and current != head:
         state = "has no schema" if current is None else f"is at {current}, not {head}"
