@@ -39,7 +39,13 @@ CUSTOMERS = {
         {"handle": "BB2-MB", "email": "bob@client.test", "name": "Bob Brown"},
     ],
     "services": [
-        {"name": "client.test", "kind": "domain", "admin": "AM1-MB", "tech": "BB2-MB"},
+        {
+            "name": "client.test",
+            "kind": "domain",
+            "admin": "AM1-MB",
+            "tech": "BB2-MB",
+            "billing": "BB2-MB",
+        },
     ],
 }
 
