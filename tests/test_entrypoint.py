@@ -421,3 +421,17 @@ def test_serve_acts_on_mail_the_pipe_stored(tmp_path: Path) -> None:
     assert f"<{ALICE}>" in answer.read_text()
     [row] = inbound(tmp_path)
     assert row["status"] == "processed"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_process_on_a_file_that_is_no_database_asks_the_mta_to_retry(
+    tmp_path: Path, route: tuple[str, ...]
+) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "mailbot.db").write_bytes(b"not a database\n" * 100)
+    result = mailbot(tmp_path, "process", *route, stdin=help_request())
+    assert result.returncode == 75
+    assert "not a database" in one_line_error(result)
+    listing = mailbot(tmp_path, "inbound", "list")
+    assert listing.returncode == 1
+    assert "not a database" in one_line_error(listing)

@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc), exc.status)
     except ConfigError as exc:
         return fail(str(exc), EX_TEMPFAIL if mta else EX_USAGE)
+    except BrokenPipeError:
+        raise  # the reader of stdout went away: ``main`` ends quietly
     except Exception as exc:  # the environment, or a bug: one line, the traceback to the log
         status, message = _environment(exc, settings, mta)
         return fail(message, status)

@@ -152,7 +152,7 @@ def check_schema(engine: Engine) -> None:
     try:
         with engine.connect().execution_options(**{READ_ONLY: True}) as connection:
             current = _current_revision(connection)
-    except sa.exc.OperationalError as exc:
+    except sa.exc.DBAPIError as exc:  # unreachable, locked, or not a database at all
         raise SchemaOutOfDate(f"cannot open the database: {exc.orig}") from None
     if current != head:
         state = "has no schema" if current is None else f"is at {current}, not {head}"
