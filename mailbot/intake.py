@@ -27,7 +27,6 @@ RECEIVED = "received"
 SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 """How the service's tables store a UTC time in SQLite."""
 
-_STORED = ("dedup_key", "message_id", "source", "envelope_from", "recipients", "raw")
 _INSERT = (
     "INSERT INTO inbound_message (dedup_key, message_id, source, envelope_from, recipients,"
     " raw, received_at, status, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -87,14 +86,7 @@ def store(
     """Commit the raw message once; StorageUnavailable if the database cannot take it."""
     message_id = mailkeys.message_id(raw)
     key = mailkeys.dedup_key(raw, message_id)
-    row = {
-        "dedup_key": key,
-        "message_id": message_id,
-        "source": source,
-        "envelope_from": envelope_from,
-        "recipients": ",".join(r.lower() for r in recipients),
-        "raw": raw,
-    }
+    row = (key, message_id, source, envelope_from, ",".join(r.lower() for r in recipients), raw)
     with _connection(settings) as db:
         _check_schema(db)
         found = _stored_before(db, key, mailkeys.legacy_keys(raw, message_id))
@@ -151,13 +143,12 @@ def _stored_before(db: _Database, key: str, legacy: tuple[str, ...]) -> int | No
     return None
 
 
-def _insert(db: _Database, row: dict[str, Any]) -> Stored:
+def _insert(db: _Database, row: tuple[Any, ...]) -> Stored:
     """INSERT, or nothing if the same message was stored at the same instant."""
-    values = [*(row[name] for name in _STORED), db.now(), RECEIVED, ""]
-    inserted = db.run(_INSERT, values)
+    inserted = db.run(_INSERT, [*row, db.now(), RECEIVED, ""])
     if inserted:
         return Stored(int(inserted[0][0]), False)
-    existing = db.run("SELECT id FROM inbound_message WHERE dedup_key = ?", (row["dedup_key"],))
+    existing = db.run("SELECT id FROM inbound_message WHERE dedup_key = ?", (row[0],))
     return Stored(int(existing[0][0]), True)
 
 

@@ -160,7 +160,8 @@ def _add_process(commands: Any) -> None:
         action="store_const",
         const=STORE_ONLY,
         help="only store the message, as the SMTP listener does, and leave acting on it"
-        " to `mailbot serve` (fast: for an MTA's pipe)",
+        " to `mailbot serve` (fast: for an MTA's pipe; of the configuration it reads and"
+        " checks only [database] and [smtp] max_message_bytes)",
     )
     _no_flush(command)
 
