@@ -69,8 +69,12 @@ def run(args: argparse.Namespace) -> int:
         return fail(message, status)
 
 
-def resolve(name: str) -> Any:
-    """The function a ``"module:function"`` name stands for, imported now."""
+def resolve(name: str | Callable[..., int]) -> Any:
+    """The function a ``"module:function"`` name stands for, imported now (a
+    function given itself is used as it is, though its module is then paid
+    for by every command)."""
+    if callable(name):
+        return name
     module, _, function = name.partition(":")
     return getattr(importlib.import_module(module), function)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from mailbot.cli.exits import EX_USAGE
+from mailbot.cli.exits import EX_USAGE, Handler
 from mailbot.domain import InboundStatus, RequestStatus
 
 ACTING = "mailbot.cli.acting:"
@@ -107,7 +107,7 @@ def _group(commands: Any, name: str, help_text: str) -> Any:
 
 
 def _command(
-    commands: Any, name: str, handler: str, help_text: str, example: str
+    commands: Any, name: str, handler: str | Handler, help_text: str, example: str
 ) -> argparse.ArgumentParser:
     """One command or action, with its help text, an example and its handler
     (``"module:function"``, see ``exits.Handler``)."""
