@@ -8,7 +8,6 @@ milliseconds, reads the few keys it needs from here without pydantic.
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -66,6 +65,8 @@ def raw_section(
 
 
 def _json_object(name: str, value: str) -> dict[str, Any]:
+    import json  # rarely used: not paid for at start-up
+
     try:
         parsed = json.loads(value)
     except ValueError:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from mailbot import configfile, mailkeys, migrations
 from mailbot.errors import ConfigError, StorageUnavailable
@@ -179,6 +178,7 @@ def _driver_error(exc: Exception) -> bool:
 @contextmanager
 def _sqlite(settings: IntakeSettings) -> Iterator[_Database]:
     import sqlite3
+    from urllib.parse import quote
 
     path = sqlite_path(settings.url)
     if not Path(path).is_file():
