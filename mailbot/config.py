@@ -9,8 +9,6 @@ below, which run on one machine with nothing else installed.
 from __future__ import annotations
 
 import ipaddress
-import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mailbot.configfile import config_path, read_toml
 from mailbot.errors import ConfigError
 
 Language = Literal["en", "fr"]
@@ -290,36 +289,16 @@ class Settings(BaseSettings):
         return address.lower() in self.policy.operators
 
 
-def config_path(explicit: str | None) -> Path | None:
-    """The file to read: --config, else $MAILBOT_CONFIG, else ./mailbot.toml."""
-    if explicit:
-        return Path(explicit)
-    if from_env := os.environ.get("MAILBOT_CONFIG"):
-        return Path(from_env)
-    local = Path("mailbot.toml")
-    return local if local.is_file() else None
-
-
 def load_settings(explicit: str | None = None) -> Settings:
     """Read and validate the configuration, or raise ConfigError naming the key."""
     path = config_path(explicit)
     values: dict[str, Any] = {}
     if path is not None:
-        values = _read_toml(path)
+        values = read_toml(path)
     try:
         return Settings(**values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:

@@ -53,8 +53,10 @@ T = TypeVar("T")
 FLUSH_SECONDS = 5
 """The sender's pace when nothing kicks it (mail queued by a commit does)."""
 FLUSH_MAX_BACKOFF_SECONDS = 60
-RESCUE_IDLE_SECONDS = 10.0
-"""How often the rescuer looks for stored mail nobody is acting on."""
+RESCUE_IDLE_SECONDS = 2.0
+"""How often the rescuer looks for stored mail nobody is acting on: also how
+soon mail stored by ``mailbot process --store-only`` (another process) is acted
+on. One indexed query, so looking often costs nothing noticeable."""
 RESCUE_BACKLOG_SECONDS = 2.0
 """Its pace between full passes while a backlog remains."""
 RESCUE_MAX_BACKOFF_SECONDS = 30.0

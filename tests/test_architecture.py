@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -11,7 +13,16 @@ import pytest
 import mailbot
 
 PACKAGE = Path(mailbot.__file__).parent
-PURE_CORE = ["domain", "workflow", "tokens", "addresses", "errors", "commands", "mailparse"]
+PURE_CORE = [
+    "domain",
+    "workflow",
+    "tokens",
+    "addresses",
+    "errors",
+    "commands",
+    "mailparse",
+    "mailkeys",
+]
 """Modules and packages with no I/O: the database, the network, asyncio, the web
 framework and the clock stay out of them, so they are tested as plain functions."""
 ADAPTERS = ["adapters", "cli", "views", "runtime"]
@@ -118,3 +129,41 @@ def test_templates_and_migrations_ship_inside_the_package() -> None:
 def test_no_module_shadows_the_standard_library() -> None:
     names = {p.stem for p in Path(mailbot.__file__).parent.rglob("*.py")}
     assert not names & {"email", "token", "queue", "secrets", "logging", "json", "smtplib"}
+
+
+HEAVY = {"alembic", "aiosmtpd", "starlette", "uvicorn", "apscheduler", "imapclient", "playwright"}
+"""What the servers, the migrations and the agency mailbox need: only ``serve``,
+``init`` and ``imap check`` pay for them."""
+APPLICATION = {"sqlalchemy", "sqlmodel", "pydantic", "pydantic_settings", "jinja2", "flufl"}
+"""What the service needs: the pipe's store-only route goes without."""
+
+
+def loaded_by(*modules: str) -> set[str]:
+    """The top-level packages a fresh interpreter holds after importing ``modules``
+    (from the installed package: ``-P`` keeps the source tree off the path)."""
+    code = (
+        "import importlib, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    importlib.import_module(name)\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", code, *modules], capture_output=True, check=True, text=True
+    )
+    return {name.split(".")[0] for name in result.stdout.split()}
+
+
+@pytest.mark.parametrize(
+    ("modules", "absent"),
+    [
+        (["mailbot.cli", "mailbot.cli.parser"], HEAVY | APPLICATION),
+        (["mailbot.cli", "mailbot.cli.piping", "mailbot.intake"], HEAVY | APPLICATION),
+        (["mailbot.cli", "mailbot.cli.acting", "mailbot.config"], HEAVY),
+        (["mailbot.cli", "mailbot.cli.reading", "mailbot.service.database"], HEAVY),
+    ],
+    ids=["help", "process-store-only", "process", "listings"],
+)
+def test_a_command_imports_only_what_it_needs(modules: list[str], absent: set[str]) -> None:
+    """``mailbot --help`` and ``mailbot process`` start without the servers'
+    libraries; ``process --store-only`` without the application's either."""
+    assert not loaded_by(*modules) & absent, loaded_by(*modules) & absent

@@ -205,3 +205,233 @@ def test_demo_tells_the_whole_story_and_leaves_nothing_running(tmp_path: Path) -
     assert "tech support@websenso.example" in out
     assert out.rstrip().endswith("the request is done.")
     assert list(temporary.iterdir()) == []
+
+
+# -- process under an MTA: exit statuses -----------------------------------------
+
+ROUTES = [pytest.param((), id="full"), pytest.param(("--store-only",), id="store-only")]
+"""``mailbot process`` and ``mailbot process --store-only``: the same statuses."""
+
+
+def one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
+    """The single line a failed command writes on stderr (what an MTA may quote)."""
+    err = result.stderr.decode()
+    assert "Traceback" not in err
+    assert err.startswith("mailbot: error: "), err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def help_request() -> bytes:
+    return MailFactory()(ALICE, "HELP", "HELP", to="changes@mailbot.localhost")
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_process_where_nothing_can_be_created_asks_the_mta_to_retry(
+    tmp_path: Path, route: tuple[str, ...]
+) -> None:
+    """Postfix runs the pipe in its spool directory: the default ``var/`` cannot be made."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "var").write_text("")  # a file: not even root makes a directory there
+    spool.chmod(0o555)
+    try:
+        result = mailbot(spool, "process", *route, stdin=help_request())
+    finally:
+        spool.chmod(0o755)
+    assert result.returncode == 75
+    assert "var/mailbot.db" in one_line_error(result)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("how", ["--config", "MAILBOT_CONFIG"])
+def test_process_without_its_config_file_asks_the_mta_to_retry(
+    tmp_path: Path, route: tuple[str, ...], how: str
+) -> None:
+    missing = tmp_path / "etc" / "mailbot.toml"
+    option = ("--config", str(missing)) if how == "--config" else ()
+    env = {"MAILBOT_CONFIG": str(missing)} if how == "MAILBOT_CONFIG" else None
+    result = mailbot(tmp_path, *option, "process", *route, stdin=help_request(), env=env)
+    assert result.returncode == 75
+    assert f"cannot read config file {missing}" in one_line_error(result)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ("[database\nurl = 'x'\n", "not valid TOML"),
+        ("[smtp]\nmax_message_bytes = -1\n", "max_message_bytes"),
+        ("[database]\nurl = 'mysql://db'\n", "database.url"),
+    ],
+    ids=["not-toml", "bad-value", "bad-url"],
+)
+def test_process_with_an_invalid_config_asks_the_mta_to_retry(
+    tmp_path: Path, route: tuple[str, ...], config: str, said: str
+) -> None:
+    (tmp_path / "mailbot.toml").write_text(config)
+    result = mailbot(tmp_path, "process", *route, stdin=help_request())
+    assert result.returncode == 75
+    assert said in one_line_error(result)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_process_with_the_database_server_down_asks_the_mta_to_retry(
+    tmp_path: Path, route: tuple[str, ...]
+) -> None:
+    closed = reserve_port()  # bound, never listening: connections are refused
+    env = {"MAILBOT_DATABASE__URL": f"postgresql+psycopg://mailbot@127.0.0.1:{closed}/mailbot"}
+    result = mailbot(tmp_path, "process", *route, stdin=help_request(), env=env)
+    assert result.returncode == 75
+    assert "refused" in one_line_error(result)
+
+
+def test_other_commands_keep_their_statuses_in_one_line(tmp_path: Path) -> None:
+    closed = reserve_port()
+    env = {"MAILBOT_DATABASE__URL": f"postgresql+psycopg://mailbot@127.0.0.1:{closed}/mailbot"}
+    down = mailbot(tmp_path, "requests", "list", env=env)
+    assert down.returncode == 1
+    assert "cannot open the database" in one_line_error(down)
+    missing = mailbot(tmp_path, "--config", str(tmp_path / "none.toml"), "requests", "list")
+    assert missing.returncode == 2
+    assert "cannot read config file" in one_line_error(missing)
+    unreadable = mailbot(tmp_path, "import", str(tmp_path))  # a directory
+    assert unreadable.returncode in (1, 2, 75)
+    one_line_error(unreadable)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_process_on_a_database_without_schema_asks_the_mta_to_retry(
+    tmp_path: Path, route: tuple[str, ...]
+) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "mailbot.db").write_bytes(b"")  # created, never `mailbot init`
+    result = mailbot(tmp_path, "process", *route, stdin=help_request())
+    assert result.returncode == 75
+    assert "mailbot init" in one_line_error(result)
+
+
+def full_disk(limit: int) -> None:
+    """In the child: files cannot grow past ``limit`` bytes, as on a full disk."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_process_on_a_full_disk_asks_the_mta_to_retry(
+    tmp_path: Path, route: tuple[str, ...]
+) -> None:
+    assert mailbot(tmp_path, "init").returncode == 0
+    result = subprocess.run(
+        [str(MAILBOT), "process", *route, "--no-flush"],
+        cwd=tmp_path,
+        input=help_request(),
+        capture_output=True,
+        env=clean_environment(),
+        timeout=60,
+        check=False,
+        preexec_fn=functools.partial(full_disk, 1024),
+    )
+    assert result.returncode == 75
+    one_line_error(result)
+    listed = json.loads(mailbot(tmp_path, "inbound", "list", "--json").stdout)
+    assert listed == []
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_message_that_can_never_be_processed_is_refused_for_good(
+    tmp_path: Path, route: tuple[str, ...]
+) -> None:
+    (tmp_path / "mailbot.toml").write_text("[smtp]\nmax_message_bytes = 2000\n")
+    assert mailbot(tmp_path, "init").returncode == 0
+    big = MailFactory()(ALICE, "HELP", "x" * 3000, to="changes@mailbot.localhost")
+    too_big = mailbot(tmp_path, "process", *route, stdin=big)
+    assert too_big.returncode == 1
+    assert "too big" in one_line_error(too_big)
+    empty = mailbot(tmp_path, "process", *route, stdin=b"\r\n")
+    assert empty.returncode == 1
+    assert "empty" in one_line_error(empty)
+    assert json.loads(mailbot(tmp_path, "inbound", "list", "--json").stdout) == []
+
+
+# -- process --store-only: stored as the listener stores, acted on by serve --------
+
+
+@pytest.fixture
+def pipe_dir(tmp_path: Path, database_url: str) -> Path:
+    """A directory whose mailbot.toml names a migrated database of each kind."""
+    (tmp_path / "mailbot.toml").write_text(f'[database]\nurl = "{database_url}"\n')
+    return tmp_path
+
+
+def inbound(cwd: Path) -> list[dict[str, Any]]:
+    listed = mailbot(cwd, "inbound", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return list(json.loads(listed.stdout))
+
+
+def test_store_only_stores_a_message_once_whatever_its_route(pipe_dir: Path) -> None:
+    raw = help_request()
+    first = mailbot(pipe_dir, "process", "--store-only", "--recipient", "Changes@X.test", stdin=raw)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith(b"stored as message ")
+    # The same message again, through another relay that added its trace fields.
+    relayed = b"Received: from relay2.test by mx.test; Mon, 2 Mar 2026 09:01:00 +0000\r\n" + raw
+    again = mailbot(pipe_dir, "process", "--store-only", stdin=relayed)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(b"duplicate of message ")
+    [row] = inbound(pipe_dir)
+    assert row["status"] == "received"
+    assert row["source"] == "cli"
+    # The full route finds the stored copy (the same key) and acts on it once.
+    full = mailbot(pipe_dir, "process", "--no-flush", stdin=raw)
+    assert full.returncode == 0, full.stderr
+    [row] = inbound(pipe_dir)
+    assert row["status"] == "processed"
+
+
+def test_store_only_without_a_database_asks_the_mta_to_retry(tmp_path: Path) -> None:
+    env = {"MAILBOT_DATABASE__URL": f"sqlite:///{tmp_path}/missing/mailbot.db"}
+    result = mailbot(tmp_path, "process", "--store-only", stdin=help_request(), env=env)
+    assert result.returncode == 75
+    assert "mailbot init" in one_line_error(result)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_serve_acts_on_mail_the_pipe_stored(tmp_path: Path) -> None:
+    ports = {"smtp": reserve_port(), "web": reserve_port()}
+    (tmp_path / "mailbot.toml").write_text(
+        f"[smtp]\nport = {ports['smtp']}\n[web]\nport = {ports['web']}\n"
+    )
+    assert mailbot(tmp_path, "init").returncode == 0
+    (tmp_path / "world.json").write_text(json.dumps(WORLD))
+    assert mailbot(tmp_path, "import", "world.json").returncode == 0
+    server = start_serve(tmp_path, tmp_path / "serve.log", ports)
+    try:
+        stored = mailbot(tmp_path, "process", "--store-only", stdin=help_request())
+        assert stored.returncode == 0, stored.stderr
+        sent = tmp_path / "var" / "sent" / "new"
+        wait_for(lambda: sent.is_dir() and any(sent.iterdir()))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+    [answer] = list(sent.iterdir())
+    assert f"<{ALICE}>" in answer.read_text()
+    [row] = inbound(tmp_path)
+    assert row["status"] == "processed"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_process_on_a_file_that_is_no_database_asks_the_mta_to_retry(
+    tmp_path: Path, route: tuple[str, ...]
+) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "mailbot.db").write_bytes(b"not a database\n" * 100)
+    result = mailbot(tmp_path, "process", *route, stdin=help_request())
+    assert result.returncode == 75
+    assert "not a database" in one_line_error(result)
+    listing = mailbot(tmp_path, "inbound", "list")
+    assert listing.returncode == 1
+    assert "not a database" in one_line_error(listing)

@@ -1,12 +1,25 @@
 """The ``mailbot`` command: each subcommand parses its arguments and calls the service.
 
-User errors end in one line on stderr and a non-zero exit status, never a
+Errors end in one line on stderr and a non-zero exit status, never a
 traceback: 1 when the thing asked for does not exist or failed, 2 for bad
-usage or configuration, 75 (EX_TEMPFAIL) when ``process`` should be retried.
+usage or configuration, 75 (EX_TEMPFAIL) when the database is down.
+
+``process`` is run by an MTA (a Postfix ``pipe``), which bounces on 1 and
+retries on 75: so it ends with 1 only for a message that can never be
+processed (larger than ``[smtp] max_message_bytes``, or empty), and with 75
+for every failure of its environment (configuration missing, unreadable or
+invalid; database unreachable, unwritable or not at the current schema; a full
+disk; any OSError) and for any unexpected error, whose traceback goes to
+syslog's mail log, not to stderr, which the MTA may copy into a bounce.
+
+Each command's module is imported only when it runs (``parser`` names
+handlers as ``"module:function"``); ``process --store-only`` imports only the
+standard library and the database driver (``piping``, ``mailbot.intake``).
 
 ``parser`` declares the commands, ``reading`` and ``acting`` carry them out
-(listings, and commands that change something), ``exits`` turns errors into
-exit statuses, ``bot`` opens the service for one command.
+(listings, and commands that change something), ``piping`` reads the
+message of ``process`` and stores it alone, ``exits`` turns errors into exit
+statuses, ``bot`` opens the service for one command.
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ import sys
 from collections.abc import Sequence
 
 from mailbot import logs
-from mailbot.cli.exits import run
+from mailbot.cli.exits import record_traceback, run
 from mailbot.cli.parser import build_parser
 
 __all__ = ["build_parser", "main"]
@@ -43,6 +56,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    """Warnings for one-shot commands; one line per message and per mail for ``serve``."""
+    """Warnings for one-shot commands; one line per message and per mail for ``serve``.
+
+    A one-shot command's log lines on stderr carry no traceback (an MTA may
+    copy stderr into a bounce), unless ``--verbose`` asks for everything.
+    """
     quiet = logging.INFO if args.command == "serve" else logging.WARNING
+    embedded = bool(logging.getLogger().handlers)  # a host program's logging: left alone
     logs.configure(logging.DEBUG if args.verbose else quiet)
+    if args.command != "serve" and not args.verbose and not embedded:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_without_traceback)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Fold a record's exception into its line (its type and first line); the
+    traceback goes to syslog."""
+    if record.exc_info and record.exc_info[1] is not None:
+        error = record.exc_info[1]
+        record_traceback(error)
+        summary = str(error).strip().splitlines()
+        record.msg = f"{record.getMessage()} ({type(error).__name__}"
+        record.msg += f": {summary[0]})" if summary else ")"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+    return True

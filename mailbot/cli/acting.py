@@ -11,6 +11,7 @@ from pathlib import Path
 from mailbot.adapters import outgoing_transport
 from mailbot.cli.bot import flush_quietly, open_bot
 from mailbot.cli.exits import EX_OK, EX_TEMPFAIL, EX_USAGE, CommandFailed
+from mailbot.cli.piping import read_message
 from mailbot.clock import FixedClock
 from mailbot.config import Settings
 from mailbot.errors import (
@@ -46,7 +47,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
-    raw = _read_message(args.file)
+    raw = read_message(args.file, settings.smtp.max_message_bytes)
     try:
         with open_bot(settings) as bot:
             outcome = bot.receive(
@@ -67,13 +68,6 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
         return EX_OK
     print(outcome)
     return EX_OK
-
-
-def _read_message(name: str) -> bytes:
-    try:
-        return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-    except OSError as exc:
-        raise CommandFailed(f"cannot read {name}: {exc.strerror}", EX_USAGE) from None
 
 
 def cmd_requests_cancel(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mailbot.cli.exits import EX_FAILED, EX_OK
-from mailbot.config import Settings
 
 if TYPE_CHECKING:
+    from mailbot.config import Settings
     from mailbot.service.checks import Check
 
 DEFAULT_TIMEOUT = 10.0

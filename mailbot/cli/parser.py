@@ -1,32 +1,24 @@
-"""The command line: every command and action, its arguments, help text and example."""
+"""The command line: every command and action, its arguments, help text and example.
+
+A command names its handler as ``"module:function"``, imported only when that
+command runs (``exits.run``): ``mailbot --help`` and the MTA's ``mailbot
+process`` do not pay for the servers, the migrations or the IMAP client. A
+handler takes the parsed arguments and the settings and returns the exit
+status; adding a command is one ``_command`` call here and its handler in a
+module of its own.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any, NoReturn
 
-from mailbot.cli.acting import (
-    cmd_demo,
-    cmd_imap_check,
-    cmd_import,
-    cmd_init,
-    cmd_outbox_flush,
-    cmd_outbox_retry,
-    cmd_process,
-    cmd_requests_cancel,
-    cmd_requests_resend,
-    cmd_serve,
-    cmd_sweep,
-)
 from mailbot.cli.exits import EX_USAGE, Handler
-from mailbot.cli.reading import (
-    cmd_inbound_list,
-    cmd_outbox_list,
-    cmd_requests_list,
-    cmd_requests_show,
-    cmd_services_show,
-)
 from mailbot.domain import InboundStatus, RequestStatus
+
+ACTING = "mailbot.cli.acting:"
+READING = "mailbot.cli.reading:"
+STORE_ONLY = "mailbot.cli.piping:cmd_store_only"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,12 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.set_defaults(early_handler=None, mta=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _command(commands, "init", cmd_init, "create or upgrade the database schema", "init")
+    _command(commands, "init", ACTING + "cmd_init", "create or upgrade the database schema", "init")
     command = _command(
         commands,
         "import",
-        cmd_import,
+        ACTING + "cmd_import",
         "upsert contacts and services from a JSON file",
         "import customers.json",
     )
@@ -64,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     _command(
         imap,
         "check",
-        cmd_imap_check,
+        ACTING + "cmd_imap_check",
         "connect with the [imap] settings and verify the folders",
         "imap check",
     )
     command = _command(
         commands,
         "sweep",
-        cmd_sweep,
+        ACTING + "cmd_sweep",
         "send due reminders and expire stale requests, once",
         "sweep --now 2026-03-05T09:00:00Z",
     )
@@ -84,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _command(
         commands,
         "serve",
-        cmd_serve,
+        ACTING + "cmd_serve",
         "run the SMTP listener, link pages, scheduler and outbox sender",
         "--config /etc/mailbot/mailbot.toml serve",
     )
@@ -93,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     command = _command(
         commands,
         "check",
-        checking.cmd_check,
+        "mailbot.cli.checking:cmd_check",
         "check config, database, relay, agency mailbox, base_url and addresses;"
         " one line each, exit 1 if any fails",
         "--config /etc/mailbot/mailbot.toml check",
@@ -108,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     command = _command(
         commands,
         "demo",
-        cmd_demo,
+        ACTING + "cmd_demo",
         "play a whole scenario end to end on a throwaway directory",
         "demo",
     )
@@ -131,9 +124,10 @@ def _group(commands: Any, name: str, help_text: str) -> Any:
 
 
 def _command(
-    commands: Any, name: str, handler: Handler, help_text: str, example: str
+    commands: Any, name: str, handler: str | Handler, help_text: str, example: str
 ) -> argparse.ArgumentParser:
-    """One command or action, with its help text and an example."""
+    """One command or action, with its help text, an example and its handler
+    (``"module:function"``, see ``exits.Handler``)."""
     command: argparse.ArgumentParser = commands.add_parser(
         name, help=help_text, description=help_text, epilog=f"example: mailbot {example}"
     )
@@ -141,14 +135,27 @@ def _command(
     return command
 
 
+PROCESS_HELP = """\
+Exit status, for the MTA that runs it (Postfix pipe): 0 when the message is
+stored (and, without --store-only, acted on or kept as failed for an operator);
+1 when it can never be processed (larger than [smtp] max_message_bytes, or
+empty), so the MTA bounces it; 75 (EX_TEMPFAIL) for anything else (the
+configuration missing or invalid, the database unreachable, unwritable or not
+at the current schema, a full disk, any unexpected error), so the MTA keeps the
+message and retries. A failure is one line on stderr, never a traceback."""
+
+
 def _add_process(commands: Any) -> None:
     command = _command(
         commands,
         "process",
-        cmd_process,
+        ACTING + "cmd_process",
         "handle one raw RFC 5322 message as if received by SMTP",
         "process --recipient changes@example.net < message.eml",
     )
+    command.epilog = f"{PROCESS_HELP}\n\n{command.epilog}"
+    command.formatter_class = argparse.RawDescriptionHelpFormatter
+    command.set_defaults(mta=True)
     command.add_argument(
         "file",
         metavar="FILE",
@@ -164,6 +171,15 @@ def _add_process(commands: Any) -> None:
         help="envelope recipient (repeatable)",
     )
     command.add_argument("--sender", metavar="ADDR", help="envelope sender (empty for bounces)")
+    command.add_argument(
+        "--store-only",
+        dest="early_handler",
+        action="store_const",
+        const=STORE_ONLY,
+        help="only store the message, as the SMTP listener does, and leave acting on it"
+        " to `mailbot serve` (fast: for an MTA's pipe; of the configuration it reads and"
+        " checks only [database] and [smtp] max_message_bytes)",
+    )
     _no_flush(command)
 
 
@@ -171,7 +187,7 @@ def _add_requests(actions: Any) -> None:
     listing = _command(
         actions,
         "list",
-        cmd_requests_list,
+        READING + "cmd_requests_list",
         "list requests, newest first",
         "requests list --status pending",
     )
@@ -184,15 +200,23 @@ def _add_requests(actions: Any) -> None:
     show = _command(
         actions,
         "show",
-        cmd_requests_show,
+        READING + "cmd_requests_show",
         "one request with its validations and events",
         "requests show CR-7K2QX9MD --json",
     )
     show.add_argument("id", metavar="ID")
     show.add_argument("--json", action="store_true", help="print a JSON object")
     for name, handler, text in (
-        ("cancel", cmd_requests_cancel, "withdraw a pending request; every party is told"),
-        ("resend", cmd_requests_resend, "send fresh tokens to the contacts still awaited"),
+        (
+            "cancel",
+            ACTING + "cmd_requests_cancel",
+            "withdraw a pending request; every party is told",
+        ),
+        (
+            "resend",
+            ACTING + "cmd_requests_resend",
+            "send fresh tokens to the contacts still awaited",
+        ),
     ):
         action = _command(actions, name, handler, text, f"requests {name} CR-7K2QX9MD")
         action.add_argument("id", metavar="ID")
@@ -202,7 +226,7 @@ def _add_services(actions: Any) -> None:
     show = _command(
         actions,
         "show",
-        cmd_services_show,
+        READING + "cmd_services_show",
         "a service and its current role holders",
         "services show example.com --json",
     )
@@ -212,7 +236,7 @@ def _add_services(actions: Any) -> None:
 
 def _add_outbox(actions: Any) -> None:
     flush = _command(
-        actions, "flush", cmd_outbox_flush, "send what is due now", "outbox flush --all"
+        actions, "flush", ACTING + "cmd_outbox_flush", "send what is due now", "outbox flush --all"
     )
     flush.add_argument(
         "--all", action="store_true", help="also send mail waiting out a retry delay now"
@@ -220,7 +244,7 @@ def _add_outbox(actions: Any) -> None:
     retry = _command(
         actions,
         "retry",
-        cmd_outbox_retry,
+        ACTING + "cmd_outbox_retry",
         "queue dead mail again, for a fresh queue lifetime, and send it",
         "outbox retry 42   (or: mailbot outbox retry --dead)",
     )
@@ -230,7 +254,7 @@ def _add_outbox(actions: Any) -> None:
     listing = _command(
         actions,
         "list",
-        cmd_outbox_list,
+        READING + "cmd_outbox_list",
         "queued and dead mail, and the most recent sent, with the last error",
         "outbox list --sent 50",
     )
@@ -248,7 +272,7 @@ def _add_inbound(actions: Any) -> None:
     listing = _command(
         actions,
         "list",
-        cmd_inbound_list,
+        READING + "cmd_inbound_list",
         "stored messages, oldest first, and how many are in each status"
         " (received: stored, not yet acted on)",
         "inbound list --status received",

@@ -25,10 +25,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from email.message import Message
-from email.parser import BytesParser
-from email.policy import compat32
 from email.utils import getaddresses
 
+from mailbot import mailkeys
 from mailbot.mailparse import bounces, forwards, mime, quotes
 from mailbot.mailparse import robots as auto
 from mailbot.mailparse.bounces import Bounce
@@ -200,10 +199,7 @@ def _degraded(raw: bytes, error: str) -> ParsedMail:
 def message_id_of(raw: bytes, message: Message | None = None) -> str | None:
     """The Message-ID without brackets; cheap enough to run before full parsing."""
     if message is None:
-        try:
-            message = BytesParser(policy=compat32).parsebytes(mime.trim(raw), headersonly=True)
-        except Exception:  # any bytes: no id rather than a crash
-            return None
+        return mailkeys.message_id(raw)  # the one the dedup key is made of
     found = _MSGID.search(mime.raw_header(message, "Message-ID"))
     return found.group(1)[:900] if found else None
 

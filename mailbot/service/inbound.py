@@ -6,13 +6,12 @@ Values and functions of a message and the settings: no queries, no I/O.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 
-from mailbot import commands, mailparse
+from mailbot import commands, mailkeys, mailparse
 from mailbot.config import Settings
 from mailbot.mailparse.authentication import FAIL, NONE, PASS, Verdict
 from mailbot.mailparse.authentication import verdict as sender_verdict
@@ -38,27 +37,18 @@ class RawMail:
 
     @cached_property
     def message_id(self) -> str | None:
-        return mailparse.message_id_of(self.raw)
+        return mailkeys.message_id(self.raw)
 
     @cached_property
     def dedup_key(self) -> str:
-        """The same message delivered twice has the same key; two messages differ.
-
-        A digest of the Message-ID with the message's content (see
-        ``content_digest``): a copy that took another route, and so carries
-        other trace headers, is the same message; a different message that
-        reuses a Message-ID is not.
-        """
-        material = f"{self.message_id or ''}\n{content_digest(self.raw)}"
-        return f"v2:{hashlib.sha256(material.encode()).hexdigest()}"
+        """The same message delivered twice has the same key (``mailkeys.dedup_key``)."""
+        return mailkeys.dedup_key(self.raw, self.message_id)
 
     @cached_property
     def legacy_keys(self) -> tuple[str, ...]:
         """The keys rows stored by earlier versions have: a match is a duplicate
         only if that row's content has this message's ``dedup_key`` too."""
-        if self.message_id:
-            return (f"mid:{self.message_id}",)
-        return (f"sha256:{hashlib.sha256(self.raw).hexdigest()}",)
+        return mailkeys.legacy_keys(self.raw, self.message_id)
 
     def row(self, now: datetime) -> InboundRow:
         return InboundRow(
@@ -73,61 +63,6 @@ class RawMail:
 
 
 UNVERIFIED = Verdict(NONE, "")
-
-
-ORIGINATOR_FIELDS = (
-    "from",
-    "sender",
-    "reply-to",
-    "to",
-    "cc",
-    "subject",
-    "date",
-    "in-reply-to",
-    "references",
-)
-"""What the author wrote: relays add trace fields (Received, Return-Path,
-Delivered-To, X-Original-To, Authentication-Results, ARC-*, DKIM-Signature)
-but leave these alone."""
-
-
-def content_digest(raw: bytes) -> str:
-    """A digest of the originator fields and the body, blind to trace fields,
-    header folding and line endings."""
-    head, body = _split(raw)
-    digest = hashlib.sha256()
-    fields = _fields(head)
-    for name in ORIGINATOR_FIELDS:
-        for value in fields.get(name, ()):
-            digest.update(name.encode() + b":" + b" ".join(value.split()) + b"\n")
-    digest.update(b"\n")
-    digest.update(body.replace(b"\r\n", b"\n").rstrip())
-    return digest.hexdigest()
-
-
-def _split(raw: bytes) -> tuple[bytes, bytes]:
-    text = raw.replace(b"\r\n", b"\n")
-    if text.startswith(b"From "):  # an mbox envelope line, added on delivery
-        text = text.partition(b"\n")[2]
-    head, _, body = text.partition(b"\n\n")
-    return head, body
-
-
-def _fields(head: bytes) -> dict[str, list[bytes]]:
-    """Header fields by lower-case name, unfolded, in order."""
-    fields: dict[str, list[bytes]] = {}
-    name = ""
-    for line in head.split(b"\n"):
-        if line[:1] in (b" ", b"\t") and name:
-            fields[name][-1] += b" " + line.strip()
-            continue
-        key, colon, value = line.partition(b":")
-        if not colon:
-            name = ""
-            continue
-        name = key.strip().lower().decode("ascii", "replace")
-        fields.setdefault(name, []).append(value.strip())
-    return fields
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Engines, transactions and schema upgrades, built from settings (never at import)."""
+"""Engines, transactions and schema upgrades, built from settings (never at import).
+
+Alembic is imported only where the schema is upgraded or checked: a command
+that only reads or stores does not pay for it at import.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
 
+from mailbot import migrations
 from mailbot.config import DatabaseSettings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 class SchemaOutOfDate(Exception):
@@ -118,6 +122,8 @@ def transaction(engine: Engine) -> Iterator[Session]:
 
 @contextmanager
 def _alembic_config(engine: Engine) -> Iterator[Config]:
+    from alembic.config import Config
+
     with as_file(files("mailbot.migrations")) as script_location:
         config = Config()
         config.set_main_option("script_location", str(script_location))
@@ -127,20 +133,42 @@ def _alembic_config(engine: Engine) -> Iterator[Config]:
 
 def upgrade(engine: Engine) -> str:
     """Bring the schema to the newest migration; returns its revision."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     with _alembic_config(engine) as config:
         command.upgrade(config, "head")
         return str(ScriptDirectory.from_config(config).get_current_head())
 
 
 def check_schema(engine: Engine) -> None:
-    """Raise SchemaOutOfDate unless the database is at the newest migration."""
-    with _alembic_config(engine) as config:
-        head = ScriptDirectory.from_config(config).get_current_head()
+    """Raise SchemaOutOfDate unless the database is at the newest migration.
+
+    Run by every command: it reads the head from the migration files and the
+    version table with a plain query, and asks Alembic only if the files do
+    not name a single head.
+    """
+    head = migrations.head() or _alembic_head(engine)
     try:
         with engine.connect().execution_options(**{READ_ONLY: True}) as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
-    except sa.exc.OperationalError as exc:
+            current = _current_revision(connection)
+    except sa.exc.DBAPIError as exc:  # unreachable, locked, or not a database at all
         raise SchemaOutOfDate(f"cannot open the database: {exc.orig}") from None
     if current != head:
         state = "has no schema" if current is None else f"is at {current}, not {head}"
         raise SchemaOutOfDate(f"the database {state}: run `mailbot init`")
+
+
+def _current_revision(connection: sa.Connection) -> str | None:
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    found = connection.execute(sa.text("SELECT version_num FROM alembic_version")).first()
+    return None if found is None else str(found[0])
+
+
+def _alembic_head(engine: Engine) -> str | None:
+    from alembic.script import ScriptDirectory
+
+    with _alembic_config(engine) as config:
+        head = ScriptDirectory.from_config(config).get_current_head()
+    return None if head is None else str(head)
