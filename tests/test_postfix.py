@@ -567,11 +567,6 @@ def test_the_pipe_route_defers_mail_while_the_database_is_unavailable(
     deferred_then_delivered(pipe_route, "later.example", mode(pipe_route.workdir, 0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mailbot process exits 2, not 75 (EX_TEMPFAIL), when it cannot read its "
-    "configuration, and Postfix bounces the message to its sender",
-)
 def test_the_pipe_route_defers_mail_while_the_configuration_cannot_be_read(
     pipe_route: Deployment,
 ) -> None:

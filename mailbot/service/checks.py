@@ -25,7 +25,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from mailbot.config import Settings, config_path
+from mailbot.config import Settings
+from mailbot.configfile import config_path
 from mailbot.outgoing.compose import BOUNCE_PREFIX
 from mailbot.service import database
 from mailbot.service.health import disk_problem
