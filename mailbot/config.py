@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mailbot import configfile
 from mailbot.configfile import config_path, read_toml
 from mailbot.errors import ConfigError
 
@@ -70,9 +71,9 @@ class BotSettings(Section):
 
 
 class DatabaseSettings(Section):
-    url: str = "sqlite:///var/mailbot.db"
+    url: str = configfile.DEFAULT_DATABASE_URL
     """SQLAlchemy URL: ``sqlite:///PATH`` or ``postgresql+psycopg://...``."""
-    busy_timeout_seconds: float = Field(default=10.0, gt=0)
+    busy_timeout_seconds: float = Field(default=configfile.DEFAULT_BUSY_TIMEOUT_SECONDS, gt=0)
     """How long a writer waits for a locked SQLite database before giving up."""
     min_free_bytes: int | None = Field(default=None, ge=0)
     """``/healthz`` answers 503 when the disk holding the SQLite database or the
@@ -90,7 +91,7 @@ class DatabaseSettings(Section):
 class SmtpSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=2525, ge=0, le=65535)
-    max_message_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_message_bytes: int = Field(default=configfile.DEFAULT_MAX_MESSAGE_BYTES, gt=0)
     """Larger messages are refused with 552."""
     domains: list[str] = Field(default_factory=list)
     """Domains accepted at RCPT besides the bot address's own."""

@@ -19,6 +19,11 @@ from mailbot.errors import ConfigError
 ENV_PREFIX = "MAILBOT_"
 ENV_NESTING = "__"
 
+# The defaults both readers need; ``mailbot.config`` declares every other one.
+DEFAULT_DATABASE_URL = "sqlite:///var/mailbot.db"
+DEFAULT_BUSY_TIMEOUT_SECONDS = 10.0
+DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+
 
 def config_path(explicit: str | None) -> Path | None:
     """The file to read: --config, else $MAILBOT_CONFIG, else ./mailbot.toml."""

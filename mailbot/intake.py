@@ -38,8 +38,8 @@ class IntakeSettings:
     """The keys storing needs: the database, and the size the listener accepts."""
 
     url: str
-    busy_timeout_seconds: float = 10.0
-    max_message_bytes: int = 10 * 1024 * 1024
+    busy_timeout_seconds: float = configfile.DEFAULT_BUSY_TIMEOUT_SECONDS
+    max_message_bytes: int = configfile.DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,21 @@ def read_settings(explicit: str | None) -> IntakeSettings:
     values = configfile.read_toml(path) if path is not None else {}
     database = configfile.raw_section(values, "database")
     smtp = configfile.raw_section(values, "smtp")
-    url = str(database.get("url", "sqlite:///var/mailbot.db"))
+    url = str(database.get("url", configfile.DEFAULT_DATABASE_URL))
     if not url.startswith(("sqlite:", "postgresql")):
         raise ConfigError("database.url: only sqlite:/// and postgresql+psycopg:// URLs")
     return IntakeSettings(
         url,
-        _positive(database, "busy_timeout_seconds", 10.0, float, "database"),
-        int(_positive(smtp, "max_message_bytes", 10 * 1024 * 1024, int, "smtp")),
+        _positive(
+            database,
+            "busy_timeout_seconds",
+            configfile.DEFAULT_BUSY_TIMEOUT_SECONDS,
+            float,
+            "database",
+        ),
+        int(
+            _positive(smtp, "max_message_bytes", configfile.DEFAULT_MAX_MESSAGE_BYTES, int, "smtp")
+        ),
     )
 
 
