@@ -592,7 +592,8 @@ def deferred_then_delivered(
         assert ALICE in queued, queued
         assert BOT in queued, queued
         assert "Traceback" not in queued, queued
-        assert f"mailbot: error: {reason}" in queued, queued
+        why = route.postfix.attempts(message_id)[0][2]  # the pipe's exit 75, and its line
+        assert f"temporary failure. Command output: mailbot: error: {reason}" in why, why
     route.postfix.flush()
     route.wait(
         lambda: route.mail(CAROL, "validation-requested", service),
