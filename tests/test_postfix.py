@@ -578,11 +578,16 @@ def mode(path: Path, changed: int) -> Iterator[None]:
 
 
 def deferred_then_delivered(
-    route: Deployment, service: str, outage: AbstractContextManager[None], reason: str
+    route: Deployment,
+    service: str,
+    outage: AbstractContextManager[None],
+    reason: str,
+    serve_during: tuple[int, bytes],
 ) -> None:
     """A CHANGE for ``service`` sent during ``outage`` stays in Postfix's queue (the
     pipe exits 75, saying ``reason``), and is acted on once the outage is over, by
-    the ``serve`` that ran through it."""
+    the ``serve`` that ran through it (its /healthz answering ``serve_during``
+    meanwhile), healthy again without a restart."""
     message_id = f"<{service}@client.example>"
     with outage:
         route.send(change(service, CAROL, message_id), ALICE, BOT)
@@ -594,6 +599,7 @@ def deferred_then_delivered(
         assert "Traceback" not in queued, queued
         why = route.postfix.attempts(message_id)[0][2]  # the pipe's exit 75, and its line
         assert f"temporary failure. Command output: mailbot: error: {reason}" in why, why
+        assert healthz(route) == serve_during
     route.postfix.flush()
     route.wait(
         lambda: route.mail(CAROL, "validation-requested", service),
@@ -613,7 +619,11 @@ def test_the_pipe_route_defers_mail_while_the_database_is_unavailable(
     pipe_route: Deployment,
 ) -> None:
     deferred_then_delivered(
-        pipe_route, "later.example", mode(pipe_route.workdir, 0), "database unavailable"
+        pipe_route,
+        "later.example",
+        mode(pipe_route.workdir, 0),
+        "database unavailable",
+        serve_during=(503, b"unavailable\n"),
     )
 
 
@@ -621,5 +631,9 @@ def test_the_pipe_route_defers_mail_while_the_configuration_cannot_be_read(
     pipe_route: Deployment,
 ) -> None:
     deferred_then_delivered(
-        pipe_route, "unread.example", mode(pipe_route.config, 0o600), "cannot read config file"
+        pipe_route,
+        "unread.example",
+        mode(pipe_route.config, 0o600),
+        "cannot read config file",
+        serve_during=(200, b"ok\n"),  # it read the file when it started
     )
