@@ -164,10 +164,15 @@ class Postfix:
     def deliveries(self, message_id: str) -> list[tuple[str, str]]:
         """(recipient, status) of each delivery attempt Postfix logged for the message
         with this Message-ID (``<...>``), in order: ``sent``, ``deferred``, ``bounced``."""
+        return [(to, status) for to, status, _ in self.attempts(message_id)]
+
+    def attempts(self, message_id: str) -> list[tuple[str, str, str]]:
+        """(recipient, status, why) of each delivery attempt, as ``deliveries``; why
+        is what Postfix logged after the status (a pipe's output, for instance)."""
         log = self.maillog(lines=0)
         queued = set(re.findall(rf"\]: ([0-9A-F]+): message-id={re.escape(message_id)}", log))
-        attempts = re.finditer(r"\]: ([0-9A-F]+): to=<([^>]*)>.*?, status=(\w+)", log)
-        return [(found[2], found[3]) for found in attempts if found[1] in queued]
+        found = re.finditer(r"\]: ([0-9A-F]+): to=<([^>]*)>.*?, status=(\w+)(.*)", log)
+        return [(line[2], line[3], line[4].strip()) for line in found if line[1] in queued]
 
     def queue(self) -> str:
         """``postqueue -p``: the mail it holds, and why."""

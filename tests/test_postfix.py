@@ -1,7 +1,8 @@
 """deploy/ as an operator copies it: a real Postfix in front of a real ``mailbot serve``,
 mail in from the Internet, mailbot's mail out through Postfix, bounces back to
-the VERP address; and the pipe route, which defers rather than bounces when the
-database is unavailable.
+the VERP address; and the pipe route, where Postfix runs ``mailbot process
+--store-only`` and ``mailbot serve`` acts on what it stores, which defers
+rather than bounces when the database or the configuration is unavailable.
 
 The Internet is an SMTP server on 127.0.0.1 that Postfix relays everything to
 (tests/postfix.py); mailbot is the installed command, run as a separate process.
@@ -18,6 +19,7 @@ import smtplib
 import subprocess
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -215,31 +217,43 @@ def smtp_route(internet: Internet) -> Iterator[Deployment]:
     smtp_port, web_port = reserve_port(), reserve_port()
     config, state = root / "mailbot.toml", root / "state"
     deployment: Deployment | None = None
-    server: subprocess.Popen[bytes] | None = None
     try:
         state.mkdir()
         deployment = set_up(internet, root, config, state, listener=smtp_port, web=web_port)
-        with (state / "serve.log").open("wb") as log:
-            server = subprocess.Popen(
-                [str(MAILBOT), "--config", str(config), "serve"],
-                cwd=state,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=clean_environment(),
-            )
-        deployment.wait(
-            lambda: server.poll() is not None or (listening(smtp_port) and listening(web_port)),
-            "mailbot serve to listen",
-        )
-        assert server.poll() is None, deployment.serve_log()
-        yield deployment
+        with serving(deployment):
+            yield deployment
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(120)
         if deployment is not None:
             deployment.postfix.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def serving(deployment: Deployment) -> Iterator[None]:
+    """``mailbot serve`` on the deployment's configuration and database, as its
+    user, listening while the block runs; its output in serve.log."""
+    with (deployment.workdir / "serve.log").open("wb") as log:
+        server = subprocess.Popen(
+            [str(deployment.command), "--config", str(deployment.config), "serve"],
+            cwd=deployment.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=clean_environment(),
+            **deployment.as_user,
+        )
+    try:
+        deployment.wait(
+            lambda: (
+                server.poll() is not None
+                or (listening(deployment.listener) and listening(deployment.web))
+            ),
+            "mailbot serve to listen",
+        )
+        assert server.poll() is None, deployment.serve_log()
+        yield
+    finally:
+        server.terminate()
+        server.wait(120)
 
 
 def set_up(
@@ -352,10 +366,18 @@ def test_a_request_comes_in_through_postfix_and_its_token_mails_leave_through_it
     }
 
 
+def healthz(route: Deployment) -> tuple[int, bytes]:
+    """What ``mailbot serve`` answers on /healthz."""
+    url = f"http://127.0.0.1:{route.web}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=DEADLINE) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
 def test_serve_behind_postfix_is_healthy(smtp_route: Deployment) -> None:
-    url = f"http://127.0.0.1:{smtp_route.web}/healthz"
-    with urllib.request.urlopen(url, timeout=DEADLINE) as answer:
-        assert (answer.status, answer.read()) == (200, b"ok\n")
+    assert healthz(smtp_route) == (200, b"ok\n")
 
 
 def test_an_address_of_the_domain_that_is_not_the_bot_is_refused_by_postfix(
@@ -466,19 +488,24 @@ def test_a_message_delivered_twice_has_one_effect(smtp_route: Deployment) -> Non
 
 @pytest.fixture(scope="module")
 def pipe_route(internet: Internet) -> Iterator[Deployment]:
-    """The pipe route: a Postfix of its own runs ``mailbot process`` for the bot's
-    domain, as an unprivileged user, on a database of its own. Laid out as
-    deploy/README.md says: the configuration readable by the user's group only,
-    the database in a directory of the user's."""
+    """The pipe route: a Postfix of its own runs ``mailbot process --store-only``
+    for the bot's domain, as an unprivileged user, on a database of its own, and
+    ``mailbot serve``, as that user on the same configuration and database, acts
+    on what it stores and sends mailbot's mail. Laid out as deploy/README.md
+    says: the configuration readable by the user's group only, the database in
+    a directory of the user's."""
     root = make_root("mailbot-postfix-pipe-")
     state = root / "state"  # /var/lib/mailbot
+    listener, web = reserve_port(), reserve_port()
     deployment: Deployment | None = None
     try:
         state.mkdir()
         shutil.chown(state, PIPE_USER)
         pipe = (command_for_pipe_user(MAILBOT, root), as_pipe_user())
-        deployment = set_up(internet, root, root / "mailbot.toml", state, pipe=pipe)
-        yield deployment
+        config = root / "mailbot.toml"
+        deployment = set_up(internet, root, config, state, listener=listener, web=web, pipe=pipe)
+        with serving(deployment):
+            yield deployment
     finally:
         if deployment is not None:
             deployment.postfix.stop()
@@ -510,7 +537,24 @@ def test_the_pipe_route_takes_a_message_to_two_bot_addresses_once(
     pipe_route.send(answer, CAROL, address, BOT)
     delivered = pipe_route.logged(message_id, 2)
     assert sorted(delivered) == sorted([(BOT, "sent"), (address, "sent")])
-    # `process` sends what it queued before it exits: all of it is in Postfix by now.
+    pipe_route.wait(
+        lambda: pipe_route.mail(CAROL, "validation-recorded", "pipe.example"),
+        "the confirmation of Carol's answer",
+    )
+    stored = pipe_route.wait(
+        lambda: [
+            m
+            for m in pipe_route.json("inbound", "list")
+            if m["message_id"] == message_id.strip("<>") and m["status"] != "received"
+        ],
+        "serve to act on the answer",
+    )
+    assert [m["status"] for m in stored] == ["processed"]
+    # serve acted on it once and queued its mail in the same commit: all of it is sent
+    pipe_route.wait(
+        lambda: all(m["status"] == "sent" for m in pipe_route.json("outbox", "list")),
+        "serve to send what it queued",
+    )
     pipe_route.wait(lambda: "Mail queue is empty" in pipe_route.postfix.queue(), "an empty queue")
     events = [
         d.header("X-Mailbot-Event")
@@ -534,10 +578,16 @@ def mode(path: Path, changed: int) -> Iterator[None]:
 
 
 def deferred_then_delivered(
-    route: Deployment, service: str, outage: AbstractContextManager[None]
+    route: Deployment,
+    service: str,
+    outage: AbstractContextManager[None],
+    reason: str,
+    serve_during: tuple[int, bytes],
 ) -> None:
-    """A CHANGE for ``service`` sent during ``outage`` stays in Postfix's queue, and
-    is acted on once the outage is over."""
+    """A CHANGE for ``service`` sent during ``outage`` stays in Postfix's queue (the
+    pipe exits 75, saying ``reason``), and is acted on once the outage is over, by
+    the ``serve`` that ran through it (its /healthz answering ``serve_during``
+    meanwhile), healthy again without a restart."""
     message_id = f"<{service}@client.example>"
     with outage:
         route.send(change(service, CAROL, message_id), ALICE, BOT)
@@ -547,6 +597,9 @@ def deferred_then_delivered(
         assert ALICE in queued, queued
         assert BOT in queued, queued
         assert "Traceback" not in queued, queued
+        why = route.postfix.attempts(message_id)[0][2]  # the pipe's exit 75, and its line
+        assert f"temporary failure. Command output: mailbot: error: {reason}" in why, why
+        assert healthz(route) == serve_during
     route.postfix.flush()
     route.wait(
         lambda: route.mail(CAROL, "validation-requested", service),
@@ -559,15 +612,28 @@ def deferred_then_delivered(
     assert "bounced" not in {status for _, status in route.postfix.deliveries(message_id)}
     dsns = [d for d in route.internet.to(ALICE) if d.sender == "" and message_id.encode() in d.raw]
     assert not dsns, "bounced"
+    assert healthz(route) == (200, b"ok\n"), route.serve_log()
 
 
 def test_the_pipe_route_defers_mail_while_the_database_is_unavailable(
     pipe_route: Deployment,
 ) -> None:
-    deferred_then_delivered(pipe_route, "later.example", mode(pipe_route.workdir, 0))
+    deferred_then_delivered(
+        pipe_route,
+        "later.example",
+        mode(pipe_route.workdir, 0),
+        "database unavailable",
+        serve_during=(503, b"unavailable\n"),
+    )
 
 
 def test_the_pipe_route_defers_mail_while_the_configuration_cannot_be_read(
     pipe_route: Deployment,
 ) -> None:
-    deferred_then_delivered(pipe_route, "unread.example", mode(pipe_route.config, 0o600))
+    deferred_then_delivered(
+        pipe_route,
+        "unread.example",
+        mode(pipe_route.config, 0o600),
+        "cannot read config file",
+        serve_during=(200, b"ok\n"),  # it read the file when it started
+    )
