@@ -445,6 +445,8 @@ def test_a_bounce_comes_back_through_postfix_to_the_verp_address(
         rf"relay=127\.0\.0\.1\[127\.0\.0\.1\]:{smtp_route.listener}, .*status=sent"
     )
     assert re.search(returned, log), log
+    served = (smtp_route.workdir / "serve.log").read_text(errors="replace")
+    assert re.search(r"received message \d+ from <> for changes\+bounce-", served), served
     validations = the_request(smtp_route, "bounce.example")["validations"]
     assert {v["email"]: v["delivery"] for v in validations} == {ALICE: "sent", GONE: "failed"}
 

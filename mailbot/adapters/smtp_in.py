@@ -158,7 +158,7 @@ class InboundHandler:
         log.info(
             "received message %d from <%s> for %s (%d bytes)",
             inbound_id,
-            envelope.mail_from or "",
+            (envelope.mail_from or "").strip("<>"),  # a bounce's null sender is "<>"
             redact.addresses(",".join(envelope.rcpt_tos), self.writer.bot.settings.bot.local_part),
             len(raw),
             extra={"inbound_id": inbound_id, "outcome": "stored"},
