@@ -42,8 +42,14 @@ class _Instruments:
     """This process's counters, in their own registry."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Histogram,
+            disable_created_metrics,
+        )
 
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.smtp_replies = Counter(
             "mailbot_smtp_replies",
