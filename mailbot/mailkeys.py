@@ -66,7 +66,7 @@ def legacy_keys(raw: bytes, message_id: str | None) -> tuple[str, ...]:
 def message_id(raw: bytes) -> str | None:
     """The Message-ID without brackets, read from the bounded header section only."""
     try:
-        head = BytesParser(policy=compat32).parsebytes(_headers_part(raw), headersonly=True)
+        head = BytesParser(policy=compat32).parsebytes(bounded(raw), headersonly=True)
         value = head.get("Message-ID")
         text = "" if value is None else str(value)
     except Exception:  # any bytes: no id rather than a crash
@@ -75,7 +75,7 @@ def message_id(raw: bytes) -> str | None:
     return found.group(1)[:MAX_ID_CHARS] if found else None
 
 
-def _headers_part(raw: bytes) -> bytes:
+def bounded(raw: bytes) -> bytes:
     """The bytes holding the header section, bounded as the full parser bounds them.
 
     A leading mbox ``From `` line or blank lines (both seen in stored bounces)

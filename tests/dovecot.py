@@ -10,11 +10,14 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from conftest import address_in_use, held_port
-from servers import wait_for
+from servers import alive, wait_for
 
 USER = "agency@bot.test"
 PASSWORD = "secret-agency-password"
@@ -61,7 +64,7 @@ class Dovecot:
 
     def _master_gone(self) -> bool:
         pid_file = self.root / "run" / "master.pid"
-        return pid_file.exists() and not _alive(int(pid_file.read_text() or 0))
+        return pid_file.exists() and not alive(int(pid_file.read_text() or 0))
 
     @property
     def log(self) -> Path:
@@ -73,7 +76,7 @@ class Dovecot:
             return
         pid = int(pid_file.read_text())
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not _alive(pid) and not _listening(self.port), timeout=120)
+        wait_for(lambda: not alive(pid) and not _listening(self.port), timeout=120)
         pid_file.unlink(missing_ok=True)
 
     def deliver(self, raw: bytes, folder: str = "INBOX") -> None:
@@ -98,15 +101,6 @@ class Dovecot:
         if os.geteuid() == 0:  # dovecot reads mail as the unprivileged user only
             for path in (self.root / "mail").rglob("*"):
                 os.chown(path, 65534, 65534)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process runs; a zombie (nobody reaps daemons in a container) does not."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _listening(port: int) -> bool:
@@ -169,3 +163,19 @@ service imap-login {{
   }}
 }}
 """)
+
+
+@contextmanager
+def running_dovecot() -> Iterator[Dovecot]:
+    """A Dovecot for a fixture: a failure under CI=true when it is not installed."""
+    if shutil.which("dovecot") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("dovecot not found, and CI=true requires it")
+        pytest.skip("dovecot not found")
+    server = make_dovecot()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.hold.close()
+        shutil.rmtree(server.root, ignore_errors=True)

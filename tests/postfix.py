@@ -31,6 +31,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from conftest import on_a_free_port
+from servers import alive
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 BOT = "changes@bot.example.net"
@@ -198,17 +199,8 @@ class Postfix:
             [str(POSTFIX), "-c", str(self.etc), "stop"], capture_output=True, check=False
         )
         deadline = time.monotonic() + 60
-        while pid and _alive(pid) and time.monotonic() < deadline:
+        while pid and alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process runs; a zombie (nobody reaps daemons in a container) does not."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def start_postfix(

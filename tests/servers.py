@@ -153,3 +153,12 @@ def relay(handler: Smarthost, **smtp_options: Any) -> Iterator[Smarthost]:
         yield handler
     finally:
         controller.stop()
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs; a zombie (nobody reaps daemons in a container) does not."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"

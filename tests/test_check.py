@@ -21,7 +21,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from conftest import make_settings, reserve_port
 from dovecot import PASSWORD as IMAP_PASSWORD
 from dovecot import USER as IMAP_USER
-from dovecot import Dovecot, make_dovecot
+from dovecot import Dovecot, running_dovecot
 from servers import Smarthost, relay
 from webserver import running
 
@@ -55,15 +55,8 @@ def smtp_relay() -> Iterator[Smarthost]:
 
 @pytest.fixture(scope="module")
 def mailbox() -> Iterator[Dovecot]:
-    if shutil.which("dovecot") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("dovecot not found, and CI=true requires it")
-        pytest.skip("dovecot not found")
-    server = make_dovecot()
-    yield server
-    server.stop()
-    server.hold.close()
-    shutil.rmtree(server.root, ignore_errors=True)
+    with running_dovecot() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,13 @@ nothing lost across a server restart, nothing done twice after a crash."""
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import make_settings, reserve_port
-from dovecot import PASSWORD, USER, Dovecot, make_dovecot
+from dovecot import PASSWORD, USER, Dovecot, running_dovecot
 from factories import ALICE, CAROL, MailFactory, outbox, seed_world, token_in
 from imapclient import IMAPClient
 from servers import maildir_count, running, wait_for
@@ -29,15 +27,8 @@ pytestmark = pytest.mark.usefixtures("world")
 
 @pytest.fixture(scope="session")
 def dovecot_server() -> Iterator[Dovecot]:
-    if shutil.which("dovecot") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("dovecot not found, and CI=true requires it")
-        pytest.skip("dovecot not found")
-    server = make_dovecot()
-    yield server
-    server.stop()
-    server.hold.close()
-    shutil.rmtree(server.root, ignore_errors=True)
+    with running_dovecot() as server:
+        yield server
 
 
 def imap_settings(server: Dovecot) -> ImapSettings:

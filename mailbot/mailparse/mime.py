@@ -9,7 +9,6 @@ on any input; callers can trust what they get back to be bounded ``str``.
 from __future__ import annotations
 
 import codecs
-import re
 from collections.abc import Iterator
 from contextlib import suppress
 from email import policy
@@ -17,9 +16,11 @@ from email.header import decode_header
 from email.message import Message
 from email.parser import BytesParser
 
-MAX_RAW_BYTES = 4 * 1024 * 1024
+from mailbot import mailkeys
+
+MAX_RAW_BYTES = mailkeys.MAX_RAW_BYTES
 """Bytes of a message that are parsed at all; the rest (big attachments) is cut."""
-MAX_HEADER_BYTES = 256 * 1024
+MAX_HEADER_BYTES = mailkeys.MAX_HEADER_BYTES
 """Bytes of header section parsed; real headers (long Received chains, DKIM) are far smaller."""
 MAX_BOUNDARY_LINES = 1000
 """Lines starting with ``--`` parsed: bounds how many MIME parts the parser builds."""
@@ -32,9 +33,6 @@ MAX_TEXT_CHARS = 1_000_000
 MAX_HEADER_CHARS = 8_000
 """Characters of one header value kept."""
 
-_MBOX_FROM = re.compile(rb"\AFrom [^\r\n]*\r?\n")
-_LEADING_BLANK = re.compile(rb"\A(?:[ \t]*\r?\n)+")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 # Decoders that are slow (quadratic) or not about text: never trusted with a body.
 _UNSAFE_CODECS = frozenset({"punycode", "idna", "raw_unicode_escape", "unicode_escape", "mbcs"})
 _CHARSET_ALIASES = {
@@ -67,23 +65,13 @@ def load(raw: bytes) -> Message:
 
 def trim(raw: bytes) -> bytes:
     """The bytes worth parsing: bounded in size, header section and MIME boundaries."""
-    data = raw[:MAX_RAW_BYTES]
-    data = _LEADING_BLANK.sub(b"", _MBOX_FROM.sub(b"", data, count=1), count=1)
-    data = _bounded_headers(data)
+    data = mailkeys.bounded(raw)
     position = -1
     for _ in range(MAX_BOUNDARY_LINES):
         position = data.find(b"\n--", position + 1)
         if position < 0:
             return data
     return data[:position]
-
-
-def _bounded_headers(data: bytes) -> bytes:
-    if len(data) <= MAX_HEADER_BYTES or _HEADER_END.search(data, 0, MAX_HEADER_BYTES + 4):
-        return data
-    body = _HEADER_END.search(data)
-    cut = data.rfind(b"\n", 0, MAX_HEADER_BYTES) + 1
-    return data[:cut] + b"\n" + (data[body.end() :] if body else b"")
 
 
 def _flat(data: bytes) -> Message:
