@@ -28,7 +28,7 @@ after the load, as autovacuum would do soon after; SQLite is left as
 mailbot leaves it (no ANALYZE).
 
     python benchmarks/sweep_scale.py [--sizes 10000,1000000] [--runs 3] [--explain]
-        [--postgres postgresql+psycopg://...] [--no-postgres]
+        [--postgres postgresql+psycopg://...] [--no-postgres | --no-sqlite]
 """
 
 from __future__ import annotations
@@ -803,6 +803,7 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true", help="print each statement's plan")
     parser.add_argument("--postgres", metavar="URL", help="a server to create databases on")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     for name in [k for k in os.environ if k.startswith("MAILBOT_")]:
@@ -810,9 +811,10 @@ def main() -> None:
     loads, cases = [], []
     with tempfile.TemporaryDirectory(prefix="mailbot-sweep-") as temporary:
         workdir = Path(temporary)
-        found = sweep_all("SQLite", sqlite_urls(workdir), workdir, sizes, args)
-        loads += found[0]
-        cases += found[1]
+        if not args.no_sqlite:
+            found = sweep_all("SQLite", sqlite_urls(workdir), workdir, sizes, args)
+            loads += found[0]
+            cases += found[1]
         if not args.no_postgres:
             with local_postgres() if not args.postgres else _given(args.postgres) as server:
                 if server is None:
