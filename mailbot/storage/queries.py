@@ -9,6 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from mailbot.domain import (
     Channel,
@@ -243,23 +244,25 @@ def due_expiries(session: Session, now: datetime) -> list[str]:
 
 def due_reminders(session: Session, now: datetime) -> list[str]:
     """Requests with an awaited contact whose reminder is due (index: next_reminder_at)."""
-    query = (
-        select(ValidationRow.request_id)
-        .where(col(ValidationRow.next_reminder_at) <= now)
-        .distinct()
-        .limit(SWEEP_BATCH)
-    )
-    return list(session.exec(query).all())
+    due = select(ValidationRow.request_id).where(col(ValidationRow.next_reminder_at) <= now)
+    return _requests_among(session, due)
 
 
 def due_held(session: Session, now: datetime) -> list[str]:
-    """Requests with a held link-page decision whose undo window has passed."""
-    query = (
-        select(ValidationRow.request_id)
-        .where(col(ValidationRow.held_until) <= now)
-        .distinct()
-        .limit(SWEEP_BATCH)
-    )
+    """Requests with a held link-page decision whose undo window has passed
+    (index: held_until)."""
+    due = select(ValidationRow.request_id).where(col(ValidationRow.held_until) <= now)
+    return _requests_among(session, due)
+
+
+def _requests_among(session: Session, due: SelectOfScalar[str]) -> list[str]:
+    """The requests (each once) that the validations ``due`` selects belong to.
+
+    Asked as requests whose id is among them, not as DISTINCT over the
+    validations: for a DISTINCT, SQLite walks the request_id index over the
+    whole validation table to skip a sort, seconds at a million requests.
+    """
+    query = select(RequestRow.id).where(col(RequestRow.id).in_(due)).limit(SWEEP_BATCH)
     return list(session.exec(query).all())
 
 
