@@ -63,8 +63,13 @@ class Dovecot:
             return f"dovecot exited ({started.returncode}): {log.read().decode(errors='replace')}"
 
     def _master_gone(self) -> bool:
-        pid_file = self.root / "run" / "master.pid"
-        return pid_file.exists() and not alive(int(pid_file.read_text() or 0))
+        """Whether the master wrote its pid and then died; a pid file still being
+        written (empty) is not known yet, not gone."""
+        try:
+            pid = (self.root / "run" / "master.pid").read_text().strip()
+        except FileNotFoundError:
+            return False
+        return pid.isdigit() and not alive(int(pid))
 
     @property
     def log(self) -> Path:
