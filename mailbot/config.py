@@ -252,6 +252,15 @@ class LogSettings(Section):
     ``outcome``, ``event`` where known), tokens and reply keys redacted."""
 
 
+class WorkersSettings(Section):
+    processes: int = Field(default=0, ge=0, le=64)
+    """Processes that ``serve`` starts to act on stored mail. 0: ``serve`` acts on
+    it itself, between arrivals. N: its listener only stores, and N worker
+    processes (``mailbot worker``, restarted if they die, stopped with
+    ``serve``) claim and act on it, and send what it queues. Several make
+    sense on PostgreSQL; on SQLite, where one process writes at a time, 0 or 1."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MAILBOT_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -265,6 +274,7 @@ class Settings(BaseSettings):
     imap: ImapSettings = ImapSettings()
     policy: PolicySettings = PolicySettings()
     log: LogSettings = LogSettings()
+    workers: WorkersSettings = WorkersSettings()
 
     @classmethod
     def settings_customise_sources(

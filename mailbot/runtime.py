@@ -1,6 +1,9 @@
 """``mailbot serve``: the SMTP listener, the link pages, the scheduler and the outbox
 sender in one process and one asyncio loop.
 
+With ``[workers] processes = N`` (N >= 1) the listener only stores, and N
+worker processes (``mailbot.supervisor``, ``mailbot.worker``) act on the stored
+mail; the rest of this paragraph is for N = 0, where serve acts on it itself.
 Blocking database and SMTP work runs in worker threads, so the loop only
 moves bytes. Fresh mail is acted on right after its 250; a rescuer catches up
 everything stored but not yet acted on (after a crash, a database outage, a
@@ -46,6 +49,7 @@ from mailbot.adapters.web.protocol import WebLimits, limited_protocol
 from mailbot.config import Settings
 from mailbot.errors import BacklogStalled, StorageUnavailable
 from mailbot.service import Mailbot
+from mailbot.supervisor import Supervisor, worker_command
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,10 @@ RESCUE_BATCH = 10
 STOP_TIMEOUT_SECONDS = 10.0
 PROCESS_DEFER_SECONDS = 5.0
 QUIET_SECONDS = 0.02
+TO_PROCESS_CAP = 1000
+"""Fresh messages remembered for acting on at once; beyond, their ids are
+dropped and the rescuer finds them in the database, so that memory does not
+grow with a backlog."""
 
 
 class _QuietServer(uvicorn.Server):
@@ -77,8 +85,17 @@ class _QuietServer(uvicorn.Server):
 
 
 class Runtime:
-    def __init__(self, settings: Settings, bot: Mailbot | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bot: Mailbot | None = None,
+        worker_options: tuple[str, ...] = (),
+    ) -> None:
+        """``worker_options`` go before ``worker`` on the command line of the
+        worker processes (``--config PATH``), with ``[workers] processes`` >= 1."""
         self.settings = settings
+        self.acts_here = settings.workers.processes == 0
+        self.supervisor = Supervisor(settings.workers.processes, worker_command(worker_options))
         self.bot = bot or Mailbot.from_settings(settings)
         metrics.enable()  # this process's counters, read by /metrics
         self.store_thread = ThreadPoolExecutor(1, thread_name_prefix="store")
@@ -91,7 +108,7 @@ class Runtime:
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.imap_stop = threading.Event()
-        self.to_process: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+        self.to_process: asyncio.Queue[tuple[int, float]] = asyncio.Queue(TO_PROCESS_CAP)
         self.last_arrival = 0.0
         self.imap_thread: threading.Thread | None = None
 
@@ -195,10 +212,12 @@ class Runtime:
         self.scheduler.start()
 
     def _start_background(self) -> None:
-        self.background = [
-            asyncio.create_task(self._rescuer(), name="rescuer"),
-            asyncio.create_task(self._sender(), name="sender"),
-        ]
+        """The sender; and the rescuer, or the worker processes that act instead."""
+        self.background = [asyncio.create_task(self._sender(), name="sender")]
+        if self.acts_here:
+            self.background.append(asyncio.create_task(self._rescuer(), name="rescuer"))
+        else:
+            self.supervisor.start()
 
     def _start_imap(self) -> None:
         """The agency mailbox reader: imapclient blocks, so it gets a thread of its own."""
@@ -216,9 +235,13 @@ class Runtime:
             loop.add_signal_handler(signum, self.stopping.set)
 
     def on_stored(self, inbound_id: int) -> None:
-        """Act on a message once its 250 is sent; if that fails, the rescuer catches up."""
+        """Act on a message once its 250 is sent; if that fails, or too many wait
+        already, the rescuer catches up. With worker processes, they act on it."""
+        if not self.acts_here:
+            return
         self.last_arrival = asyncio.get_running_loop().time()
-        self.to_process.put_nowait((inbound_id, self.last_arrival))
+        with contextlib.suppress(asyncio.QueueFull):
+            self.to_process.put_nowait((inbound_id, self.last_arrival))
 
     async def _processor(self) -> None:
         """Acts on stored mail one message at a time, after the answers.
@@ -351,9 +374,11 @@ class Runtime:
         # Mail stored but not yet acted on is safe: the next start picks it up.
         # Only the message being processed is finished (the work thread's shutdown).
         processor.cancel()
-        rescuer, sender = self.background
-        rescuer.cancel()
-        await asyncio.gather(processor, rescuer, return_exceptions=True)
+        sender, *rescuer = self.background
+        for task in rescuer:
+            task.cancel()
+        await asyncio.gather(processor, *rescuer, return_exceptions=True)
+        await self.supervisor.stop(STOP_TIMEOUT_SECONDS)
         self.flush_wanted.set()  # the sender wakes, finishes its flush and ends
         await asyncio.wait({sender}, timeout=STOP_TIMEOUT_SECONDS)
         await asyncio.wait({web_task}, timeout=STOP_TIMEOUT_SECONDS)
@@ -383,8 +408,8 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings) -> None:
-    asyncio.run(Runtime(settings).run())
+def serve(settings: Settings, worker_options: tuple[str, ...] = ()) -> None:
+    asyncio.run(Runtime(settings, worker_options=worker_options).run())
 
 
 class _NotAlreadyRunning(logging.Filter):

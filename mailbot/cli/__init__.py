@@ -56,15 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    """Warnings for one-shot commands; one line per message and per mail for ``serve``.
+    """Warnings for one-shot commands; one line per message and per mail for
+    ``serve`` and ``worker``.
 
     A one-shot command's log lines on stderr carry no traceback (an MTA may
     copy stderr into a bounce), unless ``--verbose`` asks for everything.
     """
-    quiet = logging.INFO if args.command == "serve" else logging.WARNING
+    long_running = args.command in ("serve", "worker")
+    quiet = logging.INFO if long_running else logging.WARNING
     embedded = bool(logging.getLogger().handlers)  # a host program's logging: left alone
     logs.configure(logging.DEBUG if args.verbose else quiet)
-    if args.command != "serve" and not args.verbose and not embedded:
+    if not long_running and not args.verbose and not embedded:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_without_traceback)
 

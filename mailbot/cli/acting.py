@@ -156,12 +156,24 @@ def cmd_imap_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from mailbot.configfile import config_path
     from mailbot.runtime import serve  # the servers' imports are only paid for here
 
+    path = config_path(args.config)
+    options = ("--config", str(path.resolve())) if path else ()
     try:
-        serve(settings)
+        serve(settings, (*options, *(("--verbose",) if args.verbose else ())))
     except OSError as exc:
         raise CommandFailed(f"cannot listen: {exc.strerror or exc}") from None
+    return EX_OK
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from mailbot.worker import run_worker
+
+    with open_bot(settings):  # a bad database is one line and a non-zero exit, at once
+        pass
+    run_worker(settings, supervised=args.supervised)
     return EX_OK
 
 

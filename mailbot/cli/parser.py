@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
         "run the SMTP listener, link pages, scheduler and outbox sender",
         "--config /etc/mailbot/mailbot.toml serve",
     )
+    command = _command(
+        commands,
+        "worker",
+        ACTING + "cmd_worker",
+        "act on stored mail and send what it queues, beside `serve`, until SIGTERM",
+        "--config /etc/mailbot/mailbot.toml worker",
+    )
+    command.description = WORKER_HELP
+    command.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     from mailbot.cli import checking  # light: each check imports its libraries when it runs
 
     command = _command(
@@ -134,6 +143,14 @@ def _command(
     command.set_defaults(handler=handler)
     return command
 
+
+WORKER_HELP = """\
+Act on stored mail, apart from the SMTP listener that stores it, and send what
+it queues: claim the oldest stored message no other worker has, act on it,
+commit, and so on; SIGTERM or SIGINT finishes the message in hand and exits 0.
+Any number of workers, on any number of machines sharing one PostgreSQL
+database, never act on one message twice (on SQLite they take turns). `serve`
+starts [workers] processes of these itself; run this for separate units."""
 
 PROCESS_HELP = """\
 Exit status, for the MTA that runs it (Postfix pipe): 0 when the message is

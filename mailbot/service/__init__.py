@@ -137,6 +137,12 @@ class Mailbot:
         return self.receiving.process_pending(after, limit)
 
     @translates_outages
+    def process_next(self, after: int = 0) -> int | None:
+        """A worker's step: claim the next stored message and act on it (see
+        ``Receiving.process_next``); its id, or None when none waits."""
+        return self.receiving.process_next(after)
+
+    @translates_outages
     def process_inbound(self, inbound_id: int) -> str:
         """Act on a stored message once (see ``Receiving.process``)."""
         return self.receiving.process(inbound_id)

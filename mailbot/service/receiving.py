@@ -6,8 +6,10 @@ its verb), and the backlog pass that acts on what an outage left stored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from functools import partial
+from typing import NoReturn, TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
@@ -28,10 +30,12 @@ from mailbot.service.context import OutagesTranslated, ServiceContext, is_outage
 from mailbot.service.inbound import RawMail, ReceivedMail, StoredMail, ignore_reason, speaker
 from mailbot.service.transitions import Event, Transitions
 from mailbot.storage import mail_queries
-from mailbot.storage.engine import transaction
+from mailbot.storage.engine import reading, transaction
 from mailbot.storage.tables import InboundRow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+ALREADY_PROCESSED = "already processed"
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class Receiving:
         ``received`` and the caller tries again later, from past it, so that a
         message that keeps failing never holds back the others.
         """
-        with transaction(self.context.engine) as session:
+        with reading(self.context.engine) as session:
             ids = mail_queries.unprocessed_inbound(session, limit + 1, after)
         for inbound_id in ids[:limit]:
             try:
@@ -119,19 +123,59 @@ class Receiving:
         last = ids[:limit][-1] if ids else after
         return PendingPass(len(ids[:limit]), last, len(ids) > limit)
 
+    def process_next(self, after: int = 0) -> int | None:
+        """Act on the oldest stored message above ``after`` that nobody is acting
+        on; its id, or None when none waits. A worker's step: any number of
+        workers, on any number of machines, never act on one message twice.
+
+        On PostgreSQL the claim is ``FOR UPDATE SKIP LOCKED``: each worker
+        locks a different message, and the lock lasts until the transaction
+        that records the effects commits (a worker that dies mid-message never
+        commits, and the message is claimed again: the lock is the lease, see
+        ``storage.engine``). On SQLite a write transaction excludes every
+        other, so the message is read and parsed first, then claimed by
+        checking it is still unprocessed. A failed message is marked and its
+        id returned; a database outage raises BacklogStalled with its id.
+        """
+        claimed: list[int] = []
+        act: Callable[[], object] = partial(self._process_next, after, claimed)
+        if self.context.engine.dialect.name == "sqlite":
+            with reading(self.context.engine) as session:
+                found = mail_queries.next_unprocessed(session, after)
+            if found is None:
+                return None
+            claimed.append(found[0])
+            act = partial(self._process, *found)
+        try:
+            self._guarded(act, claimed)
+        except ProcessingFailed:
+            pass  # marked failed, kept for an operator
+        except StorageUnavailable as exc:
+            if not claimed:
+                raise
+            raise BacklogStalled(claimed[0], exc) from exc
+        return claimed[0] if claimed else None
+
     def process(self, inbound_id: int) -> str:
         """Act on a stored message once. A database outage raises StorageUnavailable
         (retry later); any other failure marks the message ``failed``, keeps it,
         and raises ProcessingFailed so that the adapter can say so."""
+        return self._guarded(partial(self._process, inbound_id), [inbound_id])
+
+    def _guarded(self, act: Callable[[], T], claimed: list[int]) -> T:
+        """``act``, with its outages translated and any other failure marking the
+        claimed message ``failed`` (nothing is marked if none was claimed)."""
         with OutagesTranslated():  # marking it failed may meet the outage too
             try:
-                return self._process(inbound_id)
+                return act()
             except DBAPIError as exc:
-                if is_outage(exc):
+                if is_outage(exc) or not claimed:
                     raise
-                self._processing_failed(inbound_id, exc)
+                self._processing_failed(claimed[0], exc)
             except Exception as exc:
-                self._processing_failed(inbound_id, exc)
+                if not claimed:
+                    raise
+                self._processing_failed(claimed[0], exc)
 
     def _processing_failed(self, inbound_id: int, exc: Exception) -> NoReturn:
         """Mark a message that cannot be processed ``failed``, keep it, and say so."""
@@ -150,28 +194,57 @@ class Receiving:
         metrics.inbound_handled(InboundStatus.FAILED, None)
         raise ProcessingFailed(f"message {inbound_id}: {type(exc).__name__}") from exc
 
-    def _process(self, inbound_id: int) -> str:
-        """Claim the message, act on it and record the outcome, in one transaction."""
+    def _process(self, inbound_id: int, raw: bytes | None = None) -> str:
+        """Parse the message, then claim it, act on it and record the outcome in one
+        transaction. Parsing is pure and the slowest step: done first, it does not
+        hold SQLite's write lock, which the listener's stores wait for."""
+        if raw is None:
+            with reading(self.context.engine) as session:
+                found = session.get(InboundRow, inbound_id)
+                if found is None or found.status != InboundStatus.RECEIVED:
+                    return ALREADY_PROCESSED
+                raw = found.raw
+        parsed = mailparse.parse(raw)
         with transaction(self.context.engine) as session:
             row = mail_queries.claim_inbound(session, inbound_id)
             if row is None:
-                return "already processed"
-            status, outcome = self._handle(session, row)
-            row.status = status
-            row.outcome = outcome
-            row.processed_at = self.context.clock.now()
-            self._scrub(row)
-            outcome = row.outcome
-            request_id = logs.noted_request(session.info)
+                return ALREADY_PROCESSED
+            request_id = self._record(session, row, parsed)
+        return self._done(row, request_id)
+
+    def _process_next(self, after: int, claimed: list[int]) -> str | None:
+        """Claim the next message (SKIP LOCKED), then parse it and act, in one
+        transaction; its id goes into ``claimed`` as soon as it is locked."""
+        with transaction(self.context.engine) as session:
+            row = mail_queries.claim_next_inbound(session, after)
+            if row is None or row.id is None:
+                return None
+            claimed.append(row.id)
+            request_id = self._record(session, row, mailparse.parse(row.raw))
+        return self._done(row, request_id)
+
+    def _record(
+        self, session: Session, row: InboundRow, parsed: mailparse.ParsedMail
+    ) -> str | None:
+        """Act on a claimed message and mark it done; the request it was about."""
+        status, outcome = self._handle(session, row, parsed)
+        row.status = status
+        row.outcome = outcome
+        row.processed_at = self.context.clock.now()
+        self._scrub(row)
+        return logs.noted_request(session.info)
+
+    def _done(self, row: InboundRow, request_id: str | None) -> str:
+        """Say what was done with a message, once its transaction is committed."""
         log.info(
             "message %d (%s): %s",
-            inbound_id,
+            row.id,
             row.message_id or "no Message-ID",
-            outcome,
-            extra={"inbound_id": inbound_id, "request_id": request_id, "outcome": row.status},
+            row.outcome,
+            extra={"inbound_id": row.id, "request_id": request_id, "outcome": row.status},
         )
         metrics.inbound_handled(row.status, (row.processed_at or row.received_at) - row.received_at)
-        return outcome
+        return row.outcome
 
     def _scrub(self, row: InboundRow) -> None:
         """Take tokens and reply keys out of a message once it is processed.
@@ -187,11 +260,12 @@ class Receiving:
             row.envelope_from = redact.address(row.envelope_from, local)
         row.outcome = redact.text(row.outcome, local)
 
-    def _handle(self, session: Session, row: InboundRow) -> tuple[InboundStatus, str]:
-        """Parse the message and decide: a bounce, mail never acted on, or a command."""
+    def _handle(
+        self, session: Session, row: InboundRow, parsed: mailparse.ParsedMail
+    ) -> tuple[InboundStatus, str]:
+        """Decide on a parsed message: a bounce, mail never acted on, or a command."""
         assert row.id is not None
         settings = self.context.settings
-        parsed = mailparse.parse(row.raw)
         if parsed.bounce is not None:
             return InboundStatus.PROCESSED, self.bounces.record(session, row, parsed, parsed.bounce)
         if parsed.sender_problem:

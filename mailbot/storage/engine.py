@@ -38,7 +38,47 @@ def make_engine(settings: DatabaseSettings) -> Engine:
     url = sa.make_url(settings.url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, settings.busy_timeout_seconds)
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=_lease_options()
+    )
+
+
+IDLE_IN_TRANSACTION_SECONDS = 120
+"""A PostgreSQL session left idle inside a transaction this long is ended by
+the server (a client hung mid-message): its row locks go with it."""
+KEEPALIVE_IDLE_SECONDS, KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT = 30, 10, 3
+"""TCP keepalives, both ways: a client machine that vanished is found dead by
+the server within about a minute (30 + 10 x 3 s), and its session ended."""
+
+
+def _lease_options() -> dict[str, Any]:
+    """Connection settings that make a row lock a lease.
+
+    Acting on a stored message holds its row lock (``FOR UPDATE SKIP LOCKED``)
+    until the transaction that records the effects commits; if the process
+    dies, the transaction never commits and another worker claims the message.
+    A process killed on a live machine loses its connection at once. These
+    settings bound the other cases: a machine that vanished (server-side TCP
+    keepalives) or a client that stalls inside a transaction
+    (``idle_in_transaction_session_timeout``), after which PostgreSQL rolls
+    the transaction back and the message is free again.
+    """
+    options = " ".join(
+        f"-c {name}={value}"
+        for name, value in (
+            ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_SECONDS * 1000),
+            ("tcp_keepalives_idle", KEEPALIVE_IDLE_SECONDS),
+            ("tcp_keepalives_interval", KEEPALIVE_INTERVAL_SECONDS),
+            ("tcp_keepalives_count", KEEPALIVE_COUNT),
+        )
+    )
+    return {
+        "options": options,
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
+        "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS,
+        "keepalives_count": KEEPALIVE_COUNT,
+    }
 
 
 READ_ONLY = "mailbot_read_only"
@@ -117,6 +157,17 @@ def _writer_turn(engine: Engine) -> Iterator[None]:
 def transaction(engine: Engine) -> Iterator[Session]:
     """One unit of work: committed if the block ends normally, rolled back otherwise."""
     with _writer_turn(engine), Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Session]:
+    """A unit of work that only reads: on SQLite a deferred transaction, which
+    runs beside the writer instead of waiting for the write lock."""
+    with (
+        engine.connect().execution_options(**{READ_ONLY: True}) as connection,
+        Session(connection, expire_on_commit=False) as session,
+    ):
         yield session
 
 

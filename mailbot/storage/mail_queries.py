@@ -29,6 +29,32 @@ def claim_inbound(session: Session, inbound_id: int) -> InboundRow | None:
     return session.exec(query).first()
 
 
+def next_unprocessed(session: Session, after: int) -> tuple[int, bytes] | None:
+    """The id and raw bytes of the oldest message above ``after`` not yet acted on
+    (index: status, id): read without a lock, to parse before claiming it."""
+    query = (
+        select(InboundRow.id, InboundRow.raw)
+        .where(InboundRow.status == InboundStatus.RECEIVED, col(InboundRow.id) > after)
+        .order_by(col(InboundRow.id))
+        .limit(1)
+    )
+    found = session.exec(query).first()
+    return None if found is None or found[0] is None else (found[0], found[1])
+
+
+def claim_next_inbound(session: Session, after: int) -> InboundRow | None:
+    """Lock the oldest message above ``after`` not yet acted on and not locked by
+    another worker (PostgreSQL's SKIP LOCKED): the claim of one worker among many."""
+    query = (
+        select(InboundRow)
+        .where(InboundRow.status == InboundStatus.RECEIVED, col(InboundRow.id) > after)
+        .order_by(col(InboundRow.id))
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    return session.exec(query).first()
+
+
 def unprocessed_inbound(session: Session, limit: int = 100, after: int = 0) -> list[int]:
     """Ids of stored messages not yet acted on, from ``after`` up (index: status, id)."""
     query = (

@@ -1,0 +1,167 @@
+"""``mailbot worker``: acts on stored mail, apart from the listener that stores it.
+
+A worker claims the oldest stored message nobody is acting on, acts on it and
+commits the effects with the message's new status, then the next one; when
+none waits it looks again after a short sleep that grows while it stays idle.
+Any number of workers, on any number of machines, share the work without
+acting on one message twice (``Receiving.process_next``). A sender thread
+drains the outbox after each commit that queued mail and every few seconds,
+so that answers go out without waiting for ``serve``.
+
+``serve`` with ``[workers] processes = N`` starts N of these with
+``--supervised``: the worker then also stops when its standard input, a pipe
+from ``serve``, reaches its end (``serve`` is gone, however it died), and the
+kernel sends it SIGTERM when ``serve`` exits. SIGTERM or SIGINT: the message
+in hand is finished, what it queued is sent, and the worker exits 0.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
+from types import FrameType
+
+from mailbot.adapters import outgoing_transport
+from mailbot.config import Settings
+from mailbot.errors import BacklogStalled, StorageUnavailable
+from mailbot.service import Mailbot
+
+log = logging.getLogger(__name__)
+
+IDLE_MIN_SECONDS = 0.02
+IDLE_MAX_SECONDS = 0.25
+"""The sleep between looks while no mail waits: it doubles from the minimum up
+to this, so a fresh message waits at most this long, and an idle worker costs
+one indexed query four times a second."""
+OUTAGE_MAX_BACKOFF_SECONDS = 30.0
+FLUSH_SECONDS = 5.0
+"""The sender's pace when no commit kicks it."""
+STOP_SEND_SECONDS = 10.0
+"""At stop, how long the sender may go on sending what was queued."""
+PR_SET_PDEATHSIG = 1
+STDIN = 0
+
+
+class Worker:
+    """The loop of one worker process: claim, act, commit; the outbox beside it."""
+
+    def __init__(self, settings: Settings, bot: Mailbot | None = None) -> None:
+        self.settings = settings
+        self.bot = bot or Mailbot.from_settings(settings)
+        self.stopping = threading.Event()
+        self.flush_wanted = threading.Event()
+        self.stop_deadline = float("inf")
+        self.bot.on_mail_queued.append(self.flush_wanted.set)
+
+    def run(self) -> None:
+        """Act on stored mail until ``stopping`` is set, then send what was queued."""
+        self.bot.check_schema()
+        sender = threading.Thread(target=self._sender, name="outbox", daemon=True)
+        sender.start()
+        log.info("mailbot worker acting on stored mail")
+        try:
+            self._act_until_stopped()
+        finally:
+            self.stop_deadline = time.monotonic() + STOP_SEND_SECONDS
+            self.flush_wanted.set()
+            sender.join(STOP_SEND_SECONDS + 5)
+            self.bot.engine.dispose()
+            log.info("worker stopped")
+
+    def _act_until_stopped(self) -> None:
+        """One message after another, from the oldest; past the end of the
+        backlog, from the start again (a message an outage skipped), and idle
+        naps while none waits."""
+        after, idle, failures = 0, IDLE_MIN_SECONDS, 0
+        while not self.stopping.is_set():
+            try:
+                done = self.bot.process_next(after)
+            except BacklogStalled as exc:
+                after, failures = exc.inbound_id, failures + 1
+                self._outage(exc, failures)
+                continue
+            except StorageUnavailable as exc:
+                failures += 1
+                self._outage(exc, failures)
+                continue
+            failures = 0
+            if done is not None:
+                after, idle = done, IDLE_MIN_SECONDS
+            elif after:
+                after = 0  # the end of the backlog: look from the start once more
+            else:
+                self.stopping.wait(idle)
+                idle = min(idle * 2, IDLE_MAX_SECONDS)
+
+    def _outage(self, exc: Exception, failures: int) -> None:
+        pause = min(2.0**failures, OUTAGE_MAX_BACKOFF_SECONDS)
+        log.warning("stored mail waits: %s; retrying in %.0fs", _first_line(exc), pause)
+        self.stopping.wait(pause)
+
+    def _sender(self) -> None:
+        """Drains the outbox when a commit queued mail and every FLUSH_SECONDS,
+        until the worker stops; then once more, within the stop deadline."""
+        while not self.stopping.is_set():
+            self.flush_wanted.wait(FLUSH_SECONDS)
+            self.flush_wanted.clear()
+            self._flush()
+        self._flush()
+
+    def _keep_sending(self) -> bool:
+        return not self.stopping.is_set() or time.monotonic() < self.stop_deadline
+
+    def _flush(self) -> None:
+        try:
+            # A transport per flush, as in serve: a session is never reused for long.
+            self.bot.flush_outbox(outgoing_transport(self.settings), self._keep_sending)
+        except Exception as exc:
+            log.warning("outbox flush failed, will try again: %s", _first_line(exc))
+
+
+def run_worker(settings: Settings, supervised: bool = False) -> None:
+    """``mailbot worker``: a Worker in this process, stopped by SIGTERM or SIGINT
+    (and, supervised by ``serve``, by the end of standard input)."""
+    worker = Worker(settings)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        worker.stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    if supervised:
+        _die_with_parent()
+        watcher = threading.Thread(target=_watch_stdin, args=(worker.stopping,), daemon=True)
+        watcher.start()
+    worker.run()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent (``serve``) exits; elsewhere the
+    pipe on standard input does the same job."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("no prctl: the worker stops when its standard input closes")
+
+
+def _watch_stdin(stopping: threading.Event) -> None:
+    """Read standard input until its end: ``serve`` holds the other end of the
+    pipe, so its end means ``serve`` is gone."""
+    try:  # the bare descriptor: a buffered reader's lock would stall the exit
+        while os.read(STDIN, 4096):
+            pass
+    except OSError:
+        pass
+    if not stopping.is_set():
+        log.warning("serve is gone: stopping")
+    stopping.set()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
