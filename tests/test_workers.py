@@ -1,0 +1,270 @@
+"""Worker processes, through the installed command: ``mailbot serve`` with
+``[workers] processes = N`` and ``mailbot worker`` beside it, on SQLite and
+PostgreSQL, fed over real SMTP, answering into a Maildir.
+
+Whatever acts (serve's workers, a separate worker, a worker killed with
+SIGKILL and started again), every acknowledged message is acted on exactly
+once and every mail is written once; no worker outlives serve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import smtplib
+import subprocess
+from collections import Counter
+from email import message_from_bytes, policy
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+import pytest
+from conftest import reserve_port
+from servers import alive, wait_for
+from test_crash_recovery import BOT, Burst, acted, answered, backlog
+from test_entrypoint import MAILBOT, clean_environment, mailbot, start_serve
+
+SERVICES = 6
+_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
+_TOKEN = re.compile(r"\b([0-9A-Z]{4}(?:-[0-9A-Z]{4}){4})\b")
+
+
+def world() -> dict[str, Any]:
+    """Services whose admins ask to change their tech contact."""
+    contacts = [
+        {"handle": f"AD{i}-MB", "email": f"admin{i}@customer{i}.test", "name": f"Admin {i}"}
+        for i in range(SERVICES)
+    ] + [
+        {"handle": f"TE{i}-MB", "email": f"tech{i}@hosting.test", "name": f"Tech {i}"}
+        for i in range(SERVICES)
+    ]
+    services = [
+        {
+            "name": f"site{i}.test",
+            "kind": "domain",
+            "admin": f"AD{i}-MB",
+            "tech": f"TE{i}-MB",
+            "billing": f"AD{i}-MB",
+        }
+        for i in range(SERVICES)
+    ]
+    return {"contacts": contacts, "services": services}
+
+
+def configure(workdir: Path, database_url: str, processes: int) -> dict[str, int]:
+    """mailbot.toml, an initialised database with the world; the ports to listen on."""
+    ports = {"smtp": reserve_port(), "web": reserve_port()}
+    (workdir / "mailbot.toml").write_text(
+        f'[bot]\naddress = "{BOT}"\n'
+        f'[database]\nurl = "{database_url}"\n'
+        f"[smtp]\nport = {ports['smtp']}\n[web]\nport = {ports['web']}\n"
+        f'[outgoing]\nmaildir = "{workdir / "sent"}"\n'
+        f"[workers]\nprocesses = {processes}\n"
+    )
+    (workdir / "world.json").write_text(json.dumps(world()))
+    for command in (["init"], ["import", "world.json"]):
+        result = mailbot(workdir, *command)
+        assert result.returncode == 0, result.stderr
+    return ports
+
+
+@pytest.fixture
+def started() -> Any:
+    """Processes started by a test, killed at its end if still running."""
+    processes: list[Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def serve(workdir: Path, ports: dict[str, int], started: list[Popen[bytes]]) -> Popen[bytes]:
+    process = start_serve(workdir, workdir / f"serve-{len(started)}.log", ports)
+    started.append(process)
+    return process
+
+
+def worker_pids(log: Path) -> dict[int, int]:
+    """The pid of each worker serve started, the latest per slot, from serve's log."""
+    return {int(slot): int(pid) for slot, pid in _STARTED.findall(log.read_text())}
+
+
+def send(port: int, sender: str, raw: bytes, to: str = BOT) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+        smtp.sendmail(sender, [to], raw)
+
+
+def message(sender: str, subject: str, body: str, n: int) -> bytes:
+    return (
+        f"From: {sender}\r\nTo: {BOT}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <w{n}.{sender}>\r\n\r\n{body}\r\n"
+    ).encode()
+
+
+def sent_mail(workdir: Path) -> list[Any]:
+    new = workdir / "sent" / "new"
+    return [
+        message_from_bytes(path.read_bytes(), policy=policy.default)
+        for path in (sorted(new.iterdir()) if new.is_dir() else [])
+    ]
+
+
+def requests(workdir: Path) -> list[dict[str, Any]]:
+    result = mailbot(workdir, "requests", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout))
+
+
+def settled(workdir: Path) -> bool:
+    """Nothing stored waits to be acted on, and nothing queued waits to be sent."""
+    result = mailbot(workdir, "outbox", "list", "--sent", "0", "--json")
+    return backlog(workdir) == [] and result.returncode == 0 and json.loads(result.stdout) == []
+
+
+def changes_accepted(workdir: Path, port: int) -> None:
+    """Every admin asks for a new tech contact; every validation mail is then
+    answered ACCEPT with its token, by its recipient; until all are done."""
+    for i in range(SERVICES):
+        admin = f"admin{i}@customer{i}.test"
+        body = f"CHANGE site{i}.test\r\ntech: newtech{i}@agency.test"
+        send(port, admin, message(admin, f"CHANGE site{i}.test", body, i))
+    wait_for(lambda: len(requests(workdir)) == SERVICES, timeout=180)
+    answered_tokens: set[str] = set()
+    while any(request["status"] == "pending" for request in requests(workdir)):
+        wait_for(lambda: settled(workdir), timeout=180)
+        for mail in sent_mail(workdir):
+            if mail["X-Mailbot-Event"] != "validation-requested":
+                continue
+            found = _TOKEN.search(mail.get_body(("plain",)).get_content())
+            assert found, mail
+            if found.group(1) not in answered_tokens:
+                answered_tokens.add(found.group(1))
+                to = str(mail["To"]).split("<")[-1].rstrip(">")
+                text = f"ACCEPT {found.group(1)}"
+                send(port, to, message(to, text, text, len(answered_tokens)))
+        wait_for(lambda: settled(workdir), timeout=180)
+
+
+def assert_each_mail_written_once(workdir: Path) -> None:
+    """No (event, recipient, request) was written twice to the Maildir."""
+    written = Counter(
+        (str(m["X-Mailbot-Event"]), str(m["To"]), str(m["X-Mailbot-Request"]))
+        for m in sent_mail(workdir)
+    )
+    assert written and max(written.values()) == 1, written.most_common(3)
+
+
+def assert_burst_acted_on_once(workdir: Path, burst: Burst) -> None:
+    acked = set(burst.acked)
+    assert acked and burst.refused == []
+    counts = acted(workdir)
+    assert {sender: counts[sender] for sender in acked} == dict.fromkeys(acked, 1)
+    assert max(counts.values()) == 1
+    written = answered(workdir / "sent")
+    assert {sender: written[sender] for sender in acked} == dict.fromkeys(acked, 1)
+
+
+def test_serve_with_two_workers_acts_on_requests_and_replies_once(
+    tmp_path: Path, database_url: str, started: list[Popen[bytes]]
+) -> None:
+    ports = configure(tmp_path, database_url, processes=2)
+    server = serve(tmp_path, ports, started)
+    burst = Burst(ports["smtp"], "h")
+    burst.start(clients=3, per_client=20)
+    changes_accepted(tmp_path, ports["smtp"])
+    burst.join()
+    wait_for(lambda: settled(tmp_path), timeout=180)
+    assert {request["status"] for request in requests(tmp_path)} == {"done"}
+    assert_burst_acted_on_once(tmp_path, burst)
+    assert_each_mail_written_once(tmp_path)
+    log = (tmp_path / "serve-0.log").read_text()
+    assert set(worker_pids(tmp_path / "serve-0.log")) == {1, 2}
+    # serve itself only stored: each message was acted on in a worker process
+    assert "mailbot worker acting on stored mail" in log
+    assert server.poll() is None
+
+
+def test_a_separate_worker_shares_the_work_with_serves_worker(
+    tmp_path: Path, database_url: str, started: list[Popen[bytes]]
+) -> None:
+    ports = configure(tmp_path, database_url, processes=1)
+    serve(tmp_path, ports, started)
+    with (tmp_path / "worker.log").open("wb") as output:
+        worker = Popen(
+            [str(MAILBOT), "worker"],
+            cwd=tmp_path,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=clean_environment(),
+        )
+    started.append(worker)
+    burst = Burst(ports["smtp"], "s")
+    burst.start(clients=4, per_client=40)
+    burst.join()
+    wait_for(lambda: settled(tmp_path), timeout=180)
+    assert_burst_acted_on_once(tmp_path, burst)
+    if database_url.startswith("postgresql"):  # on SQLite they take turns at one lock
+        assert "help sent to" in (tmp_path / "worker.log").read_text()  # it did its share
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=120) == 0
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
+
+
+def test_a_worker_killed_mid_burst_is_restarted_and_nothing_is_acted_on_twice(
+    tmp_path: Path, database_url: str, started: list[Popen[bytes]]
+) -> None:
+    ports = configure(tmp_path, database_url, processes=2)
+    serve(tmp_path, ports, started)
+    log = tmp_path / "serve-0.log"
+    wait_for(lambda: len(worker_pids(log)) == 2)
+    first = worker_pids(log)
+    burst = Burst(ports["smtp"], "k")
+    burst.start(clients=4, per_client=50)
+    wait_for(lambda: len(burst.acked) >= 60, timeout=180)
+    os.kill(first[1], signal.SIGKILL)
+    wait_for(lambda: worker_pids(log).get(1, first[1]) != first[1], timeout=120)
+    burst.join()
+    wait_for(lambda: settled(tmp_path), timeout=180)
+    assert "worker 1 (pid" in log.read_text() and "killed by SIGKILL" in log.read_text()
+    assert not alive(first[1])
+    assert alive(worker_pids(log)[1]) and alive(first[2])
+    assert_burst_acted_on_once(tmp_path, burst)
+    assert_each_mail_written_once(tmp_path)
+
+
+def test_no_worker_outlives_serve(tmp_path: Path, started: list[Popen[bytes]]) -> None:
+    """SIGTERM: serve stops its workers and exits 0. SIGKILL: they stop on their own."""
+    ports = configure(tmp_path, f"sqlite:///{tmp_path / 'mailbot.db'}", processes=2)
+    for n, how in enumerate((signal.SIGKILL, signal.SIGTERM)):
+        server = serve(tmp_path, ports, started)
+        log = tmp_path / f"serve-{n}.log"
+        wait_for(lambda log=log: len(worker_pids(log)) == 2)  # type: ignore[misc]
+        pids = list(worker_pids(log).values())
+        assert all(map(alive, pids))
+        server.send_signal(how)
+        status = server.wait(timeout=120)
+        assert status == (0 if how == signal.SIGTERM else -signal.SIGKILL)
+        wait_for(lambda pids=pids: not any(map(alive, pids)), timeout=120)  # type: ignore[misc]
+        assert "Traceback" not in log.read_text()
+
+
+def test_worker_with_a_bad_configuration_or_database_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    assert b"worker" in mailbot(tmp_path, "--help").stdout
+    assert b"SIGTERM" in mailbot(tmp_path, "worker", "--help").stdout
+    (tmp_path / "mailbot.toml").write_text("[workers]\nprocesses = -1\n")
+    result = mailbot(tmp_path, "worker")
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and "workers.processes" in lines[0], lines
+    database = tmp_path / "empty.db"
+    (tmp_path / "mailbot.toml").write_text(f'[database]\nurl = "sqlite:///{database}"\n')
+    result = mailbot(tmp_path, "worker")
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and "mailbot init" in lines[0], lines
