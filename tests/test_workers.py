@@ -155,12 +155,14 @@ def assert_each_mail_written_once(workdir: Path) -> None:
         (str(m["X-Mailbot-Event"]), str(m["To"]), str(m["X-Mailbot-Request"]))
         for m in sent_mail(workdir)
     )
-    assert written and max(written.values()) == 1, written.most_common(3)
+    assert written
+    assert max(written.values()) == 1, written.most_common(3)
 
 
 def assert_burst_acted_on_once(workdir: Path, burst: Burst) -> None:
     acked = set(burst.acked)
-    assert acked and burst.refused == []
+    assert acked
+    assert burst.refused == []
     counts = acted(workdir)
     assert {sender: counts[sender] for sender in acked} == dict.fromkeys(acked, 1)
     assert max(counts.values()) == 1
@@ -229,9 +231,11 @@ def test_a_worker_killed_mid_burst_is_restarted_and_nothing_is_acted_on_twice(
     wait_for(lambda: worker_pids(log).get(1, first[1]) != first[1], timeout=120)
     burst.join()
     wait_for(lambda: settled(tmp_path), timeout=180)
-    assert "worker 1 (pid" in log.read_text() and "killed by SIGKILL" in log.read_text()
+    assert "worker 1 (pid" in log.read_text()
+    assert "killed by SIGKILL" in log.read_text()
     assert not alive(first[1])
-    assert alive(worker_pids(log)[1]) and alive(first[2])
+    assert alive(worker_pids(log)[1])
+    assert alive(first[2])
     assert_burst_acted_on_once(tmp_path, burst)
     assert_each_mail_written_once(tmp_path)
 
@@ -261,10 +265,12 @@ def test_worker_with_a_bad_configuration_or_database_says_so_in_one_line(
     result = mailbot(tmp_path, "worker")
     assert result.returncode == 2
     lines = result.stderr.decode().splitlines()
-    assert len(lines) == 1 and "workers.processes" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert "workers.processes" in lines[0]
     database = tmp_path / "empty.db"
     (tmp_path / "mailbot.toml").write_text(f'[database]\nurl = "sqlite:///{database}"\n')
     result = mailbot(tmp_path, "worker")
     assert result.returncode == 1
     lines = result.stderr.decode().splitlines()
-    assert len(lines) == 1 and "mailbot init" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert "mailbot init" in lines[0]
