@@ -1,5 +1,6 @@
-"""systemd/mailbot.service as shipped: systemd's own checker finds nothing to say about
-it, with or without the port 25 variant its comments describe, and it stays hardened.
+"""systemd/mailbot.service and mailbot-worker.service as shipped: systemd's own checker
+finds nothing to say about them (nor about the port 25 variant the first one's comments
+describe), and they stay hardened.
 
 ``systemd-analyze verify`` and ``security --offline`` read unit files without a
 running systemd, so they work in a container too. Only ExecStart's path is
@@ -18,6 +19,8 @@ import pytest
 from test_entrypoint import MAILBOT
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "mailbot.service"
+COMMANDS = {"mailbot.service": "serve", "mailbot-worker.service": "worker"}
+"""Each unit shipped, and the command it runs."""
 ANALYZE = shutil.which("systemd-analyze")
 
 
@@ -31,11 +34,11 @@ def analyze() -> str:
     return ANALYZE
 
 
-def installed_unit(directory: Path, extra: str = "") -> Path:
+def installed_unit(directory: Path, extra: str = "", name: str = UNIT.name) -> Path:
     """The unit as shipped, run from the installed command; ``extra`` appended."""
-    text = UNIT.read_text()
-    assert "/opt/mailbot/venv/bin/mailbot serve" in text
-    unit = directory / "mailbot.service"
+    text = UNIT.with_name(name).read_text()
+    assert f"/opt/mailbot/venv/bin/mailbot {COMMANDS[name]}\n" in text
+    unit = directory / name
     unit.write_text(text.replace("/opt/mailbot/venv/bin/mailbot", str(MAILBOT)) + extra)
     return unit
 
@@ -54,8 +57,9 @@ def verify(analyze: str, unit: Path) -> str:
     )
 
 
-def test_the_unit_verifies_without_a_warning(analyze: str, tmp_path: Path) -> None:
-    assert verify(analyze, installed_unit(tmp_path)) == ""
+@pytest.mark.parametrize("name", COMMANDS)
+def test_the_unit_verifies_without_a_warning(analyze: str, tmp_path: Path, name: str) -> None:
+    assert verify(analyze, installed_unit(tmp_path, name=name)) == ""
 
 
 def test_the_port_25_variant_verifies_without_a_warning(analyze: str, tmp_path: Path) -> None:
@@ -81,8 +85,10 @@ def test_a_mistake_in_the_unit_is_reported(analyze: str, tmp_path: Path) -> None
     assert "ProtectSystm" in verify(analyze, unit)
 
 
-def test_the_unit_stays_hardened(analyze: str, tmp_path: Path) -> None:
-    settings = [line.strip() for line in UNIT.read_text().splitlines() if not line.startswith("#")]
+@pytest.mark.parametrize("name", COMMANDS)
+def test_the_unit_stays_hardened(analyze: str, tmp_path: Path, name: str) -> None:
+    text = UNIT.with_name(name).read_text()
+    settings = [line.strip() for line in text.splitlines() if not line.startswith("#")]
     for setting in (
         "User=mailbot",
         "NoNewPrivileges=yes",
@@ -94,12 +100,19 @@ def test_the_unit_stays_hardened(analyze: str, tmp_path: Path) -> None:
         assert setting in settings, f"{setting} is missing"
     assert not [s for s in settings if s.startswith("AmbientCapabilities=")]
     result = subprocess.run(
-        [analyze, "security", "--offline=yes", "--no-pager", str(installed_unit(tmp_path))],
+        [
+            analyze,
+            "security",
+            "--offline=yes",
+            "--no-pager",
+            str(installed_unit(tmp_path, name=name)),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    level = re.search(r"Overall exposure level for mailbot\.service: ([\d.]+) (\w+)", result.stdout)
+    found = rf"Overall exposure level for {re.escape(name)}: ([\d.]+) (\w+)"
+    level = re.search(found, result.stdout)
     assert level, result.stdout + result.stderr
     assert float(level[1]) <= 2.0, result.stdout
