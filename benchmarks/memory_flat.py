@@ -20,12 +20,16 @@ and after each tenth of the messages; at the end, once everything is acted
 on and sent, the curve is printed with the growth from the first tenth to the
 end, and PASS or FAIL against ``--limit-mb`` (the exit status says the same).
 
+``--workers N`` sets ``[workers] processes = N``: serve's listener only
+stores and N worker processes act on the mail; the memory read is then
+serve's and its workers' together.
+
 ``--tracemalloc`` runs serve under Python's allocation tracer instead (slower,
 for finding a leak) and prints the lines that allocated the most between the
 first tenth and the end.
 
     python benchmarks/memory_flat.py [--messages 100000] [--connections 4]
-        [--postgres postgresql+psycopg://...] [--tracemalloc]
+        [--postgres postgresql+psycopg://...] [--workers N] [--tracemalloc]
 """
 
 from __future__ import annotations
@@ -402,10 +406,23 @@ def scrape(web_port: int) -> dict[str, float]:
 
 
 def rss_mb(pid: int) -> float:
+    """The resident memory of a process and of its children (serve's workers)."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+            total = int(line.split()[1]) / 1024
+    for child in children(pid):
+        with contextlib.suppress(OSError, RuntimeError):
+            total += rss_mb(child)
+    return total
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 @dataclass
@@ -447,12 +464,15 @@ sys.exit(main())
 """
 
 
-def write_config(root: Path, smtp: int, web: int, relay: int, database: str) -> None:
+def write_config(
+    root: Path, smtp: int, web: int, relay: int, database: str, workers: int = 0
+) -> None:
     (root / "mailbot.toml").write_text(
         f'[bot]\naddress = "{BOT}"\nbase_url = "http://127.0.0.1:{web}"\n'
         f'[database]\nurl = "{database}"\n'
         f"[smtp]\nport = {smtp}\n[web]\nport = {web}\n"
         f'[outgoing]\ntransport = "smtp"\nhost = "127.0.0.1"\nport = {relay}\n'
+        f"[workers]\nprocesses = {workers}\n"
     )
 
 
@@ -524,6 +544,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--limit-mb", type=float, default=50.0)
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL database to use")
+    parser.add_argument("--workers", type=int, default=0, help="[workers] processes")
     parser.add_argument("--tracemalloc", action="store_true", help="trace serve's allocations")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")}
@@ -535,7 +556,7 @@ def main() -> None:
         _held.pop().close()  # the relay binds its own port now
         controller.start()
         database = args.postgres or "sqlite:///var/mailbot.db"
-        write_config(root, smtp_port, web_port, relay_port, database)
+        write_config(root, smtp_port, web_port, relay_port, database, args.workers)
         (root / "world.json").write_text(json.dumps(world()))
         run([MAILBOT, "init"], root, env)
         run([MAILBOT, "import", "world.json"], root, env)
@@ -576,6 +597,7 @@ def measure(
     feed = Feed(smtp_port, Mix(relay, str(os.getpid())), args.messages, args.backlog, web_port)
     sampler = Sampler(serve.pid, feed, args.interval)
     store = "PostgreSQL" if args.postgres else "SQLite"
+    store += f", {args.workers} worker process(es)" if args.workers else ", acting in serve"
     print(
         f"mailbot serve ({store}{', traced' if args.tracemalloc else ''}), "
         f"{args.messages} messages over {args.connections} connections, "

@@ -66,8 +66,10 @@ class Supervisor:
     async def _run_once(self, slot: int) -> str:
         """Start the worker and wait for its end; how it ended, in words."""
         try:
+            # A session of its own: a terminal's Ctrl-C reaches serve alone,
+            # which stops its workers in order.
             process = await asyncio.create_subprocess_exec(
-                *self.command, stdin=asyncio.subprocess.PIPE
+                *self.command, stdin=asyncio.subprocess.PIPE, start_new_session=True
             )
         except OSError as exc:
             return f"could not start: {exc.strerror or exc}"

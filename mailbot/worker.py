@@ -40,7 +40,7 @@ one indexed query four times a second."""
 OUTAGE_MAX_BACKOFF_SECONDS = 30.0
 FLUSH_SECONDS = 5.0
 """The sender's pace when no commit kicks it."""
-STOP_SEND_SECONDS = 10.0
+STOP_SEND_SECONDS = 5.0
 """At stop, how long the sender may go on sending what was queued."""
 PR_SET_PDEATHSIG = 1
 STDIN = 0
