@@ -576,13 +576,11 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 serve.kill()
             controller.stop()
-        problems = [
-            line
-            for line in log_path.read_text(errors="replace").splitlines()
-            if "Traceback" in line or " ERROR " in line
-        ]
+        lines = log_path.read_text(errors="replace").splitlines()
+        problems = [n for n, line in enumerate(lines) if "Traceback" in line or " ERROR " in line]
         if problems:
-            print(f"\nserve logged {len(problems)} error line(s), the first: {problems[0]}")
+            print(f"\nserve logged {len(problems)} error line(s), the first:")
+            print("\n".join(lines[problems[0] : problems[0] + 40]))
     sys.exit(result)
 
 

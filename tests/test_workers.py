@@ -27,7 +27,7 @@ from servers import alive, wait_for
 from test_crash_recovery import BOT, Burst, acted, answered, backlog
 from test_entrypoint import MAILBOT, clean_environment, mailbot, start_serve
 
-SERVICES = 6
+SERVICES = 4
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 _TOKEN = re.compile(r"\b([0-9A-Z]{4}(?:-[0-9A-Z]{4}){4})\b")
 
@@ -190,9 +190,9 @@ def test_serve_with_two_workers_acts_on_requests_and_replies_once(
     ports = configure(tmp_path, database_url, processes=2)
     server = serve(tmp_path, ports, started)
     burst = Burst(ports["smtp"], "h")
-    burst.start(clients=3, per_client=20)
+    burst.start(clients=3, per_client=12)
     changes_accepted(tmp_path, ports["smtp"])
-    wait_for(lambda: all_answered(burst, 60), timeout=300)
+    wait_for(lambda: all_answered(burst, 36), timeout=300)
     burst.join()
     wait_for(lambda: settled(tmp_path), timeout=180)
     assert {request["status"] for request in requests(tmp_path)} == {"done"}
@@ -227,12 +227,12 @@ def test_a_separate_worker_acts_beside_serves_own_even_while_that_one_hangs(
     wait_for(lambda: "acting on stored mail" in log.read_text(), timeout=120)
     os.kill(pids[1], signal.SIGSTOP)
     try:
-        first = sent_in_full(Burst(ports["smtp"], "s"), clients=3, per_client=15)
+        first = sent_in_full(Burst(ports["smtp"], "s"), clients=3, per_client=10)
         wait_for(lambda: settled(tmp_path), timeout=180)
         assert log.read_text().count("help sent to") == len(first.acked)
     finally:
         os.kill(pids[1], signal.SIGCONT)
-    second = sent_in_full(Burst(ports["smtp"], "t"), clients=3, per_client=15)
+    second = sent_in_full(Burst(ports["smtp"], "t"), clients=3, per_client=10)
     wait_for(lambda: settled(tmp_path), timeout=180)
     for burst in (first, second):
         assert_burst_acted_on_once(tmp_path, burst)
@@ -250,11 +250,11 @@ def test_a_worker_killed_mid_burst_is_restarted_and_nothing_is_acted_on_twice(
     wait_for(lambda: len(worker_pids(log)) == 2)
     first = worker_pids(log)
     burst = Burst(ports["smtp"], "k")
-    burst.start(clients=3, per_client=40)
-    wait_for(lambda: len(burst.acked) >= 40, timeout=180)
+    burst.start(clients=3, per_client=30)
+    wait_for(lambda: len(burst.acked) >= 30, timeout=180)
     os.kill(first[1], signal.SIGKILL)
     wait_for(lambda: worker_pids(log).get(1, first[1]) != first[1], timeout=120)
-    wait_for(lambda: all_answered(burst, 120), timeout=300)
+    wait_for(lambda: all_answered(burst, 90), timeout=300)
     burst.join()
     wait_for(lambda: settled(tmp_path), timeout=180)
     assert "worker 1 (pid" in log.read_text()
