@@ -185,7 +185,8 @@ class Receiving:
             extra={"inbound_id": inbound_id, "outcome": InboundStatus.FAILED.value},
         )
         with transaction(self.context.engine) as session:
-            row = session.get(InboundRow, inbound_id)
+            # Locked: another worker may have claimed it since, and acted on it.
+            row = session.get(InboundRow, inbound_id, with_for_update=True)
             if row is not None and row.status == InboundStatus.RECEIVED:
                 row.status = InboundStatus.FAILED
                 row.outcome = f"failed: {type(exc).__name__}: {exc}"[:1000]
