@@ -131,7 +131,12 @@ class Instance:
 
 
 def configure(
-    root: Path, database_url: str, relay_port: int, count: int, policy_toml: str = ""
+    root: Path,
+    database_url: str,
+    relay_port: int,
+    count: int,
+    policy_toml: str = "",
+    smtp_toml: str = "",
 ) -> list[Instance]:
     """``count`` instance directories on one database; the first one initialises it."""
     instances = []
@@ -142,7 +147,7 @@ def configure(
         (workdir / "mailbot.toml").write_text(
             f'[bot]\naddress = "{BOT}"\nbase_url = "https://bot.test"\n'
             f'[database]\nurl = "{database_url}"\n'
-            f"[smtp]\nport = {ports['smtp']}\n"
+            f"[smtp]\nport = {ports['smtp']}\n{smtp_toml}\n"
             f'[web]\nport = {ports["web"]}\nsecret_key = "{SECRET_KEY}"\n'
             f'[outgoing]\ntransport = "smtp"\nhost = "127.0.0.1"\nport = {relay_port}\n'
             f"[policy]\n{policy_toml}\n"

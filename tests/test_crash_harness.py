@@ -36,7 +36,7 @@ from cluster import (
 from factories import ALICE, CAROL, MailFactory
 from servers import RelayController, wait_for
 
-REQUESTS = 340
+REQUESTS = 380
 """With two validation replies each (but for the ones left to expire), over 1,000
 acknowledged messages."""
 SILENT_ONE_IN = 10
