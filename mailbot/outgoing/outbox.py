@@ -18,10 +18,10 @@ runs out. A sender killed after it leaves a row marked sent: nothing is sent
 again. The one window left is between that commit and the single write of
 the final dot (microseconds): a kill there loses that mail, it never doubles
 it. A send that outlasts its lease (a relay stalling for more than ``LEASE -
-SEND_BUDGET``) could still go out twice; the repeat carries the same
-Message-ID, and the Maildir transport recognises it and writes no second
-file. A process that dies holding claims holds them at most ``LEASE``; any
-sender then takes them.
+SEND_BUDGET``) is harmless too: of the two senders then holding the row, the
+first to reach its commit point sends the mail, and the other finds the row
+no longer its own and abandons its session before the final dot. A process
+that dies holding claims holds them at most ``LEASE``; any sender then takes them.
 
 A mail that fails temporarily is retried with exponential backoff, capped and
 jittered, for the queue lifetime (days, as an MTA's queue); an address that
@@ -289,8 +289,10 @@ def _failed(
     """Retry later or give up; a row already marked sent at the commit point (``undo``)
     is put back first: its body written back, no longer sent."""
     with transaction(engine) as session:
-        row = session.get(OutboxRow, claim.id)
+        row = session.get(OutboxRow, claim.id, with_for_update=True)
         assert row is not None
+        if row.status == OutboxStatus.SENT and not undo:
+            return Attempt.SENT  # another sender, whose lease this one outlived, sent it
         if undo:
             row.payload = claim.payload
             row.sent_at = None
