@@ -3,6 +3,7 @@ replies above a quoted token mail, robots, bounces, loops and floods."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from email import message_from_bytes
 from email.message import EmailMessage
 from typing import Any
@@ -280,7 +281,9 @@ def test_error_answers_are_rate_limited_per_address(bot: Mailbot, mail: MailFact
 
 
 class _Sink:
-    def send(self, envelope_from: str, recipient: str, payload: bytes) -> None:
+    def send(
+        self, envelope_from: str, recipient: str, payload: bytes, commit_point: Callable[[], None]
+    ) -> None:
         """Accepts everything (the delivery itself is not under test here)."""
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -367,3 +367,73 @@ def test_stopping_finishes_the_mail_being_sent(
             assert [m.row.status for m in outbox(bot)] == ["sent"]
         finally:
             bot.engine.dispose()
+
+
+class Cut(Smarthost):
+    """A relay whose connection breaks after the final dot, before its answer."""
+
+    async def handle_DATA(  # aiosmtpd's hook name
+        self, server: SMTP, session: SmtpSession, envelope: Envelope
+    ) -> str:
+        if self.refusals > 0:
+            self.refusals -= 1
+            assert server.transport is not None
+            server.transport.abort()
+            return "250 2.0.0 OK (never heard)"
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.parametrize("relay", ["refuses", "cuts"])
+def test_a_mail_the_relay_does_not_take_at_the_final_dot_is_put_back(
+    bot: Mailbot, world: object, mail: MailFactory, clock: FixedClock, relay: str
+) -> None:
+    """The row is marked sent before the final dot; a 451 or a broken connection
+    after it puts the row back, its secret body too, and the next try delivers it."""
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    handler = Smarthost(refusals=3) if relay == "refuses" else Cut(refusals=3)
+    with relay_with(handler):
+        transport = SmtpTransport(relay_settings(bot, handler.port))
+        assert bot.flush_outbox(transport).retried == 3
+        assert {m.row.status for m in outbox(bot)} == {"queued"}
+        token_mails = [m.row for m in outbox(bot) if m.event == "validation-requested"]
+        assert token_mails
+        for row in token_mails:
+            assert row.payload is not None  # scrubbed at the commit point, written back
+            assert row.sent_at is None
+        clock.at += timedelta(hours=1)
+        assert bot.flush_outbox(transport).sent == 3
+    assert len(handler.received) == 3
+    assert len({payload for _, _, payload in handler.received}) == 3
+    assert {m.row.status for m in outbox(bot)} == {"sent"}
+
+
+def test_a_sender_killed_before_the_final_dot_leaves_nothing_at_the_relay(
+    bot: Mailbot, world: object, mail: MailFactory, clock: FixedClock
+) -> None:
+    """Dying at the commit point: the relay, never sent the final dot, keeps nothing;
+    the mail goes once the claim's lease is over, and only then."""
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+
+    class Killed(BaseException):
+        """The process dies."""
+
+    class DiesAtTheCommitPoint(SmtpTransport):
+        def send(
+            self,
+            envelope_from: str,
+            recipient: str,
+            payload: bytes,
+            commit_point: Callable[[], None],
+        ) -> None:
+            def die() -> None:
+                raise Killed
+
+            super().send(envelope_from, recipient, payload, die)
+
+    with smarthost() as relay:
+        with pytest.raises(Killed):
+            bot.flush_outbox(DiesAtTheCommitPoint(relay_settings(bot, relay.port)))
+        assert relay.received == []
+        clock.at += timedelta(minutes=1)
+        assert bot.flush_outbox(SmtpTransport(relay_settings(bot, relay.port))).sent == 3
+    assert len(relay.received) == len({payload for _, _, payload in relay.received}) == 3

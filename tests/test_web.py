@@ -14,7 +14,7 @@ import logging
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from html.parser import HTMLParser
@@ -585,7 +585,9 @@ def test_the_undo_token_rests_only_as_a_digest(
 class Sink:
     """A transport that accepts everything."""
 
-    def send(self, envelope_from: str, recipient: str, payload: bytes) -> None:
+    def send(
+        self, envelope_from: str, recipient: str, payload: bytes, commit_point: Callable[[], None]
+    ) -> None:
         pass
 
 

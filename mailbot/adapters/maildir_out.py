@@ -3,10 +3,11 @@ once per Message-ID.
 
 The file is written and synced under ``tmp/``, then renamed into ``new/``, so
 a reader never sees half a mail and a crash leaves at worst a stray file in
-``tmp/``. Its name is the time, then a digest of the mail's Message-ID and
-recipient, then the host: a mail sent again after a crash (the outbox is
-at-least-once) finds its digest already in ``new/`` or ``cur/`` and writes no
-second file.
+``tmp/``. The outbox's commit point falls between the two: a mail is marked
+sent before its file appears, and a failed rename puts it back. A file's name
+is the time, then a digest of the mail's Message-ID and recipient, then the
+host: a mail sent again (a send that outlasted its lease) finds its digest
+already in ``new/`` or ``cur/`` and writes no second file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
@@ -30,7 +32,13 @@ class MaildirTransport:
         self.host = socket.gethostname().replace("/", "_").replace(":", "_")
         self._present: set[str] | None = None
 
-    def send(self, envelope_from: str, recipient: str, payload: bytes) -> None:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        payload: bytes,
+        commit_point: Callable[[], None],
+    ) -> None:
         for sub in ("tmp", "new", "cur"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         unique = _unique(recipient, payload)
@@ -43,6 +51,11 @@ class MaildirTransport:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        try:
+            commit_point()
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
         staged.rename(self.root / "new" / name)
         directory = os.open(self.root / "new", os.O_RDONLY)
         try:

@@ -4,17 +4,26 @@ SMTP reply classes map onto the outbox's two failure kinds: 4xx and network
 trouble may go through later; 5xx will not, and neither will an address
 smtplib cannot put on the wire (a non-ASCII address goes with SMTPUTF8 when
 the relay offers it, and fails for good, alone, when it does not).
+
+The session is driven step by step rather than with ``sendmail`` so that the
+outbox's commit point falls between the body and its final dot: the relay is
+handed the whole mail first, the row is marked sent, and only then is the
+dot that makes the relay take the mail sent (see mailbot.outgoing.outbox).
 """
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
+from collections.abc import Callable
 
 from mailbot.config import OutgoingSettings
 from mailbot.outgoing.outbox import PermanentFailure, TemporaryFailure
 
 TIMEOUT_SECONDS = 30.0
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
 class SmtpTransport:
@@ -25,18 +34,36 @@ class SmtpTransport:
         self.settings = settings
         self._client: smtplib.SMTP | None = None
 
-    def send(self, envelope_from: str, recipient: str, payload: bytes) -> None:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        payload: bytes,
+        commit_point: Callable[[], None],
+    ) -> None:
         try:
-            self._deliver(envelope_from, recipient, payload)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, message = next(iter(exc.recipients.values()))
-            raise _failure(code, message) from None
-        except smtplib.SMTPResponseException as exc:
-            raise _failure(exc.smtp_code, exc.smtp_error) from None
-        except (UnicodeError, ValueError) as exc:  # an address or bytes smtplib cannot send
-            raise PermanentFailure(f"cannot send: {type(exc).__name__}: {exc}") from None
-        except (smtplib.SMTPException, OSError) as exc:
-            raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from None
+            client = self._stage(envelope_from, recipient, payload)
+        except PermanentFailure:
+            raise  # nothing was sent: the session is still good
+        except Exception as exc:
+            self._drop()  # whatever went wrong, the next mail starts a new session
+            raise _translated(exc) from None
+        except BaseException:
+            self._drop()
+            raise
+        try:
+            commit_point()
+        except BaseException:
+            self._drop()  # no final dot: the relay discards what it was given
+            raise
+        try:
+            _finish(client)
+        except Exception as exc:
+            self._drop()  # refused or cut off at the dot: the outbox puts the row back
+            raise _translated(exc) from None
+        except BaseException:
+            self._drop()
+            raise
 
     def close(self) -> None:
         if self._client is None:
@@ -47,17 +74,28 @@ class SmtpTransport:
         except (smtplib.SMTPException, OSError):
             client.close()
 
-    def _deliver(self, envelope_from: str, recipient: str, payload: bytes) -> None:
-        try:
-            if self._client is None:
-                self._client = self._connect()
-            options = _options(self._client, envelope_from, recipient)
-            self._client.sendmail(envelope_from, [recipient], payload, mail_options=options)
-        except PermanentFailure:
-            raise  # nothing was sent: the session is still good
-        except BaseException:
-            self.close()  # whatever went wrong, the next mail starts a new session
-            raise
+    def _drop(self) -> None:
+        """Close the connection without a word: a relay waiting for the end of DATA
+        discards the mail."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _stage(self, envelope_from: str, recipient: str, payload: bytes) -> smtplib.SMTP:
+        """MAIL, RCPT, DATA and the whole body, all but the final dot."""
+        if self._client is None:
+            self._client = self._connect()
+        client = self._client
+        options = _options(client, envelope_from, recipient)
+        _expect(client.mail(envelope_from, options), 250)
+        _expect(client.rcpt(recipient), 250, 251)
+        client.putcmd("data")
+        _expect(client.getreply(), 354)
+        body = _LEADING_DOT.sub(b"..", _LINE_END.sub(b"\r\n", payload))
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        client.send(body)
+        return client
 
     def _connect(self) -> smtplib.SMTP:
         settings = self.settings
@@ -92,6 +130,29 @@ def _options(client: smtplib.SMTP, envelope_from: str, recipient: str) -> list[s
     raise PermanentFailure(
         f"cannot send to {recipient!r}: non-ASCII address and the relay does not offer SMTPUTF8"
     )
+
+
+def _finish(client: smtplib.SMTP) -> None:
+    """The final dot, in one write, and the relay's answer to the mail."""
+    client.send(b".\r\n")
+    _expect(client.getreply(), 250)
+
+
+def _expect(reply: tuple[int, bytes], *codes: int) -> None:
+    code, message = reply
+    if code not in codes:
+        raise smtplib.SMTPResponseException(code, message)
+
+
+def _translated(exc: Exception) -> Exception:
+    """A failure as the outbox knows them; a surprise as it is."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _failure(exc.smtp_code, exc.smtp_error)
+    if isinstance(exc, (UnicodeError, ValueError)):  # an address or bytes smtplib cannot send
+        return PermanentFailure(f"cannot send: {type(exc).__name__}: {exc}")
+    if isinstance(exc, (smtplib.SMTPException, OSError)):
+        return TemporaryFailure(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 def _failure(code: int, message: bytes | str) -> TemporaryFailure | PermanentFailure:

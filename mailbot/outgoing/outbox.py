@@ -1,15 +1,27 @@
 """The outbox: mails queued in the same transaction as the change that caused them,
 then drained by a sender with retries, backoff and a dead state.
 
-Delivery is at-least-once, with the window for a repeat kept as small as it
-can be. A row is claimed with a short lease (``LEASE``) before sending and
-marked sent in its own commit the moment the relay accepts it (or the Maildir
-file is in place). A mail goes out twice only if the process dies between
-that acceptance and that commit (milliseconds), or if one send outlasts its
-lease (a relay stalling for more than ``LEASE - SEND_BUDGET``): the repeat
-carries the same Message-ID, so it is recognisable, and the Maildir transport
-recognises it and writes no second file. A process that dies holding claims
-holds them at most ``LEASE``; any sender then takes them.
+Each mail is sent once, even when a sender is killed mid-way. A row is
+claimed with a short lease (``LEASE``) before sending. The transport hands
+the relay everything but the last step that makes it take responsibility
+(the SMTP envelope, DATA and the whole body, but not the final dot; the
+Maildir file written and synced under ``tmp/``, but not renamed into
+``new/``), then calls ``commit_point``: the row is marked sent (and a secret
+body scrubbed) in a commit of its own. Only then does the transport take
+that last step. Should the relay refuse it, or the connection break, the
+row is put back as it was (its body written back) and retried or made dead
+as any failed mail, in another commit.
+
+A sender killed before that commit leaves the relay a session without its
+final dot, which every relay discards: the row is sent again once its lease
+runs out. A sender killed after it leaves a row marked sent: nothing is sent
+again. The one window left is between that commit and the single write of
+the final dot (microseconds): a kill there loses that mail, it never doubles
+it. A send that outlasts its lease (a relay stalling for more than ``LEASE -
+SEND_BUDGET``) is harmless too: of the two senders then holding the row, the
+first to reach its commit point sends the mail, and the other finds the row
+no longer its own and abandons its session before the final dot. A process
+that dies holding claims holds them at most ``LEASE``; any sender then takes them.
 
 A mail that fails temporarily is retried with exponential backoff, capped and
 jittered, for the queue lifetime (days, as an MTA's queue); an address that
@@ -57,12 +69,28 @@ class PermanentFailure(Exception):
     """The mail will never go through as it is (a 5xx, an address that cannot be sent)."""
 
 
+class _SentElsewhere(Exception):
+    """Another sender marked this mail sent while this one held an expired lease."""
+
+
 class Transport(Protocol):
     """Sends one mail, raising TemporaryFailure or PermanentFailure. A transport
     that keeps a session open between mails also has ``close()``, which each
-    flush calls when it is done."""
+    flush calls when it is done.
 
-    def send(self, envelope_from: str, recipient: str, payload: bytes) -> None: ...
+    ``commit_point`` is called once, after everything but the step that makes
+    the mail delivered (the final dot, the rename into ``new/``), and that step
+    is taken only if it returns; should it raise, the mail is abandoned undelivered.
+    A transport that finds the mail already delivered may return without calling it.
+    """
+
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        payload: bytes,
+        commit_point: Callable[[], None],
+    ) -> None: ...
 
 
 class Attempt(StrEnum):
@@ -188,34 +216,56 @@ def _send_one(
     clock: Callable[[], datetime],
     policy: RetryPolicy,
 ) -> Attempt:
-    """Try one mail; whatever happens, its row leaves ``sending`` in a commit of its own."""
+    """Try one mail; whatever happens, its row leaves ``sending`` in a commit of its
+    own: marked sent at the transport's commit point, put back if the relay then
+    refuses it."""
     problem = address_problem(claim.recipient) or address_problem(claim.envelope_from)
+    committed: list[bool] = []
+
+    def commit_point() -> None:
+        if not committed:
+            _mark_sent(engine, claim.id, clock())
+            committed.append(True)
+
     try:
         if problem:
             raise PermanentFailure(f"cannot send to {claim.recipient!r}: {problem}")
-        transport.send(claim.envelope_from, claim.recipient, claim.payload)
+        transport.send(claim.envelope_from, claim.recipient, claim.payload, commit_point)
+    except _SentElsewhere:
+        return Attempt.SENT  # abandoned before the relay took it: sent once, by the other
     except PermanentFailure as exc:
-        return _failed(engine, claim.id, str(exc), clock(), policy, permanent=True)
+        return _failed(engine, claim, str(exc), clock(), policy, permanent=True, undo=committed)
     except (UnicodeError, ValueError) as exc:  # the bytes or an address cannot be sent
         error = f"cannot send: {type(exc).__name__}: {exc}"
-        return _failed(engine, claim.id, error, clock(), policy, permanent=True)
+        return _failed(engine, claim, error, clock(), policy, permanent=True, undo=committed)
     except Exception as exc:  # TemporaryFailure, OSError, a transport's own surprise
         error = str(exc) if isinstance(exc, TemporaryFailure) else f"{type(exc).__name__}: {exc}"
-        return _failed(engine, claim.id, error, clock(), policy, permanent=False)
-    _sent(engine, claim.id, clock())
+        return _failed(engine, claim, error, clock(), policy, permanent=False, undo=committed)
+    commit_point()  # a transport that found the mail already delivered
+    _log_sent(engine, claim.id)
     return Attempt.SENT
 
 
-def _sent(engine: Engine, row_id: int, now: datetime) -> None:
+def _mark_sent(engine: Engine, row_id: int, now: datetime) -> None:
+    """The commit point: from here on no sender sends this mail again."""
     with transaction(engine) as session:
-        row = session.get(OutboxRow, row_id)
+        row = session.get(OutboxRow, row_id, with_for_update=True)
         assert row is not None
+        if row.status != OutboxStatus.SENDING:
+            raise _SentElsewhere
         row.status = OutboxStatus.SENT
         row.sent_at = now
         row.last_error = None
         if row.carries_secret:
             row.payload = None
         _set_delivery(session, row, Delivery.SENT)
+
+
+def _log_sent(engine: Engine, row_id: int) -> None:
+    """Counted and logged once the relay took the mail, not at the commit point."""
+    with transaction(engine) as session:
+        row = session.get(OutboxRow, row_id)
+        assert row is not None
         metrics.outgoing(row.event, "sent")
         log.info(
             "sent %s to %s (request %s)",
@@ -228,16 +278,25 @@ def _sent(engine: Engine, row_id: int, now: datetime) -> None:
 
 def _failed(
     engine: Engine,
-    row_id: int,
+    claim: _Claim,
     error: str,
     now: datetime,
     policy: RetryPolicy,
     *,
     permanent: bool,
+    undo: list[bool],
 ) -> Attempt:
+    """Retry later or give up; a row already marked sent at the commit point (``undo``)
+    is put back first: its body written back, no longer sent."""
     with transaction(engine) as session:
-        row = session.get(OutboxRow, row_id)
+        row = session.get(OutboxRow, claim.id, with_for_update=True)
         assert row is not None
+        if row.status == OutboxStatus.SENT and not undo:
+            return Attempt.SENT  # another sender, whose lease this one outlived, sent it
+        if undo:
+            row.payload = claim.payload
+            row.sent_at = None
+            _set_delivery(session, row, Delivery.QUEUED)
         row.last_error = error[:1000]
         give_up_at = (row.queued_at or row.created_at) + policy.lifetime
         worn_out = policy.max_attempts is not None and row.attempts >= policy.max_attempts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, text
 from sqlmodel import Session, col, select
 
 from mailbot.storage.tables import RateHitRow
@@ -14,12 +14,23 @@ def hits_since(
     session: Session, kind: str, key: str, since: datetime
 ) -> tuple[int, datetime | None]:
     """How many attempts ``key`` made against the limit ``kind`` after ``since``,
-    and when the oldest of them was (index: kind, key, at)."""
+    and when the oldest of them was (index: kind, key, at). The key is locked
+    until the caller's commit (see ``_serialise``)."""
+    _serialise(session, f"{kind}:{key}")
     query = select(func.count(), func.min(RateHitRow.at)).where(
         RateHitRow.kind == kind, RateHitRow.key == key, col(RateHitRow.at) > since
     )
     count, oldest = session.exec(query).one()
     return int(count), oldest
+
+
+def _serialise(session: Session, name: str) -> None:
+    """On PostgreSQL, a transaction lock on ``name``: two instances (or workers)
+    counting one key at once would otherwise both see room for one more attempt
+    and both go on, past the limit. SQLite has one writer at a time already."""
+    if session.get_bind().dialect.name == "postgresql":
+        statement = text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
+        session.connection().execute(statement, {"name": name})
 
 
 def add_hit(session: Session, kind: str, key: str, at: datetime) -> None:
