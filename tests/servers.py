@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from prometheus_client.parser import text_string_to_metric_families
 
 from mailbot.runtime import Runtime
 from mailbot.service import Mailbot
@@ -162,3 +165,24 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def received_backlog(web_port: int) -> int | None:
+    """How many stored messages ``mailbot serve`` (its link pages on ``web_port``)
+    has not acted on yet, from its /metrics; None while it cannot say. A cheap
+    poll for a wait: a scrape, where ``mailbot inbound list`` starts a process."""
+    url = f"http://127.0.0.1:{web_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            text = answer.read().decode()
+    except (OSError, urllib.error.URLError):
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mailbot_database_up" and sample.value != 1:
+                return None
+            if sample.name == "mailbot_inbound_messages" and sample.labels == {
+                "status": "received"
+            }:
+                return int(sample.value)
+    return None

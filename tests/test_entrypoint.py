@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,6 +102,16 @@ def test_environment_overrides_reach_the_command(workdir: Path, tmp_path: Path) 
     assert b"Traceback" not in bad.stderr
 
 
+def initialised(workdir: Path, template: Path) -> Path:
+    """``workdir`` with a migrated database where ``mailbot init`` makes it on the
+    defaults (var/mailbot.db), copied from the session's template: for tests that
+    start from an initialised database (``init`` itself is tested above), without
+    another start of the command."""
+    (workdir / "var").mkdir(exist_ok=True)
+    shutil.copyfile(template, workdir / "var" / "mailbot.db")
+    return workdir
+
+
 def test_process_without_a_database_asks_the_mta_to_retry(tmp_path: Path) -> None:
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "mailbot.db").mkdir()  # unusable: a directory
@@ -148,12 +159,12 @@ def clean_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")}
 
 
-def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+def test_serve_stops_cleanly_on_sigterm(tmp_path: Path, sqlite_template: Path) -> None:
     ports = {"smtp": reserve_port(), "web": reserve_port()}
     (tmp_path / "mailbot.toml").write_text(
         f"[smtp]\nport = {ports['smtp']}\n[web]\nport = {ports['web']}\n"
     )
-    assert mailbot(tmp_path, "init").returncode == 0
+    initialised(tmp_path, sqlite_template)
     server = start_serve(tmp_path, tmp_path / "serve.log", ports)
     try:
         url = f"http://127.0.0.1:{ports['web']}/healthz"
@@ -170,7 +181,9 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("taken", ["smtp", "web"])
-def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path: Path, taken: str) -> None:
+def test_serve_on_a_port_in_use_is_a_one_line_error(
+    tmp_path: Path, sqlite_template: Path, taken: str
+) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -178,7 +191,7 @@ def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path: Path, taken: str) 
         (tmp_path / "mailbot.toml").write_text(
             f"[smtp]\nport = {ports['smtp']}\n[web]\nport = {ports['web']}\n"
         )
-        assert mailbot(tmp_path, "init").returncode == 0
+        initialised(tmp_path, sqlite_template)
         result = mailbot(tmp_path, "serve")
     assert result.returncode == 1
     assert result.stderr.decode().startswith("mailbot: error: cannot listen")
@@ -321,9 +334,9 @@ def full_disk(limit: int) -> None:
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_process_on_a_full_disk_asks_the_mta_to_retry(
-    tmp_path: Path, route: tuple[str, ...]
+    tmp_path: Path, sqlite_template: Path, route: tuple[str, ...]
 ) -> None:
-    assert mailbot(tmp_path, "init").returncode == 0
+    initialised(tmp_path, sqlite_template)
     result = subprocess.run(
         [str(MAILBOT), "process", *route, "--no-flush"],
         cwd=tmp_path,
@@ -342,10 +355,10 @@ def test_process_on_a_full_disk_asks_the_mta_to_retry(
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_a_message_that_can_never_be_processed_is_refused_for_good(
-    tmp_path: Path, route: tuple[str, ...]
+    tmp_path: Path, sqlite_template: Path, route: tuple[str, ...]
 ) -> None:
     (tmp_path / "mailbot.toml").write_text("[smtp]\nmax_message_bytes = 2000\n")
-    assert mailbot(tmp_path, "init").returncode == 0
+    initialised(tmp_path, sqlite_template)
     big = MailFactory()(ALICE, "HELP", "x" * 3000, to="changes@mailbot.localhost")
     too_big = mailbot(tmp_path, "process", *route, stdin=big)
     assert too_big.returncode == 1
@@ -400,12 +413,12 @@ def test_store_only_without_a_database_asks_the_mta_to_retry(tmp_path: Path) -> 
     assert not (tmp_path / "missing").exists()
 
 
-def test_serve_acts_on_mail_the_pipe_stored(tmp_path: Path) -> None:
+def test_serve_acts_on_mail_the_pipe_stored(tmp_path: Path, sqlite_template: Path) -> None:
     ports = {"smtp": reserve_port(), "web": reserve_port()}
     (tmp_path / "mailbot.toml").write_text(
         f"[smtp]\nport = {ports['smtp']}\n[web]\nport = {ports['web']}\n"
     )
-    assert mailbot(tmp_path, "init").returncode == 0
+    initialised(tmp_path, sqlite_template)
     (tmp_path / "world.json").write_text(json.dumps(WORLD))
     assert mailbot(tmp_path, "import", "world.json").returncode == 0
     server = start_serve(tmp_path, tmp_path / "serve.log", ports)

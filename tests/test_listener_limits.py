@@ -27,7 +27,7 @@ from conftest import make_settings, reserve_port
 from factories import ALICE, CAROL, WORLD, MailFactory
 from servers import running, wait_for
 from sqlmodel import select
-from test_entrypoint import mailbot, start_serve
+from test_entrypoint import initialised, mailbot, start_serve
 
 from mailbot.config import Settings, load_settings
 from mailbot.errors import ConfigError
@@ -307,7 +307,9 @@ def _usual_limit() -> None:
 
 
 @contextmanager
-def serve_command(workdir: Path, config: str = "") -> Iterator[tuple[int, int, Path]]:
+def serve_command(
+    workdir: Path, template: Path, config: str = ""
+) -> Iterator[tuple[int, int, Path]]:
     """``mailbot serve`` as its own process with at most 1,024 open files, stopped
     by SIGTERM on exit; yields its SMTP and web ports and its log file."""
     ports = {"smtp": reserve_port(), "web": reserve_port()}
@@ -315,7 +317,7 @@ def serve_command(workdir: Path, config: str = "") -> Iterator[tuple[int, int, P
         f"[smtp]\nport = {ports['smtp']}\n[web]\nport = {ports['web']}\n{config}"
     )
     (workdir / "world.json").write_text(json.dumps(WORLD))
-    assert mailbot(workdir, "init").returncode == 0
+    initialised(workdir, template)
     assert mailbot(workdir, "import", "world.json").returncode == 0
     log = workdir / "serve.log"
     server = start_serve(workdir, log, ports, preexec_fn=_usual_limit)
@@ -369,11 +371,14 @@ def link_to(maildir: Path, recipient: str) -> str:
 
 
 def test_both_listeners_answer_while_thousands_of_slow_connections_are_open(
-    tmp_path: Path, many_descriptors: None, mail: MailFactory
+    tmp_path: Path, sqlite_template: Path, many_descriptors: None, mail: MailFactory
 ) -> None:
     # Deadlines far away: only the caps and their evictions can save the listeners.
     config = "header_timeout_seconds = 120\n"
-    with serve_command(tmp_path, config) as (smtp_port, web_port, log), ExitStack() as stack:
+    with (
+        serve_command(tmp_path, sqlite_template, config) as (smtp_port, web_port, log),
+        ExitStack() as stack,
+    ):
         for sock in slow_clients(web_port, SLOW_WEB, PARTIAL_REQUEST):
             stack.enter_context(sock)
         for sock in slow_clients(smtp_port, SLOW_SMTP, b""):

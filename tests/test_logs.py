@@ -23,6 +23,7 @@ import pytest
 from conftest import reserve_port
 from factories import ALICE, CAROL, WORLD, MailFactory, maildir_messages
 from servers import maildir_count, wait_for
+from test_entrypoint import initialised
 
 from mailbot.logs import RepeatFilter
 
@@ -159,14 +160,16 @@ def plain_text(message: EmailMessage) -> str:
     return str(body.get_content())
 
 
-def test_json_logs_say_which_mail_and_request_and_never_the_token(tmp_path: Path) -> None:
+def test_json_logs_say_which_mail_and_request_and_never_the_token(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
     smtp_port, web_port = reserve_port(), reserve_port()
     (tmp_path / "mailbot.toml").write_text(
         '[bot]\naddress = "changes@bot.test"\n'
         f"[smtp]\nport = {smtp_port}\n[web]\nport = {web_port}\n"
     )
     (tmp_path / "world.json").write_text(json.dumps(WORLD))
-    assert run_mailbot(tmp_path, "init").returncode == 0
+    initialised(tmp_path, sqlite_template)
     assert run_mailbot(tmp_path, "import", "world.json").returncode == 0
     sent = tmp_path / "var" / "sent"
     log = tmp_path / "serve.log"
