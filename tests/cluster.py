@@ -18,6 +18,7 @@ import signal
 import subprocess
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -137,8 +138,10 @@ def configure(
     count: int,
     policy_toml: str = "",
     smtp_toml: str = "",
+    workers: Sequence[int] = (),
 ) -> list[Instance]:
-    """``count`` instance directories on one database; the first one initialises it."""
+    """``count`` instance directories on one database; the first one initialises it.
+    ``workers`` gives instance n ``[workers] processes = workers[n]`` (0 past its end)."""
     instances = []
     for n in range(count):
         workdir = root / f"instance-{n}"
@@ -151,6 +154,7 @@ def configure(
             f'[web]\nport = {ports["web"]}\nsecret_key = "{SECRET_KEY}"\n'
             f'[outgoing]\ntransport = "smtp"\nhost = "127.0.0.1"\nport = {relay_port}\n'
             f"[policy]\n{policy_toml}\n"
+            f"[workers]\nprocesses = {workers[n] if n < len(workers) else 0}\n"
         )
         instances.append(Instance(workdir, ports))
     assert run(instances[0].workdir, "init").returncode == 0

@@ -192,7 +192,10 @@ def relay() -> Iterator[CountingRelay]:
 @pytest.fixture
 def instances(tmp_path: Path, database_url: str, relay: CountingRelay) -> Iterator[list[Instance]]:
     count = 1 if database_url.startswith("sqlite") else 3
-    started = configure(tmp_path, database_url, relay.port, count, POLICY)
+    # On PostgreSQL one instance acts through a worker process of its own (killed
+    # with it: its supervisor's death ends it), the others act in-process.
+    workers = () if count == 1 else (0, 1, 0)
+    started = configure(tmp_path, database_url, relay.port, count, POLICY, workers=workers)
     yield started
     for instance in started:
         instance.kill()
