@@ -306,18 +306,21 @@ def change(i: int, run: str) -> Mail:
 
 
 def reply(ask: dict[str, Any], n: int, run: str) -> Mail:
-    """A contact's reply to a validation mail: the token typed above the quote."""
+    """A contact's reply to a validation mail: the token typed above the quote
+    (the quote cut at whole lines, for a message of about 1.5 KB)."""
     sender = ask["to"][0]
     thread = f"In-Reply-To: {ask['message_id']}\r\nReferences: {ask['message_id']}\r\n"
     head = headers(sender, ask["reply_to"], f"Re: {ask['subject']}", f"<r{n}.{run}@x.test>", thread)
-    quote = "".join(f"> {line}\r\n" for line in ask["text"].splitlines())
-    body = (
-        f"ACCEPT {ask['token']}\r\n\r\nThanks,\r\n{sender}\r\n\r\n"
-        f"On Mon, 2 Mar 2026 at 09:00, mailbot <{BOT}> wrote:\r\n{quote}"
+    text = (
+        head + f"ACCEPT {ask['token']}\r\n\r\nThanks,\r\n{sender}\r\n\r\n"
+        f"On Mon, 2 Mar 2026 at 09:00, mailbot <{BOT}> wrote:\r\n"
     )
-    raw = (head + body).encode()[:1600]
+    for line in ask["text"].splitlines():
+        if len(text.encode()) + len(line.encode()) > 1500:
+            break
+        text += f"> {line}\r\n"
     recipient = ask["reply_to"].rpartition("<")[2].rstrip(">").strip()
-    return sender, recipient, raw if raw.endswith(b"\r\n") else raw + b"\r\n"
+    return sender, recipient, text.encode()
 
 
 # -- the feed ----------------------------------------------------------------------
@@ -541,45 +544,42 @@ def run_setup(row: Row, root: Path, url: str, ports: Ports, args: argparse.Names
             120 + requests,
             "the token mails",
         )
-        burst, paced = replies(relay, run)
+        halves = replies(relay, run)
+        burst, burst_keys = [m for m, _ in halves[0]], [k for _, k in halves[0]]
+        paced, paced_keys = [m for m, _ in halves[1]], [k for _, k in halves[1]]
         row.sink_replies = len(burst) / asyncio.run(feed([sink_port], burst, connections))[1]
         wall, _, _ = asyncio.run(feed(smtp_ports, burst, connections))
-        confirmations(relay, burst, 120 + requests)
-        last = max(relay.confirmed[key(mail)] for mail in burst)
+        confirmations(relay, burst_keys, 120 + requests)
+        last = max(relay.confirmed[k] for k in burst_keys)
         row.e2e = len(burst) / (last - wall) / row.sink_replies
         _, _, acked = asyncio.run(feed(smtp_ports, paced, connections, row.sink_replies / 2))
-        confirmations(relay, paced, 120 + requests)
-        row.latencies = [relay.confirmed[key(m)] - t for m, t in zip(paced, acked, strict=True)]
+        confirmations(relay, paced_keys, 120 + requests)
+        row.latencies = [relay.confirmed[k] - t for k, t in zip(paced_keys, acked, strict=True)]
         with relay.lock:
             row.mail_out = dict(relay.events)
 
 
-def key(mail: Mail) -> tuple[str, str]:
-    """(replier, request) of a reply, as the relay files confirmations."""
-    request = re.search(rb"\[(CR-[0-9A-Z]+)\]|(CR-[0-9A-Z]{8})", mail[2])
-    assert request is not None, "a reply names its request"
-    return mail[0].lower(), (request.group(1) or request.group(2)).decode()
+Key = tuple[str, str]
+"""(replier, request): how the relay files a reply's confirmation."""
 
 
-def replies(relay: Relay, run: str) -> tuple[list[Mail], list[Mail]]:
+def replies(relay: Relay, run: str) -> tuple[list[tuple[Mail, Key]], list[tuple[Mail, Key]]]:
     """Replies to every token mail: those of half the requests to send in a
     burst, the other half paced; each list shuffled (repeatably)."""
     with relay.lock:
         asks = list(relay.asks)
     requests = sorted({ask["request"] for ask in asks})
     first = set(requests[: len(requests) // 2])
-    made = [(ask["request"] in first, reply(ask, n, run)) for n, ask in enumerate(asks)]
-    burst = [mail for is_first, mail in made if is_first]
-    paced = [mail for is_first, mail in made if not is_first]
+    made = [(reply(ask, n, run), (ask["to"][0], ask["request"])) for n, ask in enumerate(asks)]
+    burst = [pair for pair in made if pair[1][1] in first]
+    paced = [pair for pair in made if pair[1][1] not in first]
     shuffler = random.Random(12)  # noqa: S311 (a repeatable order, not a secret)
     shuffler.shuffle(burst)
     shuffler.shuffle(paced)
     return burst, paced
 
 
-def confirmations(relay: Relay, mails: list[Mail], timeout: float) -> None:
-    keys = [key(mail) for mail in mails]
-
+def confirmations(relay: Relay, keys: list[Key], timeout: float) -> None:
     def arrived() -> bool:
         with relay.lock:
             return all(k in relay.confirmed for k in keys)
