@@ -176,9 +176,11 @@ def relay_main(port: int) -> None:
                 sys.stdout.flush()
             return "250 2.0.0 OK"
 
+    stopping = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # the server's thread inherits it
     controller = Controller(Capture(), hostname="127.0.0.1", port=port)
     controller.start()
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    signal.sigwait(stopping)
     controller.stop()
 
 
