@@ -450,7 +450,8 @@ def mailbot(root: Path, config: Path, *args: str) -> None:
     done = subprocess.run(command, cwd=root, capture_output=True, env=env, check=False)
     if done.returncode != 0:
         said = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-        raise Failed(f"mailbot {args[0]}: {said[-1] if said else done.returncode}")
+        last = re.sub(r" in \S+\.toml", "", said[-1]) if said else str(done.returncode)
+        raise Failed(f"mailbot {args[0]}: {last}")
 
 
 def wait_until(condition: Any, timeout: float, what: str) -> None:
@@ -607,20 +608,20 @@ def verdict(row: Row) -> str:
 
 def table(rows: list[Row]) -> None:
     head = (
-        f"{'configuration':<34} {'sink msg/s':>10} {'intake':>7} {'sink msg/s':>10} "
+        f"{'configuration':<36} {'sink msg/s':>10} {'intake':>7} {'sink msg/s':>10} "
         f"{'e2e':>6} {'p50 s':>7} {'p99 s':>7}  goals"
     )
     print(head)
-    print(f"{'':<34} {'(CHANGE)':>10} {'x sink':>7} {'(replies)':>10} {'x sink':>6}")
+    print(f"{'':<36} {'(CHANGE)':>10} {'x sink':>7} {'(replies)':>10} {'x sink':>6}")
     for row in rows:
         if row.problem:
-            print(f"{row.setup.name:<34} not measured: {row.problem}")
+            print(f"{row.setup.name:<36} not measured: {row.problem}")
             continue
         errors = f" ({row.errors} error lines in serve's log)" if row.errors else ""
         if row.mail_out.get("error"):
             errors += f" ({row.mail_out['error']} error mails sent)"
         print(
-            f"{row.setup.name:<34} {row.sink_intake:10.0f} {row.intake:7.2f} "
+            f"{row.setup.name:<36} {row.sink_intake:10.0f} {row.intake:7.2f} "
             f"{row.sink_replies:10.0f} {row.e2e:6.2f} {row.percentile(0.5):7.3f} "
             f"{row.percentile(0.99):7.3f}  {verdict(row)}{errors}"
         )
