@@ -444,8 +444,13 @@ def config_text(setup: Setup, database: str, smtp: int, web: int, relay: int) ->
     return text
 
 
+def clean_env() -> dict[str, str]:
+    """The environment without ``MAILBOT_`` overrides: the config file alone decides."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")}
+
+
 def mailbot(root: Path, config: Path, *args: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")}
+    env = clean_env()
     command = [MAILBOT, "--config", str(config), *args]
     done = subprocess.run(command, cwd=root, capture_output=True, env=env, check=False)
     if done.returncode != 0:
@@ -508,58 +513,62 @@ def measure(setup: Setup, args: argparse.Namespace, server: str | None, n: int) 
 
 
 def run_setup(row: Row, root: Path, url: str, ports: Ports, args: argparse.Namespace) -> None:
-    setup, requests, connections = row.setup, args.requests, args.connections
+    """Prepare the directory and database, start relay, serve(s) and sink, measure."""
     relay_port, sink_port = ports.take(), ports.take()
-    listeners = [(ports.take(), ports.take()) for _ in range(setup.instances)]
-    configs = []
-    for k, (smtp, web) in enumerate(listeners):
-        configs.append(root / f"mailbot-{k}.toml")
-        configs[-1].write_text(config_text(setup, url, smtp, web, relay_port))
-    (root / "world.json").write_text(json.dumps(world(requests)))
-    mailbot(root, configs[0], "init")
-    mailbot(root, configs[0], "import", "world.json")
-    run = f"{os.getpid()}x{time.time_ns()}"
-    smtp_ports = [smtp for smtp, _ in listeners]
+    smtp_ports = []
+    for k in range(row.setup.instances):
+        smtp, web = ports.take(), ports.take()
+        smtp_ports.append(smtp)
+        (root / f"mailbot-{k}.toml").write_text(config_text(row.setup, url, smtp, web, relay_port))
+    (root / "world.json").write_text(json.dumps(world(args.requests)))
+    mailbot(root, root / "mailbot-0.toml", "init")
+    mailbot(root, root / "mailbot-0.toml", "import", "world.json")
     with ExitStack() as stack:
         relay = stack.enter_context(relay_process(relay_port, root))
-        for k, config in enumerate(configs):
-            stack.enter_context(
-                started(
-                    [MAILBOT, "--config", str(config), "serve"],
-                    root,
-                    smtp_ports[k],
-                    f"mailbot serve #{k}",
-                    root / f"serve-{k}.log",
-                    env={k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")},
-                )
-            )
-        sink = stack.enter_context(started(sink_command(sink_port), root, sink_port, "the sink"))
-        del sink
-        changes = [change(i, run) for i in range(requests)]
-        row.sink_intake = len(changes) / asyncio.run(feed([sink_port], changes, connections))[1]
-        row.intake = (
-            len(changes)
-            / asyncio.run(feed(smtp_ports, changes, connections))[1]
-            / (row.sink_intake)
-        )
-        wait_until(
-            lambda: relay.count("validation-requested") >= 2 * requests,
-            120 + requests,
-            "the token mails",
-        )
-        halves = replies(relay, run)
-        burst, burst_keys = [m for m, _ in halves[0]], [k for _, k in halves[0]]
-        paced, paced_keys = [m for m, _ in halves[1]], [k for _, k in halves[1]]
-        row.sink_replies = len(burst) / asyncio.run(feed([sink_port], burst, connections))[1]
-        wall, _, _ = asyncio.run(feed(smtp_ports, burst, connections))
-        confirmations(relay, burst_keys, 120 + requests)
-        last = max(relay.confirmed[k] for k in burst_keys)
-        row.e2e = len(burst) / (last - wall) / row.sink_replies
-        _, _, acked = asyncio.run(feed(smtp_ports, paced, connections, row.sink_replies / 2))
-        confirmations(relay, paced_keys, 120 + requests)
-        row.latencies = [relay.confirmed[k] - t for k, t in zip(paced_keys, acked, strict=True)]
-        with relay.lock:
-            row.mail_out = dict(relay.events)
+        for k, port in enumerate(smtp_ports):
+            serve = [MAILBOT, "--config", str(root / f"mailbot-{k}.toml"), "serve"]
+            log = root / f"serve-{k}.log"
+            what = f"mailbot serve #{k}"
+            stack.enter_context(started(serve, root, port, what, log, env=clean_env()))
+        stack.enter_context(started(sink_command(sink_port), root, sink_port, "the sink"))
+        run = f"{os.getpid()}x{time.time_ns()}"
+        intake(row, relay, sink_port, smtp_ports, args, run)
+        end_to_end(row, relay, sink_port, smtp_ports, args, run)
+
+
+def intake(
+    row: Row, relay: Relay, sink: int, smtp: list[int], args: argparse.Namespace, run: str
+) -> None:
+    """The CHANGE mails to the sink, then to mailbot; wait for their token mails."""
+    changes = [change(i, run) for i in range(args.requests)]
+    row.sink_intake = len(changes) / asyncio.run(feed([sink], changes, args.connections))[1]
+    ours = len(changes) / asyncio.run(feed(smtp, changes, args.connections))[1]
+    row.intake = ours / row.sink_intake
+    wait_until(
+        lambda: relay.count("validation-requested") >= 2 * args.requests,
+        120 + args.requests,
+        "the token mails",
+    )
+
+
+def end_to_end(
+    row: Row, relay: Relay, sink: int, smtp: list[int], args: argparse.Namespace, run: str
+) -> None:
+    """Replies in a burst (sink, then mailbot, until the last confirmation), then
+    paced at half the sink's rate for the latency of each."""
+    halves = replies(relay, run)
+    burst, burst_keys = [m for m, _ in halves[0]], [k for _, k in halves[0]]
+    paced, paced_keys = [m for m, _ in halves[1]], [k for _, k in halves[1]]
+    row.sink_replies = len(burst) / asyncio.run(feed([sink], burst, args.connections))[1]
+    wall, _, _ = asyncio.run(feed(smtp, burst, args.connections))
+    confirmations(relay, burst_keys, 120 + args.requests)
+    last = max(relay.confirmed[k] for k in burst_keys)
+    row.e2e = len(burst) / (last - wall) / row.sink_replies
+    _, _, acked = asyncio.run(feed(smtp, paced, args.connections, row.sink_replies / 2))
+    confirmations(relay, paced_keys, 120 + args.requests)
+    row.latencies = [relay.confirmed[k] - t for k, t in zip(paced_keys, acked, strict=True)]
+    with relay.lock:
+        row.mail_out = dict(relay.events)
 
 
 Key = tuple[str, str]
