@@ -41,5 +41,6 @@ def test_the_throughput_benchmark_prints_a_measured_row() -> None:
     mail_out = re.search(r"mail out: (.*)$", out, re.MULTILINE)
     assert mail_out is not None, out
     assert "validation-requested 80" in mail_out.group(1), out
+    assert "request-done 120" in mail_out.group(1), out
     assert "error" not in mail_out.group(1), out
     assert re.search(r"^machine: \d+ CPUs, load average ", out, re.MULTILINE), out
