@@ -634,8 +634,8 @@ def table(rows: list[Row]) -> None:
         if row.mail_out.get("error"):
             errors += f" ({row.mail_out['error']} error mails sent)"
         print(
-            f"{row.setup.name:<36} {row.sink_intake:10.0f} {row.intake:7.2f} "
-            f"{row.sink_replies:10.0f} {row.e2e:6.2f} {row.percentile(0.5):7.3f} "
+            f"{row.setup.name:<36} {row.sink_intake:10.0f} {row.intake:7.3f} "
+            f"{row.sink_replies:10.0f} {row.e2e:6.3f} {row.percentile(0.5):7.3f} "
             f"{row.percentile(0.99):7.3f}  {verdict(row)}{errors}"
         )
     print(
