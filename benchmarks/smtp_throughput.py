@@ -1,175 +1,702 @@
-"""How fast mailbot's SMTP listener acknowledges mail, beside a bare aiosmtpd sink.
+"""mailbot's intake and end-to-end rates, as ratios of a bare aiosmtpd sink's rate.
 
-Both servers run as separate processes on loopback and receive the same load
-from an asyncio client here (N connections, each sending its share of the
-messages one after another). mailbot answers 250 only once the raw bytes are
-durably committed (SQLite, WAL, synchronous=FULL, shared commits), then
-parses and acts after the answer; the sink discards. The ratio is the figure
-to read: the machine's noise affects both runs alike.
+Each configuration (a row of the curve) is measured side by side with its own
+fresh sink, in one run, from the same generator: several SMTP connections
+sending realistic ~1.5 KB messages (Received, Authentication-Results,
+Message-ID, a signature or quoted text). The sink is ``python -m aiosmtpd``
+with its ``Sink`` handler (250 to everything, discards); mailbot is the
+installed ``mailbot serve`` in a throwaway directory with its own config, its
+outgoing mail going over SMTP to a capture relay (an aiosmtpd process started
+here that reports every mail it is handed, with its arrival time).
 
-    python benchmarks/smtp_throughput.py [--messages 3000] [--connections 4]
+For each configuration:
+
+1. **intake**: ``--requests`` CHANGE mails from the services' admins (imported
+   with ``mailbot import``; each names a new tech contact, so each request asks
+   two validations) are sent to the sink, then to mailbot. The rate is
+   messages over the time until the last 250; mailbot answers 250 only once the
+   raw bytes are durably committed. Goal: >= 0.6x the sink.
+2. **end to end**: the token mails mailbot sent are read at the relay, and the
+   validations of half of the requests are answered as contacts reply
+   (``Re:`` subject, ``In-Reply-To``, ``ACCEPT <token>`` above the quoted
+   mail), sent as fast as the connections go, first to the sink, then to
+   mailbot. The rate is replies over the time from the first reply sent to the
+   last confirmation (``validation-recorded`` or ``request-done`` to the
+   replier) arriving at the relay: stored, parsed, decided, sent. Goal:
+   >= 0.3x the sink's rate on the same replies.
+3. **latency**: the other half is answered at half the sink's rate (paced,
+   each connection on its own schedule); the latency is from each reply's 250
+   to its confirmation's arrival at the relay (which includes the outbox
+   sender's hand-over, so it bounds "queued" from above). Goal: p99 < 1 s.
+
+Configurations: SQLite; PostgreSQL with ``[workers] processes`` = each of
+``--workers`` (0 acts inside serve and writes no ``[workers]`` section); and
+``--instances`` serve processes on one PostgreSQL database, the connections
+spread over their listeners. PostgreSQL is ``--postgres URL`` (a server where
+databases may be created), else a throwaway local server when ``initdb`` is
+found. The machine's CPU count and load average are printed with the table.
+
+    python benchmarks/smtp_throughput.py [--requests 2000] [--connections 4]
+        [--databases sqlite,postgresql] [--workers 0,1,2,4] [--instances 1,2]
+        [--postgres URL] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
+import random
+import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-BODY = (
-    "Subject: Hello\r\nFrom: someone@client.test\r\nTo: changes@mailbot.localhost\r\n"
-    "Message-ID: <{n}.{run}@client.test>\r\n\r\n"
-    + "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n"
-    * 17
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from process_cpu import local_postgres  # a sibling script, not a package
 
+MAILBOT = str(Path(sys.executable).parent / "mailbot")
+BOT = "changes@mailbot.localhost"
+AUTHSERV = "mx.mailbot.localhost"
+CONFIRMATIONS = ("validation-recorded", "request-done")
+GOALS = {"intake": 0.6, "e2e": 0.3, "p99": 1.0}
+START_TIMEOUT = 120.0
+"""A bound on waiting for a server to listen, not on how fast it must be."""
 
-_held: list[socket.socket] = []
-
-
-def free_port() -> int:
-    """A loopback port held until the benchmark ends: bound with SO_REUSEADDR but
-    not listening, so that no other program is handed it, while the server
-    started here (which binds with SO_REUSEADDR too) takes it over."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    _held.append(sock)
-    return int(sock.getsockname()[1])
+_TOKEN = re.compile(rb"/v/([0-9A-Z]{20})")
 
 
-def wait_listening(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+# -- ports and processes -----------------------------------------------------------
+
+
+class Ports:
+    """Loopback ports held until released: bound with SO_REUSEADDR but not
+    listening, so no other program is handed them while the servers started
+    here (which bind with SO_REUSEADDR too) take them over."""
+
+    def __init__(self) -> None:
+        self.held: list[socket.socket] = []
+
+    def take(self) -> int:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.held.append(sock)
+        return int(sock.getsockname()[1])
+
+    def release(self) -> None:
+        for sock in self.held:
+            sock.close()
+        self.held.clear()
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
+    raise Failed(f"{what} is not listening on port {port}")
+
+
+class Failed(Exception):
+    """A configuration could not be measured; the row says why."""
+
+
+@contextmanager
+def started(
+    command: list[str], cwd: Path, port: int, what: str, log: Path | None = None, **kw: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, listening on ``port``, stopped (SIGTERM) on exit."""
+    out = log.open("ab") if log else subprocess.DEVNULL
+    process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=out, **kw)
+    try:
+        try:
+            wait_listening(port, process, what)
+        except Failed as exc:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log else []
+            raise Failed(f"{exc}: {tail[0] if tail else 'no output'}") from None
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log and out is not subprocess.DEVNULL:
+            out.close()  # type: ignore[union-attr]
+
+
+def sink_command(port: int) -> list[str]:
+    handler = "aiosmtpd.handlers.Sink"
+    return [sys.executable, "-m", "aiosmtpd", "-n", "-c", handler, "-l", f"127.0.0.1:{port}"]
+
+
+# -- the capture relay (a process of its own: its parsing costs the feed nothing) -----
+
+
+def relay_main(port: int) -> None:
+    """Accept every mail and print one JSON line about it: arrival time, event,
+    recipient, request, and for validation mails the token and what to reply to."""
+    import email
+    from email import policy
+
+    from aiosmtpd.controller import Controller
+
+    lock = threading.Lock()
+
+    class Capture:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            arrived = time.time()
+            raw = envelope.original_content or b""
+            message = email.message_from_bytes(raw, policy=policy.compat32)
+            seen = {
+                "t": arrived,
+                "event": str(message.get("X-Mailbot-Event", "")),
+                "request": str(message.get("X-Mailbot-Request", "")),
+                "to": [str(to).lower() for to in envelope.rcpt_tos],
+            }
+            if seen["event"] == "validation-requested":
+                seen.update(asked(message))
+            line = json.dumps(seen)
+            with lock:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            return "250 2.0.0 OK"
+
+    stopping = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # the server's thread inherits it
+    controller = Controller(Capture(), hostname="127.0.0.1", port=port)
+    controller.start()
+    signal.sigwait(stopping)
+    controller.stop()
+
+
+def asked(message: Any) -> dict[str, str]:
+    """What a reply to a validation mail needs: token, Message-ID, Reply-To,
+    subject and the plain text to quote."""
+    text = ""
+    for part in message.walk():
+        if part.get_content_type() == "text/plain":
+            payload = part.get_payload(decode=True) or b""
+            text = payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+            break
+    found = _TOKEN.search(text.encode())
+    return {
+        "token": found.group(1).decode() if found else "",
+        "message_id": str(message.get("Message-ID", "")),
+        "reply_to": str(message.get("Reply-To", BOT)),
+        "subject": str(message.get("Subject", "")).replace("\n", " ").replace("\r", ""),
+        "text": text[:1200],
+    }
+
+
+@dataclass
+class Relay:
+    """The benchmark's view of what the relay reported."""
+
+    asks: list[dict[str, Any]] = field(default_factory=list)
+    confirmed: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(recipient, request) -> first arrival of a confirmation."""
+    events: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def read(self, stream: Any) -> None:
+        for line in stream:
+            seen = json.loads(line)
+            with self.lock:
+                self.events[seen["event"]] = self.events.get(seen["event"], 0) + 1
+                if seen["event"] == "validation-requested":
+                    self.asks.append(seen)
+                if seen["event"] in CONFIRMATIONS:
+                    for to in seen["to"]:
+                        self.confirmed.setdefault((to, seen["request"]), seen["t"])
+
+    def count(self, event: str) -> int:
+        with self.lock:
+            return self.events.get(event, 0)
+
+
+@contextmanager
+def relay_process(port: int, cwd: Path) -> Iterator[Relay]:
+    relay = Relay()
+    command = [sys.executable, __file__, "--relay", str(port)]
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, text=True)
+    reader = threading.Thread(target=relay.read, args=(process.stdout,), daemon=True)
+    reader.start()
+    try:
+        wait_listening(port, process, "the capture relay")  # type: ignore[arg-type]
+        yield relay
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+# -- the generator -----------------------------------------------------------------
+
+SIGNATURE = (
+    "--\r\n{name}\r\nCustomer services, Example Hosting SARL\r\n"
+    "12 rue des Lilas, 75011 Paris - +33 1 23 45 67 89\r\n\r\n"
+    + "This message and any attachment are confidential and intended solely for the "
+    "addressee.\r\nIf you received it in error, please delete it and tell the sender.\r\n" * 5
+)
+
+
+def admin(i: int) -> str:
+    return f"admin{i}@customer{i % 97}.test"
+
+
+def world(services: int) -> dict[str, Any]:
+    """Services each with an admin, an outgoing tech and the tech they move to."""
+    contacts = []
+    for i in range(services):
+        contacts += [
+            {"handle": f"AD{i}-MB", "email": admin(i), "name": f"Admin {i}"},
+            {"handle": f"OT{i}-MB", "email": f"old{i}@hosting{i % 13}.test", "name": f"Old {i}"},
+            {"handle": f"NT{i}-MB", "email": f"new{i}@agency{i % 89}.test", "name": f"New {i}"},
+        ]
+    services_ = [
+        {
+            "name": f"site{i}.test",
+            "kind": "domain",
+            "admin": f"AD{i}-MB",
+            "tech": f"OT{i}-MB",
+            "billing": f"AD{i}-MB",
+        }
+        for i in range(services)
+    ]
+    return {"contacts": contacts, "services": services_}
+
+
+Mail = tuple[str, str, bytes]
+"""Envelope sender, recipient, raw message."""
+
+
+def headers(sender: str, to: str, subject: str, message_id: str, extra: str = "") -> str:
+    domain = sender.rpartition("@")[2]
+    return (
+        f"Received: from mx.{domain} (mx.{domain} [192.0.2.7]) by {AUTHSERV} "
+        "with ESMTPS id 4Zq8; Mon, 2 Mar 2026 09:00:01 +0000\r\n"
+        f"Authentication-Results: {AUTHSERV}; dkim=pass header.d={domain}; "
+        f"spf=pass smtp.mailfrom={sender}; dmarc=pass header.from={domain}\r\n"
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        "Date: Mon, 2 Mar 2026 09:00:00 +0000\r\n"
+        f"Message-ID: {message_id}\r\n{extra}"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n"
+    )
+
+
+def change(i: int, run: str) -> Mail:
+    """The admin of service ``i`` names a new tech contact."""
+    sender = admin(i)
+    body = f"CHANGE site{i}.test\r\ntech: NT{i}-MB\r\n\r\n" + SIGNATURE.format(name=f"Admin {i}")
+    head = headers(sender, BOT, f"CHANGE site{i}.test", f"<c{i}.{run}@client.test>")
+    return sender, BOT, (head + body).encode()
+
+
+def reply(ask: dict[str, Any], n: int, run: str) -> Mail:
+    """A contact's reply to a validation mail: the token typed above the quote
+    (the quote cut at whole lines, for a message of about 1.5 KB)."""
+    sender = ask["to"][0]
+    thread = f"In-Reply-To: {ask['message_id']}\r\nReferences: {ask['message_id']}\r\n"
+    head = headers(sender, ask["reply_to"], f"Re: {ask['subject']}", f"<r{n}.{run}@x.test>", thread)
+    text = (
+        head + f"ACCEPT {ask['token']}\r\n\r\nThanks,\r\n{sender}\r\n\r\n"
+        f"On Mon, 2 Mar 2026 at 09:00, mailbot <{BOT}> wrote:\r\n"
+    )
+    for line in ask["text"].splitlines():
+        if len(text.encode()) + len(line.encode()) > 1500:
+            break
+        text += f"> {line}\r\n"
+    recipient = ask["reply_to"].rpartition("<")[2].rstrip(">").strip()
+    return sender, recipient, text.encode()
+
+
+# -- the feed ----------------------------------------------------------------------
 
 
 async def expect(reader: asyncio.StreamReader, code: bytes) -> None:
     while True:
         line = await reader.readline()
         if not line.startswith(code):
-            raise RuntimeError(f"expected {code!r}, got {line!r}")
+            raise Failed(f"expected {code.decode()}, got {line.decode(errors='replace')!r}")
         if line[3:4] != b"-":
             return
 
 
-async def session(port: int, numbers: range, run: str, latencies: list[float]) -> None:
+async def connection(
+    port: int, mails: Sequence[Mail], at: Sequence[float] | None, acked: list[float]
+) -> None:
+    """Send ``mails`` one after another (each at its time in ``at`` if given);
+    append the wall-clock time of each 250 to ``acked``."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     await expect(reader, b"220")
-    writer.write(b"EHLO bench.test\r\n")
+    writer.write(b"EHLO feed.test\r\n")
     await expect(reader, b"250")
-    for n in numbers:
-        started = time.perf_counter()
-        writer.write(b"MAIL FROM:<someone@client.test>\r\nRCPT TO:<changes@mailbot.localhost>\r\n")
+    loop = asyncio.get_running_loop()
+    for k, (sender, recipient, raw) in enumerate(mails):
+        if at is not None and (wait := at[k] - loop.time()) > 0:
+            await asyncio.sleep(wait)
+        writer.write(f"MAIL FROM:<{sender}>\r\n".encode())
         await expect(reader, b"250")
+        writer.write(f"RCPT TO:<{recipient}>\r\nDATA\r\n".encode())
         await expect(reader, b"250")
-        writer.write(b"DATA\r\n")
         await expect(reader, b"354")
-        writer.write(BODY.format(n=n, run=run).encode() + b".\r\n")
+        writer.write(raw.replace(b"\r\n.", b"\r\n..") + b".\r\n")
         await expect(reader, b"250")
-        latencies.append(time.perf_counter() - started)
+        acked[k] = time.time()
     writer.write(b"QUIT\r\n")
     await writer.drain()
     writer.close()
 
 
-async def load(port: int, messages: int, connections: int, run: str) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    share = messages // connections
-    started = time.perf_counter()
+async def feed(
+    ports: Sequence[int], mails: Sequence[Mail], connections: int, rate: float | None = None
+) -> tuple[float, float, list[float]]:
+    """Send ``mails`` over ``connections`` connections spread over ``ports``,
+    as fast as they go, or at ``rate`` messages a second overall. Returns the
+    start (wall clock), the seconds until the last 250, and each mail's 250 time."""
+    loop = asyncio.get_running_loop()
+    begin, wall = loop.time(), time.time()
+    shares = [list(range(c, len(mails), connections)) for c in range(connections)]
+    acks = [[0.0] * len(share) for share in shares]
     await asyncio.gather(
         *(
-            session(port, range(i * share, (i + 1) * share), run, latencies)
-            for i in range(connections)
+            connection(
+                ports[c % len(ports)],
+                [mails[i] for i in share],
+                [begin + i / rate for i in share] if rate else None,
+                acks[c],
+            )
+            for c, share in enumerate(shares)
         )
     )
-    return time.perf_counter() - started, latencies
+    acked = [0.0] * len(mails)
+    for share, got in zip(shares, acks, strict=True):
+        for i, t in zip(share, got, strict=True):
+            acked[i] = t
+    return wall, max(acked) - wall, acked
 
 
-def start(command: list[str], cwd: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+# -- one configuration -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    database: str
+    """``sqlite`` or ``postgresql``."""
+    workers: int
+    instances: int
+
+    @property
+    def name(self) -> str:
+        store = "SQLite" if self.database == "sqlite" else "PostgreSQL"
+        many = f", {self.instances} instances" if self.instances > 1 else ""
+        return f"{store}, workers={self.workers}{many}"
+
+
+@dataclass
+class Row:
+    setup: Setup
+    sink_intake: float = 0.0
+    intake: float = 0.0
+    sink_replies: float = 0.0
+    e2e: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    problem: str = ""
+    errors: int = 0
+    """Error lines in serve's logs."""
+    mail_out: dict[str, int] = field(default_factory=dict)
+    """Mails handed to the relay, by ``X-Mailbot-Event``."""
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+def config_text(setup: Setup, database: str, smtp: int, web: int, relay: int) -> str:
+    """serve's own config: outgoing mail to the relay, the front MTA's
+    authserv-id trusted, and limits far above what the benchmark's senders do."""
+    text = (
+        f'[bot]\naddress = "{BOT}"\nbase_url = "http://127.0.0.1:{web}"\n'
+        f'[database]\nurl = "{database}"\n'
+        f'[smtp]\nport = {smtp}\nauthserv_id = "{AUTHSERV}"\nmax_connections_per_client = 500\n'
+        f'[web]\nport = {web}\nsecret_key = "benchmark-secret-key-shared-by-instances"\n'
+        f'[outgoing]\ntransport = "smtp"\nhost = "127.0.0.1"\nport = {relay}\n'
+        "[policy]\nmax_answers_per_hour = 1000000\nmax_bad_tokens_per_hour = 1000000\n"
+        "max_unsolicited_per_day = 1000000\n"
     )
-    wait_listening(port)
-    return process
+    if setup.workers:
+        text += f"[workers]\nprocesses = {setup.workers}\n"
+    return text
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
+def clean_env() -> dict[str, str]:
+    """The environment without ``MAILBOT_`` overrides: the config file alone decides."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")}
+
+
+def mailbot(root: Path, config: Path, *args: str) -> None:
+    env = clean_env()
+    command = [MAILBOT, "--config", str(config), *args]
+    done = subprocess.run(command, cwd=root, capture_output=True, env=env, check=False)
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        last = re.sub(r" in \S+\.toml", "", said[-1]) if said else str(done.returncode)
+        raise Failed(f"mailbot {args[0]}: {last}")
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise Failed(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def database_for(setup: Setup, server: str | None, n: int) -> Iterator[str]:
+    """A fresh database for one configuration, dropped afterwards."""
+    if setup.database == "sqlite":
+        yield "sqlite:///var/mailbot.db"
+        return
+    if server is None:
+        raise Failed("no PostgreSQL (no --postgres URL and no initdb found)")
+    import psycopg
+
+    name = f"bench_{os.getpid()}_{n}"
+    admin_url = server.replace("+psycopg", "")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-def measure(
-    name: str, process: subprocess.Popen[bytes], port: int, args: argparse.Namespace
-) -> float:
-    try:
-        asyncio.run(load(port, 50, 1, f"{name}-warm"))
-        elapsed, latencies = asyncio.run(load(port, args.messages, args.connections, name))
+        yield server.rsplit("/", 1)[0] + "/" + name
     finally:
-        stop(process)
-    rate = len(latencies) / elapsed
-    latencies.sort()
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
-    print(
-        f"{name:<28} {rate:8.0f} msg/s   median {statistics.median(latencies) * 1000:6.2f} ms"
-        f"   p99 {p99 * 1000:6.2f} ms"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def measure(setup: Setup, args: argparse.Namespace, server: str | None, n: int) -> Row:
+    row = Row(setup)
+    ports = Ports()
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="mailbot-thruput-") as folder,
+            database_for(setup, server, n) as url,
+        ):
+            root = Path(folder)
+            try:
+                run_setup(row, root, url, ports, args)
+            finally:
+                row.errors = sum(
+                    line.count("Traceback") + line.count(" ERROR ")
+                    for log in root.glob("serve-*.log")
+                    for line in log.read_text(errors="replace").splitlines()
+                )
+    except Failed as exc:
+        row.problem = str(exc)
+    finally:
+        ports.release()
+    return row
+
+
+def run_setup(row: Row, root: Path, url: str, ports: Ports, args: argparse.Namespace) -> None:
+    """Prepare the directory and database, start relay, serve(s) and sink, measure."""
+    relay_port, sink_port = ports.take(), ports.take()
+    smtp_ports = []
+    for k in range(row.setup.instances):
+        smtp, web = ports.take(), ports.take()
+        smtp_ports.append(smtp)
+        (root / f"mailbot-{k}.toml").write_text(config_text(row.setup, url, smtp, web, relay_port))
+    (root / "world.json").write_text(json.dumps(world(args.requests)))
+    mailbot(root, root / "mailbot-0.toml", "init")
+    mailbot(root, root / "mailbot-0.toml", "import", "world.json")
+    with ExitStack() as stack:
+        relay = stack.enter_context(relay_process(relay_port, root))
+        for k, port in enumerate(smtp_ports):
+            serve = [MAILBOT, "--config", str(root / f"mailbot-{k}.toml"), "serve"]
+            log = root / f"serve-{k}.log"
+            what = f"mailbot serve #{k}"
+            stack.enter_context(started(serve, root, port, what, log, env=clean_env()))
+        stack.enter_context(started(sink_command(sink_port), root, sink_port, "the sink"))
+        run = f"{os.getpid()}x{time.time_ns()}"
+        intake(row, relay, sink_port, smtp_ports, args, run)
+        end_to_end(row, relay, sink_port, smtp_ports, args, run)
+
+
+def intake(
+    row: Row, relay: Relay, sink: int, smtp: list[int], args: argparse.Namespace, run: str
+) -> None:
+    """The CHANGE mails to the sink, then to mailbot; wait for their token mails."""
+    changes = [change(i, run) for i in range(args.requests)]
+    row.sink_intake = len(changes) / asyncio.run(feed([sink], changes, args.connections))[1]
+    ours = len(changes) / asyncio.run(feed(smtp, changes, args.connections))[1]
+    row.intake = ours / row.sink_intake
+    wait_until(
+        lambda: relay.count("validation-requested") >= 2 * args.requests,
+        120 + args.requests,
+        "the token mails",
     )
-    return rate
+
+
+def end_to_end(
+    row: Row, relay: Relay, sink: int, smtp: list[int], args: argparse.Namespace, run: str
+) -> None:
+    """Replies in a burst (sink, then mailbot, until the last confirmation), then
+    paced at half the sink's rate for the latency of each."""
+    halves = replies(relay, run)
+    burst, burst_keys = [m for m, _ in halves[0]], [k for _, k in halves[0]]
+    paced, paced_keys = [m for m, _ in halves[1]], [k for _, k in halves[1]]
+    row.sink_replies = len(burst) / asyncio.run(feed([sink], burst, args.connections))[1]
+    wall, _, _ = asyncio.run(feed(smtp, burst, args.connections))
+    confirmations(relay, burst_keys, 120 + args.requests)
+    last = max(relay.confirmed[k] for k in burst_keys)
+    row.e2e = len(burst) / (last - wall) / row.sink_replies
+    _, _, acked = asyncio.run(feed(smtp, paced, args.connections, row.sink_replies / 2))
+    confirmations(relay, paced_keys, 120 + args.requests)
+    row.latencies = [relay.confirmed[k] - t for k, t in zip(paced_keys, acked, strict=True)]
+    with contextlib.suppress(Failed):  # the outgoing holders' copies may trail: counted if in
+        done = 3 * args.requests
+        wait_until(lambda: relay.count("request-done") >= done, 30, "every request-done")
+    with relay.lock:
+        row.mail_out = dict(relay.events)
+
+
+Key = tuple[str, str]
+"""(replier, request): how the relay files a reply's confirmation."""
+
+
+def replies(relay: Relay, run: str) -> tuple[list[tuple[Mail, Key]], list[tuple[Mail, Key]]]:
+    """Replies to every token mail: those of half the requests to send in a
+    burst, the other half paced; each list shuffled (repeatably)."""
+    with relay.lock:
+        asks = list(relay.asks)
+    requests = sorted({ask["request"] for ask in asks})
+    first = set(requests[: len(requests) // 2])
+    made = [(reply(ask, n, run), (ask["to"][0], ask["request"])) for n, ask in enumerate(asks)]
+    burst = [pair for pair in made if pair[1][1] in first]
+    paced = [pair for pair in made if pair[1][1] not in first]
+    shuffler = random.Random(12)  # noqa: S311 (a repeatable order, not a secret)
+    shuffler.shuffle(burst)
+    shuffler.shuffle(paced)
+    return burst, paced
+
+
+def confirmations(relay: Relay, keys: list[Key], timeout: float) -> None:
+    def arrived() -> bool:
+        with relay.lock:
+            return all(k in relay.confirmed for k in keys)
+
+    wait_until(arrived, timeout, "the confirmations")
+
+
+# -- the table -----------------------------------------------------------------------
+
+
+def verdict(row: Row) -> str:
+    missed = [
+        name
+        for name, ok in (
+            ("intake", row.intake >= GOALS["intake"]),
+            ("e2e", row.e2e >= GOALS["e2e"]),
+            ("p99", row.percentile(0.99) < GOALS["p99"]),
+        )
+        if not ok
+    ]
+    return "all met" if not missed else "missed: " + ", ".join(missed)
+
+
+def table(rows: list[Row]) -> None:
+    head = (
+        f"{'configuration':<36} {'sink msg/s':>10} {'intake':>7} {'sink msg/s':>10} "
+        f"{'e2e':>6} {'p50 s':>7} {'p99 s':>7}  goals"
+    )
+    print(head)
+    print(f"{'':<36} {'(CHANGE)':>10} {'x sink':>7} {'(replies)':>10} {'x sink':>6}")
+    for row in rows:
+        if row.problem:
+            print(f"{row.setup.name:<36} not measured: {row.problem}")
+            continue
+        errors = f" ({row.errors} error lines in serve's log)" if row.errors else ""
+        if row.mail_out.get("error"):
+            errors += f" ({row.mail_out['error']} error mails sent)"
+        print(
+            f"{row.setup.name:<36} {row.sink_intake:10.0f} {row.intake:7.3f} "
+            f"{row.sink_replies:10.0f} {row.e2e:6.3f} {row.percentile(0.5):7.3f} "
+            f"{row.percentile(0.99):7.3f}  {verdict(row)}{errors}"
+        )
+    print(
+        f"\ngoals: intake >= {GOALS['intake']}x, end to end >= {GOALS['e2e']}x, "
+        f"p99 < {GOALS['p99']:.0f} s at half the sink's reply rate "
+        "(latency: reply's 250 to the confirmation's arrival at the relay)"
+    )
+
+
+def machine() -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, load average {load}"
+
+
+def setups(args: argparse.Namespace) -> list[Setup]:
+    workers = [int(w) for w in args.workers.split(",")]
+    instances = [int(i) for i in args.instances.split(",")]
+    chosen = []
+    for database in args.databases.split(","):
+        if database == "sqlite":
+            chosen += [Setup("sqlite", w, 1) for w in workers if w <= 1]
+        elif database == "postgresql":
+            chosen += [Setup("postgresql", w, i) for i in instances for w in workers]
+        else:
+            raise SystemExit(f"--databases: unknown {database!r} (sqlite, postgresql)")
+    return chosen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=2000, help="CHANGE mails (2 tokens each)")
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--workers", default="0,1,2,4", help="[workers] processes values")
+    parser.add_argument("--instances", default="1,2", help="serve processes on PostgreSQL")
+    parser.add_argument("--postgres", metavar="URL", help="a server where databases may be made")
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
+    parser.add_argument("--relay", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"{args.messages} messages of {len(BODY)} bytes over {args.connections} connections\n")
-    with tempfile.TemporaryDirectory(prefix="mailbot-bench-") as folder:
-        root = Path(folder)
-        sink_port, smtp_port, web_port = free_port(), free_port(), free_port()
-        sink = start(
-            [
-                sys.executable,
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-c",
-                "aiosmtpd.handlers.Sink",
-                "-l",
-                f"127.0.0.1:{sink_port}",
-            ],
-            root,
-            sink_port,
-        )
-        bare = measure("bare aiosmtpd sink", sink, sink_port, args)
-        (root / "mailbot.toml").write_text(
-            f"[smtp]\nport = {smtp_port}\n[web]\nport = {web_port}\n"
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILBOT_")}
-        subprocess.run(
-            [sys.executable, "-m", "mailbot", "init"],
-            cwd=root,
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-        served = start([sys.executable, "-m", "mailbot", "serve"], root, smtp_port)
-        ours = measure("mailbot serve (SQLite)", served, smtp_port, args)
-    print(f"\nmailbot acknowledges at {ours / bare:.0%} of the bare sink's rate")
+    if args.relay:
+        relay_main(args.relay)
+        return
+    if args.quick:
+        args.requests, args.connections = 40, 2
+    chosen = setups(args)
+    print(
+        f"{args.requests} CHANGE mails then {2 * args.requests} replies over "
+        f"{args.connections} connections; {machine()}",
+        flush=True,
+    )
+    needs_pg = any(s.database == "postgresql" for s in chosen) and not args.postgres
+    rows = []
+    with local_postgres() if needs_pg else nullcontext(args.postgres) as server:
+        for n, setup in enumerate(chosen):
+            rows.append(measure(setup, args, server, n))
+            out = ", ".join(f"{k} {v}" for k, v in sorted(rows[-1].mail_out.items()))
+            done = rows[-1].problem or f"{verdict(rows[-1])}; mail out: {out}"
+            print(f"  measured {setup.name}: {done}", flush=True)
+    print()
+    table(rows)
+    print(f"\nmachine: {machine()}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""The throughput benchmark, run as an operator would (``--quick``, SQLite): it
+measures a configuration end to end and prints its row with numbers. No bound
+on the figures themselves: a busy machine may make them anything."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NUMBER = r"(\d+(?:\.\d+)?)"
+
+
+def test_the_throughput_benchmark_prints_a_measured_row() -> None:
+    """Every reply it sends gets its confirmation back through the relay, and the
+    table shows the sink's rates, the ratios and the latency percentiles."""
+    script = REPO / "benchmarks" / "smtp_throughput.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--quick", "--databases", "sqlite", "--workers", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    out = run.stdout
+    assert run.returncode == 0, run.stderr + out
+    assert "Traceback" not in run.stderr, run.stderr
+    assert "not measured" not in out, out
+    row = re.search(
+        rf"^SQLite, workers=0 +{' +'.join([NUMBER] * 6)} +(all met|missed: [a-z0-9, ]+)$",
+        out,
+        re.MULTILINE,
+    )
+    assert row is not None, out
+    figures = [float(x) for x in row.groups()[:6]]
+    assert all(figure > 0 for figure in figures), out
+    p50, p99 = figures[4:]
+    assert p50 <= p99, out
+    mail_out = re.search(r"mail out: (.*)$", out, re.MULTILINE)
+    assert mail_out is not None, out
+    assert "validation-requested 80" in mail_out.group(1), out
+    assert "request-done 120" in mail_out.group(1), out
+    assert "error" not in mail_out.group(1), out
+    assert re.search(r"^machine: \d+ CPUs, load average ", out, re.MULTILINE), out
