@@ -57,22 +57,27 @@ class Intent:
     references: tuple[str, ...] = ()
 
 
-def dumps(intent: Intent, request_json: dict[str, Any] | None = None) -> str:
-    """The intent as stored; ``request_json`` is ``request_data(intent.request)``
+def dumps(intent: Intent, request_text: str | None = None) -> str:
+    """The intent as stored; ``request_text`` is ``request_json(intent.request)``
     when the caller made it already (several mails about one request share it)."""
     data = {
         "v": VERSION,
         "to": _party(intent.to),
-        "request": request_json
-        if request_json is not None
-        else (request_data(intent.request) if intent.request else None),
         "context": {key: _value(value) for key, value in intent.context.items()},
         "reply_to": intent.reply_to,
         "error_code": intent.error_code,
         "in_reply_to": intent.in_reply_to,
         "references": list(intent.references),
     }
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    if request_text is None:
+        request_text = request_json(intent.request) if intent.request else "null"
+    return f'{text[:-1]},"request":{request_text}}}'
+
+
+def request_json(request: Request) -> str:
+    """A request as an intent carries it, as JSON text."""
+    return json.dumps(request_data(request), separators=(",", ":"), ensure_ascii=False)
 
 
 def loads(text: str) -> Intent:

@@ -81,18 +81,9 @@ class Mailer:
         nothing of what it was sent.
         """
         trusted = self.trusts(session, mail.to.email)
-        if not trusted and (held := self._held_back(session, mail)):
+        if not trusted and (held := self.held_back(session, mail)):
             if mail.event not in ANSWER_EVENTS:
-                session.add(
-                    EventRow(
-                        at=self.clock.now(),
-                        request_id=mail.request.id if mail.request else None,
-                        kind="mail-held",
-                        actor_email=mail.to.email,
-                        contact_id=mail.to.id,
-                        detail=f"{mail.event} not sent: {held}",
-                    )
-                )
+                session.add(EventRow(**self.held_event(mail, held)))
             return False
         self.notify_on_commit(session)
         session.add(OutboxRow(**self.outbox_values(mail, message if trusted else None, trusted)))
@@ -110,7 +101,7 @@ class Mailer:
         mail: OutgoingMail,
         message: Answered | None,
         trusted: bool,
-        request_json: dict[str, Any] | None = None,
+        request_json: str | None = None,
     ) -> dict[str, Any]:
         """The outbox row of a mail that may go out: its intent, rendered later
         (see ``intents``), or its bytes when its values cannot be an intent.
@@ -212,18 +203,38 @@ class Mailer:
         assert contact.id is not None
         return queries.holds_a_role(session, contact.id) or queries.has_decided(session, contact.id)
 
-    def _held_back(self, session: Session, mail: OutgoingMail) -> str | None:
+    def held_event(self, mail: OutgoingMail, why: str) -> dict[str, Any]:
+        """The event log's line for a mail held back (stored columns)."""
+        return {
+            "at": self.clock.now(),
+            "request_id": mail.request.id if mail.request else None,
+            "kind": "mail-held",
+            "actor_email": mail.to.email,
+            "contact_id": mail.to.id,
+            "channel": None,
+            "inbound_id": None,
+            "detail": f"{mail.event} not sent: {why}",
+        }
+
+    def held_back(self, session: Session, mail: OutgoingMail) -> str | None:
         """Why a mail to an untrusted address must not go out today, or None."""
         since = self.clock.now() - timedelta(days=1)
-        cap = self.settings.policy.max_unsolicited_per_day
-        if mail_queries.mails_to_mailbox_since(session, mail.to.email, since) >= cap:
-            return f"{cap} mails a day to an address that never answered"
+        sent = mail_queries.mails_to_mailbox_since(session, mail.to.email, since)
+        if held := self.over_cap(sent):
+            return held
         if (
             mail.event in ANSWER_EVENTS
             and mail_queries.mails_to_mailbox_since(session, mail.to.email, since, ANSWER_EVENTS)
             >= 1
         ):
             return "one answer a day to an unknown address"
+        return None
+
+    def over_cap(self, sent_today: int) -> str | None:
+        """Why a mailbox that never answered gets no more mail today, or None."""
+        cap = self.settings.policy.max_unsolicited_per_day
+        if sent_today >= cap:
+            return f"{cap} mails a day to an address that never answered"
         return None
 
     def _queued(self, session: Session) -> None:
