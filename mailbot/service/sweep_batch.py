@@ -99,6 +99,8 @@ class SweepChunk:
         self.decided = self._decided()
         self.sent_today = self._sent_today()
         self.states: dict[str, Request] = {}
+        self.changed: dict[str, None] = {}
+        """The requests whose state is written back, in the order they changed."""
         self.events: list[dict[str, Any]] = []
         self.tokens: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
@@ -271,7 +273,7 @@ class SweepChunk:
     ) -> None:
         """What ``Transitions.commit`` does for one request, kept for ``write``."""
         request = transition.request
-        self.states[request_id] = request
+        self.set_state(request)
         logs.note_request(self.session.info, request_id)
         for validation in request.validations:
             if not validation.pending and validation.contact.id is not None:
@@ -281,8 +283,9 @@ class SweepChunk:
             self._carry_out(request, effect)
 
     def set_state(self, request: Request) -> None:
-        """A change of state with no transition (a held decision dropped)."""
+        """A new state of a request, written back by ``write``."""
         self.states[request.id] = request
+        self.changed[request.id] = None
 
     def _carry_out(self, request: Request, effect: workflow.Effect) -> None:
         if isinstance(effect, workflow.Remind):
@@ -372,8 +375,8 @@ class SweepChunk:
 
     def _write_states(self) -> None:
         requests, validations = [], []
-        for request_id, request in self.states.items():
-            row = self.requests[request_id]
+        for request_id in self.changed:
+            request, row = self.states[request_id], self.requests[request_id]
             if (row.status, row.closed_at) != (request.status.value, request.closed_at):
                 requests.append(
                     {

@@ -91,8 +91,7 @@ class Sweeping:
             if isinstance(e, workflow.Remind)
         ]
         assert len(events) == len(transition.effects)
-        if transition.effects:
-            chunk.commit(request_id, transition, events)
+        chunk.commit(request_id, transition, events)
         return len(transition.effects)
 
     def _apply_held(self, chunk: SweepChunk, request_id: str, now: datetime) -> int:

@@ -148,27 +148,33 @@ def mailbox(address: str) -> str:
     return f"{local.partition('+')[0]}@{domain}"
 
 
+MAILBOXES_PER_QUERY = 100
+"""Mailboxes asked about in one statement: SQLite bounds the depth of an expression."""
+
+
 def mails_to_mailboxes_since(
     session: Session, addresses: Iterable[str], since: datetime
 ) -> Counter[str]:
-    """``mails_to_mailbox_since`` for many addresses in one statement, by mailbox."""
-    boxes = {mailbox(address) for address in addresses}
-    if not boxes:
-        return Counter()
+    """``mails_to_mailbox_since`` for many addresses at once, by mailbox."""
+    boxes = sorted({mailbox(address) for address in addresses})
+    counts: Counter[str] = Counter()
+    for start in range(0, len(boxes), MAILBOXES_PER_QUERY):
+        counts.update(_mails_to(session, boxes[start : start + MAILBOXES_PER_QUERY], since))
+    return counts
+
+
+def _mails_to(session: Session, boxes: list[str], since: datetime) -> Counter[str]:
     to_email = col(OutboxRow.to_email)
     tagged = to_email
     if session.get_bind().dialect.name == "postgresql":
         tagged = tagged.collate("C")  # type: ignore[assignment]
-    bases = {box.partition("@")[0] for box in boxes}
-    ranges = [and_(tagged >= f"{base}+", tagged < f"{base},") for base in sorted(bases)]
+    bases = sorted({box.partition("@")[0] for box in boxes})
+    ranges = [and_(tagged >= f"{base}+", tagged < f"{base},") for base in bases]
     query = select(OutboxRow.to_email).where(
-        or_(to_email.in_(sorted(boxes)), *ranges), col(OutboxRow.created_at) >= since
+        or_(to_email.in_(boxes), *ranges), col(OutboxRow.created_at) >= since
     )
-    counts: Counter[str] = Counter()
-    for address in session.exec(query).all():
-        if (box := mailbox(address)) in boxes:
-            counts[box] += 1
-    return counts
+    wanted = set(boxes)
+    return Counter(box for a in session.exec(query).all() if (box := mailbox(a)) in wanted)
 
 
 def _like_escaped(text: str) -> str:
