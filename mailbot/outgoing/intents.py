@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from mailbot.domain import (
@@ -114,7 +115,10 @@ def _value(value: Any) -> Any:
     raise NotEncodable(type(value).__name__)
 
 
+@lru_cache(maxsize=4096)
 def _party(party: Party) -> dict[str, Any]:
+    """A party as JSON values; the same few parties recur in every mail of a chunk.
+    (Shared between callers: only ever read.)"""
     return {
         "email": party.email,
         "name": party.name,

@@ -94,6 +94,7 @@ class SweepChunk:
         self.changes = self._by_request(CHANGES)
         self.holders = self._holders()
         self.contacts = self._contacts()
+        self.parties: dict[int, Party] = {}
         self.by_email = {row.email: row for row in self.contacts.values()}
         self.roles_held = self._roles_held()
         self.decided = self._decided()
@@ -233,15 +234,18 @@ class SweepChunk:
         return request
 
     def _party(self, contact_id: int) -> Party:
-        row = self.contacts[contact_id]
-        return Party(
-            email=row.email,
-            name=row.name,
-            language=row.language,
-            in_good_standing=row.in_good_standing,
-            id=row.id,
-            handle=row.handle,
-        )
+        found = self.parties.get(contact_id)
+        if found is None:
+            row = self.contacts[contact_id]
+            found = self.parties[contact_id] = Party(
+                email=row.email,
+                name=row.name,
+                language=row.language,
+                in_good_standing=row.in_good_standing,
+                id=row.id,
+                handle=row.handle,
+            )
+        return found
 
     def _validation(self, row: Row) -> Validation:
         return Validation(
