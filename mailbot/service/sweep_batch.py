@@ -176,8 +176,13 @@ class SweepChunk:
         ids = self._unhandled()
         if not ids:
             return set()
-        query = sa.select(VALIDATIONS.c.contact_id).where(
-            VALIDATIONS.c.contact_id.in_(ids), VALIDATIONS.c.status != ValidationStatus.PENDING
+        query = (
+            sa.select(VALIDATIONS.c.contact_id)
+            .where(
+                VALIDATIONS.c.contact_id.in_(ids),
+                VALIDATIONS.c.status != ValidationStatus.PENDING,
+            )
+            .distinct()
         )
         return {row[0] for row in self.connection.execute(query)}
 

@@ -32,7 +32,7 @@ class SweepReport:
     """Held link-page decisions that took effect."""
 
 
-CHUNK = 250
+CHUNK = 500
 """Due requests handled in one transaction: one commit, a few statements per table."""
 
 
