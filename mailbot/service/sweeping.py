@@ -4,11 +4,9 @@ stale requests expire, silent contacts are reminded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-
-from sqlmodel import Session
 
 from mailbot import workflow
 from mailbot.domain import Channel
@@ -19,9 +17,10 @@ from mailbot.service.transitions import Event, Transitions
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
 
-DueQuery = Callable[[Session, datetime], Sequence[str]]
 Step = Callable[[SweepChunk, str, datetime], int]
 """What one pass does to one due request of a chunk; returns how many it did."""
+Pass = tuple[set[str], Step]
+"""The requests due for a step, and the step."""
 
 
 @dataclass(frozen=True)
@@ -49,27 +48,42 @@ class Sweeping:
 
         Held decisions go first, so that one made before the expiry counts.
 
+        Each request is handled once, all its due steps in that order; up to
+        ``CHUNK`` requests share a transaction (one commit).
+
         It reads only due rows, through indexes on their due times, and is safe
         beside another sweep: each chunk locks its requests, leaves those whose
         lock another sweep holds to that sweep, and decides each request from
         its state read under the lock, so a request another sweep handled
         meanwhile is no longer due.
         """
-        applied = self._pass(queries.due_held, now, self._apply_held)
-        expired = self._pass(queries.due_expiries, now, self._expire)
-        reminded = self._pass(queries.due_reminders, now, self._remind)
-        self.context.limits.forget(now)
-        return SweepReport(expired=expired, reminded=reminded, applied=applied)
-
-    def _pass(self, query: DueQuery, now: datetime, step: Step) -> int:
         with transaction(self.context.engine) as session:
-            due = list(query(session, now))
-        return sum(self._chunk(due[i : i + CHUNK], now, step) for i in range(0, len(due), CHUNK))
+            passes: list[Pass] = [
+                (set(query(session, now)), step)
+                for query, step in (
+                    (queries.due_held, self._apply_held),
+                    (queries.due_expiries, self._expire),
+                    (queries.due_reminders, self._remind),
+                )
+            ]
+        ids = sorted(set().union(*(due for due, _ in passes)))
+        done = [0, 0, 0]
+        for start in range(0, len(ids), CHUNK):
+            found = self._chunk(ids[start : start + CHUNK], now, passes)
+            done = [a + b for a, b in zip(done, found, strict=True)]
+        self.context.limits.forget(now)
+        return SweepReport(applied=done[0], expired=done[1], reminded=done[2])
 
-    def _chunk(self, ids: list[str], now: datetime, step: Step) -> int:
+    def _chunk(self, ids: list[str], now: datetime, passes: list[Pass]) -> list[int]:
+        """Every due step of each request of the chunk, held decisions first, in one
+        transaction; how many each pass did."""
+        done = [0] * len(passes)
         with transaction(self.context.engine) as session:
             chunk = SweepChunk(session, self.transitions, ids, now)
-            done = sum(step(chunk, request_id, now) for request_id in chunk.requests)
+            for request_id in chunk.requests:
+                for index, (due, step) in enumerate(passes):
+                    if request_id in due:
+                        done[index] += step(chunk, request_id, now)
             chunk.write()
             if chunk.queued:
                 self.context.mailer.notify_on_commit(session)
