@@ -168,15 +168,18 @@ def outbox(bot: Mailbot, *, after: int = 0) -> list[Sent]:
         rows = session.exec(
             select(OutboxRow).where(col(OutboxRow.id) > after).order_by(col(OutboxRow.id))
         ).all()
-    return [
-        Sent(
-            row,
-            email.message_from_bytes(row.payload, policy=policy.default)  # type: ignore[arg-type]
-            if row.payload
-            else None,
-        )
-        for row in rows
-    ]
+    return [Sent(row, _message(bot, row)) for row in rows]
+
+
+def _message(bot: Mailbot, row: OutboxRow) -> EmailMessage | None:
+    """The mail a row holds: its bytes, or, while it waits to be rendered, the
+    bytes the sender will make of its intent (the same Message-ID and Date)."""
+    payload = row.payload
+    if payload is None and row.intent is not None:
+        payload = bot.mailer.render_queued(row)[1]
+    if payload is None:
+        return None
+    return email.message_from_bytes(payload, policy=policy.default)  # type: ignore[return-value]
 
 
 def send(bot: Mailbot, raw: bytes, **kwargs: Any) -> list[Sent]:

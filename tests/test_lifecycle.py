@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import START
+from conftest import START, make_settings
 from factories import (
     ALICE,
     BOB,
@@ -22,6 +23,7 @@ from factories import (
     dmarc,
     last_outbox_id,
     outbox,
+    request_state,
     send,
     token_in,
 )
@@ -206,6 +208,42 @@ def test_two_sweeps_at_once_remind_and_expire_once(bot: Mailbot, mail: MailFacto
     sent = [m.event for m in outbox(bot, after=before)]
     assert sent.count("reminder") == 3  # Carol on the first, Alice and Carol on the second
     assert sent.count("request-expired") == 4
+
+
+def test_one_sweep_keeps_a_strangers_daily_cap_across_its_requests(
+    bot: Mailbot, mail: MailFactory, clock: FixedClock, tmp_path: Path
+) -> None:
+    """A sweep handles its due requests together, yet counts the mail it queues to
+    an address that never answered as it goes: one reminder goes, the other waits."""
+    strict_settings = make_settings(
+        tmp_path,
+        bot.settings.database.url,
+        policy={"operators": ["ops@agency.test"], "max_unsolicited_per_day": 1},
+    )
+    strict = Mailbot.from_settings(strict_settings, bot.clock)
+    try:
+        first = send(strict, mail(ALICE, "CHANGE example.com", f"tech: {STRANGER}"))
+        second = send(strict, mail(ALICE, "CHANGE example.com", f"billing: {STRANGER}"))
+        assert [m.to for m in first + second].count(STRANGER) == 1
+        clock.at = START + 3 * DAY
+        reminders = sweep(strict, 3 * DAY)
+    finally:
+        strict.engine.dispose()
+    assert sorted(events(reminders)) == [
+        ("reminder", ALICE),
+        ("reminder", ALICE),
+        ("reminder", STRANGER),
+    ]
+    held = [
+        e
+        for m in (first[0], second[0])
+        for e in request_state(bot, str(m.row.request_id))["events"]
+        if e["kind"] == "mail-held"
+    ]
+    assert sorted(e["detail"] for e in held) == [
+        "reminder not sent: 1 mails a day to an address that never answered",
+        "validation-requested not sent: 1 mails a day to an address that never answered",
+    ]
 
 
 def test_the_sweep_reads_only_due_rows(bot: Mailbot, mail: MailFactory) -> None:

@@ -382,3 +382,32 @@ def test_a_stopping_sender_finishes_the_mail_in_flight_and_releases_the_rest(
     assert sorted(r.status for r in rows(bot)) == ["queued", "queued", "sent"]
     assert {r.attempts for r in rows(bot) if r.status == "queued"} == {0}
     assert bot.flush_outbox(transport).sent == 2  # released: due at once
+
+
+def test_a_mail_its_templates_cannot_render_is_dead_until_they_are_fixed(
+    bot: Mailbot, mail: MailFactory, tmp_path: Path
+) -> None:
+    """Mail is rendered when first sent: a broken operator template kills that mail
+    with the reason, the others go, and ``outbox retry`` sends it once fixed."""
+    override = tmp_path / "templates" / "mail" / "en" / "validation-requested.txt.j2"
+    override.parent.mkdir(parents=True)
+    override.write_text("Subject: {{ request.id\n")
+    broken_settings = make_settings(
+        tmp_path, bot.settings.database.url, bot={"templates_dir": str(tmp_path / "templates")}
+    )
+    broken = Mailbot.from_settings(broken_settings, bot.clock)
+    try:
+        open_request(broken, mail)
+        transport = FlakyTransport()
+        assert broken.flush_outbox(transport).sent == 2  # Alice writes in French
+        (dead,) = [r for r in rows(bot) if r.status == "dead"]
+        assert (dead.event, dead.to_email) == ("validation-requested", CAROL)
+        assert (dead.last_error or "").startswith("cannot render: ")
+        override.unlink()
+        assert len(broken.retry_outbox(None)) == 1
+        assert broken.flush_outbox(transport).sent == 1
+    finally:
+        broken.engine.dispose()
+    assert transport.delivered[-1][1] == CAROL
+    assert b"/v/" in transport.delivered[-1][2]
+    assert {r.status for r in rows(bot)} == {"sent"}

@@ -7,7 +7,8 @@ folded to one line before it reaches a header, and addresses go through
 
 from __future__ import annotations
 
-import uuid
+import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import decode_header, make_header
@@ -39,7 +40,14 @@ class Envelope:
 
 
 def new_message_id(domain: str) -> str:
-    return f"{uuid.uuid4().hex}@{domain}"
+    """32 hex digits: the time in milliseconds, then 80 random bits.
+
+    Random enough that no one guesses the bounce address it is part of;
+    ordered by time so that the outbox's unique index on it grows at its
+    end, where a random id would touch a page anywhere in it for each mail.
+    """
+    millis = time.time_ns() // 1_000_000
+    return f"{millis:012x}{secrets.randbits(80):020x}@{domain}"
 
 
 BOUNCE_PREFIX = "bounce-"

@@ -144,6 +144,10 @@ def address_problem(address: str) -> str | None:
     return None
 
 
+Render = Callable[[OutboxRow], tuple[str, bytes]]
+"""Makes the subject and bytes of a mail queued as an intent."""
+
+
 @dataclass(frozen=True)
 class _Claim:
     id: int
@@ -159,14 +163,17 @@ def flush(
     policy: RetryPolicy,
     limit: int = 10_000,
     keep_going: Callable[[], bool] = lambda: True,
+    render: Render | None = None,
 ) -> FlushReport:
     """Send every due mail once; return what happened. ``keep_going`` is asked
     before each mail: once it says no, the mail in flight finishes and the
-    claims not yet sent are released for the next flush."""
+    claims not yet sent are released for the next flush. ``render`` makes the
+    bytes of mail queued as an intent (``Mailer.render_queued``); without it
+    such mail waits for a sender that has it."""
     counts = dict.fromkeys(Attempt, 0)
     try:
         while limit > 0 and keep_going():
-            claims = _claim(engine, clock(), min(BATCH, limit))
+            claims = _claim(engine, clock(), min(BATCH, limit), render)
             if not claims:
                 break
             limit -= len(claims)
@@ -184,11 +191,16 @@ def flush(
     return FlushReport(counts[Attempt.SENT], counts[Attempt.RETRY], counts[Attempt.DEAD])
 
 
-def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
+def _claim(engine: Engine, now: datetime, limit: int, render: Render | None = None) -> list[_Claim]:
+    """Claim due mail for ``LEASE``; mail queued as an intent is rendered first,
+    once: its bytes are kept in the row, so every attempt sends the same mail."""
     with transaction(engine) as session:
         claims = []
         for row in mail_queries.due_outbox(session, now, limit):
             assert row.id is not None
+            unrendered = row.payload is None and row.intent is not None
+            if unrendered and (render is None or not _render(session, row, render, now)):
+                continue
             row.status = OutboxStatus.SENDING
             row.attempts += 1
             row.next_attempt_at = now + LEASE
@@ -197,6 +209,25 @@ def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
                 continue
             claims.append(_Claim(row.id, row.envelope_from, row.to_email, row.payload))
         return claims
+
+
+def _render(session: Session, row: OutboxRow, render: Render, now: datetime) -> bool:
+    """Make the bytes of a mail queued as an intent; the intent goes, the bytes
+    stay (and are dropped once sent, when they carry a secret). A mail whose
+    templates cannot render it is dead at once, its intent kept for a retry
+    once they are fixed."""
+    try:
+        row.subject, row.payload = render(row)
+    except Exception as exc:  # a broken or missing operator template, a corrupt intent
+        row.status = OutboxStatus.DEAD
+        row.last_error = f"cannot render: {type(exc).__name__}: {exc}"[:1000]
+        row.next_attempt_at = now
+        _set_delivery(session, row, Delivery.FAILED)
+        log.error("cannot render %s to %s: %s", row.event, row.to_email, exc)
+        metrics.outgoing(row.event, "dead")
+        return False
+    row.intent = None
+    return True
 
 
 def _release(engine: Engine, ids: list[int], now: datetime) -> None:

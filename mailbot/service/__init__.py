@@ -204,7 +204,14 @@ class Mailbot:
             max_backoff=timedelta(seconds=outgoing.max_backoff_seconds),
             max_attempts=outgoing.max_attempts,
         )
-        return flush(self.engine, transport, self.clock.now, policy, keep_going=keep_going)
+        return flush(
+            self.engine,
+            transport,
+            self.clock.now,
+            policy,
+            keep_going=keep_going,
+            render=self.mailer.render_queued,
+        )
 
     @translates_outages
     def retry_outbox(self, ids: list[int] | None) -> list[OutboxRow]:

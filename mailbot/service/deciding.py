@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlmodel import Session
 
 from mailbot import commands, mailparse, tokens, workflow
-from mailbot.domain import Channel, Decision, Request, Validation, ValidationStatus
+from mailbot.domain import Channel, Decision, Party, Request, Validation, ValidationStatus
 from mailbot.errors import AmbiguousDecision, BadToken, NotAuthorized
 from mailbot.service.context import ServiceContext
 from mailbot.service.inbound import ReceivedMail
@@ -164,7 +164,7 @@ class Deciding:
             actor=actor,
         )
         detail = f"forwarded by {message.via}" if message and message.via else ""
-        events = decision_events(transition, contact, channel, actor, detail)
+        events = decision_events(transition, queries.party(contact), channel, actor, detail)
         return self.transitions.commit(session, request_row, transition, events, message)
 
     def token_page(self, typed: str) -> TokenPage:
@@ -278,7 +278,7 @@ class Deciding:
 
 def decision_events(
     transition: workflow.Transition,
-    contact: ContactRow,
+    contact: Party,
     channel: Channel,
     actor: str | None,
     detail: str = "",
@@ -286,7 +286,7 @@ def decision_events(
     """What a decision writes in the log: the validation's new status and, when it
     closed the request, the request's."""
     request = transition.request
-    decided = request.validation_of(queries.party(contact))
+    decided = request.validation_of(contact)
     assert decided is not None
     events = [
         Event(

@@ -4,6 +4,8 @@ or revokes, the role holders it changes. Called by ``Transitions.commit``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlmodel import Session
 
 from mailbot import tokens, workflow
@@ -72,15 +74,22 @@ class Effects:
         """A fresh token for the contact, in a validation mail or a reminder."""
         validation = validation_row(session, request, contact)
         assert validation.id is not None
+        token, outgoing = self.token_mail(request, contact, validation.id, reminder)
+        session.add(TokenRow(**token))
+        self.context.mailer.queue(session, outgoing, mail)
+
+    def token_mail(
+        self, request: Request, contact: Party, validation_id: int, reminder: int | None = None
+    ) -> tuple[dict[str, Any], OutgoingMail]:
+        """A fresh token's stored columns, and the mail that carries it."""
         token, reply_key = tokens.new_token(), tokens.new_key()
-        session.add(
-            TokenRow(
-                validation_id=validation.id,
-                digest=tokens.digest(token),
-                reply_key_digest=tokens.digest(reply_key),
-                issued_at=self.context.clock.now(),
-            )
-        )
+        stored = {
+            "validation_id": validation_id,
+            "digest": tokens.digest(token),
+            "reply_key_digest": tokens.digest(reply_key),
+            "issued_at": self.context.clock.now(),
+            "used_at": None,
+        }
         reply_address = self.context.reply_address(reply_key)
         side = request.validation_of(contact)
         context = {
@@ -96,11 +105,11 @@ class Effects:
             contact,
             request,
             context=context,
-            validation_id=validation.id,
+            validation_id=validation_id,
             reply_to=reply_address,
             carries_secret=True,
         )
-        self.context.mailer.queue(session, outgoing, mail)
+        return stored, outgoing
 
     def send_undo(self, session: Session, request: Request, effect: workflow.ConfirmHeld) -> None:
         """Tell the contact what the link page recorded, with a fresh single-use undo link."""

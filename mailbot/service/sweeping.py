@@ -4,22 +4,23 @@ stale requests expire, silent contacts are reminded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-
-from sqlmodel import Session
 
 from mailbot import workflow
 from mailbot.domain import Channel
 from mailbot.service.context import ServiceContext
 from mailbot.service.deciding import decision_events
+from mailbot.service.sweep_batch import SweepChunk, without_hold
 from mailbot.service.transitions import Event, Transitions
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
-from mailbot.storage.tables import ContactRow, RequestRow
 
-DueQuery = Callable[[Session, datetime], Sequence[str]]
+Step = Callable[[SweepChunk, str, datetime], int]
+"""What one pass does to one due request of a chunk; returns how many it did."""
+Pass = tuple[set[str], Step]
+"""The requests due for a step, and the step."""
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,13 @@ class SweepReport:
     """Held link-page decisions that took effect."""
 
 
+CHUNK = 500
+"""Due requests handled in one transaction: one commit, a few statements per table."""
+
+
 class Sweeping:
-    """Each request is handled in its own transaction, under its row lock."""
+    """Due requests are handled in chunks, each in one transaction under the row
+    locks of its requests (see ``sweep_batch``)."""
 
     def __init__(self, context: ServiceContext, transitions: Transitions) -> None:
         self.context = context
@@ -42,72 +48,81 @@ class Sweeping:
 
         Held decisions go first, so that one made before the expiry counts.
 
+        Each request is handled once, all its due steps in that order; up to
+        ``CHUNK`` requests share a transaction (one commit).
+
         It reads only due rows, through indexes on their due times, and is safe
-        beside another sweep: each request is handled under its row lock, and
-        one whose lock is taken is left to the sweep that holds it.
+        beside another sweep: each chunk locks its requests, leaves those whose
+        lock another sweep holds to that sweep, and decides each request from
+        its state read under the lock, so a request another sweep handled
+        meanwhile is no longer due.
         """
-        applied = sum(self._apply_held(r, now) for r in self._due(queries.due_held, now))
-        expired = sum(self._expire(r, now) for r in self._due(queries.due_expiries, now))
-        reminded = sum(self._remind(r, now) for r in self._due(queries.due_reminders, now))
-        self.context.limits.forget(now)
-        return SweepReport(expired=expired, reminded=reminded, applied=applied)
-
-    def _due(self, query: DueQuery, now: datetime) -> list[str]:
         with transaction(self.context.engine) as session:
-            return list(query(session, now))
-
-    def _expire(self, request_id: str, now: datetime) -> int:
-        with transaction(self.context.engine) as session:
-            row = _lock_unless_taken(session, request_id)
-            if row is None:
-                return 0
-            transition = workflow.expire(queries.request(session, row), now)
-            if not transition.effects:
-                return 0
-            self.transitions.commit(session, row, transition, [Event("request-expired")])
-            return 1
-
-    def _remind(self, request_id: str, now: datetime) -> int:
-        with transaction(self.context.engine) as session:
-            row = _lock_unless_taken(session, request_id)
-            if row is None:
-                return 0
-            days = self.context.settings.policy.reminder_days
-            transition = workflow.remind(queries.request(session, row), now, days)
-            events = [
-                Event("reminder-sent", contact_id=e.contact.id, detail=f"reminder {e.number}")
-                for e in transition.effects
-                if isinstance(e, workflow.Remind)
-            ]
-            assert len(events) == len(transition.effects)
-            self.transitions.commit(session, row, transition, events)
-            return len(transition.effects)
-
-    def _apply_held(self, request_id: str, now: datetime) -> int:
-        """Apply the held decisions of one request whose window has passed."""
-        with transaction(self.context.engine) as session:
-            row = _lock_unless_taken(session, request_id)
-            if row is None:
-                return 0
-            applied = 0
-            for validation in queries.validation_rows(session, row.id):
-                if validation.held_until is None or validation.held_until > now:
-                    continue
-                contact = session.get(ContactRow, validation.contact_id)
-                assert contact is not None
-                request = queries.request(session, row)
-                if not request.pending:  # closed meanwhile: nothing left to decide
-                    validation.held_decision = validation.held_until = None
-                    continue
-                transition = workflow.apply_held(request, contact=queries.party(contact), now=now)
-                events = decision_events(
-                    transition, contact, Channel.WEB, contact.email, "held on the link page"
+            passes: list[Pass] = [
+                (set(query(session, now)), step)
+                for query, step in (
+                    (queries.due_held, self._apply_held),
+                    (queries.due_expiries, self._expire),
+                    (queries.due_reminders, self._remind),
                 )
-                self.transitions.commit(session, row, transition, events)
-                applied += 1
-            return applied
+            ]
+        ids = sorted(set().union(*(due for due, _ in passes)))
+        done = [0, 0, 0]
+        for start in range(0, len(ids), CHUNK):
+            found = self._chunk(ids[start : start + CHUNK], now, passes)
+            done = [a + b for a, b in zip(done, found, strict=True)]
+        self.context.limits.forget(now)
+        return SweepReport(applied=done[0], expired=done[1], reminded=done[2])
 
+    def _chunk(self, ids: list[str], now: datetime, passes: list[Pass]) -> list[int]:
+        """Every due step of each request of the chunk, held decisions first, in one
+        transaction; how many each pass did."""
+        done = [0] * len(passes)
+        with transaction(self.context.engine) as session:
+            chunk = SweepChunk(session, self.transitions, ids, now)
+            for request_id in chunk.requests:
+                for index, (due, step) in enumerate(passes):
+                    if request_id in due:
+                        done[index] += step(chunk, request_id, now)
+            chunk.write()
+            if chunk.queued:
+                self.context.mailer.notify_on_commit(session)
+        return done
 
-def _lock_unless_taken(session: Session, request_id: str) -> RequestRow | None:
-    """The request, locked for this sweep; None when another sweep holds its lock."""
-    return queries.request_row(session, request_id, for_update=True, skip_locked=True)
+    def _expire(self, chunk: SweepChunk, request_id: str, now: datetime) -> int:
+        transition = workflow.expire(chunk.request(request_id), now)
+        if not transition.effects:
+            return 0
+        chunk.commit(request_id, transition, [Event("request-expired")])
+        return 1
+
+    def _remind(self, chunk: SweepChunk, request_id: str, now: datetime) -> int:
+        days = self.context.settings.policy.reminder_days
+        transition = workflow.remind(chunk.request(request_id), now, days)
+        events = [
+            Event("reminder-sent", contact_id=e.contact.id, detail=f"reminder {e.number}")
+            for e in transition.effects
+            if isinstance(e, workflow.Remind)
+        ]
+        assert len(events) == len(transition.effects)
+        chunk.commit(request_id, transition, events)
+        return len(transition.effects)
+
+    def _apply_held(self, chunk: SweepChunk, request_id: str, now: datetime) -> int:
+        """Apply the held decisions of one request whose window has passed."""
+        applied = 0
+        for contact in chunk.held_contacts(request_id):
+            request = chunk.request(request_id)
+            validation = request.validation_of(contact)
+            if validation is None or validation.held_until is None or validation.held_until > now:
+                continue
+            if not request.pending:  # closed meanwhile: nothing left to decide
+                chunk.set_state(without_hold(request, contact))
+                continue
+            transition = workflow.apply_held(request, contact=contact, now=now)
+            events = decision_events(
+                transition, contact, Channel.WEB, contact.email, "held on the link page"
+            )
+            chunk.commit(request_id, transition, events)
+            applied += 1
+        return applied

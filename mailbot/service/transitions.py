@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlmodel import Session
 
 from mailbot import logs, metrics, workflow
-from mailbot.domain import Channel, Request
+from mailbot.domain import Channel, Request, Validation
 from mailbot.errors import BadToken
 from mailbot.mailparse import redact
 from mailbot.service.context import ServiceContext
@@ -64,21 +65,27 @@ class Transitions:
         row.status = request.status.value
         row.closed_at = request.closed_at
         contacts = {v.contact.id: v for v in request.validations}
-        days = self.context.settings.policy.reminder_days
         for stored in queries.validation_rows(session, row.id):
-            state = contacts[stored.contact_id]
-            stored.status = state.status.value
-            stored.channel = state.channel.value if state.channel else None
-            stored.decided_at = state.decided_at
-            stored.actor_email = state.actor
-            stored.reminders_sent = state.reminders_sent
-            stored.held_decision = state.held.value if state.held else None
-            stored.held_until = state.held_until
-            stored.next_reminder_at = (
+            for name, value in self.validation_values(request, contacts[stored.contact_id]).items():
+                setattr(stored, name, value)
+
+    def validation_values(self, request: Request, state: Validation) -> dict[str, Any]:
+        """The stored columns of one validation of ``request`` in ``state``."""
+        days = self.context.settings.policy.reminder_days
+        return {
+            "status": state.status.value,
+            "channel": state.channel.value if state.channel else None,
+            "decided_at": state.decided_at,
+            "actor_email": state.actor,
+            "reminders_sent": state.reminders_sent,
+            "held_decision": state.held.value if state.held else None,
+            "held_until": state.held_until,
+            "next_reminder_at": (
                 workflow.next_reminder_at(request.created_at, state.reminders_sent, days)
                 if request.pending and state.pending
                 else None
-            )
+            ),
+        }
 
     def log(
         self,
@@ -93,15 +100,19 @@ class Transitions:
         if event.kind == f"error:{BadToken.code}" and event.actor:
             self.context.limits.bad_tokens.record(session, event.actor, self.context.clock.now())
             metrics.bad_token("email")
-        session.add(
-            EventRow(
-                at=self.context.clock.now(),
-                request_id=request_id,
-                kind=event.kind,
-                actor_email=event.actor,
-                contact_id=event.contact_id,
-                channel=event.channel.value if event.channel else None,
-                inbound_id=inbound_id,
-                detail=redact.text(event.detail, self.context.settings.bot.local_part),
-            )
-        )
+        session.add(EventRow(**self.event_values(request_id, event, inbound_id)))
+
+    def event_values(
+        self, request_id: str | None, event: Event, inbound_id: int | None = None
+    ) -> dict[str, Any]:
+        """The stored columns of one line of the log, tokens and reply keys taken out."""
+        return {
+            "at": self.context.clock.now(),
+            "request_id": request_id,
+            "kind": event.kind,
+            "actor_email": event.actor,
+            "contact_id": event.contact_id,
+            "channel": event.channel.value if event.channel else None,
+            "inbound_id": inbound_id,
+            "detail": redact.text(event.detail, self.context.settings.bot.local_part),
+        }

@@ -179,7 +179,8 @@ class InboundRow(SQLModel, table=True):
 
 
 class OutboxRow(SQLModel, table=True):
-    """One email to send; the payload of a mail carrying a token is dropped once sent."""
+    """One email to send: queued as an intent, rendered when first claimed; the
+    payload of a mail carrying a token is dropped once sent."""
 
     __tablename__ = "outbox"
     __table_args__ = (
@@ -198,6 +199,11 @@ class OutboxRow(SQLModel, table=True):
     envelope_from: str = Field(max_length=320)
     subject: str = Field(default="", max_length=998)
     payload: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
+    """The mail's bytes, made when a sender first claims it (or when queued, for
+    mail queued before intents); None again once a mail carrying a secret is sent."""
+    intent: str | None = Field(default=None, sa_type=sa.Text)
+    """What rendering the mail needs (``outgoing.intents``, JSON) while it waits
+    to be rendered; None once rendered. It holds the same secrets as the payload."""
     carries_secret: bool = False
     status: str = Field(default=OutboxStatus.QUEUED, max_length=8)
     attempts: int = 0
