@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -108,6 +109,11 @@ class SmtpTransport:
         else:
             client = smtplib.SMTP(settings.host, settings.port, timeout=TIMEOUT_SECONDS)
         try:
+            # The final dot is written alone, after the body and a commit: without
+            # this, Nagle's algorithm would hold it until the relay acknowledges
+            # the body, which a delayed ACK puts off for tens of milliseconds.
+            if client.sock is not None:
+                client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.ehlo_or_helo_if_needed()
             if settings.starttls and not settings.ssl:
                 client.starttls(context=context)
