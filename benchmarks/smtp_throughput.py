@@ -627,21 +627,25 @@ def table(rows: list[Row]) -> None:
     print(head)
     print(f"{'':<36} {'(CHANGE)':>10} {'x sink':>7} {'(replies)':>10} {'x sink':>6}")
     for row in rows:
-        if row.problem:
-            print(f"{row.setup.name:<36} not measured: {row.problem}")
-            continue
-        errors = f" ({row.errors} error lines in serve's log)" if row.errors else ""
-        if row.mail_out.get("error"):
-            errors += f" ({row.mail_out['error']} error mails sent)"
-        print(
-            f"{row.setup.name:<36} {row.sink_intake:10.0f} {row.intake:7.3f} "
-            f"{row.sink_replies:10.0f} {row.e2e:6.3f} {row.percentile(0.5):7.3f} "
-            f"{row.percentile(0.99):7.3f}  {verdict(row)}{errors}"
-        )
+        print(row_line(row))
     print(
         f"\ngoals: intake >= {GOALS['intake']}x, end to end >= {GOALS['e2e']}x, "
         f"p99 < {GOALS['p99']:.0f} s at half the sink's reply rate "
         "(latency: reply's 250 to the confirmation's arrival at the relay)"
+    )
+
+
+def row_line(row: Row) -> str:
+    """One configuration's figures, as a line of the table."""
+    if row.problem:
+        return f"{row.setup.name:<36} not measured: {row.problem}"
+    errors = f" ({row.errors} error lines in serve's log)" if row.errors else ""
+    if row.mail_out.get("error"):
+        errors += f" ({row.mail_out['error']} error mails sent)"
+    return (
+        f"{row.setup.name:<36} {row.sink_intake:10.0f} {row.intake:7.3f} "
+        f"{row.sink_replies:10.0f} {row.e2e:6.3f} {row.percentile(0.5):7.3f} "
+        f"{row.percentile(0.99):7.3f}  {verdict(row)}{errors}"
     )
 
 
@@ -692,8 +696,9 @@ def main() -> None:
         for n, setup in enumerate(chosen):
             rows.append(measure(setup, args, server, n))
             out = ", ".join(f"{k} {v}" for k, v in sorted(rows[-1].mail_out.items()))
-            done = rows[-1].problem or f"{verdict(rows[-1])}; mail out: {out}"
-            print(f"  measured {setup.name}: {done}", flush=True)
+            print(f"  {row_line(rows[-1])}", flush=True)  # kept if the run is cut short
+            if not rows[-1].problem:
+                print(f"    mail out: {out}", flush=True)
     print()
     table(rows)
     print(f"\nmachine: {machine()}")
