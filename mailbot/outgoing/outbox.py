@@ -154,6 +154,8 @@ class _Claim:
     envelope_from: str
     recipient: str
     payload: bytes
+    event: str
+    request_id: str | None
 
 
 def flush(
@@ -207,7 +209,16 @@ def _claim(engine: Engine, now: datetime, limit: int, render: Render | None = No
             if row.payload is None:  # sent just before a crash, and already scrubbed
                 row.status = OutboxStatus.SENT
                 continue
-            claims.append(_Claim(row.id, row.envelope_from, row.to_email, row.payload))
+            claims.append(
+                _Claim(
+                    row.id,
+                    row.envelope_from,
+                    row.to_email,
+                    row.payload,
+                    row.event,
+                    row.request_id,
+                )
+            )
         return claims
 
 
@@ -273,7 +284,7 @@ def _send_one(
         error = str(exc) if isinstance(exc, TemporaryFailure) else f"{type(exc).__name__}: {exc}"
         return _failed(engine, claim, error, clock(), policy, permanent=False, undo=committed)
     commit_point()  # a transport that found the mail already delivered
-    _log_sent(engine, claim.id)
+    _log_sent(claim)
     return Attempt.SENT
 
 
@@ -292,19 +303,16 @@ def _mark_sent(engine: Engine, row_id: int, now: datetime) -> None:
         _set_delivery(session, row, Delivery.SENT)
 
 
-def _log_sent(engine: Engine, row_id: int) -> None:
+def _log_sent(claim: _Claim) -> None:
     """Counted and logged once the relay took the mail, not at the commit point."""
-    with transaction(engine) as session:
-        row = session.get(OutboxRow, row_id)
-        assert row is not None
-        metrics.outgoing(row.event, "sent")
-        log.info(
-            "sent %s to %s (request %s)",
-            row.event,
-            row.to_email,
-            row.request_id or "-",
-            extra={"request_id": row.request_id, "event": row.event, "outcome": "sent"},
-        )
+    metrics.outgoing(claim.event, "sent")
+    log.info(
+        "sent %s to %s (request %s)",
+        claim.event,
+        claim.recipient,
+        claim.request_id or "-",
+        extra={"request_id": claim.request_id, "event": claim.event, "outcome": "sent"},
+    )
 
 
 def _failed(
