@@ -190,3 +190,9 @@ def note_request(info: MutableMapping[str, Any], request_id: str | None) -> None
 def noted_request(info: MutableMapping[str, Any]) -> str | None:
     found = info.get(_REQUEST_NOTE)
     return found if isinstance(found, str) else None
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short log line: its type and the first line of its text."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

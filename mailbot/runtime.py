@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from mailbot import metrics
+from mailbot import logs, metrics
 from mailbot.adapters import outgoing_transport
 from mailbot.adapters.connections import (
     ACCEPT_BACKLOG,
@@ -260,7 +260,8 @@ class Runtime:
             try:
                 await self._blocking(self.work_thread, self.bot.process_inbound, inbound_id)
             except StorageUnavailable as exc:
-                log.warning("message %d stays stored, to retry: %s", inbound_id, _first_line(exc))
+                reason = logs.first_line(exc)
+                log.warning("message %d stays stored, to retry: %s", inbound_id, reason)
             except Exception:
                 log.exception("message %d could not be processed", inbound_id)
             finally:
@@ -288,12 +289,12 @@ class Runtime:
             except BacklogStalled as exc:
                 cursor, failures = exc.inbound_id, failures + 1
                 pause = min(2.0**failures, RESCUE_MAX_BACKOFF_SECONDS)
-                log.warning("stored mail waits: %s; retrying in %.0fs", _first_line(exc), pause)
+                log.warning("stored mail waits: %s; retrying in %.0fs", logs.first_line(exc), pause)
                 continue
             except Exception as exc:  # the backlog could not even be listed
                 failures += 1
                 pause = min(2.0**failures, RESCUE_MAX_BACKOFF_SECONDS)
-                log.warning("stored mail waits: %s; retrying in %.0fs", _first_line(exc), pause)
+                log.warning("stored mail waits: %s; retrying in %.0fs", logs.first_line(exc), pause)
                 continue
             failures = 0
             if done.seen:
@@ -343,7 +344,7 @@ class Runtime:
             # A transport per flush: a session is never shared between threads.
             report = self.bot.flush_outbox(outgoing_transport(self.settings), self._keep_sending)
         except Exception as exc:
-            log.warning("outbox flush failed, will try again: %s", _first_line(exc))
+            log.warning("outbox flush failed, will try again: %s", logs.first_line(exc))
             return False
         if report.sent or report.retried or report.dead:
             log.debug("outbox: %s", report)
@@ -417,8 +418,3 @@ class _NotAlreadyRunning(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "maximum number of running instances" not in str(record.msg)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

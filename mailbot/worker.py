@@ -25,6 +25,7 @@ import threading
 import time
 from types import FrameType
 
+from mailbot import logs
 from mailbot.adapters import outgoing_transport
 from mailbot.config import Settings
 from mailbot.errors import BacklogStalled, StorageUnavailable
@@ -99,7 +100,7 @@ class Worker:
 
     def _outage(self, exc: Exception, failures: int) -> None:
         pause = min(2.0**failures, OUTAGE_MAX_BACKOFF_SECONDS)
-        log.warning("stored mail waits: %s; retrying in %.0fs", _first_line(exc), pause)
+        log.warning("stored mail waits: %s; retrying in %.0fs", logs.first_line(exc), pause)
         self.stopping.wait(pause)
 
     def _sender(self) -> None:
@@ -119,7 +120,7 @@ class Worker:
             # A transport per flush, as in serve: a session is never reused for long.
             self.bot.flush_outbox(outgoing_transport(self.settings), self._keep_sending)
         except Exception as exc:
-            log.warning("outbox flush failed, will try again: %s", _first_line(exc))
+            log.warning("outbox flush failed, will try again: %s", logs.first_line(exc))
 
 
 def run_worker(settings: Settings, supervised: bool = False) -> None:
@@ -160,8 +161,3 @@ def _watch_stdin(stopping: threading.Event) -> None:
     if not stopping.is_set():
         log.warning("serve is gone: stopping")
     stopping.set()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
