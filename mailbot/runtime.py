@@ -312,20 +312,28 @@ class Runtime:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.to_process.join(), PROCESS_DEFER_SECONDS)
 
-    async def _nap(self, kick: asyncio.Event, seconds: float) -> None:
-        """Sleep ``seconds``, or less if ``kick`` is set."""
-        if seconds > 0:
+    async def _nap(self, kick: asyncio.Event, seconds: float | None) -> None:
+        """Sleep ``seconds``, or less if ``kick`` is set; None: until it is set."""
+        if seconds is None:
+            await kick.wait()
+        elif seconds > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(kick.wait(), seconds)
         kick.clear()
 
     async def _sender(self) -> None:
         """Drains the outbox when mail is queued, and every FLUSH_SECONDS; backs
-        off while flushing fails (the database is down)."""
+        off while flushing fails (the database is down).
+
+        With worker processes, whose senders drain the outbox and retry what
+        failed, serve sends only when its own commits queued mail (a link-page
+        decision, the sweep, IMAP), so that a burst's rendering and sending stay
+        out of the listener's process.
+        """
         failures = 0
         while not self.stopping.is_set():
             pause = min(FLUSH_SECONDS * 2**failures, FLUSH_MAX_BACKOFF_SECONDS)
-            await self._nap(self.flush_wanted, pause)
+            await self._nap(self.flush_wanted, pause if self.acts_here or failures else None)
             if self.stopping.is_set():
                 return
             flushed = await self._blocking(self.send_thread, self.flush)

@@ -126,6 +126,38 @@ def test_the_same_message_twice_acts_once(served: Mailbot, mail: MailFactory) ->
     assert len(outbox(served)) == 3
 
 
+ENVELOPE_SENDERS = [
+    ("<alice@customer.test>", 250, "alice@customer.test"),
+    ("<alice@customer.test> SIZE=2000 BODY=8BITMIME", 250, "alice@customer.test"),
+    ("<alice@customer.test>  SIZE=2000", 250, "alice@customer.test"),
+    ("<alice@customer.test> (a comment) SIZE=2000", 250, "alice@customer.test"),
+    ('<"alice smith"@customer.test>', 250, '"alice smith"@customer.test'),
+    ("<@relay.test:alice@customer.test>", 250, "alice@customer.test"),
+    ("<alice.o'brien+tag@customer.test>", 250, "alice.o'brien+tag@customer.test"),
+    ("<>", 250, "<>"),
+    ("<alice@@customer.test>", 553, None),
+    ("<alice@customer.test", 250, "alice@customer.test"),
+    ("<alice..smith@customer.test>", 250, "alice..smith@customer.test"),
+]
+
+
+def test_envelope_senders_in_every_form_are_read_alike(served: Mailbot, mail: MailFactory) -> None:
+    """The plain ``<local@domain>`` is read without the full address parser, and
+    every other form (parameters, comments, quoting, routes, the null sender,
+    malformed) by it: each gets the answer and the stored sender it always had."""
+    with running(served), smtplib.SMTP("127.0.0.1", served.settings.smtp.port) as client:
+        client.ehlo()
+        for written, code, _ in ENVELOPE_SENDERS:
+            assert client.docmd(f"MAIL FROM:{written}")[0] == code, written
+            if code == 250:
+                assert client.rcpt("changes@bot.test")[0] == 250
+                assert client.data(mail(ALICE, "HELP"))[0] == 250
+    with transaction(served.engine) as session:
+        rows = session.exec(select(InboundRow).order_by(col(InboundRow.id))).all()
+        kept = [row.envelope_from for row in rows]
+    assert kept == [sender for _, code, sender in ENVELOPE_SENDERS if code == 250]
+
+
 def test_a_stored_but_unprocessed_message_is_processed_after_a_restart(
     served: Mailbot, mail: MailFactory
 ) -> None:

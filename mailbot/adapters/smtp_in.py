@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, AnyStr
@@ -47,6 +48,11 @@ TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 SESSION_TOO_LONG = "421 4.4.2 Session too long, closing connection"
 TOO_BIG = "552 5.3.4 Message too big"
 _LINE_TOO_LONG = "500 Line too long"
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_PLAIN_ADDRESS = re.compile(f"<({_DOT_ATOM}@{_DOT_ATOM})>(?: ([^ \t\r\n(][^\r\n]*))?")
+"""``<local@domain>``, both parts dot-atoms (RFC 5322 3.2.3), then nothing or
+one space and the parameters: no quoting, comments, source route, non-ASCII
+or folding, which aiosmtpd's own parse handles."""
 STORE_TIMEOUT_SECONDS = 30.0
 BATCH_LIMIT = 64
 
@@ -65,9 +71,6 @@ class GroupCommitWriter:
         self.run_blocking = run_blocking
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
-        self.idle = asyncio.Event()
-        """Set while nothing waits to be stored: a good moment for slower work."""
-        self.idle.set()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run(), name="inbound-writer")
@@ -86,10 +89,7 @@ class GroupCommitWriter:
 
     async def _run(self) -> None:
         while True:
-            if self.queue.empty():
-                self.idle.set()
             batch = [await self.queue.get()]
-            self.idle.clear()
             while not self.queue.empty() and len(batch) < BATCH_LIMIT:
                 batch.append(self.queue.get_nowait())
             try:
@@ -242,6 +242,22 @@ class LimitedSMTP(SMTP):
                 self._close_with(SESSION_TOO_LONG)
         if envelope is not None and envelope.original_content is not None:
             self.messages += 1
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The address of MAIL FROM or RCPT TO, and the parameters after it.
+
+        Nearly every address is a plain ``<local@domain>`` of dot-atoms, for
+        which aiosmtpd's full RFC 5322 parse (a quarter of the listener's CPU)
+        gives back the text between the brackets: such an address is read here,
+        anything else by aiosmtpd as before.
+        """
+        plain = _PLAIN_ADDRESS.fullmatch(arg)
+        if plain is None:
+            return super()._getaddr(arg)
+        address, parameters = plain.group(1), plain.group(2) or ""
+        if self.local_part_limit and address.index("@") > self.local_part_limit:
+            return None, None
+        return address, parameters
 
     def _end_of_life(self) -> None:
         """Close now, or once the message arriving has its answer (its 250 is not lost)."""

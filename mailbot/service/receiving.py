@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn, TypeVar
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
-from mailbot import commands, logs, mailparse, metrics
+from mailbot import commands, intake, logs, mailparse, metrics
 from mailbot.domain import InboundStatus
 from mailbot.errors import (
     BacklogStalled,
@@ -30,7 +30,7 @@ from mailbot.service.context import OutagesTranslated, ServiceContext, is_outage
 from mailbot.service.inbound import RawMail, ReceivedMail, StoredMail, ignore_reason, speaker
 from mailbot.service.transitions import Event, Transitions
 from mailbot.storage import mail_queries
-from mailbot.storage.engine import reading, transaction
+from mailbot.storage.engine import DriverStatements, reading, transaction, writing
 from mailbot.storage.tables import InboundRow
 
 log = logging.getLogger(__name__)
@@ -67,38 +67,13 @@ class Receiving:
     # -- storing ------------------------------------------------------------------
 
     def store(self, messages: list[RawMail]) -> list[StoredMail]:
-        """Commit several raw messages at once: one durable commit for a whole batch."""
-        try:
-            with transaction(self.context.engine) as session:
-                return self._store_batch(session, messages)
-        except IntegrityError:  # stored at the same instant by another instance
-            if len(messages) == 1:
-                with transaction(self.context.engine) as session:
-                    return self._store_batch(session, messages)
-            return [self.store([m])[0] for m in messages]
-
-    def _store_batch(self, session: Session, messages: list[RawMail]) -> list[StoredMail]:
-        """Add the messages not stored before; a message seen twice is stored once."""
-        results: list[StoredMail] = []
-        known = _stored_before(session, messages)
-        fresh: dict[str, InboundRow] = {}
-        now = self.context.clock.now()
-        for message in messages:
-            key = message.dedup_key
-            existing = fresh.get(key) or known.get(key)
-            if existing is not None:
-                results.append(StoredMail(existing.id or 0, True, existing.status))
-                continue
-            row = message.row(now)
-            session.add(row)
-            fresh[key] = row
-            results.append(StoredMail(0, False, row.status))
-        session.flush()
-        metrics.inbound_duplicates(sum(result.duplicate for result in results))
-        return [
-            StoredMail(fresh[m.dedup_key].id or 0, r.duplicate, r.status) if not r.id else r
-            for m, r in zip(messages, results, strict=True)
-        ]
+        """Commit several raw messages at once: one durable commit for a whole
+        batch, with the same statements as the pipe's ``--store-only``."""
+        with writing(self.context.engine) as connection:
+            statements = DriverStatements(connection)
+            stored = intake.store_many(statements, messages, self.context.clock.now())
+        metrics.inbound_duplicates(sum(s.duplicate for s in stored))
+        return [StoredMail(s.id, s.duplicate, s.status) for s in stored]
 
     # -- acting on stored mail ----------------------------------------------------
 
@@ -312,19 +287,6 @@ class Receiving:
             if self.cases.confirming.addressed(session, mail) is None:
                 raise
             return commands.Command("CONFIRM", "", "", french=False)
-
-
-def _stored_before(session: Session, messages: list[RawMail]) -> dict[str, InboundRow]:
-    """Rows already stored for these messages, by their ``dedup_key``. A row
-    stored by an earlier version under a legacy key counts only if its raw
-    message has the same content key."""
-    keys = [m.dedup_key for m in messages]
-    legacy = {key: m.dedup_key for m in messages for key in m.legacy_keys}
-    known = mail_queries.inbound_by_keys(session, [*keys, *legacy])
-    for key, row in list(known.items()):
-        if key in legacy and RawMail(row.raw).dedup_key == legacy[key]:
-            known[legacy[key]] = row
-    return known
 
 
 def _carries_credential(mail: ReceivedMail, command: commands.Command) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -148,7 +148,9 @@ def _begin_immediate(connection: sa.Connection, busy_timeout: float) -> None:
     """
     deadline = time.monotonic() + busy_timeout
     pause, longest = WRITE_LOCK_POLL_SECONDS
-    connection.exec_driver_sql("PRAGMA busy_timeout = 0")
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute("PRAGMA busy_timeout = 0")
     try:
         while True:
             try:
@@ -160,7 +162,7 @@ def _begin_immediate(connection: sa.Connection, busy_timeout: float) -> None:
             time.sleep(pause)
             pause = min(pause * 2, longest)
     finally:
-        connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        driver.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
 
 
 # SQLite has one writer at a time. Threads of one process queue on a lock, woken
@@ -192,6 +194,30 @@ def transaction(engine: Engine) -> Iterator[Session]:
     """One unit of work: committed if the block ends normally, rolled back otherwise."""
     with _writer_turn(engine), Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[sa.Connection]:
+    """A write transaction on a bare connection, for the hot paths whose
+    statements are few and fixed (storing received mail): no ORM session."""
+    with _writer_turn(engine), engine.begin() as connection:
+        yield connection
+
+
+class DriverStatements:
+    """Statements written with ``?`` placeholders run on an SQLAlchemy connection
+    as they are (the driver's own paramstyle), so that the same SQL serves the
+    pipe's bare driver connection (``mailbot.intake``) and the service; errors
+    still come wrapped, and a lost connection still invalidates the pool."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self.connection = connection
+        self.sqlite = connection.dialect.name == "sqlite"
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        statement = sql if self.sqlite else sql.replace("?", "%s")
+        result = self.connection.exec_driver_sql(statement, tuple(params))
+        return [tuple(row) for row in result.fetchall()] if result.returns_rows else []
 
 
 @contextmanager
