@@ -24,10 +24,14 @@ For each configuration:
    last confirmation (``validation-recorded`` or ``request-done`` to the
    replier) arriving at the relay: stored, parsed, decided, sent. Goal:
    >= 0.3x the sink's rate on the same replies.
-3. **latency**: the other half is answered at half the sink's rate (paced,
-   each connection on its own schedule); the latency is from each reply's 250
-   to its confirmation's arrival at the relay (which includes the outbox
-   sender's hand-over, so it bounds "queued" from above). Goal: p99 < 1 s.
+3. **latency**: a quarter of the requests is answered at half the sink's rate
+   (paced, each connection on its own schedule); the latency is from each
+   reply's 250 to its confirmation's arrival at the relay (which includes the
+   outbox sender's hand-over, so it bounds "queued" from above). Goal: p99 <
+   1 s. When mailbot's end-to-end rate is below half the sink's, that load
+   piles up and the figure measures a backlog draining; so the last quarter
+   is answered at half mailbot's own measured end-to-end rate, a load it
+   sustains, and its p99 is printed too (``p99 @e2e/2``).
 
 Configurations: SQLite; PostgreSQL with ``[workers] processes`` = each of
 ``--workers`` (0 acts inside serve and writes no ``[workers]`` section); and
@@ -417,14 +421,16 @@ class Row:
     sink_replies: float = 0.0
     e2e: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    sustained: list[float] = field(default_factory=list)
+    """Latencies at half mailbot's own end-to-end rate."""
     problem: str = ""
     errors: int = 0
     """Error lines in serve's logs."""
     mail_out: dict[str, int] = field(default_factory=dict)
     """Mails handed to the relay, by ``X-Mailbot-Event``."""
 
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
+    def percentile(self, q: float, sustained: bool = False) -> float:
+        ordered = sorted(self.sustained if sustained else self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
 
 
@@ -557,17 +563,16 @@ def end_to_end(
 ) -> None:
     """Replies in a burst (sink, then mailbot, until the last confirmation), then
     paced at half the sink's rate for the latency of each."""
-    halves = replies(relay, run)
-    burst, burst_keys = [m for m, _ in halves[0]], [k for _, k in halves[0]]
-    paced, paced_keys = [m for m, _ in halves[1]], [k for _, k in halves[1]]
-    row.sink_replies = len(burst) / asyncio.run(feed([sink], burst, args.connections))[1]
-    wall, _, _ = asyncio.run(feed(smtp, burst, args.connections))
+    burst, paced, sustained = replies(relay, run)
+    burst_keys = [k for _, k in burst]
+    row.sink_replies = len(burst) / asyncio.run(feed([sink], mails(burst), args.connections))[1]
+    wall, _, _ = asyncio.run(feed(smtp, mails(burst), args.connections))
     confirmations(relay, burst_keys, 120 + args.requests)
     last = max(relay.confirmed[k] for k in burst_keys)
-    row.e2e = len(burst) / (last - wall) / row.sink_replies
-    _, _, acked = asyncio.run(feed(smtp, paced, args.connections, row.sink_replies / 2))
-    confirmations(relay, paced_keys, 120 + args.requests)
-    row.latencies = [relay.confirmed[k] - t for k, t in zip(paced_keys, acked, strict=True)]
+    e2e_rate = len(burst) / (last - wall)
+    row.e2e = e2e_rate / row.sink_replies
+    row.latencies = paced_latencies(relay, smtp, paced, row.sink_replies / 2, args)
+    row.sustained = paced_latencies(relay, smtp, sustained, e2e_rate / 2, args)
     with contextlib.suppress(Failed):  # the outgoing holders' copies may trail: counted if in
         done = 3 * args.requests
         wait_until(lambda: relay.count("request-done") >= done, 30, "every request-done")
@@ -577,22 +582,40 @@ def end_to_end(
 
 Key = tuple[str, str]
 """(replier, request): how the relay files a reply's confirmation."""
+Replies = list[tuple[Mail, Key]]
 
 
-def replies(relay: Relay, run: str) -> tuple[list[tuple[Mail, Key]], list[tuple[Mail, Key]]]:
+def replies(relay: Relay, run: str) -> tuple[Replies, Replies, Replies]:
     """Replies to every token mail: those of half the requests to send in a
-    burst, the other half paced; each list shuffled (repeatably)."""
+    burst, a quarter paced at half the sink's rate, a quarter at half
+    mailbot's end-to-end rate; each list shuffled (repeatably)."""
     with relay.lock:
         asks = list(relay.asks)
     requests = sorted({ask["request"] for ask in asks})
-    first = set(requests[: len(requests) // 2])
+    half, three_quarters = len(requests) // 2, 3 * len(requests) // 4
+    part = {r: 0 if n < half else 1 if n < three_quarters else 2 for n, r in enumerate(requests)}
     made = [(reply(ask, n, run), (ask["to"][0], ask["request"])) for n, ask in enumerate(asks)]
-    burst = [pair for pair in made if pair[1][1] in first]
-    paced = [pair for pair in made if pair[1][1] not in first]
     shuffler = random.Random(12)  # noqa: S311 (a repeatable order, not a secret)
-    shuffler.shuffle(burst)
-    shuffler.shuffle(paced)
-    return burst, paced
+    parts: list[Replies] = [[], [], []]
+    for pair in made:
+        parts[part[pair[1][1]]].append(pair)
+    for replies_ in parts:
+        shuffler.shuffle(replies_)
+    return parts[0], parts[1], parts[2]
+
+
+def mails(replies_: Replies) -> list[Mail]:
+    return [mail for mail, _ in replies_]
+
+
+def paced_latencies(
+    relay: Relay, smtp: list[int], paced: Replies, rate: float, args: argparse.Namespace
+) -> list[float]:
+    """Each reply's time from its 250 to its confirmation, sent at ``rate`` a second."""
+    _, _, acked = asyncio.run(feed(smtp, mails(paced), args.connections, rate))
+    keys = [k for _, k in paced]
+    confirmations(relay, keys, 120 + args.requests)
+    return [relay.confirmed[k] - t for k, t in zip(keys, acked, strict=True)]
 
 
 def confirmations(relay: Relay, keys: list[Key], timeout: float) -> None:
@@ -622,16 +645,20 @@ def verdict(row: Row) -> str:
 def table(rows: list[Row]) -> None:
     head = (
         f"{'configuration':<36} {'sink msg/s':>10} {'intake':>7} {'sink msg/s':>10} "
-        f"{'e2e':>6} {'p50 s':>7} {'p99 s':>7}  goals"
+        f"{'e2e':>6} {'p50 s':>7} {'p99 s':>7} {'p99 s':>7}  goals"
     )
     print(head)
-    print(f"{'':<36} {'(CHANGE)':>10} {'x sink':>7} {'(replies)':>10} {'x sink':>6}")
+    print(
+        f"{'':<36} {'(CHANGE)':>10} {'x sink':>7} {'(replies)':>10} {'x sink':>6} "
+        f"{'sink/2':>7} {'sink/2':>7} {'e2e/2':>7}"
+    )
     for row in rows:
         print(row_line(row))
     print(
         f"\ngoals: intake >= {GOALS['intake']}x, end to end >= {GOALS['e2e']}x, "
         f"p99 < {GOALS['p99']:.0f} s at half the sink's reply rate "
-        "(latency: reply's 250 to the confirmation's arrival at the relay)"
+        "(latency: reply's 250 to the confirmation's arrival at the relay);\n"
+        "the last column is the p99 at half mailbot's own end-to-end rate, a load it sustains"
     )
 
 
@@ -645,7 +672,8 @@ def row_line(row: Row) -> str:
     return (
         f"{row.setup.name:<36} {row.sink_intake:10.0f} {row.intake:7.3f} "
         f"{row.sink_replies:10.0f} {row.e2e:6.3f} {row.percentile(0.5):7.3f} "
-        f"{row.percentile(0.99):7.3f}  {verdict(row)}{errors}"
+        f"{row.percentile(0.99):7.3f} {row.percentile(0.99, sustained=True):7.3f}  "
+        f"{verdict(row)}{errors}"
     )
 
 

@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from mailbot import logs
@@ -38,6 +39,10 @@ IDLE_MAX_SECONDS = 0.25
 """The sleep between looks while no mail waits: it doubles from the minimum up
 to this, so a fresh message waits at most this long, and an idle worker costs
 one indexed query four times a second."""
+QUIET_SECONDS = 0.02
+"""No message stored for this long: arrivals have paused (see ``Arrivals``)."""
+DEFER_SECONDS = 5.0
+"""The longest a burst of arrivals holds acting back."""
 OUTAGE_MAX_BACKOFF_SECONDS = 30.0
 FLUSH_SECONDS = 5.0
 """The sender's pace when no commit kicks it."""
@@ -78,8 +83,12 @@ class Worker:
         backlog, from the start again (a message an outage skipped), and idle
         naps while none waits."""
         after, idle, failures = 0, IDLE_MIN_SECONDS, 0
+        arrivals = Arrivals(self.bot.newest_inbound_id)
         while not self.stopping.is_set():
             try:
+                if arrivals.burst():
+                    self.stopping.wait(QUIET_SECONDS)
+                    continue
                 done = self.bot.process_next(after)
             except BacklogStalled as exc:
                 after, failures = exc.inbound_id, failures + 1
@@ -121,6 +130,42 @@ class Worker:
             self.bot.flush_outbox(outgoing_transport(self.settings), self._keep_sending)
         except Exception as exc:
             log.warning("outbox flush failed, will try again: %s", logs.first_line(exc))
+
+
+class Arrivals:
+    """Whether the listener is taking in a burst, as this worker acts beside it.
+
+    Acting on a message costs far more CPU than storing one, and workers
+    usually share the machine with the listener: while the newest stored id
+    keeps moving (a message stored within QUIET_SECONDS), acting waits, so
+    that a burst is taken in at the listener's full speed and acted on just
+    after. A burst is yielded to for at most DEFER_SECONDS, then acting goes
+    on beside it until arrivals pause: no message waits longer for it. This is
+    what ``serve`` does when it acts itself.
+    """
+
+    def __init__(
+        self, newest: Callable[[], int], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.newest = newest
+        self.clock = clock
+        self.last_id = -1
+        self.moved_at = self.looked_at = -float("inf")
+        self.yielding_since: float | None = None
+
+    def burst(self) -> bool:
+        now = self.clock()
+        if now - self.looked_at >= QUIET_SECONDS:
+            self.looked_at = now
+            newest = self.newest()
+            if newest != self.last_id:
+                self.last_id, self.moved_at = newest, now
+        if now - self.moved_at >= QUIET_SECONDS:
+            self.yielding_since = None  # a pause: the next burst is yielded to again
+            return False
+        if self.yielding_since is None:
+            self.yielding_since = now
+        return now - self.yielding_since < DEFER_SECONDS
 
 
 def run_worker(settings: Settings, supervised: bool = False) -> None:

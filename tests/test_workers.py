@@ -27,6 +27,8 @@ from servers import alive, wait_for
 from test_crash_recovery import BOT, Burst, acted, answered, backlog
 from test_entrypoint import MAILBOT, clean_environment, mailbot, start_serve
 
+from mailbot.worker import DEFER_SECONDS, QUIET_SECONDS, Arrivals
+
 SERVICES = 4
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 _TOKEN = re.compile(r"\b([0-9A-Z]{4}(?:-[0-9A-Z]{4}){4})\b")
@@ -264,6 +266,29 @@ def test_a_worker_killed_mid_burst_is_restarted_and_nothing_is_acted_on_twice(
     assert alive(first[2])
     assert_burst_acted_on_once(tmp_path, burst)
     assert_each_mail_written_once(tmp_path)
+
+
+def test_acting_yields_to_a_burst_of_arrivals_for_a_bounded_time() -> None:
+    """While the newest stored id keeps moving, a worker holds back, for at
+    most DEFER_SECONDS; then it acts beside the burst until arrivals pause,
+    and the next burst is yielded to again."""
+    now, newest = [0.0], [0]
+    arrivals = Arrivals(lambda: newest[0], clock=lambda: now[0])
+
+    def step(seconds: float, arriving: bool) -> bool:
+        now[0] += seconds
+        newest[0] += arriving
+        return arrivals.burst()
+
+    assert step(0.0, arriving=True)  # a message just stored: hold back
+    tick = QUIET_SECONDS / 2
+    held = [step(tick, arriving=True) for _ in range(int(2 * DEFER_SECONDS / tick))]
+    assert held[0]  # held back at first
+    assert not held[-1]  # not past the bound
+    assert sum(held) == pytest.approx(DEFER_SECONDS / tick, abs=3)
+    assert not step(tick, arriving=True)  # the burst goes on: acting goes on beside it
+    assert not step(2 * QUIET_SECONDS, arriving=False)  # a pause
+    assert step(1.5 * QUIET_SECONDS, arriving=True)  # a new burst is yielded to again
 
 
 def test_no_worker_outlives_serve(tmp_path: Path, started: list[Popen[bytes]]) -> None:

@@ -227,6 +227,11 @@ class Mailbot:
         return hurry(self.engine, self.clock.now())
 
     @translates_outages
+    def newest_inbound_id(self) -> int:
+        """The id of the message stored last: while it moves, mail is arriving."""
+        return self.reports.newest_inbound_id()
+
+    @translates_outages
     def inbound_counts(self) -> dict[InboundStatus, int]:
         """Stored messages by status; ``received`` is the backlog not yet acted on."""
         return self.reports.inbound_counts()

@@ -15,7 +15,7 @@ from mailbot.clock import Clock
 from mailbot.config import Settings
 from mailbot.domain import InboundStatus, OutboxStatus, Request, RequestStatus, Service
 from mailbot.storage import mail_queries, queries
-from mailbot.storage.engine import transaction
+from mailbot.storage.engine import reading, transaction
 from mailbot.storage.tables import EventRow, InboundRow, OutboxRow
 
 
@@ -106,6 +106,10 @@ class Reporting:
         """Stored received mail, oldest first, optionally of one status."""
         with transaction(self.engine) as session:
             return [_inbound(row) for row in mail_queries.inbound_overview(session, status, limit)]
+
+    def newest_inbound_id(self) -> int:
+        with reading(self.engine) as session:
+            return mail_queries.newest_inbound_id(session)
 
     def inbound_counts(self) -> dict[InboundStatus, int]:
         """Stored messages by status; ``received`` is the backlog not yet acted on."""

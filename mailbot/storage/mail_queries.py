@@ -68,6 +68,11 @@ def unprocessed_inbound(session: Session, limit: int = 100, after: int = 0) -> l
     return [i for i in session.exec(query).all() if i is not None]
 
 
+def newest_inbound_id(session: Session) -> int:
+    """The id of the message stored last (0 when none): it moves while mail arrives."""
+    return int(session.exec(select(func.max(InboundRow.id))).one() or 0)
+
+
 def inbound_counts(session: Session) -> dict[str, int]:
     """How many stored messages are in each status."""
     query = select(InboundRow.status, func.count()).group_by(col(InboundRow.status))
