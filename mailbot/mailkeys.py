@@ -65,14 +65,47 @@ def legacy_keys(raw: bytes, message_id: str | None) -> tuple[str, ...]:
 
 def message_id(raw: bytes) -> str | None:
     """The Message-ID without brackets, read from the bounded header section only."""
-    try:
-        head = BytesParser(policy=compat32).parsebytes(bounded(raw), headersonly=True)
-        value = head.get("Message-ID")
-        text = "" if value is None else str(value)
-    except Exception:  # any bytes: no id rather than a crash
-        return None
+    data = bounded(raw)
+    text = _plain_message_id_field(data)
+    if text is None:  # a header section the plain reading is not sure of
+        try:
+            value = BytesParser(policy=compat32).parsebytes(data, headersonly=True)["Message-ID"]
+            text = "" if value is None else str(value)
+        except Exception:  # any bytes: no id rather than a crash
+            return None
     found = _MSGID.search(_clean_surrogates(text[:MAX_HEADER_CHARS]))
     return found.group(1)[:MAX_ID_CHARS] if found else None
+
+
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+_FOLD = (b" ", b"\t")
+
+
+def _plain_message_id_field(data: bytes) -> str | None:
+    """The Message-ID field as the email parser reads it ("" when there is
+    none), if every line up to it is a plain ``Name: value`` field or a fold
+    of one; else None, and the parser decides (a line it would end the header
+    section at, an mbox ``From `` line, a nameless field, non-ASCII in the
+    value). The parser costs more than storing a message; few are not plain."""
+    value: list[bytes] = []
+    for found in _LINE.finditer(data):
+        line = found.group()
+        if line in (b"\n", b"\r\n", b"\r"):  # the blank line: the body follows
+            break
+        if line[:1] in _FOLD:  # a fold (of a field before Message-ID: ignored)
+            if value:
+                value.append(line)
+            continue
+        if value:
+            break  # the next field: Message-ID is whole
+        name = _FIELD_NAME.match(line)
+        if name is None:
+            return None
+        if name.group().lower() == b"message-id:":
+            value.append(line[name.end() :].lstrip(b" \t"))
+    field = b"".join(value).rstrip(b"\r\n")
+    return field.decode("ascii") if field.isascii() else None
 
 
 def bounded(raw: bytes) -> bytes:
