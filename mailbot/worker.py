@@ -39,7 +39,7 @@ IDLE_MAX_SECONDS = 0.25
 """The sleep between looks while no mail waits: it doubles from the minimum up
 to this, so a fresh message waits at most this long, and an idle worker costs
 one indexed query four times a second."""
-QUIET_SECONDS = 0.02
+QUIET_SECONDS = 0.005
 """No message stored for this long: arrivals have paused (see ``Arrivals``)."""
 DEFER_SECONDS = 5.0
 """The longest a burst of arrivals holds acting back."""

@@ -13,6 +13,7 @@ dot that makes the relay take the mail sent (see mailbot.outgoing.outbox).
 
 from __future__ import annotations
 
+import functools
 import re
 import smtplib
 import socket
@@ -100,11 +101,10 @@ class SmtpTransport:
 
     def _connect(self) -> smtplib.SMTP:
         settings = self.settings
-        context = ssl.create_default_context()
         client: smtplib.SMTP
         if settings.ssl:
             client = smtplib.SMTP_SSL(
-                settings.host, settings.port, timeout=TIMEOUT_SECONDS, context=context
+                settings.host, settings.port, timeout=TIMEOUT_SECONDS, context=_tls()
             )
         else:
             client = smtplib.SMTP(settings.host, settings.port, timeout=TIMEOUT_SECONDS)
@@ -116,7 +116,7 @@ class SmtpTransport:
                 client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.ehlo_or_helo_if_needed()
             if settings.starttls and not settings.ssl:
-                client.starttls(context=context)
+                client.starttls(context=_tls())
                 client.ehlo()
             if settings.username:
                 client.login(settings.username, settings.password or "")
@@ -124,6 +124,13 @@ class SmtpTransport:
             client.close()
             raise
         return client
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The TLS settings for the relay, made once: loading the system's CA
+    certificates costs about 10 ms of CPU, and a session starts at each flush."""
+    return ssl.create_default_context()
 
 
 def _options(client: smtplib.SMTP, envelope_from: str, recipient: str) -> list[str]:
