@@ -29,7 +29,9 @@ On SQLite always; on PostgreSQL too with ``--postgres URL`` (a server where
 this may create databases), or when a local server can be started from the
 PostgreSQL binaries found on this machine. PostgreSQL tables are ANALYZEd
 after the load, as autovacuum would do soon after; SQLite is left as
-mailbot leaves it (no ANALYZE).
+mailbot leaves it (no ANALYZE). Either is then put on disk (an fsync of the
+SQLite file, a CHECKPOINT), as a database that has been running is, so that
+no sweep waits for the load's own writes.
 
 ``--reuse DIR`` keeps each loaded database in DIR (a copy of the SQLite file;
 a template database on PostgreSQL, whose local server then keeps its data
@@ -594,6 +596,22 @@ class Reuse:
         (self.directory / f"{name}.json").write_text(json.dumps(rows))
 
 
+def settle(url: str) -> None:
+    """Put the loaded database on disk before it is swept, as one that has been
+    running is: the load (or the copy) leaves gigabytes of it in the page cache
+    to be written, and the first sweep's fsync would wait for all of them."""
+    target = sa.make_url(url)
+    if target.get_backend_name() == "sqlite":
+        descriptor = os.open(target.database or "", os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    else:
+        with _server(url) as connection:
+            connection.exec_driver_sql("CHECKPOINT")  # as the checkpointer soon would
+
+
 @contextmanager
 def _server(url: str) -> Iterator[sa.Connection]:
     """A connection to the server of ``url``, outside any transaction (for CREATE DATABASE)."""
@@ -749,6 +767,7 @@ def measure(
             reuse.keep(url, shape, rows)
     loaded = Loaded(database, shape.requests, rows, time.perf_counter() - start)
     print(f"{database}: {how} {sum(rows.values()):,} rows in {loaded.seconds:.0f} s", flush=True)
+    settle(url)
     pool = Pool(shape)
     settings = settings_for(url, workdir)
     bot = Mailbot(settings, make_engine(settings.database), FixedClock(NOW))
