@@ -102,15 +102,18 @@ def report(rows: list[tuple[str, float]]) -> None:
 
 
 @contextmanager
-def local_postgres() -> Iterator[str | None]:
-    """A throwaway PostgreSQL server on a free loopback port, if one can be started."""
+def local_postgres(keep: Path | None = None) -> Iterator[str | None]:
+    """A PostgreSQL server on a free loopback port, if one can be started: a
+    throwaway one, or with ``keep`` one whose data directory stays there (made
+    on first use) for the next run."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
     initdb = found[0] if found else (Path(p) if (p := shutil.which("initdb")) else None)
     if initdb is None:
         yield None
         return
     bindir = initdb.parent
-    root = Path(tempfile.mkdtemp(prefix="mailbot-bench-pg-"))
+    root = keep or Path(tempfile.mkdtemp(prefix="mailbot-bench-pg-"))
+    root.mkdir(parents=True, exist_ok=True)
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(root, "postgres", "postgres")
@@ -119,11 +122,13 @@ def local_postgres() -> Iterator[str | None]:
         port = probe.getsockname()[1]
     data = root / "data"
     try:
-        subprocess.run(
-            [*as_user, str(initdb), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
-            check=True,
-            capture_output=True,
-        )
+        if not (data / "PG_VERSION").exists():
+            command = [str(initdb), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"]
+            subprocess.run(
+                [*as_user, *command],
+                check=True,
+                capture_output=True,
+            )
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
         pg_ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
         started = subprocess.run(
@@ -142,7 +147,8 @@ def local_postgres() -> Iterator[str | None]:
             capture_output=True,
             check=False,
         )
-        shutil.rmtree(root, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:

@@ -29,10 +29,19 @@ On SQLite always; on PostgreSQL too with ``--postgres URL`` (a server where
 this may create databases), or when a local server can be started from the
 PostgreSQL binaries found on this machine. PostgreSQL tables are ANALYZEd
 after the load, as autovacuum would do soon after; SQLite is left as
-mailbot leaves it (no ANALYZE).
+mailbot leaves it (no ANALYZE). Either is then put on disk (an fsync of the
+SQLite file, a CHECKPOINT), as a database that has been running is, so that
+no sweep waits for the load's own writes.
+
+``--reuse DIR`` keeps each loaded database in DIR (a copy of the SQLite file;
+a template database on PostgreSQL, whose local server then keeps its data
+directory there too) and starts later runs from that copy instead of loading
+again: the 1,000,000-request load takes minutes. A copy is named by its size,
+its pending pool and the schema revision, so a new migration loads afresh;
+delete DIR after changing how the rows are made here.
 
     python benchmarks/sweep_scale.py [--sizes 10000,1000000] [--runs 3] [--explain]
-        [--postgres postgresql+psycopg://...] [--no-postgres | --no-sqlite]
+        [--postgres postgresql+psycopg://...] [--no-postgres | --no-sqlite] [--reuse DIR]
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -59,6 +69,7 @@ from typing import Any
 import sqlalchemy as sa
 from process_cpu import local_postgres
 
+from mailbot import migrations
 from mailbot.clock import FixedClock
 from mailbot.config import Settings
 from mailbot.service import Mailbot, SweepReport
@@ -542,6 +553,77 @@ def _dates(rid: str, created: datetime) -> dict[str, Any]:
     return {"rid": rid, "created": created, "expires": created + TTL}
 
 
+# -- reusing a load ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """Loaded databases kept in ``directory`` for later runs (``--reuse``)."""
+
+    directory: Path
+
+    def _name(self, url: str, shape: Shape) -> str:
+        kind = sa.make_url(url).get_backend_name()
+        return f"{kind}_{shape.requests}_{shape.pool}_{migrations.head()}"
+
+    def restore(self, url: str, shape: Shape) -> dict[str, int] | None:
+        """Make ``url`` the kept copy, if there is one; the rows it holds."""
+        name = self._name(url, shape)
+        counts = self.directory / f"{name}.json"
+        if not counts.exists():
+            return None
+        target = sa.make_url(url)
+        if target.get_backend_name() == "sqlite":
+            shutil.copyfile(self.directory / f"{name}.db", target.database or "")
+        else:
+            with _server(url) as connection:
+                connection.exec_driver_sql(f"DROP DATABASE {target.database}")
+                connection.exec_driver_sql(f"CREATE DATABASE {target.database} TEMPLATE {name}")
+        rows: dict[str, int] = json.loads(counts.read_text())
+        return rows
+
+    def keep(self, url: str, shape: Shape, rows: dict[str, int]) -> None:
+        """Keep a copy of the database just loaded at ``url`` (no one connected to it)."""
+        name = self._name(url, shape)
+        source = sa.make_url(url)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if source.get_backend_name() == "sqlite":
+            shutil.copyfile(source.database or "", self.directory / f"{name}.db")
+        else:
+            with _server(url) as connection:
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+                connection.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {source.database}")
+        (self.directory / f"{name}.json").write_text(json.dumps(rows))
+
+
+def settle(url: str) -> None:
+    """Put the loaded database on disk before it is swept, as one that has been
+    running is: the load (or the copy) leaves gigabytes of it in the page cache
+    to be written, and the first sweep's fsync would wait for all of them."""
+    target = sa.make_url(url)
+    if target.get_backend_name() == "sqlite":
+        descriptor = os.open(target.database or "", os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    else:
+        with _server(url) as connection:
+            connection.exec_driver_sql("CHECKPOINT")  # as the checkpointer soon would
+
+
+@contextmanager
+def _server(url: str) -> Iterator[sa.Connection]:
+    """A connection to the server of ``url``, outside any transaction (for CREATE DATABASE)."""
+    server = sa.make_url(url).set(database="postgres")
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            yield connection
+    finally:
+        admin.dispose()
+
+
 # -- measuring ---------------------------------------------------------------------
 
 
@@ -659,17 +741,33 @@ def explain(engine: sa.Engine, statements: list[tuple[str, Any]]) -> int:
 
 
 def measure(
-    database: str, url: str, workdir: Path, shape: Shape, dues: list[int], runs: int, probe: bool
+    database: str,
+    url: str,
+    workdir: Path,
+    shape: Shape,
+    dues: list[int],
+    args: argparse.Namespace,
+    probe: bool,
 ) -> tuple[Loaded, list[Case]]:
-    """Load one database, then sweep each due size ``runs`` times; the first due
-    size is also swept by the CLI and, with ``probe``, explained."""
-    upgrade_engine = make_engine(settings_for(url, workdir).database)
-    upgrade(upgrade_engine)
-    upgrade_engine.dispose()
+    """Load one database (or restore a kept load), then sweep each due size
+    ``args.runs`` times; the first due size is also swept by the CLI and, with
+    ``probe``, explained."""
+    runs = args.runs
+    reuse = Reuse(Path(args.reuse)) if args.reuse else None
     start = time.perf_counter()
-    rows = load(url, shape)
+    rows = reuse.restore(url, shape) if reuse else None
+    how = "restored (--reuse)"
+    if rows is None:
+        upgrade_engine = make_engine(settings_for(url, workdir).database)
+        upgrade(upgrade_engine)
+        upgrade_engine.dispose()
+        start = time.perf_counter()
+        rows, how = load(url, shape), "loaded"
+        if reuse:
+            reuse.keep(url, shape, rows)
     loaded = Loaded(database, shape.requests, rows, time.perf_counter() - start)
-    print(f"{database}: loaded {sum(rows.values()):,} rows in {loaded.seconds:.0f} s", flush=True)
+    print(f"{database}: {how} {sum(rows.values()):,} rows in {loaded.seconds:.0f} s", flush=True)
+    settle(url)
     pool = Pool(shape)
     settings = settings_for(url, workdir)
     bot = Mailbot(settings, make_engine(settings.database), FixedClock(NOW))
@@ -723,7 +821,7 @@ def sweep_all(
         shape = Shape(n, max(int(n * PENDING_SHARE), needed))
         with url_for(n) as url:
             probe = args.explain and n == max(sizes)
-            loaded, found = measure(database, url, workdir, shape, dues, args.runs, probe)
+            loaded, found = measure(database, url, workdir, shape, dues, args, probe)
         loads.append(loaded)
         cases += found
     return loads, cases
@@ -821,6 +919,7 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="URL", help="a server to create databases on")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    parser.add_argument("--reuse", metavar="DIR", help="keep loaded databases there for next runs")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     for name in [k for k in os.environ if k.startswith("MAILBOT_")]:
@@ -833,7 +932,8 @@ def main() -> None:
             loads += found[0]
             cases += found[1]
         if not args.no_postgres:
-            with local_postgres() if not args.postgres else _given(args.postgres) as server:
+            keep = Path(args.reuse) / "postgres" if args.reuse else None
+            with local_postgres(keep) if not args.postgres else _given(args.postgres) as server:
                 if server is None:
                     print("PostgreSQL: no --postgres URL and no local server could be started")
                 else:

@@ -373,7 +373,7 @@ def test_init_upgrades_a_database_of_the_previous_version(
 
     upgraded = ready("init")
     assert upgraded.code == 0
-    assert "schema revision 0008" in upgraded.out
+    assert "schema revision 0009" in upgraded.out
     assert ready("requests", "show", request["id"], "--json").json()["id"] == request["id"]
     assert ready("requests", "resend", request["id"]).code == 0
     assert ready("requests", "resend", request["id"]).code == 1  # once an hour

@@ -8,8 +8,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import and_, func, or_
+from sqlalchemy import Select, and_, bindparam, func, or_
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from mailbot.domain import InboundStatus, OutboxStatus
@@ -149,10 +152,7 @@ def mails_to_mailbox_since(
     local, _, domain = address.partition("@")
     base = local.partition("+")[0]
     pattern = f"{_like_escaped(base)}+%@{_like_escaped(domain)}"
-    to_email = col(OutboxRow.to_email)
-    tagged = to_email  # "base+" <= a tagged address < "base," in byte order
-    if session.get_bind().dialect.name == "postgresql":
-        tagged = tagged.collate("C")  # type: ignore[assignment]
+    to_email = col(OutboxRow.to_email)  # "base+" <= a tagged address < "base," in byte order
     query = (
         select(func.count())
         .select_from(OutboxRow)
@@ -160,8 +160,8 @@ def mails_to_mailbox_since(
             or_(
                 to_email == f"{base}@{domain}",
                 and_(
-                    tagged >= f"{base}+",
-                    tagged < f"{base},",
+                    to_email >= f"{base}+",
+                    to_email < f"{base},",
                     to_email.like(pattern, escape="\\"),
                 ),
             ),
@@ -195,18 +195,35 @@ def mails_to_mailboxes_since(
 
 
 def _mails_to(session: Session, boxes: list[str], since: datetime) -> Counter[str]:
-    to_email = col(OutboxRow.to_email)
-    tagged = to_email
-    if session.get_bind().dialect.name == "postgresql":
-        tagged = tagged.collate("C")  # type: ignore[assignment]
+    connection = session.connection()
     bases = sorted({box.partition("@")[0] for box in boxes})
-    bases += bases[-1:] * (MAILBOXES_PER_QUERY - len(bases))  # one shape: compiled once
-    ranges = [and_(tagged >= f"{base}+", tagged < f"{base},") for base in bases]
-    query = select(OutboxRow.to_email).where(
-        or_(to_email.in_(boxes), *ranges), col(OutboxRow.created_at) >= since
-    )
+    # one shape whatever the count: compiled once, and one SQL text, which the
+    # PostgreSQL driver prepares once it recurs (planning a hundred ranges costs)
+    bases += bases[-1:] * (MAILBOXES_PER_QUERY - len(bases))
+    padded = boxes + boxes[-1:] * (MAILBOXES_PER_QUERY - len(boxes))
+    values: dict[str, Any] = {"boxes": padded, "since": since}
+    for i, base in enumerate(bases):
+        values[f"low{i}"], values[f"high{i}"] = f"{base}+", f"{base},"
+    statement = _mails_to_statement()
     wanted = set(boxes)
-    return Counter(box for a in session.exec(query).all() if (box := mailbox(a)) in wanted)
+    addresses = connection.execute(statement, values).scalars()
+    return Counter(box for address in addresses if (box := mailbox(address)) in wanted)
+
+
+@lru_cache(maxsize=1)
+def _mails_to_statement() -> Select[str]:
+    """The statement of ``_mails_to``, built once: its hundred ranges are bound
+    parameters, so a chunk of a sweep does not build and key it each time."""
+    outbox = OutboxRow.metadata.tables[OutboxRow.__tablename__]
+    to_email = outbox.c.to_email  # in byte order (``tables.BYTE_ORDERED_ADDRESS``)
+    ranges = [
+        and_(to_email >= bindparam(f"low{i}"), to_email < bindparam(f"high{i}"))
+        for i in range(MAILBOXES_PER_QUERY)
+    ]
+    return sa_select(to_email).where(
+        or_(to_email.in_(bindparam("boxes", expanding=True)), *ranges),
+        outbox.c.created_at >= bindparam("since"),
+    )
 
 
 def _like_escaped(text: str) -> str:

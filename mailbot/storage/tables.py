@@ -42,6 +42,11 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+BYTE_ORDERED_ADDRESS = sa.String(320).with_variant(sa.String(320, collation="C"), "postgresql")
+"""An address compared byte by byte on PostgreSQL too (SQLite's own order): an
+address and its ``+tag`` variants are then one range of its index."""
+
+
 def _when(*, nullable: bool = False, index: bool = False) -> Any:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
 
@@ -195,7 +200,7 @@ class OutboxRow(SQLModel, table=True):
         default=None, foreign_key="change_request.id", max_length=16, index=True
     )
     validation_id: int | None = Field(default=None, foreign_key="validation.id", index=True)
-    to_email: str = Field(max_length=320)
+    to_email: str = Field(max_length=320, sa_type=BYTE_ORDERED_ADDRESS)
     envelope_from: str = Field(max_length=320)
     subject: str = Field(default="", max_length=998)
     payload: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
