@@ -542,10 +542,21 @@ def run_setup(row: Row, root: Path, url: str, ports: Ports, args: argparse.Names
             log = root / f"serve-{k}.log"
             what = f"mailbot serve #{k}"
             stack.enter_context(started(serve, root, port, what, log, env=clean_env()))
+        for k in range(row.setup.instances):  # a worker's start-up would slow what runs beside it
+            wait_until(
+                lambda k=k: workers_ready(root / f"serve-{k}.log", row.setup.workers),
+                120,
+                "the workers",
+            )
         stack.enter_context(started(sink_command(sink_port), root, sink_port, "the sink"))
         run = f"{os.getpid()}x{time.time_ns()}"
         intake(row, relay, sink_port, smtp_ports, args, run)
         end_to_end(row, relay, sink_port, smtp_ports, args, run)
+
+
+def workers_ready(log: Path, workers: int) -> bool:
+    """Whether each of serve's worker processes says it is acting on stored mail."""
+    return log.read_text(errors="replace").count("acting on stored mail") >= workers
 
 
 def intake(
