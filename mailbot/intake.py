@@ -89,25 +89,6 @@ def _positive(section: dict[str, Any], key: str, default: float, kind: type, nam
     return float(value)
 
 
-class Arrival(Protocol):
-    """A received message as storing sees it (``service.inbound.RawMail`` is one)."""
-
-    @property
-    def raw(self) -> bytes: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def recipients(self) -> tuple[str, ...]: ...
-    @property
-    def envelope_from(self) -> str | None: ...
-    @property
-    def message_id(self) -> str | None: ...
-    @property
-    def dedup_key(self) -> str: ...
-    @property
-    def legacy_keys(self) -> tuple[str, ...]: ...
-
-
 class Runner(Protocol):
     """Runs one statement in the open transaction; ``?`` placeholders."""
 
@@ -117,13 +98,18 @@ class Runner(Protocol):
 
 
 @dataclass(frozen=True)
-class _Arrival:
-    """A message handed to the pipe, with its keys."""
+class RawMail:
+    """A message as received, before anything is read from it but its keys.
+
+    The SMTP listener, the IMAP reader, the CLI and the pipe all store it
+    through ``store_many``, so that the same message delivered by any route
+    has the same key and is stored once.
+    """
 
     raw: bytes
-    source: str
-    recipients: tuple[str, ...]
-    envelope_from: str | None
+    source: str = "cli"
+    recipients: tuple[str, ...] = ()
+    envelope_from: str | None = None
 
     @cached_property
     def message_id(self) -> str | None:
@@ -131,10 +117,13 @@ class _Arrival:
 
     @cached_property
     def dedup_key(self) -> str:
+        """The same message delivered twice has the same key (``mailkeys.dedup_key``)."""
         return mailkeys.dedup_key(self.raw, self.message_id)
 
     @cached_property
     def legacy_keys(self) -> tuple[str, ...]:
+        """The keys rows stored by earlier versions have: a match is a duplicate
+        only if that row's content has this message's ``dedup_key`` too."""
         return mailkeys.legacy_keys(self.raw, self.message_id)
 
 
@@ -146,19 +135,19 @@ def store(
     source: str = "cli",
 ) -> Stored:
     """Commit the raw message once; StorageUnavailable if the database cannot take it."""
-    arrival = _Arrival(raw, source, tuple(recipients), envelope_from)
+    arrival = RawMail(raw, source, tuple(recipients), envelope_from)
     with _connection(settings) as db:
         _check_schema(db)
         return store_many(db, [arrival], datetime.now(UTC))[0]
 
 
-def store_many(db: Runner, arrivals: Sequence[Arrival], now: datetime) -> list[Stored]:
+def store_many(db: Runner, arrivals: Sequence[RawMail], now: datetime) -> list[Stored]:
     """Add, in the open transaction, the messages not stored before (by any route
     or version); a message twice in ``arrivals`` is stored once. One query finds
     what is stored, one statement inserts the rest: the cost of a commit the
     SMTP listener waits for before its 250."""
     known = _stored_before(db, arrivals)
-    fresh: dict[str, Arrival] = {}
+    fresh: dict[str, RawMail] = {}
     for arrival in arrivals:
         if arrival.dedup_key not in known:
             fresh.setdefault(arrival.dedup_key, arrival)
@@ -202,7 +191,7 @@ def _check_schema(db: _Database) -> None:
         raise StorageUnavailable(f"the database {state}: run `mailbot init`")
 
 
-def _stored_before(db: Runner, arrivals: Sequence[Arrival]) -> dict[str, Stored]:
+def _stored_before(db: Runner, arrivals: Sequence[RawMail]) -> dict[str, Stored]:
     """The rows already stored for these messages, by their ``dedup_key``. A row
     stored by an earlier version under a legacy key counts only if its raw
     message has the same key today."""
@@ -227,7 +216,7 @@ def _content_key(db: Runner, row_id: int) -> str:
     return mailkeys.dedup_key(content, mailkeys.message_id(content))
 
 
-def _insert(db: Runner, arrivals: Sequence[Arrival], now: datetime) -> dict[str, int]:
+def _insert(db: Runner, arrivals: Sequence[RawMail], now: datetime) -> dict[str, int]:
     """INSERT them in one statement; the ids by key of those inserted (not of a
     message stored at the same instant by another process: it conflicts)."""
     if not arrivals:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from factories import ALICE, BOB, CAROL, MailFactory, outbox
 
+from mailbot.intake import RawMail
 from mailbot.service import Mailbot
-from mailbot.service.inbound import RawMail
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import InboundRow
 

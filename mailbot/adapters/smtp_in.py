@@ -33,9 +33,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailbot import metrics
 from mailbot.adapters.connections import ConnectionLimiter
 from mailbot.config import SmtpSettings
+from mailbot.intake import RawMail
 from mailbot.mailparse import redact
 from mailbot.service import Mailbot
-from mailbot.service.inbound import RawMail
 
 log = logging.getLogger(__name__)
 

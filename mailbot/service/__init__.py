@@ -29,6 +29,7 @@ from mailbot.clock import Clock, SystemClock
 from mailbot.config import Settings
 from mailbot.domain import Channel, Decision, InboundStatus, Request
 from mailbot.errors import BacklogStalled, ProcessingFailed, UnknownRequest
+from mailbot.intake import RawMail
 from mailbot.outgoing.mailer import Mailer
 from mailbot.outgoing.outbox import FlushReport, RetryPolicy, Transport, flush, hurry, requeue
 from mailbot.service import health
@@ -40,7 +41,7 @@ from mailbot.service.deciding import Deciding, TokenPage
 from mailbot.service.effects import Effects
 from mailbot.service.following import Following
 from mailbot.service.importer import ImportFile, ImportReport, apply_import
-from mailbot.service.inbound import RawMail, StoredMail
+from mailbot.service.inbound import StoredMail
 from mailbot.service.opening import Opening
 from mailbot.service.receiving import PendingPass, Receiving
 from mailbot.service.replies import Replies

@@ -1,5 +1,5 @@
-"""Received mail as the service handles it: the raw message and its dedup key,
-and, once parsed, who speaks in it and whether it may be acted on at all.
+"""Received mail as the service handles it once parsed: who speaks in it, and
+whether it may be acted on at all (the raw message is ``intake.RawMail``).
 
 Values and functions of a message and the settings: no queries, no I/O.
 """
@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
-from functools import cached_property
 
-from mailbot import commands, mailkeys, mailparse
+from mailbot import commands, mailparse
 from mailbot.config import Settings
 from mailbot.mailparse.authentication import FAIL, NONE, PASS, Verdict
 from mailbot.mailparse.authentication import verdict as sender_verdict
@@ -24,42 +22,6 @@ class StoredMail:
     id: int
     duplicate: bool
     status: str
-
-
-@dataclass(frozen=True)
-class RawMail:
-    """A message as received, before anything is read from it but its Message-ID."""
-
-    raw: bytes
-    source: str = "cli"
-    recipients: tuple[str, ...] = ()
-    envelope_from: str | None = None
-
-    @cached_property
-    def message_id(self) -> str | None:
-        return mailkeys.message_id(self.raw)
-
-    @cached_property
-    def dedup_key(self) -> str:
-        """The same message delivered twice has the same key (``mailkeys.dedup_key``)."""
-        return mailkeys.dedup_key(self.raw, self.message_id)
-
-    @cached_property
-    def legacy_keys(self) -> tuple[str, ...]:
-        """The keys rows stored by earlier versions have: a match is a duplicate
-        only if that row's content has this message's ``dedup_key`` too."""
-        return mailkeys.legacy_keys(self.raw, self.message_id)
-
-    def row(self, now: datetime) -> InboundRow:
-        return InboundRow(
-            dedup_key=self.dedup_key,
-            message_id=self.message_id,
-            source=self.source,
-            envelope_from=self.envelope_from,
-            recipients=",".join(r.lower() for r in self.recipients),
-            raw=self.raw,
-            received_at=now,
-        )
 
 
 UNVERIFIED = Verdict(NONE, "")

@@ -23,11 +23,12 @@ from mailbot.errors import (
     StorageUnavailable,
     UnknownCommand,
 )
+from mailbot.intake import RawMail
 from mailbot.mailparse import redact
 from mailbot.service.bounces import Bounces
 from mailbot.service.by_mail import MailUseCases
 from mailbot.service.context import OutagesTranslated, ServiceContext, is_outage
-from mailbot.service.inbound import RawMail, ReceivedMail, StoredMail, ignore_reason, speaker
+from mailbot.service.inbound import ReceivedMail, StoredMail, ignore_reason, speaker
 from mailbot.service.transitions import Event, Transitions
 from mailbot.storage import mail_queries
 from mailbot.storage.engine import DriverStatements, reading, transaction, writing
