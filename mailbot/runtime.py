@@ -48,6 +48,7 @@ from mailbot.adapters.web import create_app
 from mailbot.adapters.web.protocol import WebLimits, limited_protocol
 from mailbot.config import Settings
 from mailbot.errors import BacklogStalled, StorageUnavailable
+from mailbot.outgoing.outbox import hand_over_promptly
 from mailbot.service import Mailbot
 from mailbot.supervisor import Supervisor, worker_command
 
@@ -422,6 +423,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def serve(settings: Settings, worker_options: tuple[str, ...] = ()) -> None:
+    hand_over_promptly()
     asyncio.run(Runtime(settings, worker_options=worker_options).run())
 
 

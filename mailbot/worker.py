@@ -30,6 +30,7 @@ from mailbot import logs
 from mailbot.adapters import outgoing_transport
 from mailbot.config import Settings
 from mailbot.errors import BacklogStalled, StorageUnavailable
+from mailbot.outgoing.outbox import hand_over_promptly
 from mailbot.service import Mailbot
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class Arrivals:
 def run_worker(settings: Settings, supervised: bool = False) -> None:
     """``mailbot worker``: a Worker in this process, stopped by SIGTERM or SIGINT
     (and, supervised by ``serve``, by the end of standard input)."""
+    hand_over_promptly()
     worker = Worker(settings)
 
     def stop(signum: int, frame: FrameType | None) -> None:
