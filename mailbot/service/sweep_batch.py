@@ -47,7 +47,7 @@ from mailbot.domain import (
 from mailbot.outgoing import intents
 from mailbot.outgoing.mailer import ANSWER_EVENTS, OutgoingMail
 from mailbot.service.transitions import Event, Transitions
-from mailbot.storage import mail_queries
+from mailbot.storage import mail_queries, queries
 from mailbot.storage.tables import (
     ContactRow,
     EventRow,
@@ -262,15 +262,7 @@ class SweepChunk:
     def _party(self, contact_id: int) -> Party:
         found = self.parties.get(contact_id)
         if found is None:
-            row = self.contacts[contact_id]
-            found = self.parties[contact_id] = Party(
-                email=row.email,
-                name=row.name,
-                language=row.language,
-                in_good_standing=row.in_good_standing,
-                id=row.id,
-                handle=row.handle,
-            )
+            found = self.parties[contact_id] = queries.party(self.contacts[contact_id])
         return found
 
     def _validation(self, row: Row) -> Validation:

@@ -19,11 +19,6 @@ from mailbot.domain import InboundStatus, OutboxStatus
 from mailbot.storage.tables import InboundRow, OutboxRow
 
 
-def inbound_by_keys(session: Session, keys: list[str]) -> dict[str, InboundRow]:
-    query = select(InboundRow).where(col(InboundRow.dedup_key).in_(keys))
-    return {row.dedup_key: row for row in session.exec(query).all()}
-
-
 def claim_inbound(session: Session, inbound_id: int) -> InboundRow | None:
     """Lock a received message for processing, unless another worker has it or had it."""
     query = (

@@ -6,6 +6,7 @@ Rows become domain values here and nowhere else.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
@@ -41,7 +42,18 @@ SWEEP_BATCH = 500
 """At most this many due requests per sweep pass; the next pass takes the rest."""
 
 
-def party(contact: ContactRow) -> Party:
+class ContactFields(Protocol):
+    """What a party is made of: a ``ContactRow``, or a row read without the ORM."""
+
+    email: str
+    name: str
+    language: str
+    in_good_standing: bool
+    id: int | None
+    handle: str | None
+
+
+def party(contact: ContactFields) -> Party:
     return Party(
         email=contact.email,
         name=contact.name,
