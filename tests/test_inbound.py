@@ -3,7 +3,6 @@ replies above a quoted token mail, robots, bounces, loops and floods."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from email import message_from_bytes
 from email.message import EmailMessage
 from typing import Any
@@ -23,6 +22,7 @@ from factories import (
 )
 
 from mailbot.config import Settings
+from mailbot.outgoing.outbox import CommitPoint
 from mailbot.service import Mailbot
 
 pytestmark = pytest.mark.usefixtures("world")
@@ -282,7 +282,7 @@ def test_error_answers_are_rate_limited_per_address(bot: Mailbot, mail: MailFact
 
 class _Sink:
     def send(
-        self, envelope_from: str, recipient: str, payload: bytes, commit_point: Callable[[], None]
+        self, envelope_from: str, recipient: str, payload: bytes, commit_point: CommitPoint
     ) -> None:
         """Accepts everything (the delivery itself is not under test here)."""
 

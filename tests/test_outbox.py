@@ -5,9 +5,9 @@ sender dies mid-way, and dead mail queued again on demand."""
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from mailbot.adapters.maildir_out import MaildirTransport
 from mailbot.clock import FixedClock
 from mailbot.domain import Party
 from mailbot.outgoing.mailer import OutgoingMail
-from mailbot.outgoing.outbox import PermanentFailure, TemporaryFailure, backoff
+from mailbot.outgoing.outbox import CommitPoint, PermanentFailure, TemporaryFailure, backoff
 from mailbot.service import Mailbot
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import OutboxRow, ValidationRow
@@ -42,13 +42,12 @@ class FlakyTransport:
         envelope_from: str,
         recipient: str,
         payload: bytes,
-        commit_point: Callable[[], None],
+        commit_point: CommitPoint,
     ) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise self.error
-        commit_point()
-        self.delivered.append((envelope_from, recipient, payload))
+        commit_point(functools.partial(self.delivered.append, (envelope_from, recipient, payload)))
 
 
 def rows(bot: Mailbot) -> list[OutboxRow]:
@@ -184,7 +183,7 @@ def test_a_sender_that_died_before_the_commit_point_loses_nothing(
             envelope_from: str,
             recipient: str,
             payload: bytes,
-            commit_point: Callable[[], None],
+            commit_point: CommitPoint,
         ) -> None:
             raise Crash  # the relay was handed the mail, never its final dot
 
@@ -210,7 +209,7 @@ def test_a_sender_that_died_after_the_relay_took_a_mail_does_not_send_it_again(
             envelope_from: str,
             recipient: str,
             payload: bytes,
-            commit_point: Callable[[], None],
+            commit_point: CommitPoint,
         ) -> None:
             super().send(envelope_from, recipient, payload, commit_point)
             if len(self.delivered) == 1:
@@ -268,7 +267,7 @@ def test_a_mail_written_to_the_maildir_before_a_crash_is_not_written_twice(
             envelope_from: str,
             recipient: str,
             payload: bytes,
-            commit_point: Callable[[], None],
+            commit_point: CommitPoint,
         ) -> None:
             super().send(envelope_from, recipient, payload, commit_point)
             raise Crash  # the file is in place, the row marked sent before it

@@ -25,6 +25,7 @@ from mailbot.clock import FixedClock
 from mailbot.config import OutgoingSettings, Settings
 from mailbot.domain import Party
 from mailbot.outgoing.mailer import OutgoingMail
+from mailbot.outgoing.outbox import CommitPoint
 from mailbot.service import Mailbot
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import InboundRow, OutboxRow
@@ -455,9 +456,9 @@ def test_a_sender_killed_before_the_final_dot_leaves_nothing_at_the_relay(
             envelope_from: str,
             recipient: str,
             payload: bytes,
-            commit_point: Callable[[], None],
+            commit_point: CommitPoint,
         ) -> None:
-            def die() -> None:
+            def die(hand_over: Callable[[], None]) -> None:
                 raise Killed
 
             super().send(envelope_from, recipient, payload, die)

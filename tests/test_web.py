@@ -14,7 +14,7 @@ import logging
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from html.parser import HTMLParser
@@ -43,6 +43,7 @@ from mailbot import tokens
 from mailbot.adapters.web import client_of, create_app
 from mailbot.clock import FixedClock
 from mailbot.config import Settings
+from mailbot.outgoing.outbox import CommitPoint
 from mailbot.service import Mailbot
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
@@ -586,7 +587,7 @@ class Sink:
     """A transport that accepts everything."""
 
     def send(
-        self, envelope_from: str, recipient: str, payload: bytes, commit_point: Callable[[], None]
+        self, envelope_from: str, recipient: str, payload: bytes, commit_point: CommitPoint
     ) -> None:
         pass
 

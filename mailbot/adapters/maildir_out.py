@@ -12,13 +12,15 @@ already in ``new/`` or ``cur/`` and writes no second file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+from mailbot.outgoing.outbox import CommitPoint
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 
@@ -37,7 +39,7 @@ class MaildirTransport:
         envelope_from: str,
         recipient: str,
         payload: bytes,
-        commit_point: Callable[[], None],
+        commit_point: CommitPoint,
     ) -> None:
         for sub in ("tmp", "new", "cur"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -52,11 +54,10 @@ class MaildirTransport:
             handle.flush()
             os.fsync(handle.fileno())
         try:
-            commit_point()
+            commit_point(functools.partial(os.rename, staged, self.root / "new" / name))
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
-        staged.rename(self.root / "new" / name)
         directory = os.open(self.root / "new", os.O_RDONLY)
         try:
             os.fsync(directory)

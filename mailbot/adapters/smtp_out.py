@@ -18,10 +18,9 @@ import re
 import smtplib
 import socket
 import ssl
-from collections.abc import Callable
 
 from mailbot.config import OutgoingSettings
-from mailbot.outgoing.outbox import PermanentFailure, TemporaryFailure
+from mailbot.outgoing.outbox import CommitPoint, PermanentFailure, TemporaryFailure
 
 TIMEOUT_SECONDS = 30.0
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -41,7 +40,7 @@ class SmtpTransport:
         envelope_from: str,
         recipient: str,
         payload: bytes,
-        commit_point: Callable[[], None],
+        commit_point: CommitPoint,
     ) -> None:
         try:
             client = self._stage(envelope_from, recipient, payload)
@@ -54,12 +53,12 @@ class SmtpTransport:
             self._drop()
             raise
         try:
-            commit_point()
+            commit_point(functools.partial(_final_dot, client))
         except BaseException:
-            self._drop()  # no final dot: the relay discards what it was given
+            self._drop()  # no final dot, or no answer awaited: the session is done
             raise
         try:
-            _finish(client)
+            _expect(client.getreply(), 250)
         except Exception as exc:
             self._drop()  # refused or cut off at the dot: the outbox puts the row back
             raise _translated(exc) from None
@@ -145,10 +144,12 @@ def _options(client: smtplib.SMTP, envelope_from: str, recipient: str) -> list[s
     )
 
 
-def _finish(client: smtplib.SMTP) -> None:
-    """The final dot, in one write, and the relay's answer to the mail."""
-    client.send(b".\r\n")
-    _expect(client.getreply(), 250)
+def _final_dot(client: smtplib.SMTP) -> None:
+    """The final dot, in one write: from here on the relay has the mail."""
+    try:
+        client.send(b".\r\n")
+    except Exception as exc:
+        raise _translated(exc) from None
 
 
 def _expect(reply: tuple[int, bytes], *codes: int) -> None:

@@ -6,22 +6,26 @@ claimed with a short lease (``LEASE``) before sending. The transport hands
 the relay everything but the last step that makes it take responsibility
 (the SMTP envelope, DATA and the whole body, but not the final dot; the
 Maildir file written and synced under ``tmp/``, but not renamed into
-``new/``), then calls ``commit_point``: the row is marked sent (and a secret
-body scrubbed) in a commit of its own. Only then does the transport take
-that last step. Should the relay refuse it, or the connection break, the
-row is put back as it was (its body written back) and retried or made dead
-as any failed mail, in another commit.
+``new/``), then calls ``commit_point`` with that last step: the row is marked
+sent (and a secret body scrubbed) in a commit of its own, and the step is
+taken right behind the commit (``mailbot.storage.handover``). Should the
+relay refuse the mail, or the connection break, the row is put back as it
+was (its body written back) and retried or made dead as any failed mail, in
+another commit.
 
 A sender killed before that commit leaves the relay a session without its
 final dot, which every relay discards: the row is sent again once its lease
-runs out. A sender killed after it leaves a row marked sent: nothing is sent
-again. The one window left is between that commit and the single write of
-the final dot (microseconds): a kill there loses that mail, it never doubles
-it. A send that outlasts its lease (a relay stalling for more than ``LEASE -
-SEND_BUDGET``) is harmless too: of the two senders then holding the row, the
-first to reach its commit point sends the mail, and the other finds the row
-no longer its own and abandons its session before the final dot. A process
-that dies holding claims holds them at most ``LEASE``; any sender then takes them.
+runs out. A sender killed after the final dot leaves a row marked sent:
+nothing is sent again. The one window left is between the commit becoming
+irrevocable and the write of the final dot: on PostgreSQL, the two writes
+of the ``COMMIT`` and of the dot, back to back; on SQLite, the commit's
+write to the log and the dot, with no wait for the disk between them. A kill
+there loses that mail, it never doubles it. A send that outlasts its lease
+(a relay stalling for more than ``LEASE - SEND_BUDGET``) is harmless too: of
+the two senders then holding the row, the first to reach its commit point
+sends the mail, and the other finds the row no longer its own and abandons
+its session before the final dot. A process that dies holding claims holds
+them at most ``LEASE``; any sender then takes them.
 
 A mail that fails temporarily is retried with exponential backoff, capped and
 jittered, for the queue lifetime (days, as an MTA's queue); an address that
@@ -50,6 +54,7 @@ from mailbot.domain import Delivery, OutboxStatus
 from mailbot.errors import NotRetryable
 from mailbot.storage import mail_queries
 from mailbot.storage.engine import transaction, writing
+from mailbot.storage.handover import commit_then
 from mailbot.storage.tables import OutboxRow, ValidationRow
 
 log = logging.getLogger(__name__)
@@ -75,15 +80,21 @@ class _SentElsewhere(Exception):
     """Another sender marked this mail sent while this one held an expired lease."""
 
 
+CommitPoint = Callable[[Callable[[], None]], None]
+"""Marks the mail sent, then takes the step given (see ``Transport``)."""
+
+
 class Transport(Protocol):
     """Sends one mail, raising TemporaryFailure or PermanentFailure. A transport
     that keeps a session open between mails also has ``close()``, which each
     flush calls when it is done.
 
     ``commit_point`` is called once, after everything but the step that makes
-    the mail delivered (the final dot, the rename into ``new/``), and that step
-    is taken only if it returns; should it raise, the mail is abandoned undelivered.
-    A transport that finds the mail already delivered may return without calling it.
+    the mail delivered (the final dot, the rename into ``new/``), with that
+    step, which it takes right behind the commit marking the mail sent (and
+    not at all if that commit cannot be made: the mail is then abandoned
+    undelivered). A transport that finds the mail already delivered may
+    return without calling it.
     """
 
     def send(
@@ -91,7 +102,7 @@ class Transport(Protocol):
         envelope_from: str,
         recipient: str,
         payload: bytes,
-        commit_point: Callable[[], None],
+        commit_point: CommitPoint,
     ) -> None: ...
 
 
@@ -253,6 +264,16 @@ def _release(engine: Engine, ids: list[int], now: datetime) -> None:
                 row.next_attempt_at = now
 
 
+@dataclass
+class _Progress:
+    """How far one mail got: marked sent (the commit under way), handed over
+    (the relay given its final dot), recorded (the commit known to be made)."""
+
+    marked: bool = False
+    handed_over: bool = False
+    recorded: bool = False
+
+
 def _send_one(
     engine: Engine,
     transport: Transport,
@@ -264,12 +285,16 @@ def _send_one(
     own: marked sent at the transport's commit point, put back if the relay then
     refuses it."""
     problem = address_problem(claim.recipient) or address_problem(claim.envelope_from)
-    committed: list[bool] = []
+    progress = _Progress()
 
-    def commit_point() -> None:
-        if not committed:
-            _mark_sent(engine, claim.id, clock())
-            committed.append(True)
+    def commit_point(hand_over: Callable[[], None]) -> None:
+        def then() -> None:
+            progress.marked = True
+            hand_over()
+            progress.handed_over = True
+
+        _mark_sent(engine, claim.id, clock(), then)
+        progress.recorded = True
 
     try:
         if problem:
@@ -277,15 +302,50 @@ def _send_one(
         transport.send(claim.envelope_from, claim.recipient, claim.payload, commit_point)
     except _SentElsewhere:
         return Attempt.SENT  # abandoned before the relay took it: sent once, by the other
-    except PermanentFailure as exc:
-        return _failed(engine, claim, str(exc), clock(), policy, permanent=True, undo=committed)
-    except (UnicodeError, ValueError) as exc:  # the bytes or an address cannot be sent
-        error = f"cannot send: {type(exc).__name__}: {exc}"
-        return _failed(engine, claim, error, clock(), policy, permanent=True, undo=committed)
-    except Exception as exc:  # TemporaryFailure, OSError, a transport's own surprise
-        error = str(exc) if isinstance(exc, TemporaryFailure) else f"{type(exc).__name__}: {exc}"
-        return _failed(engine, claim, error, clock(), policy, permanent=False, undo=committed)
-    commit_point()  # a transport that found the mail already delivered
+    except Exception as exc:
+        if progress.handed_over and not progress.recorded:
+            return _handed_over_unrecorded(engine, claim, clock(), exc)
+        permanent, error = _classified(exc)
+        undo = progress.marked
+        return _failed(engine, claim, error, clock(), policy, permanent=permanent, undo=undo)
+    if not progress.recorded:  # a transport that found the mail already delivered
+        commit_point(lambda: None)
+    _log_sent(claim)
+    return Attempt.SENT
+
+
+def _classified(exc: Exception) -> tuple[bool, str]:
+    """Whether a failed attempt is for good, and what to say of it."""
+    if isinstance(exc, PermanentFailure):
+        return True, str(exc)
+    if isinstance(exc, (UnicodeError, ValueError)):  # the bytes or an address cannot be sent
+        return True, f"cannot send: {type(exc).__name__}: {exc}"
+    if isinstance(exc, TemporaryFailure):
+        return False, str(exc)
+    return False, f"{type(exc).__name__}: {exc}"  # OSError, a transport's own surprise
+
+
+def _handed_over_unrecorded(
+    engine: Engine, claim: _Claim, now: datetime, exc: Exception
+) -> Attempt:
+    """The relay was given the final dot but the commit marking the mail sent
+    failed (the database lost mid-commit): marked again in a commit of its own,
+    since sending it again would send it twice. Should that fail too, the row
+    keeps its lease and is sent again once it runs out."""
+    try:
+        _mark_sent(engine, claim.id, now, lambda: None)
+    except _SentElsewhere:
+        pass  # the first commit was made after all
+    except Exception as again:
+        log.error(
+            "handed %s to %s to the relay but cannot mark it sent (%s; then %s): "
+            "it will be sent again once its claim runs out",
+            claim.event,
+            claim.recipient,
+            exc,
+            again,
+        )
+        return Attempt.RETRY
     _log_sent(claim)
     return Attempt.SENT
 
@@ -302,14 +362,15 @@ def hand_over_promptly() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
 
-def _mark_sent(engine: Engine, row_id: int, now: datetime) -> None:
-    """The commit point: from here on no sender sends this mail again.
+def _mark_sent(engine: Engine, row_id: int, now: datetime, then: Callable[[], None]) -> None:
+    """The commit point: from here on no sender sends this mail again; ``then``
+    (the final dot) is taken right behind the commit (``commit_then``).
 
     One conditional UPDATE per table, on a bare connection: the commit every
     mail waits for just before its final dot, so kept to two statements.
     """
     outbox, validation = OutboxRow.__table__, ValidationRow.__table__  # type: ignore[attr-defined]
-    with writing(engine) as connection:
+    with writing(engine, synced=False) as connection:
         marked = connection.execute(
             sa.update(outbox)
             .where(outbox.c.id == row_id, outbox.c.status == OutboxStatus.SENDING)
@@ -332,6 +393,7 @@ def _mark_sent(engine: Engine, row_id: int, now: datetime) -> None:
                 )
                 .values(delivery=Delivery.SENT)
             )
+        commit_then(connection, then)
 
 
 def _log_sent(claim: _Claim) -> None:
@@ -354,7 +416,7 @@ def _failed(
     policy: RetryPolicy,
     *,
     permanent: bool,
-    undo: list[bool],
+    undo: bool,
 ) -> Attempt:
     """Retry later or give up; a row already marked sent at the commit point (``undo``)
     is put back first: its body written back, no longer sent."""

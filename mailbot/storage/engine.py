@@ -6,6 +6,7 @@ that only reads or stores does not pay for it at import.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import weakref
@@ -148,8 +149,7 @@ def _begin_immediate(connection: sa.Connection, busy_timeout: float) -> None:
     """
     deadline = time.monotonic() + busy_timeout
     pause, longest = WRITE_LOCK_POLL_SECONDS
-    driver = connection.connection.driver_connection
-    assert driver is not None
+    driver = _driver(connection)
     driver.execute("PRAGMA busy_timeout = 0")
     try:
         while True:
@@ -197,11 +197,43 @@ def transaction(engine: Engine) -> Iterator[Session]:
 
 
 @contextmanager
-def writing(engine: Engine) -> Iterator[sa.Connection]:
+def writing(engine: Engine, *, synced: bool = True) -> Iterator[sa.Connection]:
     """A write transaction on a bare connection, for the hot paths whose
-    statements are few and fixed (storing received mail): no ORM session."""
-    with _writer_turn(engine), engine.begin() as connection:
-        yield connection
+    statements are few and fixed (storing received mail): no ORM session.
+
+    ``synced=False`` lets SQLite commit without waiting for the disk (its
+    ``synchronous = NORMAL``, for this transaction only): the commit survives
+    a killed process at once, and a power cut once the next synced commit is
+    made. PostgreSQL commits as always.
+    """
+    unsynced = not synced and engine.dialect.name == "sqlite"
+    with _writer_turn(engine), engine.connect() as connection:
+        if unsynced:
+            _driver(connection).execute("PRAGMA synchronous = NORMAL")
+        try:
+            with connection.begin():
+                yield connection
+        finally:
+            if unsynced:
+                _resync(connection)
+
+
+def _resync(connection: sa.Connection) -> None:
+    """Back to synced commits before the connection serves anyone else; a
+    connection that cannot be told so is closed instead."""
+    try:
+        _driver(connection).execute("PRAGMA synchronous = FULL")
+    except sqlite3.Error:
+        connection.invalidate()
+        raise
+
+
+def _driver(connection: sa.Connection) -> Any:
+    """The driver's own connection, for statements that must run outside any
+    transaction (an ``execute`` here would begin one)."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    return driver
 
 
 class DriverStatements:
