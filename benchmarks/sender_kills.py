@@ -500,7 +500,12 @@ def main() -> int:
                     else:
                         try:
                             measure(cell, relay, relay_port, server, args, rng, len(cells))
-                        except (Failed, subprocess.TimeoutExpired, sa.exc.SQLAlchemyError) as exc:
+                        except (
+                            Failed,
+                            OSError,
+                            subprocess.TimeoutExpired,
+                            sa.exc.SQLAlchemyError,
+                        ) as exc:
                             cell.problem = str(exc).splitlines()[0] if str(exc) else repr(exc)
                     print(f"  {row_line(cell)}", flush=True)  # kept if the run is cut short
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
-"""The throughput benchmark, run as an operator would (``--quick``, SQLite): it
-measures a configuration end to end and prints its row with numbers. No bound
-on the figures themselves: a busy machine may make them anything."""
+"""The benchmarks, run as an operator would, with small counts (SQLite): each
+measures end to end and prints its rows with numbers. No bound on the figures
+themselves: a busy machine may make them anything."""
 
 from __future__ import annotations
 
@@ -44,4 +44,39 @@ def test_the_throughput_benchmark_prints_a_measured_row() -> None:
     assert "validation-requested 80" in mail_out.group(1), out
     assert "request-done 120" in mail_out.group(1), out
     assert "error" not in mail_out.group(1), out
+    assert re.search(r"^machine: \d+ CPUs, load average ", out, re.MULTILINE), out
+
+
+def test_the_sender_kills_benchmark_counts_every_mail() -> None:
+    """Three killed sweeps (each kill comes within 60 mails, so 200 queued mails
+    outlast them) and a last one to the end send every queued mail: the row
+    shows the three kills, as many mails sent as were queued, none unsent,
+    every mail sent delivered but those lost, and lost per kill."""
+    script = REPO / "benchmarks" / "sender_kills.py"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            *("--mails", "200", "--kills", "3", "--conditions", "idle", "--no-postgres"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    out = run.stdout
+    assert run.returncode == 0, run.stderr + out
+    assert "Traceback" not in run.stderr, run.stderr
+    assert "not measured" not in out, out
+    assert re.search(r"^200 queued mails, 3 kills per cell, .* load average ", out, re.MULTILINE)
+    counts = " +".join([r"(\d+)"] * 6)
+    row = re.search(rf"^SQLite +idle +{counts} +{NUMBER} +{NUMBER}$", out, re.MULTILINE)
+    assert row is not None, out
+    kills, sent, delivered, lost, doubled, unsent = (int(x) for x in row.groups()[:6])
+    assert kills == 3, out
+    assert sent == 200, out
+    assert unsent == 0, out
+    assert delivered == sent - lost, out
+    assert doubled <= delivered, out
+    assert abs(float(row.group(7)) - lost / kills) < 1e-4, out
     assert re.search(r"^machine: \d+ CPUs, load average ", out, re.MULTILINE), out

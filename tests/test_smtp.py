@@ -4,10 +4,12 @@ real SMTP smarthost."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import smtplib
 import sqlite3
+import subprocess
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from factories import ALICE, BOB, CAROL, MailFactory, outbox, seed_world
 from servers import Smarthost, maildir_count, running, smarthost, wait_for
 from servers import relay as relay_with
 from sqlmodel import col, select
+from test_entrypoint import MAILBOT, clean_environment
 
 from mailbot.adapters.smtp_in import TRY_LATER
 from mailbot.adapters.smtp_out import SmtpTransport
@@ -25,7 +28,7 @@ from mailbot.clock import FixedClock
 from mailbot.config import OutgoingSettings, Settings
 from mailbot.domain import Party
 from mailbot.outgoing.mailer import OutgoingMail
-from mailbot.outgoing.outbox import CommitPoint
+from mailbot.outgoing.outbox import LEASE, CommitPoint
 from mailbot.service import Mailbot
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import InboundRow, OutboxRow
@@ -470,3 +473,66 @@ def test_a_sender_killed_before_the_final_dot_leaves_nothing_at_the_relay(
         clock.at += timedelta(minutes=1)
         assert bot.flush_outbox(SmtpTransport(relay_settings(bot, relay.port))).sent == 3
     assert len(relay.received) == len({payload for _, _, payload in relay.received}) == 3
+
+
+SLOW_COMMITS = """
+CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON outbox
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (NEW.status = 'sent') EXECUTE FUNCTION slow_commit();
+"""
+"""Every commit that marks a mail sent takes 3 s at the server (a busy disk, a
+busy machine): a deferred trigger sleeps inside the COMMIT."""
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_sender_killed_while_its_commit_is_under_way_has_handed_the_mail_over(
+    bot: Mailbot,
+    world: object,
+    mail: MailFactory,
+    clock: FixedClock,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """Once the server is making the commit that marks a mail sent, a SIGKILL of
+    the sender no longer loses that mail: the final dot went out right behind
+    the COMMIT, before its answer. Nothing is sent twice either."""
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    with bot.engine.begin() as connection:
+        connection.exec_driver_sql(SLOW_COMMITS)
+    with smarthost() as relay:
+        workdir = tmp_path / "sender"
+        workdir.mkdir()
+        (workdir / "mailbot.toml").write_text(
+            f'[bot]\naddress = "{bot.settings.bot.address}"\nbase_url = "https://bot.test"\n'
+            f'[database]\nurl = "{database_url}"\n'
+            f'[outgoing]\ntransport = "smtp"\nhost = "127.0.0.1"\nport = {relay.port}\n'
+        )
+        sender = subprocess.Popen(
+            [str(MAILBOT), "outbox", "flush"], cwd=workdir, env=clean_environment()
+        )
+        try:
+            wait_for(lambda: committing(bot) > 0, timeout=60)
+            sender.send_signal(signal.SIGKILL)
+        finally:
+            sender.kill()
+            sender.wait()
+        wait_for(lambda: committing(bot) == 0, timeout=60)  # the server finishes it
+        assert len(relay.received) == 1
+        with bot.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER slow_commit ON outbox")
+        clock.at = datetime.now(UTC) + LEASE  # the killed sender's claims have run out
+        assert bot.flush_outbox(SmtpTransport(relay_settings(bot, relay.port))).sent == 2
+    assert len(relay.received) == len({payload for _, _, payload in relay.received}) == 3
+    assert {m.row.status for m in outbox(bot)} == {"sent"}
+
+
+def committing(bot: Mailbot) -> int:
+    """How many sessions are inside a COMMIT slowed by ``SLOW_COMMITS``."""
+    with bot.engine.connect() as connection:
+        return int(
+            connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            ).scalar_one()
+        )
