@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -174,10 +175,15 @@ def run_worker(settings: Settings, supervised: bool = False) -> None:
     (and, supervised by ``serve``, by the end of standard input)."""
     hand_over_promptly()
     worker = Worker(settings)
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        worker.stopping.set()
+        # Only a reentrant put here: a handler that set the Event itself could
+        # run again inside its own Event.set (a second signal) and wait forever
+        # for the lock it holds.
+        signals.put(signum)
 
+    threading.Thread(target=_stop_on_signal, args=(signals, worker.stopping), daemon=True).start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
     if supervised:
@@ -185,6 +191,11 @@ def run_worker(settings: Settings, supervised: bool = False) -> None:
         watcher = threading.Thread(target=_watch_stdin, args=(worker.stopping,), daemon=True)
         watcher.start()
     worker.run()
+
+
+def _stop_on_signal(signals: queue.SimpleQueue[int], stopping: threading.Event) -> None:
+    signals.get()
+    stopping.set()
 
 
 def _die_with_parent() -> None:
