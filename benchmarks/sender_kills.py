@@ -32,10 +32,13 @@ Then, against the relay's counts: **lost** = rows marked sent whose
 reached it more than once; **unsent** = rows not marked sent at the end
 (should be 0: every row is due again by the last sweep). ``lost/kill`` is
 the figure to compare: the chance that a kill lands in the window between
-the commit and the dot. That window includes whatever lies between the
-commit becoming durable and its call returning to the sender: on SQLite
-(WAL, ``synchronous=FULL``) the fsync of the WAL, on PostgreSQL the
-server's reply.
+the commit and the dot. That window opens when the commit can no longer be
+undone by a kill, which comes before the sender hears that it is made (on
+PostgreSQL once the ``COMMIT`` is on its way to the server, on SQLite once
+its frames are in the write-ahead log, before any sync to disk): whatever
+the sender does between that moment and the dot (waiting for the server's
+answer or the disk, waiting for its turn on a busy CPU) widens it, which
+``mailbot/storage/handover.py`` is there to prevent.
 
 Load conditions: ``idle``, and ``busy`` with ``--hogs`` CPU-bound processes
 (``while True: pass``) running beside the whole kill loop, so that the
@@ -459,6 +462,11 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, load average {load}"
 
 
+def interrupted(signum: int, frame: Any) -> None:
+    """SIGINT or SIGTERM: unwind, so that servers, hogs and directories go."""
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=60, help="kills per database and load")
@@ -483,6 +491,8 @@ def main() -> int:
         f"CPU-bound processes, seed {seed}; {machine()}",
         flush=True,
     )
+    for signum in (signal.SIGINT, signal.SIGTERM):  # even where started with SIGINT ignored
+        signal.signal(signum, interrupted)
     cells: list[Cell] = []
     try:
         with ExitStack() as stack:
