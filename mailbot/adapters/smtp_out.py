@@ -147,7 +147,9 @@ def _options(client: smtplib.SMTP, envelope_from: str, recipient: str) -> list[s
 def _final_dot(client: smtplib.SMTP) -> None:
     """The final dot, in one write: from here on the relay has the mail."""
     try:
-        client.send(b".\r\n")
+        if client.sock is None:
+            raise smtplib.SMTPServerDisconnected("the relay's connection is closed")
+        client.sock.sendall(b".\r\n")  # the socket's own: no wrapper before the write
     except Exception as exc:
         raise _translated(exc) from None
 

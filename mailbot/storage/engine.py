@@ -133,6 +133,9 @@ def _sqlite_engine(url: sa.URL, busy_timeout: float) -> Engine:
     return engine
 
 
+WAL_AUTOCHECKPOINT_PAGES = 1000
+"""SQLite's default, kept: a commit that leaves the log longer checkpoints it."""
+
 WRITE_LOCK_POLL_SECONDS = (0.0005, 0.002)
 """How soon a writer waiting for another process's write lock tries again: first,
 then at most (doubling in between)."""
@@ -201,15 +204,19 @@ def writing(engine: Engine, *, synced: bool = True) -> Iterator[sa.Connection]:
     """A write transaction on a bare connection, for the hot paths whose
     statements are few and fixed (storing received mail): no ORM session.
 
-    ``synced=False`` lets SQLite commit without waiting for the disk (its
-    ``synchronous = NORMAL``, for this transaction only): the commit survives
-    a killed process at once, and a power cut once the next synced commit is
-    made. PostgreSQL commits as always.
+    ``synced=False`` lets SQLite commit without waiting for the disk, for
+    this transaction only: no sync (``synchronous = NORMAL``) and no
+    checkpoint of the log (which syncs twice; the next commit of another
+    transaction makes it). The commit survives a killed process at once, and
+    a power cut once the next synced commit is made. PostgreSQL commits as
+    always.
     """
     unsynced = not synced and engine.dialect.name == "sqlite"
     with _writer_turn(engine), engine.connect() as connection:
         if unsynced:
-            _driver(connection).execute("PRAGMA synchronous = NORMAL")
+            driver = _driver(connection)
+            driver.execute("PRAGMA synchronous = NORMAL")
+            driver.execute("PRAGMA wal_autocheckpoint = 0")
         try:
             with connection.begin():
                 yield connection
@@ -222,7 +229,9 @@ def _resync(connection: sa.Connection) -> None:
     """Back to synced commits before the connection serves anyone else; a
     connection that cannot be told so is closed instead."""
     try:
-        _driver(connection).execute("PRAGMA synchronous = FULL")
+        driver = _driver(connection)
+        driver.execute("PRAGMA synchronous = FULL")
+        driver.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     except sqlite3.Error:
         connection.invalidate()
         raise

@@ -13,9 +13,10 @@ becomes irrevocable for a killed client earlier than the client learns of it:
   Here the ``COMMIT`` is written, the step is taken at once, and only then is
   the server's answer read;
 - on SQLite, as soon as the commit's frames are written to the write-ahead
-  log, before SQLite syncs them to disk. The commit is made without that
-  sync (``synchronous = NORMAL`` for its transaction): the step follows the
-  write without waiting for the disk. The next synced commit of the database
+  log, before SQLite syncs them to disk or checkpoints the log. The commit
+  is made without either (``synchronous = NORMAL`` and no automatic
+  checkpoint, for its transaction): the step follows the write without
+  waiting for the disk. The next synced commit of the database
   makes it durable; a power cut before then may undo it (the mail is then
   sent again), a killed process cannot. The transaction is opened with
   ``writing(engine, synced=False)`` for that.
@@ -23,8 +24,11 @@ becomes irrevocable for a killed client earlier than the client learns of it:
 
 from __future__ import annotations
 
+import os
 import select
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,11 +47,13 @@ def commit_then(connection: sa.Connection, step: Callable[[], None]) -> None:
     taken (PostgreSQL lost mid-commit), ``CommitFailed`` is raised. The
     transaction's own end is then a no-op: nothing is left open.
     """
+    driver = connection.connection.driver_connection
+    assert driver is not None
     if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("COMMIT")
+        driver.execute("COMMIT")  # the driver's own: no statement machinery before the step
         step()
         return
-    _commit_pipelined(connection.connection.driver_connection, step)
+    _commit_pipelined(driver, step)
 
 
 def _commit_pipelined(driver: Any, step: Callable[[], None]) -> None:
@@ -56,17 +62,40 @@ def _commit_pipelined(driver: Any, step: Callable[[], None]) -> None:
     from psycopg import pq
 
     pgconn = driver.pgconn
-    pgconn.send_query(b"COMMIT")
-    while pgconn.flush():  # a few bytes: all but always written at once
-        select.select([pgconn.socket], [pgconn.socket], [])
-        pgconn.consume_input()
     try:
-        step()
+        with _corked(pgconn.socket):
+            pgconn.send_query(b"COMMIT")
+            while pgconn.flush():  # a few bytes: all but always written at once
+                select.select([pgconn.socket], [pgconn.socket], [])
+                pgconn.consume_input()
+            step()
     finally:
         result = _last_result(pgconn)
     if result is None or result.status != pq.ExecStatus.COMMAND_OK:
         message = result.error_message.decode("utf-8", "replace") if result else "no answer"
         raise CommitFailed(f"COMMIT failed: {message.strip()}")
+
+
+@contextmanager
+def _corked(descriptor: int) -> Iterator[None]:
+    """Over TCP, the ``COMMIT`` is held in the kernel until the step is taken:
+    sent at once, it would wake the server's process, which on a busy machine
+    can take the CPU from the sender before its next write. A process killed
+    while it is held still sends it, as the kernel closes the connection."""
+    connection = socket.socket(fileno=os.dup(descriptor))
+    try:
+        cork = getattr(socket, "TCP_CORK", None)  # Linux
+        if connection.family not in (socket.AF_INET, socket.AF_INET6):
+            cork = None  # a Unix socket: nothing to hold it with
+        if cork is not None:
+            connection.setsockopt(socket.IPPROTO_TCP, cork, 1)
+        try:
+            yield
+        finally:
+            if cork is not None:
+                connection.setsockopt(socket.IPPROTO_TCP, cork, 0)
+    finally:
+        connection.close()
 
 
 def _last_result(pgconn: Any) -> Any:
