@@ -355,8 +355,8 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 
 def hand_over_promptly() -> None:
     """Let a thread back into the interpreter within half a millisecond (not
-    Python's 5 ms) when other threads keep it busy: a sender coming back from
-    the commit point's commit must write the final dot at once, since a
+    Python's 5 ms) when other threads keep it busy: a sender between the
+    commit point's commit and the final dot must get on at once, since a
     process killed in between leaves a mail marked sent that the relay never
     took. Called by the processes that send (``serve``, ``mailbot worker``)."""
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
