@@ -151,6 +151,22 @@ def local_postgres(keep: Path | None = None) -> Iterator[str | None]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+@contextmanager
+def fresh_database(server: str, name: str) -> Iterator[str]:
+    """A new, empty database ``name`` on ``server`` (a URL from
+    ``local_postgres``), dropped afterwards."""
+    import psycopg
+
+    admin_url = server.replace("+psycopg", "")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="runs of each command (median)")

@@ -78,7 +78,7 @@ from typing import Any
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from process_cpu import local_postgres  # a sibling script, not a package
+from process_cpu import fresh_database, local_postgres  # a sibling script, not a package
 
 from mailbot.storage.tables import OutboxRow
 
@@ -240,17 +240,8 @@ def database_for(kind: str, root: Path, server: str | None, n: int) -> Iterator[
         yield f"sqlite:///{root / 'var' / 'mailbot.db'}"
         return
     assert server is not None
-    import psycopg
-
-    name = f"bench_kills_{os.getpid()}_{n}"
-    admin_url = server.replace("+psycopg", "")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield server.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(server, f"bench_kills_{os.getpid()}_{n}") as url:
+        yield url
 
 
 def config_text(url: str, relay_port: int) -> str:

@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from process_cpu import local_postgres  # a sibling script, not a package
+from process_cpu import fresh_database, local_postgres  # a sibling script, not a package
 
 MAILBOT = str(Path(sys.executable).parent / "mailbot")
 BOT = "changes@mailbot.localhost"
@@ -487,17 +487,8 @@ def database_for(setup: Setup, server: str | None, n: int) -> Iterator[str]:
         return
     if server is None:
         raise Failed("no PostgreSQL (no --postgres URL and no initdb found)")
-    import psycopg
-
-    name = f"bench_{os.getpid()}_{n}"
-    admin_url = server.replace("+psycopg", "")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield server.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(server, f"bench_{os.getpid()}_{n}") as url:
+        yield url
 
 
 def measure(setup: Setup, args: argparse.Namespace, server: str | None, n: int) -> Row:

@@ -17,18 +17,7 @@ def test_the_throughput_benchmark_prints_a_measured_row() -> None:
     """Every reply it sends gets its confirmation back through the relay, and the
     table shows the sink's rates, the ratios and the latency percentiles (at
     half the sink's rate, and at half mailbot's own)."""
-    script = REPO / "benchmarks" / "smtp_throughput.py"
-    run = subprocess.run(
-        [sys.executable, str(script), "--quick", "--databases", "sqlite", "--workers", "0"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    out = run.stdout
-    assert run.returncode == 0, run.stderr + out
-    assert "Traceback" not in run.stderr, run.stderr
-    assert "not measured" not in out, out
+    out = benchmark("smtp_throughput.py", "--quick", "--databases", "sqlite", "--workers", "0")
     row = re.search(
         rf"^SQLite, workers=0 +{' +'.join([NUMBER] * 7)} +(all met|missed: [a-z0-9, ]+)$",
         out,
@@ -52,22 +41,10 @@ def test_the_sender_kills_benchmark_counts_every_mail() -> None:
     outlast them) and a last one to the end send every queued mail: the row
     shows the three kills, as many mails sent as were queued, none unsent,
     every mail sent delivered but those lost, and lost per kill."""
-    script = REPO / "benchmarks" / "sender_kills.py"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            *("--mails", "200", "--kills", "3", "--conditions", "idle", "--no-postgres"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
+    out = benchmark(
+        "sender_kills.py",
+        *("--mails", "200", "--kills", "3", "--conditions", "idle", "--no-postgres"),
     )
-    out = run.stdout
-    assert run.returncode == 0, run.stderr + out
-    assert "Traceback" not in run.stderr, run.stderr
-    assert "not measured" not in out, out
     assert re.search(r"^200 queued mails, 3 kills per cell, .* load average ", out, re.MULTILINE)
     counts = " +".join([r"(\d+)"] * 6)
     row = re.search(rf"^SQLite +idle +{counts} +{NUMBER} +{NUMBER}$", out, re.MULTILINE)
@@ -80,3 +57,20 @@ def test_the_sender_kills_benchmark_counts_every_mail() -> None:
     assert doubled <= delivered, out
     assert abs(float(row.group(7)) - lost / kills) < 1e-4, out
     assert re.search(r"^machine: \d+ CPUs, load average ", out, re.MULTILINE), out
+
+
+def benchmark(script: str, *args: str) -> str:
+    """What a benchmark printed, once it ran to its end without a traceback and
+    measured every row."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    out = run.stdout
+    assert run.returncode == 0, run.stderr + out
+    assert "Traceback" not in run.stderr, run.stderr
+    assert "not measured" not in out, out
+    return out
