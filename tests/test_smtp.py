@@ -528,6 +528,44 @@ def test_a_sender_killed_while_its_commit_is_under_way_has_handed_the_mail_over(
     assert {m.row.status for m in outbox(bot)} == {"sent"}
 
 
+FAILING_COMMIT = """
+CREATE SEQUENCE commits_marking_sent;
+CREATE FUNCTION fail_first() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('commits_marking_sent') = 1 THEN
+        RAISE EXCEPTION 'could not write to the log: no space left on device';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER fail_first AFTER UPDATE ON outbox
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (NEW.status = 'sent') EXECUTE FUNCTION fail_first();
+"""
+"""The first commit that marks a mail sent fails at the server, after the
+sender wrote its final dot (a sequence, which no rollback undoes, counts them)."""
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_commit_that_fails_after_the_final_dot_does_not_send_the_mail_twice(
+    bot: Mailbot, world: object, mail: MailFactory, clock: FixedClock
+) -> None:
+    """The relay took the mail while its COMMIT failed: the mail is marked sent
+    in a commit of its own rather than put back to be sent again."""
+    bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
+    with bot.engine.begin() as connection:
+        connection.exec_driver_sql(FAILING_COMMIT)
+    with smarthost() as relay:
+        transport = SmtpTransport(relay_settings(bot, relay.port))
+        assert bot.flush_outbox(transport).sent == 3
+        clock.at += timedelta(hours=1)
+        assert bot.flush_outbox(transport).sent == 0
+    assert len(relay.received) == len({payload for _, _, payload in relay.received}) == 3
+    assert {m.row.status for m in outbox(bot)} == {"sent"}
+    with bot.engine.connect() as connection:
+        marked = connection.exec_driver_sql("SELECT last_value FROM commits_marking_sent")
+        assert marked.scalar_one() == 4  # the failed one, then the three that held
+
+
 def committing(bot: Mailbot) -> int:
     """How many sessions are inside a COMMIT slowed by ``SLOW_COMMITS``."""
     with bot.engine.connect() as connection:
