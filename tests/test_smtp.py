@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 from conftest import make_settings, reserve_port
@@ -487,6 +488,7 @@ busy machine): a deferred trigger sleeps inside the COMMIT."""
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("over", ["tcp", "unix socket"])
 def test_a_sender_killed_while_its_commit_is_under_way_has_handed_the_mail_over(
     bot: Mailbot,
     world: object,
@@ -494,13 +496,17 @@ def test_a_sender_killed_while_its_commit_is_under_way_has_handed_the_mail_over(
     clock: FixedClock,
     database_url: str,
     tmp_path: Path,
+    over: str,
 ) -> None:
     """Once the server is making the commit that marks a mail sent, a SIGKILL of
     the sender no longer loses that mail: the final dot went out right behind
-    the COMMIT, before its answer. Nothing is sent twice either."""
+    the COMMIT, before its answer. Nothing is sent twice either. The same
+    whether the sender reaches PostgreSQL over TCP or a Unix socket."""
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
     with bot.engine.begin() as connection:
         connection.exec_driver_sql(SLOW_COMMITS)
+        if over == "unix socket":
+            database_url = unix_socket_url(connection, database_url)
     with smarthost() as relay:
         workdir = tmp_path / "sender"
         workdir.mkdir()
@@ -564,6 +570,14 @@ def test_a_commit_that_fails_after_the_final_dot_does_not_send_the_mail_twice(
     with bot.engine.connect() as connection:
         marked = connection.exec_driver_sql("SELECT last_value FROM commits_marking_sent")
         assert marked.scalar_one() == 4  # the failed one, then the three that held
+
+
+def unix_socket_url(connection: sa.Connection, tcp_url: str) -> str:
+    """The same database as ``tcp_url``, through the server's Unix socket."""
+    directory = connection.exec_driver_sql("SHOW unix_socket_directories").scalar_one()
+    port = connection.exec_driver_sql("SHOW port").scalar_one()
+    url = sa.make_url(tcp_url)
+    return f"postgresql+psycopg://{url.username}@/{url.database}?host={directory}&port={port}"
 
 
 def committing(bot: Mailbot) -> int:
