@@ -106,7 +106,10 @@ class Deciding:
         self.context.check_token_attempts(session, actor)
         found: dict[int | None, ValidationRow] = {}
         last_error = BadToken("")
-        for candidate in typed:  # what looks like a token may be words that do not match
+        # The token typed after the command is usually also among those in the
+        # text: one lookup for each distinct token, not for each mention.
+        distinct = dict.fromkeys(tokens.normalise(word) or word for word in typed)
+        for candidate in distinct:  # what looks like a token may be words that do not match
             try:
                 row = self._validation_by_token_only(session, candidate)
             except BadToken as error:
