@@ -153,21 +153,23 @@ class Deciding:
         decision: Decision,
         channel: Channel,
         *,
-        actor: str,
+        actor: str | None = None,
         message: ReceivedMail | None = None,
     ) -> Request:
-        """Record a decision on ``validation``, under the lock of its request."""
-        request_row, contact = self._locked(session, validation)
+        """Record a decision on ``validation``, under the lock of its request;
+        ``actor`` is the contact unless said otherwise."""
+        request_row, request, contact = self._locked(session, validation)
+        actor = actor or contact.email
         transition = workflow.decide(
-            queries.request(session, request_row),
-            contact=queries.party(contact),
+            request,
+            contact=contact,
             decision=decision,
             channel=channel,
             now=self.clock.now(),
             actor=actor,
         )
         detail = f"forwarded by {message.via}" if message and message.via else ""
-        events = decision_events(transition, queries.party(contact), channel, actor, detail)
+        events = decision_events(transition, contact, channel, actor, detail)
         return self.transitions.commit(session, request_row, transition, events, message)
 
     def token_page(self, typed: str) -> TokenPage:
@@ -192,9 +194,8 @@ class Deciding:
         found = queries.token_by_digest(session, tokens.digest(token)) if token else None
         if found is None:
             raise BadToken("")
-        validation = session.get(ValidationRow, found.validation_id)
-        assert validation is not None
-        if found.used_at is not None and validation.status == ValidationStatus.PENDING:
+        issued, validation = found
+        if issued.used_at is not None and validation.status == ValidationStatus.PENDING:
             raise BadToken(
                 "this token was replaced by a newer one: use the latest email",
                 reason="token-replaced",
@@ -207,9 +208,7 @@ class Deciding:
         """A decision carried by a token alone (the link page)."""
         with transaction(self.engine) as session:
             validation = self._validation_by_token_only(session, typed)
-            contact = session.get(ContactRow, validation.contact_id)
-            assert contact is not None
-            return self.decide(session, validation, decision, channel, actor=actor or contact.email)
+            return self.decide(session, validation, decision, channel, actor=actor)
 
     def hold_with_token(self, typed: str, decision: Decision) -> TokenPage:
         """A decision from the link page, held for ``[web] undo_minutes`` before it counts.
@@ -219,10 +218,9 @@ class Deciding:
         """
         with transaction(self.engine) as session:
             validation = self._validation_by_token_only(session, typed)
-            request_row, contact = self._locked(session, validation)
-            party = queries.party(contact)
+            request_row, request, party = self._locked(session, validation)
             transition = workflow.hold(
-                queries.request(session, request_row),
+                request,
                 contact=party,
                 decision=decision,
                 now=self.clock.now(),
@@ -230,8 +228,8 @@ class Deciding:
             )
             held = Event(
                 "decision-held",
-                actor=contact.email,
-                contact_id=contact.id,
+                actor=party.email,
+                contact_id=party.id,
                 channel=Channel.WEB,
                 detail=decision.value,
             )
@@ -240,15 +238,17 @@ class Deciding:
             assert own is not None
             return TokenPage(transition.request, own)
 
-    def _locked(self, session: Session, validation: ValidationRow) -> tuple[RequestRow, ContactRow]:
-        """The validation's request, locked, and its contact; the validation re-read
-        under the lock, since another answer may have just changed it."""
+    def _locked(
+        self, session: Session, validation: ValidationRow
+    ) -> tuple[RequestRow, Request, Party]:
+        """The validation's request, locked and read under the lock (another
+        answer may have just changed it), and the validation's contact."""
         request_row = queries.request_row(session, validation.request_id, for_update=True)
         assert request_row is not None
-        session.refresh(validation)
-        contact = session.get(ContactRow, validation.contact_id)
-        assert contact is not None
-        return request_row, contact
+        request = queries.request(session, request_row)
+        own = validation.contact_id
+        contact = next(v.contact for v in request.validations if v.contact.id == own)
+        return request_row, request, contact
 
     def undo_page(self, typed: str) -> TokenPage:
         """What an undo link shows; reads only, like the link page."""
@@ -259,11 +259,10 @@ class Deciding:
         """Withdraw a held decision: the contact is awaited again and may answer anew."""
         with transaction(self.engine) as session:
             validation = self._validation_by_undo(session, typed)
-            request_row, contact = self._locked(session, validation)
-            party = queries.party(contact)
-            transition = workflow.undo(queries.request(session, request_row), contact=party)
+            request_row, request, party = self._locked(session, validation)
+            transition = workflow.undo(request, contact=party)
             undone = Event(
-                "decision-undone", actor=contact.email, contact_id=contact.id, channel=Channel.WEB
+                "decision-undone", actor=party.email, contact_id=party.id, channel=Channel.WEB
             )
             self.transitions.commit(session, request_row, transition, [undone])
             own = transition.request.validation_of(party)

@@ -65,7 +65,7 @@ class Transitions:
         row.status = request.status.value
         row.closed_at = request.closed_at
         contacts = {v.contact.id: v for v in request.validations}
-        for stored in queries.validation_rows(session, row.id):
+        for stored in queries.validations_read(session, row.id):
             for name, value in self.validation_values(request, contacts[stored.contact_id]).items():
                 setattr(stored, name, value)
 

@@ -41,6 +41,9 @@ from mailbot.storage.tables import (
 SWEEP_BATCH = 500
 """At most this many due requests per sweep pass; the next pass takes the rest."""
 
+_VALIDATIONS_READ = "mailbot.validations_read"
+"""Where ``request()`` leaves, in its session, the validation rows it read."""
+
 
 class ContactFields(Protocol):
     """What a party is made of: a ``ContactRow``, or a row read without the ORM."""
@@ -130,6 +133,7 @@ def request(session: Session, row: RequestRow) -> Request:
         .order_by(col(RoleChangeRow.id))
     ).all()
     validations = validation_rows(session, row.id)
+    session.info[_VALIDATIONS_READ] = (session.get_transaction(), row.id, validations)
     ids = {c.from_contact_id for c in changes} | {c.to_contact_id for c in changes}
     ids |= {v.contact_id for v in validations} | _holder_ids(service_record)
     if row.requester_id is not None:
@@ -174,16 +178,39 @@ def _validation(row: ValidationRow, contact: ContactRow) -> Validation:
 
 
 def validation_rows(session: Session, request_id: str) -> list[ValidationRow]:
+    """A request's validations as stored now. Rows the session already holds
+    are read again (``populate_existing``): a writer reads them under the
+    request's lock, and another answer may have changed them since the session
+    first met them (when it looked up a token, say)."""
     query = (
         select(ValidationRow)
         .where(ValidationRow.request_id == request_id)
         .order_by(col(ValidationRow.id))
+        .execution_options(populate_existing=True)
     )
     return list(session.exec(query).all())
 
 
-def token_by_digest(session: Session, digest: str) -> TokenRow | None:
-    return session.exec(select(TokenRow).where(TokenRow.digest == digest)).first()
+def validations_read(session: Session, request_id: str) -> list[ValidationRow]:
+    """The validations ``request()`` last read in this transaction, if it was of
+    this request (with the changes made to them since), else read now: a
+    transition is computed from that read and saved to the same rows, under
+    the same lock, without a second query."""
+    read = session.info.get(_VALIDATIONS_READ)
+    if read is not None and read[0] is session.get_transaction() and read[1] == request_id:
+        return list(read[2])
+    return validation_rows(session, request_id)
+
+
+def token_by_digest(session: Session, digest: str) -> tuple[TokenRow, ValidationRow] | None:
+    """A token and the validation it stands for, in one query."""
+    query = (
+        select(TokenRow, ValidationRow)
+        .join(ValidationRow, col(ValidationRow.id) == TokenRow.validation_id)
+        .where(TokenRow.digest == digest)
+    )
+    found = session.exec(query).first()
+    return None if found is None else (found[0], found[1])
 
 
 def token_by_reply_key(session: Session, key_digest: str) -> TokenRow | None:
