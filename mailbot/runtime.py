@@ -43,7 +43,7 @@ from mailbot.adapters.connections import (
     raise_descriptor_limit,
 )
 from mailbot.adapters.imap_in import ImapReader
-from mailbot.adapters.smtp_in import GroupCommitWriter, InboundHandler, smtp_factory
+from mailbot.adapters.smtp_in import Activity, GroupCommitWriter, InboundHandler, smtp_factory
 from mailbot.adapters.web import create_app
 from mailbot.adapters.web.protocol import WebLimits, limited_protocol
 from mailbot.config import Settings
@@ -71,8 +71,9 @@ RESCUE_BATCH = 10
 STOP_TIMEOUT_SECONDS = 10.0
 PROCESS_DEFER_SECONDS = 5.0
 QUIET_SECONDS = 0.005
-"""No message stored for this long: arrivals have paused. Short: in a burst
-messages come far closer together, and every message acted on between
+"""No client has spoken in a mail transaction for this long, and no message
+waits for its commit: arrivals have paused (see ``smtp_in.Activity``). Short:
+in a burst clients speak far more often, and every message acted on between
 bursts waits this long first (at 0.02 s that capped paced replies near 33 a
 second on two cores)."""
 TO_PROCESS_CAP = 1000
@@ -114,7 +115,7 @@ class Runtime:
         self.ready = asyncio.Event()
         self.imap_stop = threading.Event()
         self.to_process: asyncio.Queue[tuple[int, float]] = asyncio.Queue(TO_PROCESS_CAP)
-        self.last_arrival = 0.0
+        self.listener = Activity()
         self.imap_thread: threading.Thread | None = None
 
     async def _blocking(
@@ -174,7 +175,9 @@ class Runtime:
     async def _start_smtp(self, writer: GroupCommitWriter) -> asyncio.Server:
         bot, smtp = self.settings.bot, self.settings.smtp
         domains = [bot.domain, *smtp.domains]
-        handler = InboundHandler(writer, domains, self.on_stored, smtp.max_recipients)
+        handler = InboundHandler(
+            writer, domains, self.on_stored, smtp.max_recipients, self.listener
+        )
         factory = smtp_factory(handler, bot.domain, smtp, self.caps.smtp)
         return await asyncio.get_running_loop().create_server(
             factory, smtp.host, smtp.port, backlog=ACCEPT_BACKLOG
@@ -244,9 +247,8 @@ class Runtime:
         already, the rescuer catches up. With worker processes, they act on it."""
         if not self.acts_here:
             return
-        self.last_arrival = asyncio.get_running_loop().time()
         with contextlib.suppress(asyncio.QueueFull):
-            self.to_process.put_nowait((inbound_id, self.last_arrival))
+            self.to_process.put_nowait((inbound_id, asyncio.get_running_loop().time()))
 
     async def _processor(self) -> None:
         """Acts on stored mail one message at a time, after the answers.
@@ -260,7 +262,7 @@ class Runtime:
         while True:
             inbound_id, arrived = await self.to_process.get()
             deadline = arrived + PROCESS_DEFER_SECONDS
-            while loop.time() - self.last_arrival < QUIET_SECONDS and loop.time() < deadline:
+            while self.listener.quiet_for(loop.time()) < QUIET_SECONDS and loop.time() < deadline:
                 await asyncio.sleep(QUIET_SECONDS)
             try:
                 await self._blocking(self.work_thread, self.bot.process_inbound, inbound_id)

@@ -59,6 +59,18 @@ def test_the_sender_kills_benchmark_counts_every_mail() -> None:
     assert re.search(r"^machine: \d+ CPUs, load average ", out, re.MULTILINE), out
 
 
+def test_the_acting_benchmark_acts_on_every_reply() -> None:
+    """Ten requests ask twenty validations: a row of twenty replies acted on,
+    with the CPU and the statements each took."""
+    out = benchmark("acting_cpu.py", "--requests", "10", "--no-postgres")
+    row = re.search(rf"^SQLite +(\d+) +{NUMBER} +{NUMBER}$", out, re.MULTILINE)
+    assert row is not None, out
+    assert int(row.group(1)) == 20, out
+    assert float(row.group(2)) > 0, out
+    assert float(row.group(3)) >= 5, out  # at least: claim, token, lock, write, mark done
+    assert re.search(r"^machine: \d+ CPUs, load average ", out, re.MULTILINE), out
+
+
 def benchmark(script: str, *args: str) -> str:
     """What a benchmark printed, once it ran to its end without a traceback and
     measured every row."""

@@ -23,7 +23,7 @@ from servers import relay as relay_with
 from sqlmodel import col, select
 from test_entrypoint import MAILBOT, clean_environment
 
-from mailbot.adapters.smtp_in import TRY_LATER
+from mailbot.adapters.smtp_in import TRY_LATER, GroupCommitWriter, InboundHandler
 from mailbot.adapters.smtp_out import SmtpTransport
 from mailbot.clock import FixedClock
 from mailbot.config import OutgoingSettings, Settings
@@ -203,6 +203,44 @@ def test_a_message_that_cannot_be_stored_gets_451_and_nothing_internal(
         assert refused.value.smtp_code == 451
         assert refused.value.smtp_error.decode() == TRY_LATER.removeprefix("451 ")
         smtp_send(bot.settings, mail(ALICE, "HELP"))  # once the database is back, it is accepted
+
+
+def test_the_listener_is_busy_while_a_message_waits_for_its_commit(
+    bot: Mailbot, world: object, mail: MailFactory
+) -> None:
+    """Acting in serve's own process waits for a pause in arrivals. In a burst
+    every client may be silent at once, each waiting for its 250 while its
+    batch commits: that wait is part of the burst, not a pause in it."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        commit = asyncio.Event()
+
+        async def slow_commit(function: Callable[..., object], *args: object) -> object:
+            await commit.wait()
+            return function(*args)
+
+        writer = GroupCommitWriter(bot, slow_commit)
+        writer.start()
+        handler = InboundHandler(writer, ["bot.test"], lambda inbound_id: None)
+        session, envelope = SmtpSession(loop), Envelope()
+        envelope.mail_from = ALICE
+        rcpt = await handler.handle_RCPT(SMTP(handler), session, envelope, "changes@bot.test", [])
+        assert rcpt.startswith("250")
+        envelope.original_content = mail(ALICE, "HELP")
+        data = loop.create_task(handler.handle_DATA(SMTP(handler), session, envelope))
+        for _ in range(6000):  # until the writer holds it (at most a minute)
+            if writer.queue.empty() and handler.activity.storing:
+                break
+            await asyncio.sleep(0.01)
+        # However long the commit takes, the listener is not quiet meanwhile.
+        assert handler.activity.quiet_for(loop.time() + 3600) == 0
+        commit.set()
+        assert (await data).startswith("250")
+        assert handler.activity.quiet_for(loop.time() + 3600) >= 3599
+        await writer.stop()
+
+    asyncio.run(scenario())
 
 
 def test_outgoing_smtp_retries_a_refusing_smarthost_and_loses_nothing(

@@ -109,6 +109,25 @@ class GroupCommitWriter:
                     self.queue.task_done()
 
 
+class Activity:
+    """When a client last spoke in a mail transaction, and how many messages
+    wait for their commit: what acting in the listener's own process keeps out
+    of the way of. Messages are stored in batches, so in a burst every client
+    can be silent at once, waiting for its 250 while the batch commits; those
+    waits are the burst, not a pause in it."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.storing = 0
+
+    def seen(self) -> None:
+        self.last = asyncio.get_running_loop().time()
+
+    def quiet_for(self, now: float) -> float:
+        """Seconds since the listener last had mail to take in; 0 while it has."""
+        return 0.0 if self.storing else now - self.last
+
+
 class InboundHandler:
     """aiosmtpd hooks: refuse early at RCPT, store at DATA, hand over for processing."""
 
@@ -118,11 +137,13 @@ class InboundHandler:
         domains: Iterable[str],
         on_stored: Callable[[int], None],
         max_recipients: int = 100,
+        activity: Activity | None = None,
     ) -> None:
         self.writer = writer
         self.domains = frozenset(d.lower() for d in domains)
         self.on_stored = on_stored
         self.max_recipients = max_recipients
+        self.activity = activity or Activity()
 
     async def handle_RCPT(  # aiosmtpd's hook name
         self,
@@ -132,6 +153,7 @@ class InboundHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        self.activity.seen()
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return TOO_MANY_RECIPIENTS
         domain = address.rpartition("@")[2].lower()
@@ -150,11 +172,15 @@ class InboundHandler:
             recipients=tuple(envelope.rcpt_tos),
             envelope_from=envelope.mail_from,
         )
+        self.activity.storing += 1
         try:
             inbound_id = await self.writer.store(message)
         except Exception as exc:  # the client must see 451, never a traceback
             log.warning("451 to %s: %s", session.peer, type(exc).__name__)
             return TRY_LATER
+        finally:
+            self.activity.storing -= 1
+            self.activity.seen()
         log.info(
             "received message %d from <%s> for %s (%d bytes)",
             inbound_id,
