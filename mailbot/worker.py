@@ -142,8 +142,9 @@ class Arrivals:
     keeps moving (a message stored within QUIET_SECONDS), acting waits, so
     that a burst is taken in at the listener's full speed and acted on just
     after. A burst is yielded to for at most DEFER_SECONDS, then acting goes
-    on beside it until arrivals pause: no message waits longer for it. This is
-    what ``serve`` does when it acts itself.
+    on beside it until arrivals pause: no message waits longer for it.
+    ``serve`` acting itself does the same, but sees the burst in its listener
+    (``smtp_in.Activity``), commits in progress included.
     """
 
     def __init__(
