@@ -375,7 +375,10 @@ def test_two_answers_at_the_same_instant_are_recorded_once(bot: Mailbot, mail: M
 
 def waiting_for_a_lock(bot: Mailbot) -> int:
     with bot.engine.connect() as connection:
-        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        query = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
         return int(connection.execute(sa.text(query)).scalar_one())
 
 
