@@ -24,6 +24,7 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from types import FrameType
 
@@ -42,7 +43,15 @@ IDLE_MAX_SECONDS = 0.25
 to this, so a fresh message waits at most this long, and an idle worker costs
 one indexed query four times a second."""
 QUIET_SECONDS = 0.005
-"""No message stored for this long: arrivals have paused (see ``Arrivals``)."""
+"""No message stored for this long: arrivals have paused (see ``Arrivals``),
+unless they came at BURST_RATE."""
+BURST_RATE = 200.0
+"""Messages a second, over the last BURST_WINDOW_SECONDS, that make a burst
+whatever the gap since the last one: that gap is a batch's commit."""
+BURST_WINDOW_SECONDS = 0.1
+BURST_LOOK_SECONDS = 0.02
+"""The pace of looks at a burst at BURST_RATE: every worker looks, each look is
+a query, and a faster pace would take the listener's CPU for no gain."""
 DEFER_SECONDS = 5.0
 """The longest a burst of arrivals holds acting back."""
 OUTAGE_MAX_BACKOFF_SECONDS = 30.0
@@ -88,8 +97,8 @@ class Worker:
         arrivals = Arrivals(self.bot.newest_inbound_id)
         while not self.stopping.is_set():
             try:
-                if arrivals.burst():
-                    self.stopping.wait(QUIET_SECONDS)
+                if held := arrivals.hold():
+                    self.stopping.wait(held)
                     continue
                 done = self.bot.process_next(after)
             except BacklogStalled as exc:
@@ -135,16 +144,22 @@ class Worker:
 
 
 class Arrivals:
-    """Whether the listener is taking in a burst, as this worker acts beside it.
+    """Whether acting waits for a burst the listener is taking in, and how long.
 
     Acting on a message costs far more CPU than storing one, and workers
-    usually share the machine with the listener: while the newest stored id
-    keeps moving (a message stored within QUIET_SECONDS), acting waits, so
-    that a burst is taken in at the listener's full speed and acted on just
-    after. A burst is yielded to for at most DEFER_SECONDS, then acting goes
-    on beside it until arrivals pause: no message waits longer for it.
-    ``serve`` acting itself does the same, but sees the burst in its listener
-    (``smtp_in.Activity``), commits in progress included.
+    usually share the machine with the listener: while messages keep being
+    stored, acting waits, so that a burst is taken in at the listener's full
+    speed and acted on just after. A burst is yielded to for at most
+    DEFER_SECONDS, then acting goes on beside it until arrivals pause: no
+    message waits longer for it.
+
+    The burst is seen from the database, by the newest stored id. Moving
+    within QUIET_SECONDS is a burst; but the listener commits a burst in
+    batches, and on a loaded machine a batch's commit outlasts that, so a
+    rate of BURST_RATE or more over the last BURST_WINDOW_SECONDS is one
+    too. Paced replies (tens a second) stay far below that rate, and are
+    acted on after QUIET_SECONDS. ``serve`` acting itself sees the burst in
+    its listener instead (``smtp_in.Activity``), commits in progress included.
     """
 
     def __init__(
@@ -154,21 +169,42 @@ class Arrivals:
         self.clock = clock
         self.last_id = -1
         self.moved_at = self.looked_at = -float("inf")
+        self.looks: deque[tuple[float, int]] = deque()
+        """(when, newest id) of each look: the last one at or before the window's
+        start, then those within it."""
         self.yielding_since: float | None = None
 
-    def burst(self) -> bool:
+    def hold(self) -> float:
+        """How long to wait before looking again; 0.0: act now."""
         now = self.clock()
         if now - self.looked_at >= QUIET_SECONDS:
-            self.looked_at = now
-            newest = self.newest()
-            if newest != self.last_id:
-                self.last_id, self.moved_at = newest, now
-        if now - self.moved_at >= QUIET_SECONDS:
+            self._look(now)
+        if self._at_burst_rate(now):
+            held = BURST_LOOK_SECONDS
+        elif now - self.moved_at < QUIET_SECONDS:
+            held = QUIET_SECONDS
+        else:
             self.yielding_since = None  # a pause: the next burst is yielded to again
-            return False
+            return 0.0
         if self.yielding_since is None:
             self.yielding_since = now
-        return now - self.yielding_since < DEFER_SECONDS
+        return held if now - self.yielding_since < DEFER_SECONDS else 0.0
+
+    def _look(self, now: float) -> None:
+        self.looked_at = now
+        newest = self.newest()
+        if newest != self.last_id:
+            self.last_id, self.moved_at = newest, now
+        self.looks.append((now, newest))
+        while len(self.looks) > 1 and self.looks[1][0] <= now - BURST_WINDOW_SECONDS:
+            self.looks.popleft()
+
+    def _at_burst_rate(self, now: float) -> bool:
+        """Messages stored at BURST_RATE or more since the oldest look kept (over
+        BURST_WINDOW_SECONDS at least, so that a long gap between two looks, a
+        worker busy acting, is not taken for a burst)."""
+        since, first = self.looks[0]
+        return self.last_id - first >= BURST_RATE * max(now - since, BURST_WINDOW_SECONDS)
 
 
 def run_worker(settings: Settings, supervised: bool = False) -> None:

@@ -36,6 +36,23 @@ def test_the_throughput_benchmark_prints_a_measured_row() -> None:
     assert re.search(r"^machine: \d+ CPUs, load average ", out, re.MULTILINE), out
 
 
+def test_the_throughput_benchmark_measures_intake_alone_on_request() -> None:
+    """``--intake-only`` (here with a worker process) prints the intake ratio,
+    dashes for what it did not measure, and judges intake alone."""
+    out = benchmark(
+        "smtp_throughput.py", "--quick", "--intake-only", "--databases", "sqlite", "--workers", "1"
+    )
+    row = re.search(
+        rf"^SQLite, workers=1 +{NUMBER} +{NUMBER}(?: +-){{5}} +(all met|missed: intake)$",
+        out,
+        re.MULTILINE,
+    )
+    assert row is not None, out
+    assert float(row.group(1)) > 0, out
+    assert float(row.group(2)) > 0, out
+    assert "mail out:" not in out, out
+
+
 def test_the_sender_kills_benchmark_counts_every_mail() -> None:
     """Three killed sweeps (each kill comes within 60 mails, so 200 queued mails
     outlast them) and a last one to the end send every queued mail: the row

@@ -27,7 +27,14 @@ from servers import alive, wait_for
 from test_crash_recovery import BOT, Burst, acted, answered, backlog
 from test_entrypoint import MAILBOT, clean_environment, mailbot, start_serve
 
-from mailbot.worker import DEFER_SECONDS, QUIET_SECONDS, Arrivals
+from mailbot.worker import (
+    BURST_LOOK_SECONDS,
+    BURST_RATE,
+    BURST_WINDOW_SECONDS,
+    DEFER_SECONDS,
+    QUIET_SECONDS,
+    Arrivals,
+)
 
 SERVICES = 4
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
@@ -268,28 +275,106 @@ def test_a_worker_killed_mid_burst_is_restarted_and_nothing_is_acted_on_twice(
     assert_each_mail_written_once(tmp_path)
 
 
+PAUSE = 1.5 * QUIET_SECONDS
+"""A pause between arrivals, clear of rounding."""
+
+
+class ArrivalsSeen:
+    """An Arrivals on a clock the test moves, over ids the test stores."""
+
+    def __init__(self) -> None:
+        self.now, self.newest = 0.0, 0
+        self.arrivals = Arrivals(lambda: self.newest, clock=lambda: self.now)
+
+    def step(self, seconds: float, stored: int = 0) -> bool:
+        """Whether acting holds back, ``seconds`` later and ``stored`` messages on."""
+        self.now += seconds
+        self.newest += stored
+        return bool(self.arrivals.hold())
+
+
 def test_acting_yields_to_a_burst_of_arrivals_for_a_bounded_time() -> None:
     """While the newest stored id keeps moving, a worker holds back, for at
     most DEFER_SECONDS; then it acts beside the burst until arrivals pause,
     and the next burst is yielded to again."""
-    now, newest = [0.0], [0]
-    arrivals = Arrivals(lambda: newest[0], clock=lambda: now[0])
-
-    def step(seconds: float, arriving: bool) -> bool:
-        now[0] += seconds
-        newest[0] += arriving
-        return arrivals.burst()
-
-    assert step(0.0, arriving=True)  # a message just stored: hold back
+    seen = ArrivalsSeen()
+    assert seen.step(0.0, stored=1)  # a message just stored: hold back
     tick = QUIET_SECONDS / 2
-    held = [step(tick, arriving=True) for _ in range(int(2 * DEFER_SECONDS / tick))]
+    held = [seen.step(tick, stored=1) for _ in range(int(2 * DEFER_SECONDS / tick))]
     assert held[0]  # held back at first
     assert not held[-1]  # not past the bound
     assert sum(held) == pytest.approx(DEFER_SECONDS / tick, abs=3)
-    assert not step(tick, arriving=True)  # the burst goes on: acting goes on beside it
-    step(QUIET_SECONDS, arriving=False)  # the last arrival seen
-    assert not step(QUIET_SECONDS, arriving=False)  # then a pause
-    assert step(1.5 * QUIET_SECONDS, arriving=True)  # a new burst is yielded to again
+    assert not seen.step(tick, stored=1)  # the burst goes on: acting goes on beside it
+    seen.step(QUIET_SECONDS)  # the last arrival seen
+    assert not seen.step(BURST_WINDOW_SECONDS)  # then a pause
+    assert seen.step(PAUSE, stored=1)  # a new burst is yielded to again
+
+
+def test_a_burst_committed_in_slow_batches_holds_acting_back_until_it_ends() -> None:
+    """On a loaded machine the listener's batch commits leave gaps far longer
+    than QUIET_SECONDS between two moves of the newest id: at the burst's
+    rate they are not pauses. Once the burst ends, acting starts within the
+    window."""
+    seen = ArrivalsSeen()
+    seen.step(1.0)
+    commit = 8 * QUIET_SECONDS
+    batch = int(5 * BURST_RATE * commit)  # arriving at five times the burst rate
+    held = []
+    for _ in range(20):
+        held.append(seen.step(0.0, stored=batch))
+        held += [seen.step(commit / 4) for _ in range(3)]  # the next batch commits
+        seen.step(commit / 4)
+    assert all(held)
+    seen.step(0.0, stored=batch)
+    waited = 0.0
+    while seen.step(PAUSE):
+        waited += PAUSE
+    assert waited <= BURST_WINDOW_SECONDS + PAUSE
+
+
+def test_a_worker_held_back_by_a_burst_looks_at_it_seldom() -> None:
+    """Every worker looks at the newest id while it holds back, and each look
+    is a query: through a long burst they come at the slower burst pace."""
+    now, looks = [0.0], [0]
+    rate = 5 * BURST_RATE
+
+    def newest() -> int:
+        looks[0] += 1
+        return int(rate * max(0.0, now[0] - 1.0))  # the burst starts at 1 s
+
+    arrivals = Arrivals(newest, clock=lambda: now[0])
+    now[0] = 1.0
+    while now[0] < 1.0 + DEFER_SECONDS / 2:
+        held = arrivals.hold()
+        assert held > 0
+        now[0] += held
+    most = (DEFER_SECONDS / 2) / BURST_LOOK_SECONDS + BURST_WINDOW_SECONDS / QUIET_SECONDS
+    assert looks[0] <= most
+
+
+def test_paced_arrivals_are_acted_on_between_them() -> None:
+    """Replies arriving tens a second, sometimes two in one commit, are not a
+    burst: every gap of QUIET_SECONDS between them is a pause."""
+    seen = ArrivalsSeen()
+    seen.step(1.0)
+    gap = 0.03
+    assert (4 / 3) / gap < BURST_RATE / 4  # 44 a second
+    for n in range(100):
+        assert seen.step(gap - PAUSE, stored=1 + (n % 3 == 0))
+        assert not seen.step(PAUSE)
+
+
+def test_a_slow_trickle_seen_after_a_long_look_is_not_a_burst() -> None:
+    """A worker busy acting looks again late, and sees everything stored
+    meanwhile at once: that is a burst only if it came at the burst's rate."""
+    seen = ArrivalsSeen()
+    seen.step(1.0)
+    trickle = int(BURST_RATE * 0.5 * 1.0)  # half the rate, over a second unseen
+    assert seen.step(1.0, stored=trickle)  # just stored
+    assert not seen.step(PAUSE)
+    fast = int(BURST_RATE * 2 * 0.3)  # twice the rate, over 0.3 s unseen
+    assert seen.step(0.3, stored=fast)
+    assert seen.step(PAUSE)
 
 
 def test_no_worker_outlives_serve(tmp_path: Path, started: list[Popen[bytes]]) -> None:
