@@ -23,6 +23,8 @@ MAX_ID_CHARS = 900
 """Characters of a Message-ID kept (the column holds 998)."""
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+"""A raw 8-bit byte, as the email parser escapes it into a header's text."""
 _MBOX_FROM = re.compile(rb"\AFrom [^\r\n]*\r?\n")
 _LEADING_BLANK = re.compile(rb"\A(?:[ \t]*\r?\n)+")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -73,7 +75,7 @@ def message_id(raw: bytes) -> str | None:
             text = "" if value is None else str(value)
         except Exception:  # any bytes: no id rather than a crash
             return None
-    found = _MSGID.search(_clean_surrogates(text[:MAX_HEADER_CHARS]))
+    found = _MSGID.search(clean_surrogates(text[:MAX_HEADER_CHARS]))
     return found.group(1)[:MAX_ID_CHARS] if found else None
 
 
@@ -123,9 +125,10 @@ def bounded(raw: bytes) -> bytes:
     return data[:cut] + b"\n" + (data[body.end() :] if body else b"")
 
 
-def _clean_surrogates(text: str) -> str:
-    """Raw 8-bit bytes in the field (escaped by the parser) become text again."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+def clean_surrogates(text: str) -> str:
+    """Raw 8-bit bytes in a header (escaped by the parser) become text again,
+    as UTF-8 or else Windows-1252."""
+    if not _ESCAPED_BYTE.search(text):
         return text
     data = text.encode("utf-8", errors="surrogateescape")
     try:

@@ -109,7 +109,7 @@ def raw_header(message: Message, name: str) -> str:
         text = "" if value is None else str(value)
     except Exception:  # any input
         return ""
-    return _clean_surrogates(text[:MAX_HEADER_CHARS])
+    return mailkeys.clean_surrogates(text[:MAX_HEADER_CHARS])
 
 
 def all_headers(message: Message, limit: int = 200) -> dict[str, str]:
@@ -120,7 +120,7 @@ def all_headers(message: Message, limit: int = 200) -> dict[str, str]:
     except Exception:  # any input
         return found
     for key in keys:
-        name = _clean_surrogates(str(key)).lower()
+        name = mailkeys.clean_surrogates(str(key)).lower()
         if name not in found:
             found[name] = header(message, key)
     return found
@@ -128,14 +128,14 @@ def all_headers(message: Message, limit: int = 200) -> dict[str, str]:
 
 def header_names(message: Message, limit: int = 500) -> list[str]:
     try:
-        return [_clean_surrogates(str(key)).lower() for key in list(message.keys())[:limit]]
+        return [mailkeys.clean_surrogates(str(key)).lower() for key in list(message.keys())[:limit]]
     except Exception:  # any input
         return []
 
 
 def decode_words(value: str) -> str:
     """RFC 2047 encoded words decoded with replacement; raw 8-bit bytes read as UTF-8."""
-    value = _clean_surrogates(value)
+    value = mailkeys.clean_surrogates(value)
     if "=?" not in value:
         return value
     try:
@@ -150,14 +150,6 @@ def decode_words(value: str) -> str:
             out.append(decode_bytes(chunk, charset))
     joined = "".join(out)
     return joined if "\x00" not in joined else joined.replace("\x00", "")
-
-
-def _clean_surrogates(text: str) -> str:
-    """Undo the parser's surrogate escapes: raw 8-bit header bytes become real text."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in text):
-        return text
-    data = text.encode("utf-8", errors="surrogateescape")
-    return decode_bytes(data, None)
 
 
 def decode_bytes(data: bytes, charset: str | None) -> str:
