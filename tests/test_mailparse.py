@@ -292,6 +292,15 @@ def test_rfc2047_subject_and_sender_name_are_decoded() -> None:
     assert decision(parsed) == "ACCEPT"
 
 
+def test_raw_8bit_header_bytes_are_read_as_utf8_else_windows_1252() -> None:
+    """Some clients send header text unencoded: UTF-8 when it is, else Windows-1252."""
+    utf8 = mailparse.parse("From: Renée <r@example.fr>\r\nSubject: Réponse\r\n\r\nOK\r\n".encode())
+    assert utf8.subject == "Réponse"
+    assert utf8.sender_name == "Renée"
+    cp1252 = mailparse.parse(b"From: r@example.fr\r\nSubject: R\xe9ponse \x80\r\n\r\nOK\r\n")
+    assert cp1252.subject == "Réponse €"
+
+
 @pytest.mark.parametrize(
     "charset", ["x-nonsense", "utf-8", "us-ascii", "punycode", "zlib", "", "unicode-1-1-utf-7"]
 )

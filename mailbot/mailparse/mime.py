@@ -96,10 +96,21 @@ def header(message: Message, name: str) -> str:
     if value is None:
         return ""
     try:
-        text = value if isinstance(value, str) else str(value)
+        text = value if isinstance(value, str) else _as_sent(message, name)
     except Exception:  # any input
         return ""
     return decode_words(text[:MAX_HEADER_CHARS])
+
+
+def _as_sent(message: Message, name: str) -> str:
+    """A header with raw 8-bit bytes as the parser keeps it: the ``Header`` it
+    hands out instead would replace each such byte, and UTF-8 text (RFC 6532)
+    is common."""
+    wanted = name.lower()
+    for key, value in message.raw_items():
+        if key.lower() == wanted:
+            return str(value)
+    return ""
 
 
 def raw_header(message: Message, name: str) -> str:
