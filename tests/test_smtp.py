@@ -75,6 +75,22 @@ def test_a_request_by_smtp_sends_its_mails_within_seconds(
     ]
 
 
+def test_a_subject_sent_as_raw_utf8_is_quoted_back_as_written(served: Mailbot) -> None:
+    """RFC 6532 mail carries its Subject as UTF-8 bytes; the error mail names it."""
+    raw = (
+        f"From: {BOB}\r\nTo: changes@bot.test\r\nSubject: Réponse à votre demande\r\n"
+        "Message-ID: <raw-utf8@client.test>\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "\r\nBonjour, où en est ma demande ?\r\n"
+    ).encode()
+    with running(served):
+        smtp_send(served.settings, raw, sender=BOB)
+        wait_for(lambda: maildir_count(served.settings.outgoing.maildir) == 1)
+    (answer,) = outbox(served)
+    assert answer.event == "error"
+    assert "Réponse à votre demande" in answer.text
+    assert "\ufffd" not in answer.text
+
+
 def test_recipients_outside_our_domains_are_refused_at_rcpt(
     served: Mailbot, mail: MailFactory
 ) -> None:
