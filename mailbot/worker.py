@@ -49,7 +49,7 @@ BURST_RATE = 200.0
 """Messages a second, over the last BURST_WINDOW_SECONDS, that make a burst
 whatever the gap since the last one: that gap is a batch's commit."""
 BURST_WINDOW_SECONDS = 0.1
-BURST_LOOK_SECONDS = 0.02
+BURST_LOOK_SECONDS = 0.05
 """The pace of looks at a burst at BURST_RATE: every worker looks, each look is
 a query, and a faster pace would take the listener's CPU for no gain."""
 DEFER_SECONDS = 5.0
