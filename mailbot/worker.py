@@ -41,7 +41,9 @@ IDLE_MIN_SECONDS = 0.02
 IDLE_MAX_SECONDS = 0.25
 """The sleep between looks while no mail waits: it doubles from the minimum up
 to this, so a fresh message waits at most this long, and an idle worker costs
-one indexed query four times a second."""
+one indexed query four times a second (see ``IdlePace``)."""
+ACTIVE_SECONDS = 1.0
+"""For this long after acting on a message, the sleep stays at the minimum."""
 QUIET_SECONDS = 0.005
 """No message stored for this long: arrivals have paused (see ``Arrivals``),
 unless they came at BURST_RATE."""
@@ -93,8 +95,8 @@ class Worker:
         """One message after another, from the oldest; past the end of the
         backlog, from the start again (a message an outage skipped), and idle
         naps while none waits."""
-        after, idle, failures = 0, IDLE_MIN_SECONDS, 0
-        arrivals = Arrivals(self.bot.newest_inbound_id)
+        after, failures = 0, 0
+        arrivals, idle = Arrivals(self.bot.newest_inbound_id), IdlePace()
         while not self.stopping.is_set():
             try:
                 if held := arrivals.hold():
@@ -111,12 +113,12 @@ class Worker:
                 continue
             failures = 0
             if done is not None:
-                after, idle = done, IDLE_MIN_SECONDS
+                after = done
+                idle.acted()
             elif after:
                 after = 0  # the end of the backlog: look from the start once more
             else:
-                self.stopping.wait(idle)
-                idle = min(idle * 2, IDLE_MAX_SECONDS)
+                self.stopping.wait(idle.nap())
 
     def _outage(self, exc: Exception, failures: int) -> None:
         pause = min(2.0**failures, OUTAGE_MAX_BACKOFF_SECONDS)
@@ -141,6 +143,33 @@ class Worker:
             self.bot.flush_outbox(outgoing_transport(self.settings), self._keep_sending)
         except Exception as exc:
             log.warning("outbox flush failed, will try again: %s", logs.first_line(exc))
+
+
+class IdlePace:
+    """How long a worker sleeps when no stored message waits.
+
+    The sleep doubles from IDLE_MIN_SECONDS up to IDLE_MAX_SECONDS, so that an
+    idle worker costs next to nothing; but within ACTIVE_SECONDS of the last
+    message acted on it stays at the minimum. Replies paced a few a second
+    are often more than a few sleeps apart, and each would otherwise wait for
+    the end of a long sleep begun just before it arrived.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.next = IDLE_MIN_SECONDS
+        self.acted_at = -float("inf")
+
+    def acted(self) -> None:
+        self.next = IDLE_MIN_SECONDS
+        self.acted_at = self.clock()
+
+    def nap(self) -> float:
+        """The sleep to take now."""
+        nap = self.next
+        if self.clock() - self.acted_at >= ACTIVE_SECONDS:
+            self.next = min(nap * 2, IDLE_MAX_SECONDS)
+        return nap
 
 
 class Arrivals:

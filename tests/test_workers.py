@@ -28,12 +28,16 @@ from test_crash_recovery import BOT, Burst, acted, answered, backlog
 from test_entrypoint import MAILBOT, clean_environment, mailbot, start_serve
 
 from mailbot.worker import (
+    ACTIVE_SECONDS,
     BURST_LOOK_SECONDS,
     BURST_RATE,
     BURST_WINDOW_SECONDS,
     DEFER_SECONDS,
+    IDLE_MAX_SECONDS,
+    IDLE_MIN_SECONDS,
     QUIET_SECONDS,
     Arrivals,
+    IdlePace,
 )
 
 SERVICES = 4
@@ -411,3 +415,26 @@ def test_worker_with_a_bad_configuration_or_database_says_so_in_one_line(
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1, lines
     assert "mailbot init" in lines[0]
+
+
+def test_a_worker_that_just_acted_naps_briefly_and_an_idle_one_seldom_looks() -> None:
+    """Right after a message, the next one (a paced reply) is found within the
+    shortest nap; a worker with nothing to do for a while looks four times a
+    second at most."""
+    now = [0.0]
+    pace = IdlePace(clock=lambda: now[0])
+
+    def naps_over(seconds: float) -> list[float]:
+        taken: list[float] = []
+        end = now[0] + seconds
+        while now[0] < end:
+            taken.append(pace.nap())
+            now[0] += taken[-1]
+        return taken
+
+    idle = naps_over(10.0)
+    assert max(idle) == IDLE_MAX_SECONDS
+    assert len(idle) <= 10.0 / IDLE_MAX_SECONDS + 5
+    pace.acted()
+    assert set(naps_over(ACTIVE_SECONDS - IDLE_MIN_SECONDS)) == {IDLE_MIN_SECONDS}
+    assert naps_over(ACTIVE_SECONDS)[-1] > IDLE_MIN_SECONDS  # then longer again
