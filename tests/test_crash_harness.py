@@ -44,6 +44,8 @@ SILENT_ONE_IN = 10
 KILLS = 3
 """SIGKILLs per instance during the burst."""
 POLICY = "reminder_days = [3, 7]\nsweep_seconds = 5\n"
+SWEEP_DAYS = (4, 8)
+"""How far ahead the chaos sweeps' clocks run."""
 
 
 def silent(request: str) -> bool:
@@ -165,7 +167,7 @@ class Chaos:
         instances' own sweeps run beside them, every few seconds)."""
         rng = random.Random()
         while not self.stop.wait(1.0):
-            sweep = sweep_process(rng.choice(self.instances).workdir, rng.choice((4, 8)))
+            sweep = sweep_process(rng.choice(self.instances).workdir, rng.choice(SWEEP_DAYS))
             self.sweeps += 1
             if self.sweeps % 3:
                 sweep.wait(300)
@@ -263,7 +265,8 @@ def answer_tokens(
 def drain(instances: list[Instance], relay: CountingRelay) -> None:
     """Wait until nothing stored is left to act on and every queued mail is sent
     (the claims of killed senders are taken over once their lease is over: a
-    sweep a few minutes ahead sees it over at once)."""
+    sweep just past the chaos sweeps' clock, which a killed one leased its
+    mails by, sees every lease over at once)."""
     workdir = instances[0].workdir
 
     def settled() -> bool:
@@ -271,7 +274,7 @@ def drain(instances: list[Instance], relay: CountingRelay) -> None:
             return False
         unsent = [m for m in outbox(workdir) if m["status"] != "sent"]
         if unsent:
-            sweep_together(instances[:1], days=0.01)
+            sweep_together(instances[:1], days=max(SWEEP_DAYS) + 0.01)
         return not unsent
 
     wait_for(settled, timeout=300)
