@@ -679,16 +679,14 @@ def row_line(row: Row) -> str:
     errors = f" ({row.errors} error lines in serve's log)" if row.errors else ""
     if row.mail_out.get("error"):
         errors += f" ({row.mail_out['error']} error mails sent)"
-    if row.intake_only:
-        skipped = f"{'-':>10} {'-':>6} {'-':>7} {'-':>7} {'-':>7}"
-        intake = f"{row.setup.name:<36} {row.sink_intake:10.0f} {row.intake:7.3f}"
-        return f"{intake} {skipped}  {verdict(row)}{errors}"
-    return (
-        f"{row.setup.name:<36} {row.sink_intake:10.0f} {row.intake:7.3f} "
-        f"{row.sink_replies:10.0f} {row.e2e:6.3f} {row.percentile(0.5):7.3f} "
-        f"{row.percentile(0.99):7.3f} {row.percentile(0.99, sustained=True):7.3f}  "
-        f"{verdict(row)}{errors}"
+    intake = f"{row.setup.name:<36} {row.sink_intake:10.0f} {row.intake:7.3f}"
+    replies = (
+        f"{'-':>10} {'-':>6} {'-':>7} {'-':>7} {'-':>7}"
+        if row.intake_only
+        else f"{row.sink_replies:10.0f} {row.e2e:6.3f} {row.percentile(0.5):7.3f} "
+        f"{row.percentile(0.99):7.3f} {row.percentile(0.99, sustained=True):7.3f}"
     )
+    return f"{intake} {replies}  {verdict(row)}{errors}"
 
 
 def machine() -> str:
