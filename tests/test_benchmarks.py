@@ -38,7 +38,8 @@ def test_the_throughput_benchmark_prints_a_measured_row() -> None:
 
 def test_the_throughput_benchmark_measures_intake_alone_on_request() -> None:
     """``--intake-only`` (here with a worker process) prints the intake ratio,
-    dashes for what it did not measure, and judges intake alone."""
+    the median of its rounds, dashes for what it did not measure, and judges
+    intake alone."""
     out = benchmark(
         "smtp_throughput.py", "--quick", "--intake-only", "--databases", "sqlite", "--workers", "1"
     )
@@ -50,6 +51,11 @@ def test_the_throughput_benchmark_measures_intake_alone_on_request() -> None:
     assert row is not None, out
     assert float(row.group(1)) > 0, out
     assert float(row.group(2)) > 0, out
+    rounds = re.search(r"^    intake rounds: (.*)$", out, re.MULTILINE)
+    assert rounds is not None, out
+    ratios = sorted(float(r) for r in re.findall(rf"{NUMBER} \(sink \d+/s\)", rounds.group(1)))
+    assert len(ratios) == 3, out
+    assert f"{ratios[1]:.3f}" == row.group(2), out
     assert "mail out:" not in out, out
 
 
