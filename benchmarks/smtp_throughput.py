@@ -261,6 +261,81 @@ def relay_process(port: int, cwd: Path) -> Iterator[Relay]:
         process.wait(timeout=30)
 
 
+# -- CPU of process trees ---------------------------------------------------------
+
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def tree_cpu(roots: Sequence[int]) -> float | None:
+    """CPU seconds (user + system) used so far by these processes and all their
+    descendants, living or reaped (a reaped child's time is in its parent's);
+    None where ``/proc`` cannot say."""
+    tree: dict[int, list[int]] = {}
+    used: dict[int, int] = {}
+    try:
+        entries = [e for e in Path("/proc").iterdir() if e.name.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone since the listing
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid, ppid = int(entry.name), int(fields[1])
+        used[pid] = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        tree.setdefault(ppid, []).append(pid)
+    if not all(root in used for root in roots):
+        return None
+    total, todo = 0, list(roots)
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0)
+        todo += tree.get(pid, [])
+    return total / TICKS
+
+
+def postmaster(url: str) -> int | None:
+    """The pid of the PostgreSQL server of ``url`` when it runs on this machine
+    (the parent of the backend a connection gets), else None."""
+    import psycopg
+
+    with psycopg.connect("postgresql://" + url.split("://", 1)[1]) as connection:
+        backend = connection.execute("SELECT pg_backend_pid()").fetchone()
+    try:
+        stat = Path(f"/proc/{backend[0] if backend else 0}/stat").read_text()
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        named = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None  # on another machine
+    return parent if b"postgres" in named else None
+
+
+@dataclass
+class CpuMeter:
+    """CPU used by mailbot's processes (serve and its workers) and by the
+    database server, between ``start`` and ``stop``."""
+
+    mailbot: list[int]
+    database: int | None
+    began: tuple[float | None, float | None] = (None, None)
+    spent: tuple[float | None, float | None] = (None, None)
+
+    def _now(self) -> tuple[float | None, float | None]:
+        database = tree_cpu([self.database]) if self.database else None
+        return tree_cpu(self.mailbot), database
+
+    def start(self) -> None:
+        self.began = self._now()
+
+    def stop(self) -> None:
+        ended = self._now()
+        self.spent = tuple(  # type: ignore[assignment]
+            b - a if a is not None and b is not None else None
+            for a, b in zip(self.began, ended, strict=True)
+        )
+
+
 # -- the generator -----------------------------------------------------------------
 
 SIGNATURE = (
@@ -445,6 +520,11 @@ class Row:
     """The sink's rate in each intake round."""
     intake_rounds: list[float] = field(default_factory=list)
     """Intake as a ratio of the sink's, in each round."""
+    cpu_mailbot: float | None = None
+    """Milliseconds of CPU per reply of the end-to-end burst, in serve and its
+    workers (listening, acting, sending)."""
+    cpu_database: float | None = None
+    """The same in the PostgreSQL server, when it runs on this machine."""
 
     def percentile(self, q: float, sustained: bool = False) -> float:
         ordered = sorted(self.sustained if sustained else self.latencies)
@@ -538,13 +618,16 @@ def run_setup(row: Row, root: Path, url: str, ports: Ports, args: argparse.Names
     (root / "world.json").write_text(json.dumps(world(args.requests)))
     mailbot(root, root / "mailbot-0.toml", "init")
     mailbot(root, root / "mailbot-0.toml", "import", "world.json")
+    serves: list[int] = []
     with ExitStack() as stack:
         relay = stack.enter_context(relay_process(relay_port, root))
         for k, port in enumerate(smtp_ports):
             serve = [MAILBOT, "--config", str(root / f"mailbot-{k}.toml"), "serve"]
             log = root / f"serve-{k}.log"
             what = f"mailbot serve #{k}"
-            stack.enter_context(started(serve, root, port, what, log, env=clean_env()))
+            serves.append(
+                stack.enter_context(started(serve, root, port, what, log, env=clean_env())).pid
+            )
         for k in range(row.setup.instances):  # a worker's start-up would slow what runs beside it
             wait_until(
                 lambda k=k: workers_ready(root / f"serve-{k}.log", row.setup.workers),
@@ -555,7 +638,10 @@ def run_setup(row: Row, root: Path, url: str, ports: Ports, args: argparse.Names
         run = f"{os.getpid()}x{time.time_ns()}"
         intake(row, relay, sink_port, smtp_ports, args, run)
         if not args.intake_only:
-            end_to_end(row, relay, sink_port, smtp_ports, args, run)
+            meter = CpuMeter(
+                serves, postmaster(url) if row.setup.database == "postgresql" else None
+            )
+            end_to_end(row, relay, sink_port, smtp_ports, args, run, meter)
 
 
 def workers_ready(log: Path, workers: int) -> bool:
@@ -598,15 +684,26 @@ def feed_time(ports: Sequence[int], mails_: Sequence[Mail], args: argparse.Names
 
 
 def end_to_end(
-    row: Row, relay: Relay, sink: int, smtp: list[int], args: argparse.Namespace, run: str
+    row: Row,
+    relay: Relay,
+    sink: int,
+    smtp: list[int],
+    args: argparse.Namespace,
+    run: str,
+    meter: CpuMeter,
 ) -> None:
-    """Replies in a burst (sink, then mailbot, until the last confirmation), then
-    paced at half the sink's rate for the latency of each."""
+    """Replies in a burst (sink, then mailbot, until the last confirmation, with
+    the CPU it took), then paced at half the sink's rate for the latency of each."""
     burst, paced, sustained = replies(relay, run)
     burst_keys = [k for _, k in burst]
     sink_before = feed_time([sink], mails(burst), args)
+    meter.start()
     wall, _, _ = asyncio.run(feed(smtp, mails(burst), args.connections))
     confirmations(relay, burst_keys, 120 + args.requests)
+    meter.stop()
+    row.cpu_mailbot, row.cpu_database = (
+        None if spent is None else 1000 * spent / len(burst) for spent in meter.spent
+    )
     last = max(relay.confirmed[k] for k in burst_keys)
     sink_after = feed_time([sink], mails(burst), args)
     row.sink_replies = 2 * len(burst) / (sink_before + sink_after)
@@ -721,6 +818,21 @@ def rounds_line(row: Row) -> str:
     return ", ".join(f"{ratio:.3f} (sink {rate:.0f}/s)" for ratio, rate in pairs)
 
 
+def cpu_line(row: Row) -> str:
+    """The CPU a reply of the burst took, and the cores the e2e goal takes at
+    that cost: the goal's rate times the CPU per reply, if it all scaled out."""
+    assert row.cpu_mailbot is not None
+    parts = [f"mailbot {row.cpu_mailbot:.1f} ms"]
+    total = row.cpu_mailbot
+    if row.cpu_database is not None:
+        parts.append(f"PostgreSQL {row.cpu_database:.1f} ms")
+        total += row.cpu_database
+    elif row.setup.database == "postgresql":
+        parts.append("PostgreSQL not measured (not on this machine)")
+    cores = GOALS["e2e"] * row.sink_replies * total / 1000
+    return f"{', '.join(parts)}; {GOALS['e2e']}x the sink takes {cores:.1f} cores at this cost"
+
+
 def machine() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"{os.cpu_count()} CPUs, load average {load}"
@@ -773,6 +885,8 @@ def main() -> None:
             print(f"  {row_line(rows[-1])}", flush=True)  # kept if the run is cut short
             if rows[-1].intake_rounds:
                 print(f"    intake rounds: {rounds_line(rows[-1])}", flush=True)
+            if rows[-1].cpu_mailbot is not None:
+                print(f"    CPU per reply: {cpu_line(rows[-1])}", flush=True)
             if rows[-1].mail_out:
                 print(f"    mail out: {out}", flush=True)
     print()
