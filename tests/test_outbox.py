@@ -23,7 +23,7 @@ from mailbot.domain import Party
 from mailbot.outgoing.mailer import OutgoingMail
 from mailbot.outgoing.outbox import CommitPoint, PermanentFailure, TemporaryFailure, backoff
 from mailbot.service import Mailbot
-from mailbot.storage.engine import transaction
+from mailbot.storage.engine import reading, transaction
 from mailbot.storage.tables import OutboxRow, ValidationRow
 
 pytestmark = pytest.mark.usefixtures("world")
@@ -70,6 +70,23 @@ def test_flush_writes_each_mail_once_into_the_maildir(
     assert sorted(m["To"].addresses[0].addr_spec for m in messages) == [ALICE, ALICE, CAROL]
     assert list((tmp_path / "sent" / "tmp").iterdir()) == []
     assert {r.status for r in rows(bot)} == {"sent"}
+
+
+def test_a_sender_woken_by_queued_mail_finds_it_committed(bot: Mailbot, mail: MailFactory) -> None:
+    """``on_mail_queued`` wakes the sender once the mail is committed, not at the
+    savepoint each command runs in: a sender woken there found nothing, and the
+    mail waited for its next round."""
+    visible: list[int] = []
+
+    def woken() -> None:
+        with reading(bot.engine) as session:  # another connection, as a sender's
+            visible.append(len(session.exec(select(OutboxRow)).all()))
+
+    bot.on_mail_queued.append(woken)
+    open_request(bot, mail)
+    assert visible == [3]
+    bot.receive(mail(CAROL, "STATUS", ""))
+    assert visible == [3, 4]
 
 
 def test_token_mails_lose_their_body_once_sent(bot: Mailbot, mail: MailFactory) -> None:

@@ -63,6 +63,10 @@ class OutgoingMail:
     carries_secret: bool = False
 
 
+MAIL_QUEUED = "mailbot.mail_queued"
+"""In a session's ``info``: its transaction queued mail."""
+
+
 class Mailer:
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self.settings = settings
@@ -93,9 +97,12 @@ class Mailer:
         return True
 
     def notify_on_commit(self, session: Session) -> None:
-        """Have ``on_mail_queued`` called once ``session`` commits."""
-        if self.on_mail_queued and not sa.event.contains(session, "after_commit", self._queued):
-            sa.event.listen(session, "after_commit", self._queued, once=True)
+        """Have ``on_mail_queued`` called once ``session`` commits its transaction."""
+        if not self.on_mail_queued:
+            return
+        session.info[MAIL_QUEUED] = True
+        if not sa.event.contains(session, "after_commit", self._queued):
+            sa.event.listen(session, "after_commit", self._queued)
 
     def outbox_values(
         self,
@@ -239,6 +246,12 @@ class Mailer:
         return None
 
     def _queued(self, session: Session) -> None:
+        """SQLAlchemy says ``after_commit`` for a savepoint released too (each
+        command runs in one), when the mail is not yet visible to a sender: a
+        sender woken then would find nothing and leave the mail for its next
+        round, seconds later. So only the outermost commit calls the listeners."""
+        if session.in_nested_transaction() or not session.info.pop(MAIL_QUEUED, False):
+            return
         for listener in self.on_mail_queued:
             listener()
 
