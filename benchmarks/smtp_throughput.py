@@ -52,7 +52,7 @@ round trip weighs more.
         [--databases sqlite,postgresql] [--workers 0,1,2,4] [--instances 1,2]
         [--postgres URL] [--quick] [--intake-only] [--rounds 3]
 
-``--intake-only`` measures intake alone (no replies, seconds a row), for comparing
+``--intake-only`` measures intake alone (no replies: under a minute a row), for comparing
 builds or machines on the goal most sensitive to what runs beside mailbot.
 """
 

@@ -16,7 +16,8 @@ NUMBER = r"(\d+(?:\.\d+)?)"
 def test_the_throughput_benchmark_prints_a_measured_row() -> None:
     """Every reply it sends gets its confirmation back through the relay, and the
     table shows the sink's rates, the ratios and the latency percentiles (at
-    half the sink's rate, and at half mailbot's own)."""
+    half the sink's rate, and at half mailbot's own); the CPU a reply took is
+    measured in serve's processes."""
     out = benchmark("smtp_throughput.py", "--quick", "--databases", "sqlite", "--workers", "0")
     row = re.search(
         rf"^SQLite, workers=0 +{' +'.join([NUMBER] * 7)} +(all met|missed: [a-z0-9, ]+)$",
@@ -33,6 +34,9 @@ def test_the_throughput_benchmark_prints_a_measured_row() -> None:
     assert "validation-requested 80" in mail_out.group(1), out
     assert "request-done 120" in mail_out.group(1), out
     assert "error" not in mail_out.group(1), out
+    cpu = re.search(rf"CPU per reply: mailbot {NUMBER} ms; 0.3x the sink takes {NUMBER} cores", out)
+    assert cpu is not None, out
+    assert float(cpu.group(1)) > 0, out
     assert re.search(r"^machine: \d+ CPUs, load average ", out, re.MULTILINE), out
 
 
