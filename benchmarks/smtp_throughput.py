@@ -263,7 +263,14 @@ def relay_process(port: int, cwd: Path) -> Iterator[Relay]:
 
 # -- CPU of process trees ---------------------------------------------------------
 
-TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def stat_fields(pid: int | str) -> list[str]:
+    """``/proc/PID/stat`` from its third field on (state, ppid, ...): the command
+    name before them may hold spaces. OSError once the process is gone."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def tree_cpu(roots: Sequence[int]) -> float | None:
@@ -278,10 +285,9 @@ def tree_cpu(roots: Sequence[int]) -> float | None:
         return None
     for entry in entries:
         try:
-            stat = (entry / "stat").read_text()
+            fields = stat_fields(entry.name)
         except OSError:
             continue  # gone since the listing
-        fields = stat[stat.rindex(")") + 2 :].split()
         pid, ppid = int(entry.name), int(fields[1])
         used[pid] = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
         tree.setdefault(ppid, []).append(pid)
@@ -297,17 +303,17 @@ def tree_cpu(roots: Sequence[int]) -> float | None:
 
 def postmaster(url: str) -> int | None:
     """The pid of the PostgreSQL server of ``url`` when it runs on this machine
-    (the parent of the backend a connection gets), else None."""
+    (the parent of the backend a connection gets), else None. The backend is
+    looked up while the connection is open: once closed, it exits."""
     import psycopg
 
     with psycopg.connect("postgresql://" + url.split("://", 1)[1]) as connection:
         backend = connection.execute("SELECT pg_backend_pid()").fetchone()
-    try:
-        stat = Path(f"/proc/{backend[0] if backend else 0}/stat").read_text()
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        named = Path(f"/proc/{parent}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None  # on another machine
+        try:
+            parent = int(stat_fields(backend[0] if backend else 0)[1])
+            named = Path(f"/proc/{parent}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None  # on another machine
     return parent if b"postgres" in named else None
 
 
@@ -329,11 +335,12 @@ class CpuMeter:
         self.began = self._now()
 
     def stop(self) -> None:
-        ended = self._now()
-        self.spent = tuple(  # type: ignore[assignment]
-            b - a if a is not None and b is not None else None
-            for a, b in zip(self.began, ended, strict=True)
-        )
+        (mailbot, database), (mailbot_end, database_end) = self.began, self._now()
+        self.spent = (_between(mailbot, mailbot_end), _between(database, database_end))
+
+
+def _between(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else end - start
 
 
 # -- the generator -----------------------------------------------------------------

@@ -40,6 +40,23 @@ def test_the_throughput_benchmark_prints_a_measured_row() -> None:
     assert re.search(r"^machine: \d+ CPUs, load average ", out, re.MULTILINE), out
 
 
+def test_the_throughput_benchmark_counts_the_cpu_of_workers_and_postgresql(
+    postgres_server: str,
+) -> None:
+    """On PostgreSQL with a worker process, the CPU per reply is measured in
+    serve's processes and in the server's, whose postmaster is found from a
+    connection's backend."""
+    out = benchmark(
+        "smtp_throughput.py",
+        *("--quick", "--databases", "postgresql", "--workers", "1", "--instances", "1"),
+        *("--postgres", f"{postgres_server}/postgres"),
+    )
+    cpu = re.search(rf"CPU per reply: mailbot {NUMBER} ms, PostgreSQL {NUMBER} ms; ", out)
+    assert cpu is not None, out
+    assert float(cpu.group(1)) > 0, out
+    assert float(cpu.group(2)) > 0, out
+
+
 def test_the_throughput_benchmark_measures_intake_alone_on_request() -> None:
     """``--intake-only`` (here with a worker process) prints the intake ratio,
     the median of its rounds, dashes for what it did not measure, and judges
