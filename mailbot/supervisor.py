@@ -77,9 +77,7 @@ class Supervisor:
         log.info("worker %d started (pid %d)", slot, process.pid)
         code = await process.wait()
         del self.processes[slot]
-        if code < 0:
-            return f"(pid {process.pid}) was killed by {signal.Signals(-code).name}"
-        return f"(pid {process.pid}) exited with status {code}"
+        return f"(pid {process.pid}) {ending(code)}"
 
     @property
     def pids(self) -> list[int]:
@@ -104,3 +102,16 @@ class Supervisor:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def ending(code: int) -> str:
+    """How a process ended, from its exit status: a negative status is the
+    signal that killed it, which may be one Python has no name for (a
+    real-time signal), and the restart must not wait on naming it."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"was killed by {name}"

@@ -279,6 +279,29 @@ def test_a_worker_killed_mid_burst_is_restarted_and_nothing_is_acted_on_twice(
     assert_each_mail_written_once(tmp_path)
 
 
+def test_a_worker_killed_by_a_signal_without_a_name_is_restarted(
+    tmp_path: Path, started: list[Popen[bytes]]
+) -> None:
+    """A real-time signal (which Python's ``signal.Signals`` cannot name) kills
+    a worker: serve says so and starts it again, and the new one acts."""
+    ports = configure(tmp_path, f"sqlite:///{tmp_path / 'mailbot.db'}", processes=1)
+    server = serve(tmp_path, ports, started)
+    log = tmp_path / "serve-0.log"
+    wait_for(lambda: 1 in worker_pids(log))
+    first = worker_pids(log)[1]
+    unnamed = signal.SIGRTMIN + 1
+    os.kill(first, unnamed)
+    wait_for(lambda: worker_pids(log).get(1, first) != first, timeout=120)
+    assert f"worker 1 (pid {first}) was killed by signal {unnamed}" in log.read_text()
+    burst = sent_in_full(Burst(ports["smtp"], "r"), clients=1, per_client=3)
+    wait_for(lambda: settled(tmp_path), timeout=180)
+    assert_burst_acted_on_once(tmp_path, burst)
+    assert not alive(first)
+    assert alive(worker_pids(log)[1])
+    assert server.poll() is None
+    assert "Traceback" not in log.read_text()
+
+
 PAUSE = 1.5 * QUIET_SECONDS
 """A pause between arrivals, clear of rounding."""
 
