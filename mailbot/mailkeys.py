@@ -22,7 +22,9 @@ MAX_HEADER_CHARS = 8_000
 MAX_ID_CHARS = 900
 """Characters of a Message-ID kept (the column holds 998)."""
 
-_MSGID = re.compile(r"<([^<>\s]+)>")
+_MSGID = re.compile(r"<([^<>\s\x00-\x1f\x7f]+)>")
+"""An id between brackets; one with a control character is no id (PostgreSQL
+cannot store a NUL in a text column, and no MTA writes one)."""
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 """A raw 8-bit byte, as the email parser escapes it into a header's text."""
 _MBOX_FROM = re.compile(rb"\AFrom [^\r\n]*\r?\n")

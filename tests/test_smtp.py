@@ -28,6 +28,7 @@ from mailbot.adapters.smtp_out import SmtpTransport
 from mailbot.clock import FixedClock
 from mailbot.config import OutgoingSettings, Settings
 from mailbot.domain import Party
+from mailbot.intake import RawMail
 from mailbot.outgoing.mailer import OutgoingMail
 from mailbot.outgoing.outbox import LEASE, CommitPoint
 from mailbot.service import Mailbot
@@ -177,6 +178,98 @@ def test_envelope_senders_in_every_form_are_read_alike(served: Mailbot, mail: Ma
         rows = session.exec(select(InboundRow).order_by(col(InboundRow.id))).all()
         kept = [row.envelope_from for row in rows]
     assert kept == [sender for _, code, sender in ENVELOPE_SENDERS if code == 250]
+
+
+@pytest.mark.parametrize(
+    "command", ["MAIL FROM:<ali\x00ce@customer.test>", "RCPT TO:<changes\x01@bot.test>"]
+)
+def test_an_envelope_address_with_a_control_character_is_refused(
+    served: Mailbot, mail: MailFactory, command: str
+) -> None:
+    """No address holds one (and PostgreSQL cannot store a NUL): 553, as any
+    malformed address, and the session goes on."""
+    with running(served), smtplib.SMTP("127.0.0.1", served.settings.smtp.port) as client:
+        client.ehlo()
+        if command.startswith("RCPT"):
+            assert client.mail(ALICE)[0] == 250
+        assert client.docmd(command)[0] == 553
+        client.rset()
+        assert client.sendmail(ALICE, ["changes@bot.test"], mail(ALICE, "HELP")) == {}
+        wait_for(lambda: maildir_count(served.settings.outgoing.maildir) == 1)
+    with transaction(served.engine) as session:
+        assert len(session.exec(select(InboundRow)).all()) == 1
+
+
+def test_a_message_id_with_a_control_character_is_stored_and_acted_on(
+    served: Mailbot, mail: MailFactory
+) -> None:
+    """A Message-ID holding a NUL is no Message-ID: the message is stored and
+    answered (before, PostgreSQL refused it, and the client met 451 forever)."""
+    raw = mail(ALICE, "HELP", message_id="<nul.placeholder@client.test>")
+    raw = raw.replace(b"nul.placeholder", b"n\x00l")
+    with running(served):
+        smtp_send(served.settings, raw)
+        smtp_send(served.settings, raw)  # and twice is still once
+        wait_for(lambda: maildir_count(served.settings.outgoing.maildir) == 1)
+    with transaction(served.engine) as session:
+        rows = session.exec(select(InboundRow)).all()
+    assert [(row.message_id, row.status) for row in rows] == [(None, "processed")]
+
+
+def test_a_message_the_database_refuses_fails_alone_in_its_batch(
+    bot: Mailbot, mail: MailFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messages arriving together share a commit; one the database will not
+    take (here a trigger refuses it) gets its 451 alone, the others are
+    stored, and the log names the error without quoting the message."""
+    refused = "refused@client.test"
+    with bot.engine.begin() as connection:
+        if bot.engine.dialect.name == "sqlite":
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON inbound_message "
+                f"WHEN NEW.message_id = '{refused}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.message_id = '{refused}' THEN "
+                "RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; "
+                "END IF; RETURN NEW; END $$"
+            )
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON inbound_message "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+    raws = [
+        mail(ALICE, "HELP", "first words"),
+        mail(BOB, "HELP", "a body never to be logged", message_id=f"<{refused}>"),
+        mail(CAROL, "HELP", "third words"),
+    ]
+    batches: list[int] = []
+
+    async def run_now(function: Callable[..., object], *args: object) -> object:
+        batches.append(len(args[0]))  # type: ignore[arg-type]
+        return function(*args)
+
+    async def scenario() -> list[int | BaseException]:
+        writer = GroupCommitWriter(bot, run_now)
+        writer.start()
+        stores = (writer.store(RawMail(raw, "smtp")) for raw in raws)
+        results = await asyncio.gather(*stores, return_exceptions=True)
+        await writer.stop()
+        return results
+
+    first, second, third = asyncio.run(scenario())
+    assert batches[0] == 3  # the three shared one commit, which failed
+    assert isinstance(first, int)
+    assert isinstance(third, int)
+    assert isinstance(second, sa.exc.IntegrityError)
+    with transaction(bot.engine) as session:
+        stored = session.exec(select(InboundRow.message_id)).all()
+    assert refused not in stored
+    assert len(stored) == 2
+    assert "could not store 1 message(s)" in caplog.text
+    assert "never to be logged" not in caplog.text
 
 
 def test_a_stored_but_unprocessed_message_is_processed_after_a_restart(

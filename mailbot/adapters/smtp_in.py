@@ -30,9 +30,10 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailbot import metrics
+from mailbot import logs, metrics
 from mailbot.adapters.connections import ConnectionLimiter
 from mailbot.config import SmtpSettings
+from mailbot.errors import StorageUnavailable
 from mailbot.intake import RawMail
 from mailbot.mailparse import redact
 from mailbot.service import Mailbot
@@ -53,6 +54,8 @@ _PLAIN_ADDRESS = re.compile(f"<({_DOT_ATOM}@{_DOT_ATOM})>(?: ([^ \t\r\n(][^\r\n]
 """``<local@domain>``, both parts dot-atoms (RFC 5322 3.2.3), then nothing or
 one space and the parameters: no quoting, comments, source route, non-ASCII
 or folding, which aiosmtpd's own parse handles."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+"""No address holds one; PostgreSQL cannot store a NUL in a text column."""
 STORE_TIMEOUT_SECONDS = 30.0
 BATCH_LIMIT = 64
 
@@ -93,20 +96,39 @@ class GroupCommitWriter:
             while not self.queue.empty() and len(batch) < BATCH_LIMIT:
                 batch.append(self.queue.get_nowait())
             try:
-                stored = await self.run_blocking(
-                    self.bot.store_inbound_many, [p.message for p in batch]
-                )
-                for pending, result in zip(batch, stored, strict=True):
-                    if not pending.stored.done():
-                        pending.stored.set_result(result.id)
-            except Exception as exc:  # each waiting client gets its 451
-                log.warning("could not store %d message(s): %s", len(batch), exc)
-                for pending in batch:
-                    if not pending.stored.done():
-                        pending.stored.set_exception(exc)
+                await self._store(batch)
             finally:
                 for _ in batch:
                     self.queue.task_done()
+
+    async def _store(self, batch: list[_Pending]) -> None:
+        """One commit for the batch. Should the database refuse it for something
+        other than an outage, each message is tried alone: one message it
+        cannot take must not cost the clients of the others a 451 (and again
+        at each of their retries, when it keeps arriving beside them)."""
+        try:
+            stored = await self.run_blocking(
+                self.bot.store_inbound_many, [p.message for p in batch]
+            )
+        except StorageUnavailable as exc:  # each waiting client gets its 451
+            _failed(batch, exc)
+        except Exception as exc:
+            if len(batch) == 1:
+                _failed(batch, exc)
+                return
+            for pending in batch:
+                await self._store([pending])
+        else:
+            for pending, result in zip(batch, stored, strict=True):
+                if not pending.stored.done():
+                    pending.stored.set_result(result.id)
+
+
+def _failed(batch: list[_Pending], exc: Exception) -> None:
+    log.warning("could not store %d message(s): %s", len(batch), logs.first_line(exc))
+    for pending in batch:
+        if not pending.stored.done():
+            pending.stored.set_exception(exc)
 
 
 class Activity:
@@ -279,7 +301,10 @@ class LimitedSMTP(SMTP):
         """
         plain = _PLAIN_ADDRESS.fullmatch(arg)
         if plain is None:
-            return super()._getaddr(arg)
+            address, rest = super()._getaddr(arg)
+            # aiosmtpd lets a control character through; refused like any
+            # malformed address (553), rather than stored and never answered
+            return (None, None) if address and _CONTROL.search(address) else (address, rest)
         address, parameters = plain.group(1), plain.group(2) or ""
         if self.local_part_limit and address.index("@") > self.local_part_limit:
             return None, None

@@ -37,11 +37,19 @@ class DatabaseUnavailable(Exception):
 
 
 def make_engine(settings: DatabaseSettings) -> Engine:
+    """The engine for ``[database] url``. Its errors never quote the statement's
+    parameters: they would put raw messages, addresses and digests of tokens
+    into logs and into a failed message's outcome."""
     url = sa.make_url(settings.url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, settings.busy_timeout_seconds)
     return sa.create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=_lease_options()
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        connect_args=_lease_options(),
+        hide_parameters=True,
     )
 
 
@@ -106,7 +114,7 @@ def _sqlite_engine(url: sa.URL, busy_timeout: float) -> Engine:
             raise DatabaseUnavailable(
                 f"cannot create the directory of the SQLite database {url.database}: {reason}"
             ) from None
-    engine = sa.create_engine(url, connect_args={"timeout": busy_timeout})
+    engine = sa.create_engine(url, connect_args={"timeout": busy_timeout}, hide_parameters=True)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
