@@ -69,6 +69,19 @@ def test_import_is_an_idempotent_upsert(bot: Mailbot, tmp_path: Path) -> None:
             "listed twice",
         ),
         ([], "Input should be"),
+        (
+            {"contacts": [{"handle": "X1", "email": "a@b.test", "name": "A\u0000B"}]},
+            r"contacts\.0\.name: .*control character",
+        ),
+        (
+            {
+                "contacts": [{"handle": "X1", "email": "a@b.test"}],
+                "services": [
+                    {"name": "x\u0001.test", "admin": "X1", "tech": "X1", "billing": "X1"}
+                ],
+            },
+            r"services\.0\.name: .*control character",
+        ),
     ],
 )
 def test_bad_files_are_refused_whole(bot: Mailbot, tmp_path: Path, data: Any, message: str) -> None:

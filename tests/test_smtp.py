@@ -216,6 +216,26 @@ def test_a_message_id_with_a_control_character_is_stored_and_acted_on(
     assert [(row.message_id, row.status) for row in rows] == [(None, "processed")]
 
 
+@pytest.mark.parametrize("where", ["subject", "body"])
+def test_a_command_with_a_control_character_is_answered_as_malformed(
+    served: Mailbot, mail: MailFactory, where: str
+) -> None:
+    """A NUL in a command's words reads as a space: the sender is told the
+    command is malformed (before, PostgreSQL refused the lookup of the service
+    and the message failed unanswered)."""
+    command = "CHANGE example.com"
+    raw = mail(ALICE, command if where == "subject" else "Hello", f"{command}\ntech: {CAROL}")
+    raw = raw.replace(b"CHANGE example.com", b"CHANGE example\x00.com")
+    with running(served):
+        smtp_send(served.settings, raw)
+        wait_for(lambda: maildir_count(served.settings.outgoing.maildir) == 1)
+    (answer,) = outbox(served)
+    assert answer.event == "error"
+    assert answer.header("X-Mailbot-Error") == "malformed-request"
+    with transaction(served.engine) as session:
+        assert [row.status for row in session.exec(select(InboundRow)).all()] == ["processed"]
+
+
 def test_a_message_the_database_refuses_fails_alone_in_its_batch(
     bot: Mailbot, mail: MailFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -28,7 +28,7 @@ from email.message import Message
 from email.utils import getaddresses
 
 from mailbot import mailkeys
-from mailbot.mailparse import bounces, forwards, mime, quotes
+from mailbot.mailparse import bounces, forwards, lines, mime, quotes
 from mailbot.mailparse import robots as auto
 from mailbot.mailparse.bounces import Bounce
 from mailbot.mailparse.htmltext import html_to_text
@@ -268,7 +268,7 @@ def _attached(inner: Message) -> ForwardedMail:
 
 
 def _one_line(value: str) -> str:
-    return " ".join(value.split())
+    return " ".join(lines.CONTROL.sub(" ", value).split())
 
 
 def _raw_values(message: Message, name: str, limit: int = 20) -> tuple[str, ...]:

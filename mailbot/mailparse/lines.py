@@ -15,6 +15,9 @@ MAX_LINE_CHARS = 300
 """Longer lines are never attributions or headers."""
 
 _INVISIBLE = re.compile("[\ufeff\u200b\u200c\u200d\u200e\u200f\u2060\u00ad]")
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""Control characters but tab and line ends: no one writes them, and a NUL
+could not even be looked up in PostgreSQL."""
 QUOTED = re.compile(r"^[ \t]*>(?![ \t]*[:：][ \t]*$)")  # ">:" ends a wrapped attribution
 _QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?")
 RULE = re.compile(r"^\s*[-_=*]{5,}\s*$")
@@ -24,9 +27,11 @@ _BAR_REST = re.compile(r"^[ \t|>]")
 
 
 def normalise(text: str) -> list[str]:
-    """Lines with uniform line ends, no invisible characters, no-break spaces as spaces."""
+    """Lines with uniform line ends, no invisible characters, no-break spaces and
+    control characters as spaces."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _INVISIBLE.sub("", text).replace("\u00a0", " ").replace("\u202f", " ")
+    text = CONTROL.sub(" ", text)
     return text.split("\n")[:MAX_LINES]
 
 

@@ -8,6 +8,7 @@ it twice changes nothing the second time.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +24,21 @@ from mailbot.storage import queries
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import ContactRow, ServiceRow
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""Control characters other than the whitespace a name's spaces are folded from."""
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        """No field holds a control character: it would end up in the headers of
+        mail, and PostgreSQL cannot store a NUL at all."""
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise ValueError(f"control character in {value!r}")
+        return value
 
 
 class ContactIn(_Strict):
