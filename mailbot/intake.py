@@ -293,8 +293,11 @@ def sqlite_path(url: str) -> str:
 def _postgresql(settings: IntakeSettings) -> Iterator[_Database]:
     import psycopg
 
+    from mailbot.storage.pgtext import without_nul
+
     conninfo = "postgresql://" + settings.url.split("://", 1)[1]
     with psycopg.connect(conninfo, connect_timeout=10) as connection:
+        without_nul(connection)
         yield _Database(connection, sqlite=False)  # committed when the block ends
 
 

@@ -263,6 +263,24 @@ def test_a_bounced_token_mail_marks_delivery_failed_and_tells_the_requester(
     assert send(bot, dsn(asks[CAROL]).replace(b"dsn.", b"dsn2."), envelope_from="") == []
 
 
+def test_a_bounce_holding_nul_bytes_is_read_on_every_database(
+    bot: Mailbot, mail: MailFactory
+) -> None:
+    """A report's text and diagnostic with stray NULs: the bounce is recorded,
+    with the diagnostic kept (PostgreSQL, which cannot store a NUL, gets
+    U+FFFD in its place; before, the message failed unprocessed)."""
+    request_id, asks = opened(bot, mail)
+    bot.flush_outbox(_Sink())
+    raw = dsn(asks[CAROL]).replace(b"no such user", b"no such\x00 user")
+    raw = raw.replace(b"could not be", b"could\x00not be")
+    mails = send(bot, raw, envelope_from="", recipients=(asks[CAROL].row.envelope_from,))
+    assert [(m.event, m.to) for m in mails] == [("delivery-failed", ALICE)]
+    found = validation(bot, request_id, CAROL)
+    assert found["delivery"] == "failed"
+    (detail,) = [e["detail"] for e in found["events"] if e["kind"] == "delivery-failed"]
+    assert detail.replace("\ufffd", "\x00").endswith("no such\x00 user")
+
+
 def test_a_delay_notice_is_not_a_failure(bot: Mailbot, mail: MailFactory) -> None:
     request_id, asks = opened(bot, mail)
     bot.flush_outbox(_Sink())

@@ -43,7 +43,7 @@ def make_engine(settings: DatabaseSettings) -> Engine:
     url = sa.make_url(settings.url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, settings.busy_timeout_seconds)
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_pre_ping=True,
         pool_size=5,
@@ -51,6 +51,11 @@ def make_engine(settings: DatabaseSettings) -> Engine:
         connect_args=_lease_options(),
         hide_parameters=True,
     )
+    if url.get_backend_name() == "postgresql":
+        from mailbot.storage.pgtext import without_nul
+
+        sa.event.listen(engine, "connect", lambda connection, record: without_nul(connection))
+    return engine
 
 
 IDLE_IN_TRANSACTION_SECONDS = 120
