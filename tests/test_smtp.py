@@ -148,6 +148,10 @@ def test_the_same_message_twice_acts_once(served: Mailbot, mail: MailFactory) ->
     assert len(outbox(served)) == 3
 
 
+LONG_DOMAIN = ".".join(["b" * 60] * 4) + ".test"
+"""248 characters: with ``alice@``, the longest address a path may hold (254)."""
+
+
 ENVELOPE_SENDERS = [
     ("<alice@customer.test>", 250, "alice@customer.test"),
     ("<alice@customer.test> SIZE=2000 BODY=8BITMIME", 250, "alice@customer.test"),
@@ -160,6 +164,7 @@ ENVELOPE_SENDERS = [
     ("<alice@@customer.test>", 553, None),
     ("<alice@customer.test", 250, "alice@customer.test"),
     ("<alice..smith@customer.test>", 250, "alice..smith@customer.test"),
+    (f"<alice@{LONG_DOMAIN}>", 250, f"alice@{LONG_DOMAIN}"),
 ]
 
 
@@ -181,13 +186,20 @@ def test_envelope_senders_in_every_form_are_read_alike(served: Mailbot, mail: Ma
 
 
 @pytest.mark.parametrize(
-    "command", ["MAIL FROM:<ali\x00ce@customer.test>", "RCPT TO:<changes\x01@bot.test>"]
+    "command",
+    [
+        "MAIL FROM:<ali\x00ce@customer.test>",
+        "RCPT TO:<changes\x01@bot.test>",
+        f"MAIL FROM:<alice.o@{LONG_DOMAIN}>",
+        f'MAIL FROM:<"alice o"@{LONG_DOMAIN}>',
+    ],
 )
-def test_an_envelope_address_with_a_control_character_is_refused(
+def test_an_envelope_address_no_path_may_hold_is_refused(
     served: Mailbot, mail: MailFactory, command: str
 ) -> None:
-    """No address holds one (and PostgreSQL cannot store a NUL): 553, as any
-    malformed address, and the session goes on."""
+    """A control character, or more than a path's 256 octets (RFC 5321): 553,
+    as any malformed address, and the session goes on. Before, PostgreSQL
+    refused to store such a sender, and the client met 451 at every retry."""
     with running(served), smtplib.SMTP("127.0.0.1", served.settings.smtp.port) as client:
         client.ehlo()
         if command.startswith("RCPT"):

@@ -55,7 +55,8 @@ _PLAIN_ADDRESS = re.compile(f"<({_DOT_ATOM}@{_DOT_ATOM})>(?: ([^ \t\r\n(][^\r\n]
 one space and the parameters: no quoting, comments, source route, non-ASCII
 or folding, which aiosmtpd's own parse handles."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-"""No address holds one; PostgreSQL cannot store a NUL in a text column."""
+MAX_ADDRESS_CHARS = 254
+"""A path is at most 256 octets with its brackets (RFC 5321 4.5.3.1.3)."""
 STORE_TIMEOUT_SECONDS = 30.0
 BATCH_LIMIT = 64
 
@@ -122,6 +123,11 @@ class GroupCommitWriter:
             for pending, result in zip(batch, stored, strict=True):
                 if not pending.stored.done():
                     pending.stored.set_result(result.id)
+
+
+def _storable(address: str) -> bool:
+    """An envelope address mailbot keeps: within a path's length, no control character."""
+    return len(address) <= MAX_ADDRESS_CHARS and not _CONTROL.search(address)
 
 
 def _failed(batch: list[_Pending], exc: Exception) -> None:
@@ -298,17 +304,19 @@ class LimitedSMTP(SMTP):
         which aiosmtpd's full RFC 5322 parse (a quarter of the listener's CPU)
         gives back the text between the brackets: such an address is read here,
         anything else by aiosmtpd as before.
+
+        aiosmtpd lets through an address longer than any path may be and one
+        with a control character: both are refused here like any malformed
+        address (553), rather than met by a database that cannot store them.
         """
         plain = _PLAIN_ADDRESS.fullmatch(arg)
         if plain is None:
             address, rest = super()._getaddr(arg)
-            # aiosmtpd lets a control character through; refused like any
-            # malformed address (553), rather than stored and never answered
-            return (None, None) if address and _CONTROL.search(address) else (address, rest)
+            return (address, rest) if not address or _storable(address) else (None, None)
         address, parameters = plain.group(1), plain.group(2) or ""
         if self.local_part_limit and address.index("@") > self.local_part_limit:
             return None, None
-        return address, parameters
+        return (address, parameters) if _storable(address) else (None, None)
 
     def _end_of_life(self) -> None:
         """Close now, or once the message arriving has its answer (its 250 is not lost)."""
