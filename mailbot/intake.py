@@ -14,6 +14,7 @@ a few fixed statements per batch, without the ORM, as its 250 waits on them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from typing import Any, Protocol
 from mailbot import configfile, mailkeys, migrations
 from mailbot.errors import ConfigError, StorageUnavailable
 
+MAX_ADDRESS_CHARS = 254
+"""A path is at most 256 octets with its brackets (RFC 5321 4.5.3.1.3)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RECEIVED = "received"
 """``InboundStatus.RECEIVED``: stored, not yet acted on."""
 SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -139,6 +143,17 @@ def store(
     with _connection(settings) as db:
         _check_schema(db)
         return store_many(db, [arrival], datetime.now(UTC))[0]
+
+
+def envelope_problem(address: str) -> str | None:
+    """Why an envelope address (MAIL FROM, RCPT TO, the pipe's ``--sender``
+    and ``--recipient``) is refused, or None: one no path may hold, which
+    PostgreSQL could not store either, is refused rather than retried forever."""
+    if len(address) > MAX_ADDRESS_CHARS:
+        return f"longer than a path may be ({MAX_ADDRESS_CHARS} characters)"
+    if _CONTROL.search(address):
+        return "control character in the address"
+    return None
 
 
 def store_many(db: Runner, arrivals: Sequence[RawMail], now: datetime) -> list[Stored]:

@@ -257,6 +257,26 @@ def test_process_where_nothing_can_be_created_asks_the_mta_to_retry(
 
 
 @pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("option", ["--sender", "--recipient"])
+def test_process_refuses_an_envelope_address_no_path_may_hold(
+    tmp_path: Path, route: tuple[str, ...], option: str
+) -> None:
+    """Over 254 characters, as the SMTP listener refuses it at MAIL or RCPT: a
+    usage error (the MTA bounces the message), never a retry that cannot end."""
+    longest = "ab@" + ".".join(["b" * 60] * 4) + ".testing"
+    assert len(longest) == 254
+    assert mailbot(tmp_path, "init").returncode == 0
+    for address, status in ((longest + "x", 2), ("a\x01b@x.test", 2), (longest, 0)):
+        result = mailbot(tmp_path, "process", *route, option, address, stdin=help_request())
+        assert result.returncode == status, result.stderr
+        if status:
+            err = result.stderr.decode()
+            assert err.count("\n") == 1, err
+            assert f"argument {option}" in err, err
+            assert "longer than a path may be" in err or "control character" in err
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("how", ["--config", "MAILBOT_CONFIG"])
 def test_process_without_its_config_file_asks_the_mta_to_retry(
     tmp_path: Path, route: tuple[str, ...], how: str

@@ -34,7 +34,7 @@ from mailbot import logs, metrics
 from mailbot.adapters.connections import ConnectionLimiter
 from mailbot.config import SmtpSettings
 from mailbot.errors import StorageUnavailable
-from mailbot.intake import RawMail
+from mailbot.intake import RawMail, envelope_problem
 from mailbot.mailparse import redact
 from mailbot.service import Mailbot
 
@@ -54,9 +54,6 @@ _PLAIN_ADDRESS = re.compile(f"<({_DOT_ATOM}@{_DOT_ATOM})>(?: ([^ \t\r\n(][^\r\n]
 """``<local@domain>``, both parts dot-atoms (RFC 5322 3.2.3), then nothing or
 one space and the parameters: no quoting, comments, source route, non-ASCII
 or folding, which aiosmtpd's own parse handles."""
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-MAX_ADDRESS_CHARS = 254
-"""A path is at most 256 octets with its brackets (RFC 5321 4.5.3.1.3)."""
 STORE_TIMEOUT_SECONDS = 30.0
 BATCH_LIMIT = 64
 
@@ -126,8 +123,7 @@ class GroupCommitWriter:
 
 
 def _storable(address: str) -> bool:
-    """An envelope address mailbot keeps: within a path's length, no control character."""
-    return len(address) <= MAX_ADDRESS_CHARS and not _CONTROL.search(address)
+    return envelope_problem(address) is None
 
 
 def _failed(batch: list[_Pending], exc: Exception) -> None:

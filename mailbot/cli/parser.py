@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from mailbot.cli.exits import EX_USAGE, Handler
 from mailbot.domain import InboundStatus, RequestStatus
+from mailbot.intake import envelope_problem
 
 ACTING = "mailbot.cli.acting:"
 READING = "mailbot.cli.reading:"
@@ -26,6 +27,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EX_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _envelope_address(value: str) -> str:
+    """An MTA's envelope address, refused (the MTA bounces the message) as the
+    SMTP listener refuses it at MAIL or RCPT."""
+    if problem := envelope_problem(value):
+        raise argparse.ArgumentTypeError(f"{value[:40]!r}: {problem}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,11 +192,17 @@ def _add_process(commands: Any) -> None:
     command.add_argument(
         "--recipient",
         metavar="ADDR",
+        type=_envelope_address,
         action="append",
         default=[],
         help="envelope recipient (repeatable)",
     )
-    command.add_argument("--sender", metavar="ADDR", help="envelope sender (empty for bounces)")
+    command.add_argument(
+        "--sender",
+        metavar="ADDR",
+        type=_envelope_address,
+        help="envelope sender (empty for bounces)",
+    )
     command.add_argument(
         "--store-only",
         dest="early_handler",
