@@ -174,3 +174,26 @@ def test_an_operator_directory_overrides_shipped_templates(tmp_path: Any) -> Non
     assert mail.subject == "Done CR-7K2QX9MD"
     assert mail.text == "Custom.\n"
     assert "CR-7K2QX9MD" in mail.html  # the shipped HTML part is still used
+
+
+def test_a_template_that_vanishes_while_running_is_rendered_as_last_read(tmp_path: Any) -> None:
+    """Installing a new version over a running mailbot removes the templates
+    before writing the new ones: a mail rendered in between gets the template
+    as it was, and the new file is read once it is there."""
+    folder = tmp_path / "mail" / "en"
+    folder.mkdir(parents=True)
+    text, html = folder / "upgraded.txt.j2", folder / "upgraded.html.j2"
+    text.write_text("Subject: Before {{ request.id }}\n\nOld words.\n")
+    html.write_text("<p>{{ request.id }}</p>\n")
+    renderer = Renderer(make_environment(tmp_path))
+    assert renderer.mail("upgraded", "en", context("x")).subject == "Before CR-7K2QX9MD"
+    text.unlink()
+    html.unlink()
+    during = renderer.mail("upgraded", "en", context("x"))
+    assert (during.subject, during.text) == ("Before CR-7K2QX9MD", "Old words.\n")
+    text.write_text("Subject: After {{ request.id }}\n\nNew words.\n")
+    html.write_text("<p>{{ request.id }}</p>\n")
+    after = renderer.mail("upgraded", "en", context("x"))
+    assert (after.subject, after.text) == ("After CR-7K2QX9MD", "New words.\n")
+    with pytest.raises(TemplateError, match="template not found"):
+        renderer.mail("never-there", "en", context("x"))

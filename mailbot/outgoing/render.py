@@ -7,6 +7,7 @@ given as ``[bot] templates_dir`` is searched before the shipped templates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
@@ -61,11 +62,42 @@ def format_datetime(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
 
 
+class RememberingLoader(jinja2.FileSystemLoader):
+    """Templates from the search path, read again whenever their file changes;
+    one that vanishes from every directory is served as last read.
+
+    A running mailbot reads a template when it first renders it and when its
+    file changes (an operator's edit takes effect at once). Installing a new
+    version over a running one removes the package's files before writing
+    the new ones: a mail rendered in between would find no template and be
+    dead. It gets the template it would have got a moment earlier instead;
+    the new file is read once it is there. A template never read is still
+    missing, with the usual clear error.
+    """
+
+    def __init__(self, searchpath: list[str]) -> None:
+        super().__init__(searchpath)
+        self._last: dict[str, tuple[str, str]] = {}
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        try:
+            source, filename, uptodate = super().get_source(environment, template)
+        except jinja2.TemplateNotFound:
+            if template not in self._last:
+                raise
+            source, filename = self._last[template]
+            return source, filename, lambda: False  # look on disk again next time
+        self._last[template] = (source, filename)
+        return source, filename, uptodate
+
+
 def make_environment(override_dir: Path | None = None) -> jinja2.Environment:
     shipped = Path(str(files("mailbot.templates")))
     search_path = [str(override_dir), str(shipped)] if override_dir else [str(shipped)]
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(search_path),
+        loader=RememberingLoader(search_path),
         undefined=jinja2.StrictUndefined,
         # HTML templates are escaped; the text ones are plain text, where escaping is wrong.
         autoescape=lambda name: name is not None and name.endswith(".html.j2"),  # noqa: S701
