@@ -95,6 +95,27 @@ def refuse_outgoing_mail(bot: Mailbot, database_url: str) -> None:
             connection.exec_driver_sql(statement)
 
 
+def refuse_to_store(bot: Mailbot, database_url: str, message_id: str) -> None:
+    """Make the database refuse to store one message, for a reason that is not
+    an outage (a constraint added by hand, a corrupt index)."""
+    if database_url.startswith("sqlite"):
+        statements = [
+            "CREATE TRIGGER refuse_inbound BEFORE INSERT ON inbound_message "
+            f"WHEN NEW.message_id = '{message_id}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ]
+    else:
+        statements = [
+            "CREATE FUNCTION refuse_inbound() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.message_id = '{message_id}' THEN RAISE EXCEPTION 'refused'; END IF; "
+            "RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_inbound BEFORE INSERT ON inbound_message "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_inbound()",
+        ]
+    with bot.engine.begin() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+
+
 def open_request(bot: Mailbot, mail: MailFactory) -> dict[str, str]:
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
     return {m.to: token_in(m) for m in outbox(bot) if m.event == "validation-requested"}
@@ -121,6 +142,24 @@ def test_a_message_that_cannot_be_processed_goes_to_the_failed_folder(
     dovecot_server.deliver(mail(ALICE, "HELP"))
     read_once(bot, dovecot_server)
     assert (count(client, "INBOX"), count(client, "mailbot-failed")) == (0, 1)
+
+
+def test_a_message_the_database_will_not_store_is_set_aside_and_the_rest_read(
+    bot: Mailbot,
+    mail: MailFactory,
+    client: IMAPClient,
+    dovecot_server: Dovecot,
+    database_url: str,
+) -> None:
+    """Left in the folder, it would stop each pass at itself and hold back the
+    messages behind it; it goes to the failed folder, and the next is read."""
+    refuse_to_store(bot, database_url, "refused@client.test")
+    dovecot_server.deliver(mail(ALICE, "HELP", message_id="<refused@client.test>"))
+    dovecot_server.deliver(mail(ALICE, "HELP"))
+    assert read_once(bot, dovecot_server) == 2
+    assert count(client, "INBOX") == 0
+    assert (count(client, "mailbot-failed"), count(client, "mailbot-done")) == (1, 1)
+    assert [m.event for m in outbox(bot)] == ["help"]
 
 
 def test_a_crash_between_commit_and_move_does_not_act_twice(

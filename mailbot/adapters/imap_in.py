@@ -20,6 +20,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.imapclient import SocketTimeout
 
+from mailbot import logs
 from mailbot.config import ImapSettings
 from mailbot.errors import ProcessingFailed, StorageUnavailable
 from mailbot.service import Mailbot
@@ -134,6 +135,11 @@ class ImapReader:
             return 0
         except ProcessingFailed as exc:
             log.error("IMAP message %d could not be processed: %s", uid, exc)
+            return self._move(client, uid, self.settings.failed_folder)
+        except Exception as exc:  # the database refused to store it, and not for an outage
+            # Set aside like a message that failed: left in the folder, it would
+            # stop every pass at itself, and the messages behind it with it.
+            log.error("IMAP message %d could not be stored: %s", uid, logs.first_line(exc))
             return self._move(client, uid, self.settings.failed_folder)
         log.info("IMAP message %d: %s", uid, outcome)
         return self._move(client, uid, self.settings.done_folder)
