@@ -129,6 +129,30 @@ def test_usage_errors_are_one_line_and_exit_2(
     assert "--help" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["outbox", "retry", "99999999999999999999"],
+        ["outbox", "retry", "2147483648"],
+        ["outbox", "list", "--sent", "99999999999999999999"],
+        ["inbound", "list", "--limit", "99999999999999999999"],
+    ],
+)
+def test_a_number_no_table_holds_is_a_usage_error(
+    ready: Run, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """Not an overflow inside a query ("internal error" before, on both
+    databases): one line naming the argument, exit 2."""
+    with pytest.raises(SystemExit) as stopped:
+        ready(*argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "too large" in err
+    largest = ready("outbox", "retry", "2147483647")  # the largest id is looked up
+    assert (largest.code, largest.err) == (1, "mailbot: error: no mail 2147483647 in the outbox\n")
+
+
 def test_process_says_tempfail_when_the_database_is_unusable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -29,6 +29,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+LARGEST = 2**31 - 1
+"""The largest id a table holds (an ``integer`` on PostgreSQL): no id or count
+asked for on the command line goes beyond it."""
+
+
+def _number(value: str) -> int:
+    """A whole number a database can be asked about: one no column holds is a
+    usage error, not an overflow deep in a query."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if abs(number) > LARGEST:
+        raise argparse.ArgumentTypeError(f"too large: {value}")
+    return number
+
+
 def _envelope_address(value: str) -> str:
     """An MTA's envelope address, refused (the MTA bounces the message) as the
     SMTP listener refuses it at MAIL or RCPT."""
@@ -280,7 +297,9 @@ def _add_outbox(actions: Any) -> None:
         "queue dead mail again, for a fresh queue lifetime, and send it",
         "outbox retry 42   (or: mailbot outbox retry --dead)",
     )
-    retry.add_argument("id", metavar="ID", type=int, nargs="?", help="the mail's id (outbox list)")
+    retry.add_argument(
+        "id", metavar="ID", type=_number, nargs="?", help="the mail's id (outbox list)"
+    )
     retry.add_argument("--dead", action="store_true", help="every dead mail")
     _no_flush(retry)
     listing = _command(
@@ -292,7 +311,7 @@ def _add_outbox(actions: Any) -> None:
     )
     listing.add_argument(
         "--sent",
-        type=int,
+        type=_number,
         default=20,
         metavar="N",
         help="how many recently sent mails to show (default 20)",
@@ -311,6 +330,6 @@ def _add_inbound(actions: Any) -> None:
     )
     listing.add_argument("--status", choices=[s.value for s in InboundStatus])
     listing.add_argument(
-        "--limit", type=int, default=50, metavar="N", help="at most N messages (default 50)"
+        "--limit", type=_number, default=50, metavar="N", help="at most N messages (default 50)"
     )
     listing.add_argument("--json", action="store_true", help="print a JSON array")
