@@ -209,3 +209,28 @@ def maildir_messages(root: Path) -> list[email.message.EmailMessage]:
         email.message_from_bytes(path.read_bytes(), policy=policy.default)  # type: ignore[misc]
         for path in sorted((root / "new").iterdir())
     ]
+
+
+def refuse_inserts(bot: Mailbot, table: str, message_id: str | None = None) -> None:
+    """Make the database refuse new rows of ``table`` (only those with this
+    ``message_id``, when one is given), as a constraint added by hand or a
+    corrupt table would: an error that is not an outage (IntegrityError)."""
+    name = f"refuse_{table}"
+    if bot.engine.dialect.name == "sqlite":
+        when = f"WHEN NEW.message_id = '{message_id}' " if message_id else ""
+        statements = [
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+            f"{when}BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ]
+    else:
+        test = f"NEW.message_id = '{message_id}'" if message_id else "true"
+        statements = [
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF {test} THEN RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; "
+            "END IF; RETURN NEW; END $$",
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {name}()",
+        ]
+    with bot.engine.begin() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)

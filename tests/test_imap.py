@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import make_settings, reserve_port
 from dovecot import PASSWORD, USER, Dovecot, running_dovecot
-from factories import ALICE, CAROL, MailFactory, outbox, seed_world, token_in
+from factories import ALICE, CAROL, MailFactory, outbox, refuse_inserts, seed_world, token_in
 from imapclient import IMAPClient
 from servers import maildir_count, running, wait_for
 
@@ -76,46 +76,6 @@ def read_once(bot: Mailbot, server: Dovecot) -> int:
         imap.logout()
 
 
-def refuse_outgoing_mail(bot: Mailbot, database_url: str) -> None:
-    """Make the database refuse every new outbox row, as a corrupt table or a
-    constraint added by hand would: an error that is not an outage."""
-    if database_url.startswith("sqlite"):
-        statements = [
-            "CREATE TRIGGER refuse BEFORE INSERT ON outbox "
-            "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END"
-        ]
-    else:
-        statements = [
-            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql "
-            "AS $$ BEGIN RAISE EXCEPTION 'outbox refused'; END $$",
-            "CREATE TRIGGER refuse BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse()",
-        ]
-    with bot.engine.begin() as connection:
-        for statement in statements:
-            connection.exec_driver_sql(statement)
-
-
-def refuse_to_store(bot: Mailbot, database_url: str, message_id: str) -> None:
-    """Make the database refuse to store one message, for a reason that is not
-    an outage (a constraint added by hand, a corrupt index)."""
-    if database_url.startswith("sqlite"):
-        statements = [
-            "CREATE TRIGGER refuse_inbound BEFORE INSERT ON inbound_message "
-            f"WHEN NEW.message_id = '{message_id}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        ]
-    else:
-        statements = [
-            "CREATE FUNCTION refuse_inbound() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF NEW.message_id = '{message_id}' THEN RAISE EXCEPTION 'refused'; END IF; "
-            "RETURN NEW; END $$",
-            "CREATE TRIGGER refuse_inbound BEFORE INSERT ON inbound_message "
-            "FOR EACH ROW EXECUTE FUNCTION refuse_inbound()",
-        ]
-    with bot.engine.begin() as connection:
-        for statement in statements:
-            connection.exec_driver_sql(statement)
-
-
 def open_request(bot: Mailbot, mail: MailFactory) -> dict[str, str]:
     bot.receive(mail(ALICE, "CHANGE example.com", f"tech: {CAROL}"))
     return {m.to: token_in(m) for m in outbox(bot) if m.event == "validation-requested"}
@@ -136,9 +96,8 @@ def test_a_message_that_cannot_be_processed_goes_to_the_failed_folder(
     mail: MailFactory,
     client: IMAPClient,
     dovecot_server: Dovecot,
-    database_url: str,
 ) -> None:
-    refuse_outgoing_mail(bot, database_url)  # answering HELP fails: a broken database
+    refuse_inserts(bot, "outbox")  # answering HELP fails: a broken database
     dovecot_server.deliver(mail(ALICE, "HELP"))
     read_once(bot, dovecot_server)
     assert (count(client, "INBOX"), count(client, "mailbot-failed")) == (0, 1)
@@ -149,11 +108,10 @@ def test_a_message_the_database_will_not_store_is_set_aside_and_the_rest_read(
     mail: MailFactory,
     client: IMAPClient,
     dovecot_server: Dovecot,
-    database_url: str,
 ) -> None:
     """Left in the folder, it would stop each pass at itself and hold back the
     messages behind it; it goes to the failed folder, and the next is read."""
-    refuse_to_store(bot, database_url, "refused@client.test")
+    refuse_inserts(bot, "inbound_message", "refused@client.test")
     dovecot_server.deliver(mail(ALICE, "HELP", message_id="<refused@client.test>"))
     dovecot_server.deliver(mail(ALICE, "HELP"))
     assert read_once(bot, dovecot_server) == 2

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 from conftest import make_settings, reserve_port
-from factories import ALICE, BOB, CAROL, MailFactory, outbox, seed_world
+from factories import ALICE, BOB, CAROL, MailFactory, outbox, refuse_inserts, seed_world
 from servers import Smarthost, maildir_count, running, smarthost, wait_for
 from servers import relay as relay_with
 from sqlmodel import col, select
@@ -255,23 +255,7 @@ def test_a_message_the_database_refuses_fails_alone_in_its_batch(
     take (here a trigger refuses it) gets its 451 alone, the others are
     stored, and the log names the error without quoting the message."""
     refused = "refused@client.test"
-    with bot.engine.begin() as connection:
-        if bot.engine.dialect.name == "sqlite":
-            connection.exec_driver_sql(
-                "CREATE TRIGGER refuse BEFORE INSERT ON inbound_message "
-                f"WHEN NEW.message_id = '{refused}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-            )
-        else:
-            connection.exec_driver_sql(
-                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                f"IF NEW.message_id = '{refused}' THEN "
-                "RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; "
-                "END IF; RETURN NEW; END $$"
-            )
-            connection.exec_driver_sql(
-                "CREATE TRIGGER refuse BEFORE INSERT ON inbound_message "
-                "FOR EACH ROW EXECUTE FUNCTION refuse()"
-            )
+    refuse_inserts(bot, "inbound_message", refused)
     raws = [
         mail(ALICE, "HELP", "first words"),
         mail(BOB, "HELP", "a body never to be logged", message_id=f"<{refused}>"),
