@@ -187,7 +187,8 @@ def test_outbox_retry_queues_dead_mail_again_and_sends_it(cli: Cli) -> None:
         (("999999",), 1, "no mail 999999 in the outbox"),
         ((), 2, "give one mail's ID or --dead"),
         (("1", "--dead"), 2, "give one mail's ID or --dead"),
-        (("x",), 2, "invalid int value"),
+        (("x",), 2, "not a whole number"),
+        (("2147483648",), 2, "too large"),
     ],
 )
 def test_outbox_retry_refuses_what_it_cannot_do_in_one_line(
