@@ -8,7 +8,6 @@ it twice changes nothing the second time.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,12 +19,10 @@ from sqlmodel import Session
 
 from mailbot.addresses import normalise_email
 from mailbot.errors import ImportFileError
+from mailbot.mailparse.lines import CONTROL
 from mailbot.storage import queries
 from mailbot.storage.engine import transaction
 from mailbot.storage.tables import ContactRow, ServiceRow
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-"""Control characters other than the whitespace a name's spaces are folded from."""
 
 
 class _Strict(BaseModel):
@@ -36,7 +33,7 @@ class _Strict(BaseModel):
     def _printable(cls, value: Any) -> Any:
         """No field holds a control character: it would end up in the headers of
         mail, and PostgreSQL cannot store a NUL at all."""
-        if isinstance(value, str) and _CONTROL.search(value):
+        if isinstance(value, str) and CONTROL.search(value):
             raise ValueError(f"control character in {value!r}")
         return value
 

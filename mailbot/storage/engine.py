@@ -51,10 +51,9 @@ def make_engine(settings: DatabaseSettings) -> Engine:
         connect_args=_lease_options(),
         hide_parameters=True,
     )
-    if url.get_backend_name() == "postgresql":
-        from mailbot.storage.pgtext import without_nul
+    from mailbot.storage.pgtext import without_nul  # psycopg: PostgreSQL only
 
-        sa.event.listen(engine, "connect", lambda connection, record: without_nul(connection))
+    sa.event.listen(engine, "connect", lambda connection, record: without_nul(connection))
     return engine
 
 
