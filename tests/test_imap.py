@@ -4,6 +4,7 @@ nothing lost across a server restart, nothing done twice after a crash."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,6 +159,110 @@ def test_mail_arriving_while_the_server_is_down_is_read_after_it_returns(
     assert not thread.is_alive()
     with transaction(bot.engine) as session:
         assert [r.status for r in queries.requests(session)] == ["done"]
+
+
+class CountedStop(threading.Event):
+    """The reader's stop flag, noting each backoff it waits out instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return self.is_set()
+
+
+def test_a_folder_the_server_refuses_is_retried_after_a_growing_backoff(
+    bot: Mailbot, dovecot_server: Dovecot
+) -> None:
+    """Login works, SELECT fails: without a backoff the reader would reconnect
+    as fast as the server answers, and log a line each time."""
+    stop = CountedStop()
+    settings = imap_settings(dovecot_server).model_copy(update={"folder": "No/Such/Folder"})
+    thread = threading.Thread(target=ImapReader(settings, bot, stop).run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(stop.waits) >= 8)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert stop.waits[:8] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+class FirstSessionFilter:
+    """A TCP relay in front of Dovecot that keeps from the client, on the first
+    connection only, every line of the server's containing ``drop``."""
+
+    def __init__(self, upstream: int, drop: bytes) -> None:
+        self.upstream = upstream
+        self.drop = drop
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.sockets: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [client, server]
+            drop = self.drop if self.connections == 1 else None
+            for source, sink, dropped in ((client, server, None), (server, client, drop)):
+                thread = threading.Thread(target=_pipe, args=(source, sink, dropped), daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+    def close(self) -> None:
+        for end in (self.listener, *self.sockets):  # a shutdown wakes a blocked accept()
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+        for thread in self.threads:
+            thread.join(60)
+        for end in (self.listener, *self.sockets):
+            end.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket, drop: bytes | None) -> None:
+    """Copy lines until either side closes, then close the other's way too."""
+    try:
+        with source.makefile("rb") as lines:
+            for line in lines:
+                if drop is None or drop not in line:
+                    sink.sendall(line)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_server_reply_the_reader_cannot_use_costs_a_reconnect_not_the_reader(
+    bot: Mailbot, mail: MailFactory, client: IMAPClient, dovecot_server: Dovecot
+) -> None:
+    """A SELECT answered without its UIDVALIDITY, as a broken server or proxy
+    may: the reader must not die of it, or the mailbox goes unread until a restart."""
+    tokens = open_request(bot, mail)
+    dovecot_server.deliver(mail(CAROL, "Re: validation", f"ACCEPT {tokens[CAROL]}"))
+    relay = FirstSessionFilter(dovecot_server.port, drop=b"[UIDVALIDITY ")
+    stop = threading.Event()
+    settings = imap_settings(dovecot_server).model_copy(update={"port": relay.port})
+    thread = threading.Thread(target=ImapReader(settings, bot, stop).run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: client.folder_exists("mailbot-done") and count(client, "mailbot-done"))
+    finally:
+        stop.set()
+        thread.join(60)
+        relay.close()
+    assert relay.connections == 2
+    assert [m.event for m in outbox(bot)][-1] == "validation-recorded"
 
 
 def test_imap_check_reports_the_mailbox(

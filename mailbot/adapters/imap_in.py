@@ -48,6 +48,8 @@ class ImapReader:
         self.bot = bot
         self.stop = stop
         self.mailbox = Mailbox()
+        self.read_a_pass = False
+        """Whether the current connection has read the whole folder once."""
 
     # -- connection ---------------------------------------------------------------
 
@@ -61,29 +63,51 @@ class ImapReader:
     # -- the loop -----------------------------------------------------------------
 
     def run(self) -> None:
-        """Read until ``stop`` is set; every failure leads to a reconnect, never an exit."""
+        """Read until ``stop`` is set; every failure leads to a reconnect, never an exit.
+
+        Each failure waits out a backoff before the next attempt, doubling up to
+        MAX_BACKOFF_SECONDS, and only a session that got through a whole pass
+        of the folder starts it again from 1 s: a server that lets the reader
+        log in and then refuses the folder (a wrong ``[imap] folder``) costs a
+        line a minute, not a connection a millisecond.
+        """
         backoff = 1.0
         while not self.stop.is_set():
-            try:
-                client = self.connect()
-            except CONNECTION_ERRORS as exc:
-                log.warning("IMAP connection failed (%s); retrying in %.0fs", exc, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                continue
-            backoff = 1.0
-            try:
-                self._session(client)
-            except CONNECTION_ERRORS as exc:
-                log.warning("IMAP connection lost (%s); reconnecting", exc)
-            finally:
-                _close(client)
+            self.read_a_pass = False
+            failure = self._connection()
+            if failure is None:
+                return
+            if self.read_a_pass:
+                backoff = 1.0
+            log.warning("%s; retrying in %.0fs", failure, backoff)
+            self.stop.wait(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _connection(self) -> str | None:
+        """One connection, read until stopped; what ended it otherwise."""
+        try:
+            client = self.connect()
+        except CONNECTION_ERRORS as exc:
+            return f"IMAP connection failed ({exc})"
+        try:
+            self._session(client)
+        except CONNECTION_ERRORS as exc:
+            return f"IMAP session ended ({exc})"
+        except Exception as exc:  # a reply the client could not make sense of
+            # The reader is the only way into the agency mailbox: a thread that
+            # died here would leave its mail unread until a restart.
+            log.error("IMAP reader failed", exc_info=True)
+            return f"IMAP reader failed ({logs.first_line(exc)})"
+        finally:
+            _close(client)
+        return None
 
     def _session(self, client: IMAPClient) -> None:
         self._select(client)
         use_idle = self.settings.idle and client.has_capability("IDLE")
         while not self.stop.is_set():
             self.catch_up(client)
+            self.read_a_pass = True
             if use_idle:
                 self._idle(client)
             else:
