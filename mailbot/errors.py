@@ -8,6 +8,13 @@ never holds secrets.
 from __future__ import annotations
 
 
+def in_one_line(exc: BaseException) -> str:
+    """The first line of an exception's text, or its type's name when it has
+    none: what a one-line error message can quote of a library's error."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
 class MailbotError(Exception):
     """Base of every error mailbot reports to a person."""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mailbot import configfile, mailkeys, migrations
-from mailbot.errors import ConfigError, StorageUnavailable
+from mailbot.errors import ConfigError, StorageUnavailable, in_one_line
 
 MAX_ADDRESS_CHARS = 254
 """A path is at most 256 octets with its brackets (RFC 5321 4.5.3.1.3)."""
@@ -198,7 +198,7 @@ def _check_schema(db: _Database) -> None:
     try:
         rows = db.run("SELECT version_num FROM alembic_version")
     except Exception as exc:  # no such table: never initialised
-        reason = f"the database has no schema ({_first_line(exc)}): run `mailbot init`"
+        reason = f"the database has no schema ({in_one_line(exc)}): run `mailbot init`"
         raise StorageUnavailable(reason) from None
     current = rows[0][0] if rows else None
     if head is not None and current != head:
@@ -264,7 +264,7 @@ def _connection(settings: IntakeSettings) -> Iterator[_Database]:
     except Exception as exc:
         if not _driver_error(exc):
             raise
-        raise StorageUnavailable(_first_line(exc)) from None
+        raise StorageUnavailable(in_one_line(exc)) from None
 
 
 def _driver_error(exc: Exception) -> bool:
@@ -314,8 +314,3 @@ def _postgresql(settings: IntakeSettings) -> Iterator[_Database]:
     with psycopg.connect(conninfo, connect_timeout=10) as connection:
         without_nul(connection)
         yield _Database(connection, sqlite=False)  # committed when the block ends
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

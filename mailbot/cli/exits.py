@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mailbot import logs
-from mailbot.errors import ConfigError, StorageUnavailable
+from mailbot.errors import ConfigError, StorageUnavailable, in_one_line
 
 if TYPE_CHECKING:
     from mailbot.config import Settings
@@ -86,16 +86,16 @@ def _environment(exc: Exception, settings: Settings | None, mta: bool) -> tuple[
     database = sys.modules.get("mailbot.service.database")  # loaded if it raised
     if database is not None:
         if isinstance(exc, database.SchemaOutOfDate | database.DatabaseUnavailable):
-            return (EX_TEMPFAIL if mta else EX_FAILED), first_line(exc)
+            return (EX_TEMPFAIL if mta else EX_FAILED), in_one_line(exc)
         if isinstance(exc, database.DatabaseDown | StorageUnavailable):
             where = database.location(settings) if settings else "?"
             return EX_TEMPFAIL, f"database unavailable ({where}): {database.outage(exc)}"
     if isinstance(exc, StorageUnavailable):
-        return EX_TEMPFAIL, f"database unavailable: {first_line(exc)}"
+        return EX_TEMPFAIL, f"database unavailable: {in_one_line(exc)}"
     status = EX_TEMPFAIL if mta else EX_FAILED
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
-        return status, f"{exc.strerror or first_line(exc)}{where}"
+        return status, f"{exc.strerror or in_one_line(exc)}{where}"
     record_traceback(exc)
     return status, f"internal error ({type(exc).__name__}); the traceback is in the mail log"
 
@@ -116,11 +116,6 @@ def record_traceback(exc: BaseException) -> None:
                 syslog.syslog(syslog.LOG_ERR, part)
     except Exception as failure:  # no syslog: the line on stderr still says what happened
         log.debug("no syslog for the traceback: %s", failure)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def fail(message: str, status: int) -> int:
