@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import re
 import smtplib
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ import sqlalchemy as sa
 from cluster import BOT, CountingRelay, Instance, configure, import_world, run_json, sweep_together
 from factories import ALICE, AUTHSERV_ID, BILL, MailFactory, dmarc
 from servers import RelayController, wait_for
+from test_entrypoint import MAILBOT, clean_environment
 from test_web import form_for
 
 BAD_TOKENS = 2
@@ -219,3 +222,35 @@ def test_link_page_guesses_are_counted_across_instances(pair: list[Instance]) ->
             429,
             429,
         ]
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_instances_starting_at_once_on_a_new_database_all_find_it_ready(
+    tmp_path: Path, postgres_server: str, round_: int
+) -> None:
+    """Every unit runs `mailbot init` before `serve` (ExecStartPre): instances
+    booting together on an empty database each create or find the schema, and
+    none fails to start for the others having begun the same."""
+    name = f"fresh_{os.getpid()}_{round_}"
+    admin = sa.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        (tmp_path / "mailbot.toml").write_text(f'[database]\nurl = "{postgres_server}/{name}"\n')
+        inits = [
+            subprocess.Popen(
+                [str(MAILBOT), "init"],
+                cwd=tmp_path,
+                env=clean_environment(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for _ in range(4)
+        ]
+        said = [init.communicate(timeout=300)[0].decode() for init in inits]
+        assert [init.returncode for init in inits] == [0] * 4, said
+        assert all(line.startswith("database ready at schema revision") for line in said)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
