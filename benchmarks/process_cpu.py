@@ -154,14 +154,18 @@ def local_postgres(keep: Path | None = None) -> Iterator[str | None]:
 @contextmanager
 def fresh_database(server: str, name: str) -> Iterator[str]:
     """A new, empty database ``name`` on ``server`` (a URL from
-    ``local_postgres``), dropped afterwards."""
+    ``local_postgres``, or ``--postgres``: with or without a database in it),
+    dropped afterwards."""
     import psycopg
+    import sqlalchemy as sa
 
-    admin_url = server.replace("+psycopg", "")
+    url = sa.make_url(server)
+    admin = url.set(drivername="postgresql", database=url.database or "postgres")
+    admin_url = admin.render_as_string(hide_password=False)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     try:
-        yield server.rsplit("/", 1)[0] + "/" + name
+        yield url.set(database=name).render_as_string(hide_password=False)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
