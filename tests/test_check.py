@@ -32,7 +32,8 @@ MAILBOT = Path(sys.executable).parent / "mailbot"
 RELAY_USER = "mailbot-relay"
 RELAY_PASSWORD = "relay-password-never-shown"
 DATABASE_PASSWORD = "database-password-never-shown"
-PASSWORDS = (RELAY_PASSWORD, IMAP_PASSWORD, DATABASE_PASSWORD)
+LINK_PAGE_KEY = "link-page-key-never-shown"
+PASSWORDS = (RELAY_PASSWORD, IMAP_PASSWORD, DATABASE_PASSWORD, LINK_PAGE_KEY)
 NAMES = ("config", "database", "relay", "imap", "base_url", "addresses")
 
 
@@ -78,6 +79,7 @@ def config(smtp_relay: Smarthost, mailbox: Dovecot, link_pages: str) -> dict[str
     return {
         "bot": {"address": "changes@bot.test", "base_url": link_pages},
         "smtp": {"domains": ["agency.test"]},
+        "web": {"secret_key": LINK_PAGE_KEY},
         "outgoing": {
             "transport": "smtp",
             "host": "127.0.0.1",
@@ -183,6 +185,23 @@ def test_every_check_passes_against_real_servers(
     assert result.stderr == ""
     assert_nothing_secret(result)
     assert smtp_relay.received == []  # the check sends nothing
+
+
+def test_a_shared_database_without_a_shared_link_page_key_is_worth_a_warning(
+    tmp_path: Path,
+    postgres_server: str,
+    postgres_template: str,
+    config: dict[str, dict[str, Any]],
+) -> None:
+    """On PostgreSQL, instances behind one base_url sign link-page forms each
+    with a random key of their own unless [web] secret_key is set on all."""
+    config["database"] = {"url": f"{postgres_server}/{postgres_template}"}
+    del config["web"]
+    result = check(tmp_path, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    status, detail = lines_of(result)["base_url"]
+    assert status == "warn"
+    assert "[web] secret_key is unset" in detail
 
 
 def sqlite_without_schema(tmp_path: Path, request: pytest.FixtureRequest) -> str:

@@ -236,6 +236,14 @@ def base_url_check(settings: Settings, timeout: float) -> Check:
     except (OSError, http.client.HTTPException) as exc:
         return _no_answer(url, exc)
     if status == 200:
+        if unshared_key(settings):
+            return Check(
+                WARN,
+                "base_url",
+                f"{url} answered 200, but [web] secret_key is unset: with several"
+                " instances on this PostgreSQL database, set the same key on each, or a"
+                " link page loaded from one is refused by another",
+            )
         return Check(OK, "base_url", f"{url} answered 200")
     if status == 503:
         return Check(
@@ -250,6 +258,15 @@ def base_url_check(settings: Settings, timeout: float) -> Check:
         f"{url} answered {status}: is [bot] base_url the address of `mailbot serve`?"
         " (a proxy in front must pass /healthz to it)",
     )
+
+
+def unshared_key(settings: Settings) -> bool:
+    """Whether link-page forms are signed with a key of this process's own while
+    the database may be shared by other instances (PostgreSQL)."""
+    import sqlalchemy as sa
+
+    backend = sa.make_url(settings.database.url).get_backend_name()
+    return backend == "postgresql" and not settings.web.secret_key
 
 
 def _no_answer(url: str, reason: object) -> Check:
