@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -401,3 +402,34 @@ def test_init_upgrades_a_database_of_the_previous_version(
     assert ready("requests", "show", request["id"], "--json").json()["id"] == request["id"]
     assert ready("requests", "resend", request["id"]).code == 0
     assert ready("requests", "resend", request["id"]).code == 1  # once an hour
+
+
+def test_init_by_a_role_that_may_not_create_tables_says_so(
+    tmp_path: Path, postgres_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL 15 and later let only a database's owner create tables in its
+    public schema: a common first-deployment mistake, answered in one line."""
+    name, role = f"unowned_{os.getpid()}", "mailbot_no_create"
+    admin = sa.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        connection.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+    owner = sa.create_engine(f"{postgres_server}/{name}", isolation_level="AUTOCOMMIT")
+    with owner.connect() as connection:  # as PostgreSQL 15 does, whatever this server's version
+        connection.exec_driver_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    owner.dispose()
+    config = tmp_path / "mailbot.toml"
+    url = sa.make_url(f"{postgres_server}/{name}").set(username=role)
+    config.write_text(f'[database]\nurl = "{url.render_as_string(hide_password=False)}"\n')
+    try:
+        assert main(["--config", str(config), "init"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("mailbot: error: the database refused the schema: permission denied")
+        assert "allowed to create tables" in err
+        assert len(err.splitlines()) == 1
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            connection.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        admin.dispose()

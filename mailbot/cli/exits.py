@@ -85,7 +85,8 @@ def _environment(exc: Exception, settings: Settings | None, mta: bool) -> tuple[
     """The status and line for a failure of the database, the system, or the code."""
     database = sys.modules.get("mailbot.service.database")  # loaded if it raised
     if database is not None:
-        if isinstance(exc, database.SchemaOutOfDate | database.DatabaseUnavailable):
+        refusals = database.SchemaOutOfDate | database.SchemaRefused | database.DatabaseUnavailable
+        if isinstance(exc, refusals):
             return (EX_TEMPFAIL if mta else EX_FAILED), in_one_line(exc)
         if isinstance(exc, database.DatabaseDown | StorageUnavailable):
             where = database.location(settings) if settings else "?"

@@ -11,6 +11,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import Engine
 
 from mailbot.config import Settings
+from mailbot.errors import in_one_line
 from mailbot.storage import engine as db
 
 SchemaOutOfDate = db.SchemaOutOfDate
@@ -22,13 +23,37 @@ DatabaseDown = sqlalchemy.exc.OperationalError
 service itself raises ``errors.StorageUnavailable``): try again later."""
 
 
+class SchemaRefused(Exception):
+    """The database refused to create or upgrade the schema: not an outage, so
+    trying again will not help until its cause (most often the role's
+    privileges) is fixed."""
+
+
+INSUFFICIENT_PRIVILEGE = "42501"
+"""PostgreSQL's SQLSTATE for a statement the role may not run."""
+
+
 def upgrade_schema(settings: Settings) -> str:
     """Create or upgrade the schema of the configured database; returns its revision."""
     engine = db.make_engine(settings.database)
     try:
         return db.upgrade(engine)
+    except sqlalchemy.exc.DBAPIError as exc:
+        if isinstance(exc, DatabaseDown):
+            raise  # unreachable, or went away: the outage's own message
+        raise SchemaRefused(_refusal(exc)) from None
     finally:
         engine.dispose()
+
+
+def _refusal(exc: sqlalchemy.exc.DBAPIError) -> str:
+    said = f"the database refused the schema: {in_one_line(exc.orig or exc)}"
+    if getattr(exc.orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+        return (
+            f"{said}: the role in [database] url must be allowed to create tables"
+            " (make it the owner of the database, or grant it CREATE on the schema)"
+        )
+    return said
 
 
 def check_schema(engine: Engine) -> None:
