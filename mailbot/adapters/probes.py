@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mailbot.config import OutgoingSettings, Settings
 from mailbot.outgoing.compose import bounce_address
-from mailbot.service.checks import FAIL, OK, SKIP, WARN, Check, free_margin
+from mailbot.service.checks import FAIL, OK, SKIP, WARN, Check, free_margin, unshared_link_key
 from mailbot.service.health import disk_problem
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -236,7 +236,7 @@ def base_url_check(settings: Settings, timeout: float) -> Check:
     except (OSError, http.client.HTTPException) as exc:
         return _no_answer(url, exc)
     if status == 200:
-        if unshared_key(settings):
+        if unshared_link_key(settings):
             return Check(
                 WARN,
                 "base_url",
@@ -258,15 +258,6 @@ def base_url_check(settings: Settings, timeout: float) -> Check:
         f"{url} answered {status}: is [bot] base_url the address of `mailbot serve`?"
         " (a proxy in front must pass /healthz to it)",
     )
-
-
-def unshared_key(settings: Settings) -> bool:
-    """Whether link-page forms are signed with a key of this process's own while
-    the database may be shared by other instances (PostgreSQL)."""
-    import sqlalchemy as sa
-
-    backend = sa.make_url(settings.database.url).get_backend_name()
-    return backend == "postgresql" and not settings.web.secret_key
 
 
 def _no_answer(url: str, reason: object) -> Check:

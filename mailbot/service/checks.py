@@ -102,6 +102,13 @@ def secrets_of(settings: Settings) -> list[str]:
     return [str(secret) for secret in found if secret]
 
 
+def unshared_link_key(settings: Settings) -> bool:
+    """Whether link-page forms are signed with a key of this process's own while
+    the database may be shared by other instances (PostgreSQL)."""
+    backend = sa.make_url(settings.database.url).get_backend_name()
+    return backend == "postgresql" and not settings.web.secret_key
+
+
 def redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
