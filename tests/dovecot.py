@@ -3,12 +3,14 @@ a Maildir, a free loopback port. Started and stopped by the test fixtures."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -184,3 +186,57 @@ def running_dovecot() -> Iterator[Dovecot]:
         server.stop()
         server.hold.close()
         shutil.rmtree(server.root, ignore_errors=True)
+
+
+class ImapRelay:
+    """A TCP relay in front of Dovecot, on a port of its own: it counts the
+    client's connections and, on the first only, keeps from the client every
+    line of the server's containing ``drop`` (a server that misbehaves once)."""
+
+    def __init__(self, upstream: int, drop: bytes | None = None) -> None:
+        self.upstream = upstream
+        self.drop = drop
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.sockets: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [client, server]
+            drop = self.drop if self.connections == 1 else None
+            for source, sink, dropped in ((client, server, None), (server, client, drop)):
+                thread = threading.Thread(target=_pipe, args=(source, sink, dropped), daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+    def close(self) -> None:
+        for end in (self.listener, *self.sockets):  # a shutdown wakes a blocked accept()
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+        for thread in self.threads:
+            thread.join(60)
+        for end in (self.listener, *self.sockets):
+            end.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket, drop: bytes | None) -> None:
+    """Copy lines until either side closes, then close the other's way too."""
+    try:
+        with source.makefile("rb") as lines:
+            for line in lines:
+                if drop is None or drop not in line:
+                    sink.sendall(line)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)

@@ -4,14 +4,13 @@ nothing lost across a server restart, nothing done twice after a crash."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import make_settings, reserve_port
-from dovecot import PASSWORD, USER, Dovecot, running_dovecot
+from dovecot import PASSWORD, USER, Dovecot, ImapRelay, running_dovecot
 from factories import ALICE, CAROL, MailFactory, outbox, refuse_inserts, seed_world, token_in
 from imapclient import IMAPClient
 from servers import maildir_count, running, wait_for
@@ -190,59 +189,6 @@ def test_a_folder_the_server_refuses_is_retried_after_a_growing_backoff(
     assert stop.waits[:8] == [1, 2, 4, 8, 16, 32, 60, 60]
 
 
-class FirstSessionFilter:
-    """A TCP relay in front of Dovecot that keeps from the client, on the first
-    connection only, every line of the server's containing ``drop``."""
-
-    def __init__(self, upstream: int, drop: bytes) -> None:
-        self.upstream = upstream
-        self.drop = drop
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        self.sockets: list[socket.socket] = []
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            self.connections += 1
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            self.sockets += [client, server]
-            drop = self.drop if self.connections == 1 else None
-            for source, sink, dropped in ((client, server, None), (server, client, drop)):
-                thread = threading.Thread(target=_pipe, args=(source, sink, dropped), daemon=True)
-                self.threads.append(thread)
-                thread.start()
-
-    def close(self) -> None:
-        for end in (self.listener, *self.sockets):  # a shutdown wakes a blocked accept()
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-        for thread in self.threads:
-            thread.join(60)
-        for end in (self.listener, *self.sockets):
-            end.close()
-
-
-def _pipe(source: socket.socket, sink: socket.socket, drop: bytes | None) -> None:
-    """Copy lines until either side closes, then close the other's way too."""
-    try:
-        with source.makefile("rb") as lines:
-            for line in lines:
-                if drop is None or drop not in line:
-                    sink.sendall(line)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_RDWR)
-
-
 def test_a_server_reply_the_reader_cannot_use_costs_a_reconnect_not_the_reader(
     bot: Mailbot, mail: MailFactory, client: IMAPClient, dovecot_server: Dovecot
 ) -> None:
@@ -250,7 +196,7 @@ def test_a_server_reply_the_reader_cannot_use_costs_a_reconnect_not_the_reader(
     may: the reader must not die of it, or the mailbox goes unread until a restart."""
     tokens = open_request(bot, mail)
     dovecot_server.deliver(mail(CAROL, "Re: validation", f"ACCEPT {tokens[CAROL]}"))
-    relay = FirstSessionFilter(dovecot_server.port, drop=b"[UIDVALIDITY ")
+    relay = ImapRelay(dovecot_server.port, drop=b"[UIDVALIDITY ")
     stop = threading.Event()
     settings = imap_settings(dovecot_server).model_copy(update={"port": relay.port})
     thread = threading.Thread(target=ImapReader(settings, bot, stop).run, daemon=True)
@@ -263,6 +209,24 @@ def test_a_server_reply_the_reader_cannot_use_costs_a_reconnect_not_the_reader(
         relay.close()
     assert relay.connections == 2
     assert [m.event for m in outbox(bot)][-1] == "validation-recorded"
+
+
+def test_a_folder_another_reader_has_just_created_is_used(
+    bot: Mailbot, client: IMAPClient, dovecot_server: Dovecot
+) -> None:
+    """Two instances reading one agency mailbox start together: both find no
+    done folder, both create it, and the second is told it exists (RFC 5530's
+    ALREADYEXISTS). Played here by a relay that hides the folder list."""
+    for folder in ("mailbot-done", "mailbot-failed"):
+        if not client.folder_exists(folder):
+            client.create_folder(folder)
+    relay = ImapRelay(dovecot_server.port, drop=b"* LIST ")
+    settings = imap_settings(dovecot_server).model_copy(update={"port": relay.port})
+    try:
+        lines = ImapReader(settings, bot, threading.Event()).check()
+    finally:
+        relay.close()
+    assert "done folder mailbot-done and failed folder mailbot-failed exist" in lines
 
 
 def test_imap_check_reports_the_mailbox(

@@ -6,10 +6,12 @@ every instance at once send each reminder and each expiry notice once.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import smtplib
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,17 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from cluster import BOT, CountingRelay, Instance, configure, import_world, run_json, sweep_together
-from factories import ALICE, AUTHSERV_ID, BILL, MailFactory, dmarc
+from conftest import make_settings
+from dovecot import PASSWORD, USER, ImapRelay, running_dovecot
+from factories import ALICE, AUTHSERV_ID, BILL, MailFactory, dmarc, outbox, seed_world
+from imapclient import IMAPClient
 from servers import RelayController, wait_for
 from test_entrypoint import MAILBOT, clean_environment
 from test_web import form_for
+
+from mailbot.adapters.imap_in import ImapReader
+from mailbot.config import ImapSettings
+from mailbot.service import Mailbot
 
 BAD_TOKENS = 2
 ANSWERS = 3
@@ -254,3 +263,86 @@ def test_instances_starting_at_once_on_a_new_database_all_find_it_ready(
         with admin.connect() as connection:
             connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.dispose()
+
+
+@pytest.fixture
+def shared_database(postgres_server: str, postgres_template: str) -> Iterator[str]:
+    """A migrated PostgreSQL database of this test's own."""
+    name = f"shared_{os.getpid()}"
+    admin = sa.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {postgres_template}")
+    try:
+        yield f"{postgres_server}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def test_one_instance_at_a_time_reads_the_agency_mailbox_and_another_takes_over(
+    tmp_path: Path,
+    shared_database: str,
+    mail: MailFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two readers moving the same messages at once would have the IMAP server
+    copy some twice into the done folder: while one instance reads, the other
+    stands by, logged in nowhere, and reads once the first has stopped."""
+    caplog.set_level(logging.INFO, logger="mailbot.adapters.imap_in")
+    bots = [Mailbot.from_settings(make_settings(tmp_path / name, shared_database)) for name in "ab"]
+    seed_world(bots[0])
+    stops = [threading.Event(), threading.Event()]
+    readers: list[threading.Thread] = []
+    with running_dovecot() as server:
+        relays = [ImapRelay(server.port), ImapRelay(server.port)]
+        imap = IMAPClient("127.0.0.1", port=server.port, ssl=False)
+        imap.login(USER, PASSWORD)
+
+        def done() -> int:
+            if not imap.folder_exists("mailbot-done"):
+                return 0
+            return int(imap.folder_status("mailbot-done", ["MESSAGES"])[b"MESSAGES"])
+
+        def start(n: int) -> None:
+            settings = ImapSettings(
+                enabled=True,
+                host="127.0.0.1",
+                port=relays[n].port,
+                ssl=False,
+                username=USER,
+                password=PASSWORD,
+            )
+            # The two reach one server by two addresses here: the turn is per
+            # mailbox as each instance's [imap] names it, so name it alike.
+            reader = ImapReader(settings, bots[n], stops[n])
+            reader.turn = bots[n].turn("the agency mailbox")
+            readers.append(threading.Thread(target=reader.run, daemon=True))
+            readers[-1].start()
+
+        try:
+            start(0)
+            server.deliver(mail(ALICE, "HELP"))
+            wait_for(lambda: done() == 1)
+            start(1)
+            wait_for(lambda: "standing by" in caplog.text)
+            server.deliver(mail(ALICE, "HELP"))
+            wait_for(lambda: done() == 2)
+            assert relays[1].connections == 0
+            stops[0].set()
+            readers[0].join(60)
+            server.deliver(mail(ALICE, "HELP"))
+            wait_for(lambda: done() == 3)
+            assert relays[1].connections == 1
+            assert [m.event for m in outbox(bots[0])].count("help") == 3
+        finally:
+            for stop in stops:
+                stop.set()
+            for reader in readers:
+                reader.join(60)
+            imap.logout()
+            for relay in relays:
+                relay.close()
+            for bot in bots:
+                bot.engine.dispose()
+    assert relays[0].connections == 1

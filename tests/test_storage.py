@@ -154,3 +154,33 @@ def test_two_instances_share_the_wrong_token_limit(
         assert [a.header("X-Mailbot-Error") for a in wrong_again] == ["bad-token"]
     finally:
         other.engine.dispose()
+
+
+def test_a_turn_is_one_process_at_a_time_on_postgresql(bot: Mailbot) -> None:
+    """Two instances ask for the same turn: one has it until it gives it up or
+    its session ends; on SQLite (one instance) it is always this process's."""
+    with another_instance(bot) as other:
+        mine, theirs = bot.turn("the agency mailbox"), other.turn("the agency mailbox")
+        assert mine.take()
+        if bot.engine.dialect.name == "sqlite":
+            assert theirs.take()
+            return
+        assert not theirs.take()
+        assert mine.take()  # kept while held
+        elsewhere = other.turn("another mailbox")
+        assert elsewhere.take()
+        elsewhere.release()
+        mine.release()
+        assert theirs.take()
+        assert not mine.take()
+        with bot.engine.connect() as admin:  # the holder's session ends: a kill, a restart
+            admin.execute(sa.text(HOLDERS_END))
+        assert mine.take()
+        assert not theirs.take()  # its lost session is noticed: the turn is not its own
+        mine.release()
+        assert theirs.take()
+        theirs.release()
+
+
+HOLDERS_END = """SELECT pg_terminate_backend(pid) FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"""

@@ -1,7 +1,9 @@
 """The agency mailbox, read over IMAP (imapclient): fetch, hand to the service, then move.
 
 A message leaves the folder only after its effects are committed: to the done
-folder once handled, to the failed folder when it cannot be. If mailbot dies
+folder once handled, to the failed folder when it cannot be. Instances sharing
+a PostgreSQL database read one mailbox in turn (``storage.turns``): one reads,
+the others stand by and take over when it stops or dies. If mailbot dies
 between the commit and the move, the message is fetched again and recognised
 as a duplicate by its Message-ID, so it never acts twice. The reader IDLEs
 when the server can (re-issued before servers drop idle clients), polls
@@ -27,7 +29,10 @@ from mailbot.service import Mailbot
 
 log = logging.getLogger(__name__)
 
-IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop a client idle for 30 minutes
+IDLE_SECONDS = 30.0
+"""An IDLE's longest wait: then the reader makes sure the mailbox is still its
+turn to read, and IDLEs again (far within RFC 2177's 29 minutes)."""
+TURN_WAIT_SECONDS = 10.0  # how often a reader standing by asks for its turn
 IDLE_SLICE_SECONDS = 1.0  # how often an IDLE wait looks at the stop flag
 MAX_BACKOFF_SECONDS = 60.0
 FETCH_BATCH = 20
@@ -48,6 +53,9 @@ class ImapReader:
         self.bot = bot
         self.stop = stop
         self.mailbox = Mailbox()
+        self.turn = bot.turn(
+            f"imap {settings.host.lower()}:{settings.port} {settings.username} {settings.folder}"
+        )
         self.read_a_pass = False
         """Whether the current connection has read the whole folder once."""
 
@@ -63,7 +71,14 @@ class ImapReader:
     # -- the loop -----------------------------------------------------------------
 
     def run(self) -> None:
-        """Read until ``stop`` is set; every failure leads to a reconnect, never an exit.
+        """Read until ``stop`` is set; every failure leads to a reconnect, never an exit."""
+        try:
+            self._take_turns()
+        finally:
+            self.turn.release()
+
+    def _take_turns(self) -> None:
+        """Read while the mailbox is this reader's, stand by while it is another's.
 
         Each failure waits out a backoff before the next attempt, doubling up to
         MAX_BACKOFF_SECONDS, and only a session that got through a whole pass
@@ -71,17 +86,30 @@ class ImapReader:
         log in and then refuses the folder (a wrong ``[imap] folder``) costs a
         line a minute, not a connection a millisecond.
         """
-        backoff = 1.0
+        backoff, standing_by = 1.0, False
         while not self.stop.is_set():
+            if not self.turn.take():
+                if not standing_by:
+                    log.info("IMAP: %s is read by another instance; standing by", self._folder)
+                standing_by = True
+                self.stop.wait(TURN_WAIT_SECONDS)
+                continue
+            if standing_by:
+                log.info("IMAP: reading %s, the other instance has stopped", self._folder)
+                standing_by = False
             self.read_a_pass = False
             failure = self._connection()
             if failure is None:
-                return
+                continue  # stopped, or no longer this reader's turn
             if self.read_a_pass:
                 backoff = 1.0
             log.warning("%s; retrying in %.0fs", failure, backoff)
             self.stop.wait(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    @property
+    def _folder(self) -> str:
+        return f"{self.settings.username}'s {self.settings.folder}"
 
     def _connection(self) -> str | None:
         """One connection, read until stopped; what ended it otherwise."""
@@ -105,7 +133,7 @@ class ImapReader:
     def _session(self, client: IMAPClient) -> None:
         self._select(client)
         use_idle = self.settings.idle and client.has_capability("IDLE")
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self.turn.take():
             self.catch_up(client)
             self.read_a_pass = True
             if use_idle:
@@ -123,11 +151,12 @@ class ImapReader:
             self.mailbox = Mailbox(uidvalidity=uidvalidity)
 
     def _idle(self, client: IMAPClient) -> None:
-        """Wait for news, in slices so that a stop request is seen within a second."""
+        """Wait for news, IDLE_SECONDS at most, in slices so that a stop request
+        is seen within a second."""
         client.idle()
         try:
             waited = 0.0
-            while not self.stop.is_set() and waited < IDLE_RENEW_SECONDS:
+            while not self.stop.is_set() and waited < IDLE_SECONDS:
                 if client.idle_check(timeout=IDLE_SLICE_SECONDS):
                     break
                 waited += IDLE_SLICE_SECONDS
@@ -205,11 +234,21 @@ def connect(settings: ImapSettings, timeout: float | None = None) -> IMAPClient:
         client.login(settings.username or "", settings.password or "")
         for folder in (settings.done_folder, settings.failed_folder):
             if not client.folder_exists(folder):
-                client.create_folder(folder)
+                _create(client, folder)
     except BaseException:
         _close(client)
         raise
     return client
+
+
+def _create(client: IMAPClient, folder: str) -> None:
+    """Create ``folder``, unless another reader of the mailbox (another instance
+    starting at the same moment) has just done so."""
+    try:
+        client.create_folder(folder)
+    except IMAPClientError as exc:
+        if "[ALREADYEXISTS]" not in str(exc).upper() and not client.folder_exists(folder):
+            raise
 
 
 def mailbox_report(settings: ImapSettings, timeout: float | None = None) -> list[str]:

@@ -51,6 +51,7 @@ from mailbot.service.transitions import Transitions
 from mailbot.storage.engine import check_schema, make_engine
 from mailbot.storage.limits import RateLimits
 from mailbot.storage.tables import OutboxRow
+from mailbot.storage.turns import Turn
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ __all__ = [
     "ProcessingFailed",
     "SweepReport",
     "TokenPage",
+    "Turn",
     "UnknownRequest",
 ]
 
@@ -236,6 +238,12 @@ class Mailbot:
     def inbound_counts(self) -> dict[InboundStatus, int]:
         """Stored messages by status; ``received`` is the backlog not yet acted on."""
         return self.reports.inbound_counts()
+
+    def turn(self, name: str) -> Turn:
+        """One process at a time among all instances on this database, at what
+        ``name`` stands for (the agency mailbox's reader): ``take`` it, then
+        ``release`` it."""
+        return Turn(self.engine, name)
 
     def check_schema(self) -> None:
         """Raise ``SchemaOutOfDate`` unless the database is at the newest migration
