@@ -7,6 +7,7 @@ stored-but-unprocessed mail drains to zero without any further restart.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,10 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import as_postgres, on_a_free_port, pg_bin, pg_start, reserve_port
-from factories import MailFactory
+from conftest import as_postgres, make_settings, on_a_free_port, pg_bin, pg_start, reserve_port
+from dovecot import PASSWORD, USER, running_dovecot
+from factories import ALICE, MailFactory, outbox, seed_world
+from imapclient import IMAPClient
 from servers import received_backlog, wait_for
 from test_entrypoint import mailbot, start_serve
+
+from mailbot.adapters.imap_in import ImapReader
+from mailbot.config import ImapSettings
+from mailbot.service import Mailbot
+from mailbot.storage.engine import make_engine, upgrade
 
 BOT = "changes@bot.test"
 _TO = re.compile(rb"^To: (?:.*<)?([^<>\s]+@[^<>\s]+?)>?\s*$", re.MULTILINE)
@@ -245,3 +253,55 @@ def test_a_database_outage_during_a_burst_is_caught_up_without_a_restart(
     assert max(answered(maildir).values()) == 1
     assert burst.refused == []  # 451 while the database was down, never a 5xx
     assert all(reply.startswith("(451") for reply in burst.deferred)
+
+
+def test_the_agency_mailbox_waits_out_a_database_outage(
+    tmp_path: Path, cluster: Cluster, mail: MailFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reader's turn at the mailbox lives in a database session: when the
+    database goes, the reader leaves the mail where it is, and reads it once
+    the database is back, in the same thread, its turn taken again."""
+    caplog.set_level(logging.WARNING, logger="mailbot.adapters.imap_in")
+    settings = make_settings(tmp_path, cluster.url)
+    engine = make_engine(settings.database)
+    upgrade(engine)
+    engine.dispose()
+    bot = Mailbot.from_settings(settings)
+    seed_world(bot)
+    stop = threading.Event()
+    with running_dovecot() as server:
+        imap = ImapSettings(
+            enabled=True,
+            host="127.0.0.1",
+            port=server.port,
+            ssl=False,
+            username=USER,
+            password=PASSWORD,
+        )
+        reader = threading.Thread(target=ImapReader(imap, bot, stop).run, daemon=True)
+        client = IMAPClient("127.0.0.1", port=server.port, ssl=False)
+        client.login(USER, PASSWORD)
+
+        def folder(name: str) -> int:
+            if not client.folder_exists(name):
+                return 0
+            return int(client.folder_status(name, ["MESSAGES"])[b"MESSAGES"])
+
+        reader.start()
+        try:
+            server.deliver(mail(ALICE, "HELP"))
+            wait_for(lambda: folder("mailbot-done") == 1)
+            cluster.stop()
+            server.deliver(mail(ALICE, "HELP"))
+            wait_for(lambda: "waits for the database" in caplog.text)
+            assert folder("INBOX") == 1
+            cluster.start()
+            wait_for(lambda: folder("mailbot-done") == 2, timeout=120)
+            assert (folder("INBOX"), folder("mailbot-failed")) == (0, 0)
+            assert [m.event for m in outbox(bot)] == ["help", "help"]
+        finally:
+            stop.set()
+            reader.join(120)
+            client.logout()
+            bot.engine.dispose()
+    assert not reader.is_alive()

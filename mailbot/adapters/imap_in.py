@@ -88,21 +88,27 @@ class ImapReader:
         """
         backoff, standing_by = 1.0, False
         while not self.stop.is_set():
-            if not self.turn.take():
-                if not standing_by:
-                    log.info("IMAP: %s is read by another instance; standing by", self._folder)
-                standing_by = True
-                self.stop.wait(TURN_WAIT_SECONDS)
-                continue
-            if standing_by:
-                log.info("IMAP: reading %s, the other instance has stopped", self._folder)
-                standing_by = False
-            self.read_a_pass = False
-            failure = self._connection()
-            if failure is None:
-                continue  # stopped, or no longer this reader's turn
-            if self.read_a_pass:
-                backoff = 1.0
+            try:
+                mine = self.turn.take()
+            except StorageUnavailable as exc:  # nothing could be stored now anyway
+                failure = f"IMAP reading waits for the database ({exc})"
+            else:
+                if not mine:
+                    if not standing_by:
+                        log.info("IMAP: %s is read by another instance; standing by", self._folder)
+                    standing_by = True
+                    self.stop.wait(TURN_WAIT_SECONDS)
+                    continue
+                if standing_by:
+                    log.info("IMAP: reading %s, the other instance has stopped", self._folder)
+                    standing_by = False
+                self.read_a_pass = False
+                ended = self._connection()
+                if ended is None:
+                    continue  # stopped, or no longer this reader's turn
+                failure = ended
+                if self.read_a_pass:
+                    backoff = 1.0
             log.warning("%s; retrying in %.0fs", failure, backoff)
             self.stop.wait(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
@@ -121,6 +127,8 @@ class ImapReader:
             self._session(client)
         except CONNECTION_ERRORS as exc:
             return f"IMAP session ended ({exc})"
+        except StorageUnavailable as exc:  # asking whether it is still this reader's turn
+            return f"IMAP reading waits for the database ({exc})"
         except Exception as exc:  # a reply the client could not make sense of
             # The reader is the only way into the agency mailbox: a thread that
             # died here would leave its mail unread until a restart.

@@ -19,6 +19,8 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from mailbot.errors import StorageUnavailable, in_one_line
+
 log = logging.getLogger(__name__)
 
 _TRY = sa.text("SELECT pg_try_advisory_lock(hashtextextended(:name, 1))")
@@ -36,7 +38,8 @@ class Turn:
         """Whether the turn is ours, now: taken if free, kept if already held.
 
         A lost connection has lost the lock with it: the turn is then taken
-        again, if no other process has taken it meanwhile.
+        again, if no other process has taken it meanwhile. Raises
+        StorageUnavailable when the database cannot be reached to ask.
         """
         if self.engine.dialect.name != "postgresql":
             return True
@@ -45,10 +48,9 @@ class Turn:
         self.release()
         try:
             connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            taken = bool(connection.execute(_TRY, {"name": self.name}).scalar())
         except sa.exc.DBAPIError as exc:
-            log.debug("no turn at %s: %s", self.name, exc.orig)
-            return False
-        taken = bool(connection.execute(_TRY, {"name": self.name}).scalar())
+            raise StorageUnavailable(in_one_line(exc.orig or exc)) from None
         if taken:
             self.connection = connection
         else:
